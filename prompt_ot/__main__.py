@@ -1,0 +1,3 @@
+from prompt_ot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Training checkpoints: one safetensors file, written atomically each epoch, loaded without running code.
+
+It holds the trainable prompts, the optimiser's momentum buffers, the loss-scaler and RNG state, the
+epoch and the per-epoch history, plus a fingerprint of (method, recipe, classes, backbone) so that a
+checkpoint from another run is refused rather than silently resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from prompt_ot.errors import UserError
+from prompt_ot.utils.io import atomic_path
+
+FORMAT = "prompt_ot.checkpoint/1"
+
+
+def save_prompts(path: str | Path, prompts: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Final trained prompts only (what evaluation loads), atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "prompt_ot.prompts/1", **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in prompts.items()}, str(tmp), metadata=meta)
+
+
+def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompt weights {path} do not exist; run the train stage first")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise UserError(f"prompt weights {path} are damaged or not a safetensors file ({err}); retrain") from err
+    if meta.get("format") != "prompt_ot.prompts/1":
+        raise UserError(f"{path} is not a prompt_ot prompts file")
+    return tensors, {k: json.loads(v) for k, v in meta.items() if k != "format"}
+
+
+def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[dict], fingerprint: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"prompt/{k}": v.cpu().contiguous() for k, v in model.prompt_state().items()}
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum/{names[id(p)]}"] = buf.detach().cpu().contiguous()
+    tensors["rng/torch_cpu"] = torch.get_rng_state()
+    meta = {
+        "format": FORMAT,
+        "epoch": str(epoch),
+        "fingerprint": fingerprint,
+        "history": json.dumps(history),
+        "scaler": json.dumps({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in scaler.state_dict().items()}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path, model, optimizer, scaler, fingerprint: str) -> tuple[int, list[dict]]:
+    """Restore state in place; returns (epochs completed, history)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a prompt_ot training checkpoint; delete it to restart the run")
+    if meta.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"checkpoint {path} belongs to another run (method, recipe, classes or backbone differ); "
+            "use another output folder or delete the checkpoint to restart"
+        )
+    model.load_prompt_state({k[len("prompt/"):]: v for k, v in tensors.items() if k.startswith("prompt/")})
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        if key.startswith("momentum/"):
+            p = params[key[len("momentum/"):]]
+            optimizer.state[p]["momentum_buffer"] = value.to(p.device, p.dtype)
+    torch.set_rng_state(tensors["rng/torch_cpu"])
+    if meta.get("scaler"):
+        state = json.loads(meta["scaler"])
+        if state:
+            scaler.load_state_dict(state)
+    return int(meta["epoch"]), json.loads(meta["history"])

@@ -1,0 +1,1 @@
+"""Stage commands: one module each, with add_arguments(parser) and run(args)."""

@@ -1,0 +1,1 @@
+"""Datasets: recipes, downloads, splits, few-shot manifests, the image store and augmentation."""

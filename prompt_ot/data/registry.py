@@ -1,0 +1,143 @@
+"""The dataset registry: one small recipe module per dataset under ``prompt_ot/data/recipes/``.
+
+A recipe says where a dataset's files come from, the on-disk layout under ``<root>/<folder>``, where
+its train/val/test split comes from, its class names and its zero-shot template. Every name that a
+user types is checked here, and an unknown one lists the known ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from prompt_ot.errors import UserError, unknown_name
+
+
+class Item(NamedTuple):
+    """One labelled image of a split: path relative to the dataset folder, label, class name."""
+
+    relpath: str
+    label: int
+    classname: str
+
+
+Split = dict[str, list[Item]]  # keys: "train", "val", "test"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One downloadable file: URL (plus mirrors tried in order), file name, sha256 when known."""
+
+    url: str
+    filename: str
+    sha256: str | None = None
+    mirrors: tuple[str, ...] = ()
+    extract: bool = True  # unpack after download (zip / tar.* archives)
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    name: str  # registry key, e.g. "oxford_pets"
+    folder: str  # folder under the data root, e.g. "oxford_pets" (CoOp's layout names)
+    template: str  # zero-shot template with one "{}" for the class name
+    sources: tuple[Source, ...] = ()
+    image_dir: str = ""  # where image paths in the split are relative to, inside the folder
+    split_file: str | None = None  # CoOp split file name inside the folder, e.g. "split_zhou_OxfordPets.json"
+    manual_steps: str | None = None  # printed when no automatic source works
+    load_split_fn: Callable[[Path], Split] | None = None  # for datasets without a CoOp split file
+    classnames_fn: Callable[[], list[str]] | None = None  # fixed class list (ImageNet family)
+    prepare_fn: Callable[[Path], None] | None = None  # builds the folder locally instead of fetching sources (demo data)
+    kind: str = "benchmark"  # "benchmark", "target_only" (ImageNet variants), "demo"
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def dataset_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.folder
+
+    def load_split(self, root: str | Path) -> Split:
+        """The train/val/test items of this dataset under ``root``; paths relative to ``image_root``."""
+        folder = self.dataset_dir(root)
+        if not folder.is_dir():
+            raise UserError(
+                f"dataset folder {folder} does not exist; run 'python -m prompt_ot download {self.name} "
+                f"--root {root}' or point --root at the folder that holds '{self.folder}/'"
+            )
+        if self.load_split_fn is not None:
+            return self.load_split_fn(folder)
+        assert self.split_file is not None, f"recipe {self.name} has neither split_file nor load_split_fn"
+        return read_coop_split(folder / self.split_file)
+
+    def image_root(self, root: str | Path) -> Path:
+        return self.dataset_dir(root) / self.image_dir
+
+
+def read_coop_split(path: Path) -> Split:
+    """Read a CoOp ``split_zhou_<Name>.json``: {"train"|"val"|"test": [[relpath, label, classname], ...]}."""
+    if not path.is_file():
+        raise UserError(f"split file {path} is missing; download it again or place the CoOp split file there")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"split file {path} is not valid JSON ({err}); delete it and download it again") from err
+    split: Split = {}
+    for key in ("train", "val", "test"):
+        entries = raw.get(key) if isinstance(raw, dict) else None
+        if not isinstance(entries, list):
+            raise UserError(f"split file {path} has no list under {key!r}; expected CoOp's format")
+        try:
+            split[key] = [Item(str(p), int(y), str(c)) for p, y, c in entries]
+        except (TypeError, ValueError) as err:
+            raise UserError(f"split file {path}: an entry under {key!r} is not [relpath, label, classname]") from err
+    return split
+
+
+def write_coop_split(path: Path, split: Split) -> None:
+    """Write a split in CoOp's format, atomically."""
+    from prompt_ot.utils.io import atomic_write_text
+
+    payload = {key: [[it.relpath, it.label, it.classname] for it in split[key]] for key in ("train", "val", "test")}
+    atomic_write_text(path, json.dumps(payload))
+
+
+def classnames_of(split: Split) -> list[str]:
+    """Class names indexed by label, read from the split's items."""
+    names: dict[int, str] = {}
+    for items in split.values():
+        for it in items:
+            names.setdefault(it.label, it.classname)
+    if sorted(names) != list(range(len(names))):
+        raise UserError(f"labels in the split are not 0..{len(names) - 1}: {sorted(names)[:10]}...")
+    return [names[i] for i in range(len(names))]
+
+
+_REGISTRY: dict[str, DatasetRecipe] | None = None
+
+
+def _load_registry() -> dict[str, DatasetRecipe]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        from prompt_ot.data import recipes
+
+        registry: dict[str, DatasetRecipe] = {}
+        for info in pkgutil.iter_modules(recipes.__path__):
+            module = importlib.import_module(f"{recipes.__name__}.{info.name}")
+            recipe = getattr(module, "RECIPE", None)
+            if isinstance(recipe, DatasetRecipe):
+                registry[recipe.name] = recipe
+        _REGISTRY = registry
+    return _REGISTRY
+
+
+def dataset_names(kind: str | None = None) -> list[str]:
+    return sorted(n for n, r in _load_registry().items() if kind is None or r.kind == kind)
+
+
+def get_recipe(name: str) -> DatasetRecipe:
+    registry = _load_registry()
+    if name not in registry:
+        raise unknown_name("dataset", name, registry)
+    return registry[name]

@@ -1,0 +1,49 @@
+"""Top-1 accuracy of a (prompted) CLIP on a labelled image set, given its class names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # in percent, full precision
+    predictions: torch.Tensor  # (N,) predicted labels
+    labels: torch.Tensor  # (N,) true labels
+    n: int
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """HM = 2BN / (B + N); 0 when both are 0."""
+    return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
+
+
+@torch.no_grad()
+def classify_features(image_features: torch.Tensor, class_text: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Predicted labels of normalised image features against normalised class text features."""
+    preds = [(chunk @ class_text.t()).argmax(-1) for chunk in image_features.split(batch_size)]
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, classnames: list[str], template: str = "a photo of a {}.", batch_size: int = 128,
+             device: str | torch.device | None = None, num_workers: int = 0) -> Evaluation:
+    """Accuracy of ``model`` (a ``PromptedCLIP``) on ``dataset`` of (image, label) over ``classnames``."""
+    if device is None:
+        device = next(model.parameters()).device
+    model.to(device).eval()
+    model.set_classnames(classnames, template)
+    class_text = model.class_text_features()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    preds, labels = [], []
+    for batch in loader:
+        images, y = batch[0], batch[1]
+        preds.append(classify_features(model.image_features(images.to(device)), class_text).cpu())
+        labels.append(torch.as_tensor(y))
+    preds_t = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    n = int(labels_t.numel())
+    accuracy = 100.0 * float((preds_t == labels_t).sum()) / n if n else float("nan")
+    return Evaluation(accuracy=accuracy, predictions=preds_t, labels=labels_t, n=n)

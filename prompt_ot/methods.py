@@ -1,0 +1,114 @@
+"""The methods of the benchmark, each a prompt layout plus an optional regulariser, with the paper's defaults.
+
+A method is data: ``get_method("prompt_ot", overrides)`` returns a frozen ``MethodConfig``; the trainer and
+the model builder read it. Depths are the paper's (12) and are capped at the backbone's number of layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, replace
+
+from prompt_ot.errors import UserError, unknown_name
+from prompt_ot.models.prompted import PromptConfig
+
+DEEP = PromptConfig(text_ctx=4, text_depth=12, vision_ctx=4, vision_depth=12, ctx_init="a photo of a")
+SHALLOW_TEXT = PromptConfig(text_ctx=4, text_depth=1, vision_ctx=0, vision_depth=0, ctx_init="a photo of a")
+NONE = PromptConfig(text_ctx=0, text_depth=0, vision_ctx=0, vision_depth=0, ctx_init=None)
+
+
+def _ot(modality: str, solver: str = "exact", **extra) -> dict:
+    return {"kind": "ot", "modality": modality, "solver": solver, "weight": 10.0, "eta": 0.5, **extra}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    description: str
+    prompts: PromptConfig
+    regulariser: dict | None = None
+    trains: bool = True
+    frozen_template: str = "a photo of a {}."  # S_c, the pre-trained text targets of the regulariser
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+METHODS: dict[str, MethodConfig] = {
+    m.name: m
+    for m in [
+        MethodConfig("zeroshot", "zero-shot CLIP with the dataset's hand-crafted template", NONE, None, trains=False),
+        MethodConfig("coop", "CoOp: 4 learnable text context tokens at the input only", SHALLOW_TEXT),
+        MethodConfig("ivlp", "independent deep vision-language prompts, no regulariser", DEEP),
+        MethodConfig("kgcoop", "KgCoOp: CoOp plus a pull of prompted class texts to hand-crafted ones (weight 8)",
+                     SHALLOW_TEXT, {"kind": "kgcoop", "weight": 8.0}),
+        MethodConfig("pointwise_l1", "IVLP plus L1 between each fine-tuned feature and its frozen one (image 10, text 25)",
+                     DEEP, {"kind": "pointwise_l1", "image_weight": 10.0, "text_weight": 25.0}),
+        MethodConfig("prompt_ot", "Prompt-OT: IVLP plus exact OT between joint image+text features (lambda 10)",
+                     DEEP, _ot("joint")),
+        MethodConfig("prompt_ot_vision", "Prompt-OT ablation: OT on image features only", DEEP, _ot("vision")),
+        MethodConfig("prompt_ot_text", "Prompt-OT ablation: OT on text features only", DEEP, _ot("text")),
+        MethodConfig("prompt_ot_sinkhorn", "Prompt-OT with an entropic (Sinkhorn) plan", DEEP, _ot("joint", "sinkhorn")),
+        MethodConfig("prompt_ot_unbalanced", "Prompt-OT with an unbalanced entropic plan", DEEP, _ot("joint", "unbalanced")),
+    ]
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str, overrides: dict | None = None) -> MethodConfig:
+    """The named method with optional overrides: {"prompts": {...}, "regulariser": {...}, "frozen_template": ...}."""
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    method = METHODS[name]
+    if not overrides:
+        return method
+    overrides = copy.deepcopy(overrides)
+    allowed = {"prompts", "regulariser", "frozen_template"}
+    for key in overrides:
+        if key not in allowed:
+            raise UserError(f"method override {key!r} is not allowed; use one of {sorted(allowed)}")
+    prompts = method.prompts
+    if "prompts" in overrides:
+        fields = set(asdict(prompts))
+        bad = set(overrides["prompts"]) - fields
+        if bad:
+            raise UserError(f"unknown prompt setting(s) {sorted(bad)} for method {name}; known: {sorted(fields)}")
+        prompts = replace(prompts, **overrides["prompts"])
+    regulariser = method.regulariser
+    if "regulariser" in overrides:
+        extra = overrides["regulariser"]
+        if extra is None:
+            regulariser = None
+        elif regulariser is None:
+            raise UserError(f"method {name} has no regulariser to override; pick a method that has one")
+        else:
+            regulariser = {**regulariser, **extra}
+    return replace(
+        method,
+        prompts=prompts,
+        regulariser=regulariser,
+        frozen_template=overrides.get("frozen_template", method.frozen_template),
+    )
+
+
+def build_model(method: MethodConfig, clip, tokenizer, seed: int = 1):
+    """The prompted model for a method; prompt initialisation is seeded so a run is reproducible."""
+    import torch
+
+    from prompt_ot.models.prompted import PromptedCLIP
+
+    text_layers = len(clip.transformer.resblocks)
+    vision_layers = len(clip.visual.transformer.resblocks)
+    prompts = replace(
+        method.prompts,
+        text_depth=min(method.prompts.text_depth, text_layers),
+        vision_depth=min(method.prompts.vision_depth, vision_layers),
+    )
+    devices = [clip.token_embedding.weight.device] if clip.token_embedding.weight.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return PromptedCLIP(clip, tokenizer, prompts)

@@ -1,0 +1,128 @@
+"""Load an open_clip backbone by name plus a pretrained tag or a local checkpoint file.
+
+The paper's backbone is ``ViT-B-16-quickgelu`` with tag ``openai``. Tiny architectures for tests and the
+offline demo ship as open_clip JSON configs in ``prompt_ot/models/configs/`` and are registered by name.
+Weights that are not cached and cannot be fetched fail at once with a message saying how to provide them,
+instead of a minute of network retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from prompt_ot.errors import UserError, unknown_name
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HUB_HOST = ("huggingface.co", 443)
+_registered = False
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the backbone expects of an input image."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+def register_shipped_configs() -> None:
+    """Make the package's tiny architectures known to open_clip by their file names."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _how_to_provide(name: str, tag: str, cache_dir: str | None) -> str:
+    return (
+        f"pretrained weights {name!r}/{tag!r} are not in the local cache and cannot be fetched "
+        f"(offline{' : HF_HUB_OFFLINE is set' if _offline_env() else ''}). Either pass a local checkpoint file "
+        f"(--pretrained /path/to/{name}.safetensors or a .pt/.bin state dict), or download it once on a machine "
+        f"with internet into the Hugging Face cache (python -c \"import open_clip; open_clip.create_model('{name}', "
+        f"pretrained='{tag}')\") and copy the cache directory here ({cache_dir or 'HF_HOME, default ~/.cache/huggingface'})."
+    )
+
+
+def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = None) -> str | None:
+    """Turn a tag or a path into a local checkpoint file; None means random initialisation."""
+    if pretrained in (None, "", "none", "random"):
+        return None
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path)
+    if path.suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained:
+        raise UserError(f"checkpoint file {pretrained} does not exist; give an existing file or an open_clip tag")
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        raise unknown_name(f"pretrained tag for {name}", pretrained, open_clip.list_pretrained_tags_by_model(name) or ["none"])
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        model_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        for candidate in (str(Path(filename).with_suffix(".safetensors")), filename):
+            cached = try_to_load_from_cache(model_id, candidate, cache_dir=cache_dir)
+            if isinstance(cached, str):
+                return cached
+    if _offline_env() or not _hub_reachable():
+        raise UserError(_how_to_provide(name, pretrained, cache_dir))
+    return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+
+
+def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu"):
+    """Build an open_clip CLIP in eval mode with every parameter frozen.
+
+    Returns ``(model, tokenizer, preprocess)``.
+    """
+    import open_clip
+
+    register_shipped_configs()
+    if name not in open_clip.list_models():
+        raise unknown_name("backbone", name, open_clip.list_models())
+    weights = resolve_weights(name, pretrained, cache_dir)
+    try:
+        model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir)
+    except (RuntimeError, KeyError, ValueError) as err:
+        if weights is None:
+            raise
+        raise UserError(f"could not load checkpoint {weights} into {name}: {err}") from err
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(name)
+    cfg = model.visual.preprocess_cfg
+    size = cfg["size"]
+    preprocess = Preprocess(
+        image_size=size if isinstance(size, int) else int(size[0]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+    return model, tokenizer, preprocess

@@ -1,0 +1,162 @@
+"""The trainer: the recipe's schedule, exact resumption, determinism, the frozen-feature hook,
+precision modes, and that training actually learns."""
+
+import math
+
+import pytest
+import torch
+
+from prompt_ot.errors import UserError
+from prompt_ot.evaluate import evaluate, harmonic_mean
+from prompt_ot.methods import METHODS, build_model, get_method
+from prompt_ot.train import TrainConfig, epoch_batches, learning_rate, train
+from tests.helpers import ToyImages, tiny_clip
+
+CLASSES = ["red thing", "green thing", "blue thing"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_clip()
+
+
+def small_config(**kw):
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 0.01, "seed": 1, "device": "cpu", **kw})
+
+
+def run(tiny, method_name="prompt_ot", config=None, **kw):
+    clip, tokenizer, _ = tiny
+    method = get_method(method_name, {"prompts": {"text_depth": 2, "vision_depth": 2}} if method_name != "coop" else None)
+    model = build_model(method, clip, tokenizer, seed=(config or small_config()).seed)
+    data = ToyImages(6, len(CLASSES))
+    return model, train(method, model, data, CLASSES, config or small_config(), **kw)
+
+
+def test_schedule_is_the_papers_recipe():
+    config = TrainConfig()
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size, config.epochs) == (0.005, 0.9, 5e-4, 4, 40)
+    assert learning_rate(config, 0) == 1e-4
+    assert learning_rate(config, 1) == pytest.approx(0.5 * 0.005 * (1 + math.cos(math.pi / 40)))
+    assert learning_rate(config, 20) == pytest.approx(0.0025)
+    lrs = [learning_rate(config, e) for e in range(1, 40)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_batches_drop_the_last_partial_batch_and_depend_on_seed_and_epoch():
+    batches = epoch_batches(18, 4, seed=1, epoch=0)
+    assert len(batches) == 4 and all(len(b) == 4 for b in batches)
+    assert len(set(sum(batches, []))) == 16
+    assert batches == epoch_batches(18, 4, seed=1, epoch=0)
+    assert batches != epoch_batches(18, 4, seed=1, epoch=1)
+    assert batches != epoch_batches(18, 4, seed=2, epoch=0)
+
+
+def test_resume_after_kill_gives_exactly_the_uninterrupted_weights(tiny, tmp_path):
+    _, full = run(tiny, checkpoint_dir=tmp_path / "a")
+    _, first = run(tiny, checkpoint_dir=tmp_path / "b", stop_after_epoch=1)
+    assert len(first.history) == 1
+    _, resumed = run(tiny, checkpoint_dir=tmp_path / "b")
+    assert resumed.resumed_from_epoch == 1
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for name, value in full.prompts.items():
+        assert torch.equal(value, resumed.prompts[name]), name
+    for a, b in zip(full.history, resumed.history):
+        assert a["loss"] == b["loss"]
+
+
+def test_checkpoint_of_another_method_is_refused(tiny, tmp_path):
+    run(tiny, "prompt_ot", checkpoint_dir=tmp_path, stop_after_epoch=1)
+    with pytest.raises(UserError, match="belongs to another run"):
+        run(tiny, "ivlp", checkpoint_dir=tmp_path)
+
+
+def test_same_seed_same_prompts_other_seed_differs(tiny):
+    _, a = run(tiny)
+    _, b = run(tiny)
+    _, c = run(tiny, config=small_config(seed=2))
+    assert all(torch.equal(a.prompts[k], b.prompts[k]) for k in a.prompts)
+    assert any(not torch.equal(a.prompts[k], c.prompts[k]) for k in a.prompts)
+
+
+def test_supplied_frozen_features_skip_the_frozen_forward(tiny):
+    clip, tokenizer, _ = tiny
+    method = get_method("prompt_ot", {"prompts": {"text_depth": 2, "vision_depth": 2}})
+    data = ToyImages(6, len(CLASSES))
+    reference_model = build_model(method, clip, tokenizer)
+    reference = train(method, reference_model, data, CLASSES, small_config())
+
+    frozen = build_model(get_method("zeroshot"), clip, tokenizer)
+    calls = []
+
+    def provider(epoch, indices):
+        calls.append((epoch, indices.tolist()))
+        data.set_epoch(epoch)
+        images = torch.stack([data[int(i)][0] for i in indices])
+        return frozen.frozen_image_features(images)
+
+    model = build_model(method, clip, tokenizer)
+
+    def forbidden(images):
+        raise AssertionError("frozen image forward ran although features were supplied")
+
+    model.frozen_image_features = forbidden
+    supplied = train(method, model, ToyImages(6, len(CLASSES)), CLASSES, small_config(), frozen_image_features=provider)
+    assert len(calls) == 3 * (18 // 4)
+    for k in reference.prompts:
+        torch.testing.assert_close(supplied.prompts[k], reference.prompts[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_and_stays_finite(tiny, precision):
+    _, result = run(tiny, config=small_config(epochs=2, precision=precision))
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert all(torch.isfinite(v).all() for v in result.prompts.values())
+
+
+def test_training_learns_and_evaluation_counts_correctly(tiny):
+    clip, tokenizer, _ = tiny
+    method = get_method("ivlp", {"prompts": {"text_depth": 2, "vision_depth": 2}})
+    model = build_model(method, clip, tokenizer)
+    data = ToyImages(8, len(CLASSES), seed=0)
+    before = evaluate(model, data, CLASSES)
+    result = train(method, model, data, CLASSES, small_config(epochs=8, lr=0.05, warmup_epochs=0))
+    after = evaluate(model, data, CLASSES)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert after.accuracy >= before.accuracy + 20  # a random backbone learns slowly; chance is 33%
+    assert after.accuracy == pytest.approx(100 * (after.predictions == after.labels).float().mean().item())
+    assert after.n == len(data)
+
+
+def test_zeroshot_does_not_train(tiny):
+    clip, tokenizer, _ = tiny
+    method = get_method("zeroshot")
+    model = build_model(method, clip, tokenizer)
+    result = train(method, model, ToyImages(2, 3), CLASSES, small_config())
+    assert result.prompts == {} and result.history == []
+
+
+def test_method_registry_has_the_papers_defaults():
+    assert list(METHODS)[:8] == ["zeroshot", "coop", "ivlp", "kgcoop", "pointwise_l1", "prompt_ot",
+                                 "prompt_ot_vision", "prompt_ot_text"]
+    ot = get_method("prompt_ot").regulariser
+    assert ot == {"kind": "ot", "modality": "joint", "solver": "exact", "weight": 10.0, "eta": 0.5}
+    assert get_method("prompt_ot_vision").regulariser["modality"] == "vision"
+    assert get_method("kgcoop").regulariser == {"kind": "kgcoop", "weight": 8.0}
+    p = get_method("prompt_ot").prompts
+    assert (p.text_ctx, p.text_depth, p.vision_ctx, p.vision_depth, p.ctx_init) == (4, 12, 4, 12, "a photo of a")
+    with pytest.raises(UserError, match="unknown method 'maple'.*prompt_ot"):
+        get_method("maple")
+    with pytest.raises(UserError, match="unknown prompt setting"):
+        get_method("ivlp", {"prompts": {"depth": 3}})
+    assert get_method("prompt_ot", {"regulariser": {"weight": 1.0}}).regulariser["weight"] == 1.0
+
+
+def test_bad_recipe_values_are_user_errors(tiny):
+    for bad in ({"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"precision": "fp8"}, {"warmup_epochs": 5}):
+        with pytest.raises(UserError):
+            run(tiny, config=small_config(**bad))
+
+
+def test_harmonic_mean():
+    assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert harmonic_mean(0.0, 0.0) == 0.0
