@@ -9,6 +9,6 @@ class UserError(Exception):
     """A problem the user can fix; the message says what is wrong and what to do."""
 
 
-def unknown_name(kind: str, name: str, known) -> UserError:
+def unknown_name(kind: str, name: str, known, plural: str | None = None) -> UserError:
     """A uniform message for an unknown dataset, method, backbone, solver, ..."""
-    return UserError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known))}")
+    return UserError(f"unknown {kind} {name!r}; known {plural or kind + 's'}: {', '.join(sorted(known))}")

@@ -104,6 +104,7 @@ class PromptedCLIP(nn.Module):
     def set_classnames(self, classnames: list[str], template: str = "a photo of a {}.") -> None:
         """Tokenise the class prompts once: prompted ("X X X X {c}.") and hand-crafted (``template``)."""
         device = self.clip.token_embedding.weight.device
+        classnames = [c.replace("_", " ") for c in classnames]  # CoOp's split files keep underscores
         self.classnames = list(classnames)
         prefix = " ".join([PLACEHOLDER] * self.config.text_ctx)
         prompted = [f"{prefix} {c}." for c in classnames] if self.config.text_depth > 0 else [template.format(c) for c in classnames]

@@ -1,0 +1,21 @@
+# prompt-ot pipeline entry point: configuration, includes and the final target only.
+#   snakemake --cores all --resources gpu=4              # a 4-GPU workstation
+#   snakemake --profile workflow/profiles/slurm          # a SLURM cluster
+#   snakemake --directory demo --cores 2                 # the offline demo grid (demo/params.yaml)
+# Every rule calls one `python -m prompt_ot <stage>` command; dvc.yaml defines the same jobs.
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/cache.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_INDEX,
+    default_target: True

@@ -1,0 +1,34 @@
+"""`python -m prompt_ot split`: write (or reuse) the few-shot manifest of one dataset, subset, shot count and seed."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="registry name of the dataset, e.g. oxford_pets")
+    parser.add_argument("--root", default="data", help="data root that holds the dataset's folder (default: data)")
+    parser.add_argument(
+        "--subset", default="all", help="class subset: all, base or novel (base-to-novel protocol); default all"
+    )
+    parser.add_argument("--shots", type=int, default=16, help="training images per class (default 16)")
+    parser.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
+    parser.add_argument("--out", required=True, help="manifest path to write (JSON)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from prompt_ot.data.fewshot import ensure_manifest
+    from prompt_ot.data.registry import get_recipe
+
+    recipe = get_recipe(args.dataset)
+    split = recipe.load_split(args.root)
+    manifest, created = ensure_manifest(
+        args.out, split, recipe.image_root(args.root), recipe.name, args.subset, args.shots, args.seed
+    )
+    verb = "wrote" if created else "reused"
+    print(
+        f"{verb} {args.out}: {recipe.name} {args.subset}, {len(manifest.classnames)} classes, "
+        f"{len(manifest.train)} training and {len(manifest.val)} validation images "
+        f"(shots {args.shots}, seed {args.seed})"
+    )
+    return 0

@@ -1,0 +1,228 @@
+"""Few-shot sampling and the versioned manifests that freeze it.
+
+A manifest for (dataset, subset, shots, seed) lists the training images (``shots`` per class) and a
+small validation set (min(shots, 4) per class), each with its size in bytes, so every later stage
+reads the same images. Sampling depends only on the seed and on the set of items: items are sorted
+by (label, relpath) and each class draws from its own generator keyed by (seed, label), so neither
+Python's global ``random`` state, the hash seed nor the order of the input changes the result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from prompt_ot.data.registry import Item, Split, classnames_of
+from prompt_ot.data.splits import SUBSETS, subsample_classes
+from prompt_ot.errors import UserError
+from prompt_ot.utils.io import atomic_write_text
+
+FORMAT_VERSION = 1
+MAX_VAL_SHOTS = 4
+
+
+class ManifestEntry(NamedTuple):
+    """One image of a manifest: path relative to the image root, label, class name, size in bytes."""
+
+    relpath: str
+    label: int
+    classname: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dataset: str
+    subset: str
+    shots: int
+    seed: int
+    classnames: list[str]
+    train: list[ManifestEntry]
+    val: list[ManifestEntry]
+    format_version: int = FORMAT_VERSION
+
+    def items(self, part: str = "train") -> list[Item]:
+        """The entries of ``part`` ("train" or "val") as split items."""
+        return [Item(e.relpath, e.label, e.classname) for e in getattr(self, part)]
+
+
+def _check_shots_seed(shots: int, seed: int) -> None:
+    if not isinstance(shots, int) or shots < 1:
+        raise UserError(f"shots must be a positive integer, got {shots!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def sample_fewshot(items: list[Item], shots: int, seed: int) -> list[Item]:
+    """Exactly ``shots`` items per class (all of a class's items when it has fewer), sorted by (label, relpath)."""
+    _check_shots_seed(shots, seed)
+    by_class: dict[int, list[Item]] = {}
+    for item in sorted(items, key=lambda it: (it.label, it.relpath)):
+        by_class.setdefault(item.label, []).append(item)
+    chosen: list[Item] = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        if len(members) <= shots:
+            chosen.extend(members)
+            continue
+        rng = np.random.default_rng([seed, label])
+        picks = np.sort(rng.choice(len(members), size=shots, replace=False))
+        chosen.extend(members[i] for i in picks)
+    return chosen
+
+
+def _entries(items: list[Item], image_root: Path) -> list[ManifestEntry]:
+    entries = []
+    for it in items:
+        path = image_root / it.relpath
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise UserError(
+                f"image {path} listed in the split does not exist; download the dataset again or check --root"
+            ) from None
+        entries.append(ManifestEntry(it.relpath, it.label, it.classname, size))
+    return entries
+
+
+def build_manifest(split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int) -> Manifest:
+    """Sample the few-shot training and validation images of one (dataset, subset, shots, seed)."""
+    _check_shots_seed(shots, seed)
+    sub = subsample_classes(split, subset)
+    image_root = Path(image_root)
+    train = sample_fewshot(sub["train"], shots, seed)
+    val = sample_fewshot(sub["val"], min(shots, MAX_VAL_SHOTS), seed)
+    return Manifest(
+        dataset=dataset,
+        subset=subset,
+        shots=shots,
+        seed=seed,
+        classnames=classnames_of(sub),
+        train=_entries(train, image_root),
+        val=_entries(val, image_root),
+    )
+
+
+def manifest_text(manifest: Manifest) -> str:
+    """The manifest as JSON: header fields first, then one entry per line (diff-friendly, deterministic)."""
+    header = {
+        "format_version": manifest.format_version,
+        "dataset": manifest.dataset,
+        "subset": manifest.subset,
+        "shots": manifest.shots,
+        "seed": manifest.seed,
+        "classnames": manifest.classnames,
+    }
+    fields = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items()]
+    for part in ("train", "val"):
+        rows = [f"  {json.dumps(e._asdict())}" for e in getattr(manifest, part)]
+        fields.append(f' "{part}": [\n' + ",\n".join(rows) + "\n ]" if rows else f' "{part}": []')
+    return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> None:
+    atomic_write_text(path, manifest_text(manifest))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(path: Path, part: str, raw, classnames: list[str]) -> ManifestEntry:
+    ok = (
+        isinstance(raw, dict)
+        and set(raw) == set(ManifestEntry._fields)
+        and isinstance(raw["relpath"], str)
+        and _is_int(raw["label"])
+        and 0 <= raw["label"] < len(classnames)
+        and raw["classname"] == classnames[raw["label"]]
+        and _is_int(raw["size"])
+        and raw["size"] >= 0
+    )
+    if not ok:
+        raise UserError(f"manifest {path} is corrupt: bad {part} entry {raw!r}; delete it and run 'split' again")
+    return ManifestEntry(**raw)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; anything malformed is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest {path} does not exist; write it with 'python -m prompt_ot split'")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"manifest {path} is not valid JSON ({err}); delete it and run 'split' again") from None
+    fix = "delete it and run 'split' again"
+    if not isinstance(raw, dict):
+        raise UserError(f"manifest {path} is corrupt: not a JSON object; {fix}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"manifest {path} has format version {raw.get('format_version')!r}, this code reads {FORMAT_VERSION}; {fix}"
+        )
+    checks = {
+        "dataset": lambda v: isinstance(v, str) and v != "",
+        "subset": lambda v: v in SUBSETS,
+        "shots": lambda v: _is_int(v) and v >= 1,
+        "seed": lambda v: _is_int(v) and v >= 0,
+        "classnames": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+        "train": lambda v: isinstance(v, list),
+        "val": lambda v: isinstance(v, list),
+    }
+    for key, check in checks.items():
+        if key not in raw or not check(raw[key]):
+            raise UserError(f"manifest {path} is corrupt: field {key!r} is missing or invalid; {fix}")
+    classnames = raw["classnames"]
+    return Manifest(
+        dataset=raw["dataset"],
+        subset=raw["subset"],
+        shots=raw["shots"],
+        seed=raw["seed"],
+        classnames=classnames,
+        train=[_entry(path, "train", e, classnames) for e in raw["train"]],
+        val=[_entry(path, "val", e, classnames) for e in raw["val"]],
+    )
+
+
+def verify_files(manifest: Manifest, image_root: str | Path) -> None:
+    """Every listed image exists under ``image_root`` with the size recorded in the manifest."""
+    image_root = Path(image_root)
+    for entry in manifest.train + manifest.val:
+        path = image_root / entry.relpath
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise UserError(f"image {path} listed in the manifest does not exist; download the dataset again") from None
+        if size != entry.size:
+            raise UserError(
+                f"image {path} has {size} bytes but the manifest recorded {entry.size}; the file changed since the "
+                "manifest was written: restore it, or delete the manifest and run 'split' again"
+            )
+
+
+def ensure_manifest(
+    path: str | Path, split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int
+) -> tuple[Manifest, bool]:
+    """Reuse the manifest at ``path`` if it exists (checked against the parameters and files), else write it.
+
+    Returns the manifest and whether it was newly written.
+    """
+    path = Path(path)
+    if path.exists():
+        manifest = read_manifest(path)
+        have = (manifest.dataset, manifest.subset, manifest.shots, manifest.seed)
+        want = (dataset, subset, shots, seed)
+        if have != want:
+            names = "(dataset, subset, shots, seed)"
+            raise UserError(
+                f"manifest {path} was written for {names} = {have}, not {want}; choose another output path or delete it"
+            )
+        verify_files(manifest, image_root)
+        return manifest, False
+    manifest = build_manifest(split, image_root, dataset, subset, shots, seed)
+    write_manifest(path, manifest)
+    return manifest, True

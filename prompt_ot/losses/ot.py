@@ -1,0 +1,181 @@
+"""Prompt-OT's regulariser: optimal transport between fine-tuned and pre-trained features of a batch.
+
+Per batch, the fine-tuned rows u_i = [f_i ; T_{y_i}] are matched to the pre-trained rows
+v_j = [g_j ; S_{y_j}] (or only the image or only the text halves) under the cost
+C_ij = eta * ||u_i - v_j||^2, with uniform marginals 1/B. Unlike a point-wise constraint, a feature
+is free to move as long as the batch as a whole still covers the pre-trained features.
+
+The plan P is solved on a detached float64 copy of C on the CPU (B x B is tiny; POT's exact solver
+goes through the CPU anyway) and treated as a constant, so L = sum_ij P_ij C_ij has gradient
+sum_ij P_ij dC_ij. For the exact solver that is the true gradient wherever the optimal plan is
+unique (envelope theorem); for the entropic solvers it is the gradient of the entropic OT value
+(whose entropy term does not depend on C at a fixed plan), not the derivative of sum P(C) C through
+the solver's iterations that ``ot.sinkhorn2`` autodiff gives.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from prompt_ot.errors import UserError, unknown_name
+from prompt_ot.losses import Regulariser, RegulariserInputs, check_positive
+
+MODALITIES = ("joint", "vision", "text")
+SOLVERS = ("exact", "sinkhorn", "unbalanced")
+
+# Entropic regularisation, in cost units. With unit features and eta = 0.5, costs lie in [0, 2] per
+# modality ([0, 4] joint) and unrelated images cost about 1 (joint), so 0.1 keeps the plan close to
+# a matching while spreading mass among near ties. Smaller values are safe from underflow for the
+# log-domain Sinkhorn but need more iterations (POT warns when max_iterations runs out). The
+# unbalanced solver works in the scaling domain and needs reg above about max(cost) / 400 (0.01
+# joint), or exp(-cost/reg) underflows; that failure is reported as a UserError.
+DEFAULT_REG = 0.1
+# KL weight on the marginals of unbalanced OT; larger values approach the balanced plan.
+DEFAULT_REG_M = 1.0
+# POT's stopping threshold: the marginals' error (sinkhorn) or the relative change of the scalings
+# (unbalanced). Plans are solved in float64; 1e-6 is already below what float32 features resolve,
+# and POT's 1e-9 default would cost many more iterations.
+DEFAULT_STOP_THRESHOLD = 1e-6
+DEFAULT_MAX_ITERATIONS = 10_000
+
+
+def _unknown_modality(modality) -> UserError:
+    return unknown_name("OT modality", str(modality), MODALITIES, plural="OT modalities")
+
+
+def paired_features(inputs: RegulariserInputs, modality: str = "joint") -> tuple[Tensor, Tensor]:
+    """The rows to transport, (fine-tuned u, pre-trained v), each (B, D) or (B, 2D) for ``joint``."""
+    if modality not in MODALITIES:
+        raise _unknown_modality(modality)
+    labels = inputs.labels
+    if modality == "text":
+        return inputs.class_text[labels], inputs.frozen_class_text[labels]
+    if inputs.image is None or inputs.frozen_image is None:
+        raise ValueError(f"OT modality {modality!r} needs both image and frozen_image features")
+    if modality == "vision":
+        return inputs.image, inputs.frozen_image
+    fine_tuned = torch.cat([inputs.image, inputs.class_text[labels]], dim=1)
+    frozen = torch.cat([inputs.frozen_image, inputs.frozen_class_text[labels]], dim=1)
+    return fine_tuned, frozen
+
+
+def transport_cost(fine_tuned: Tensor, frozen: Tensor, eta: float = 0.5) -> Tensor:
+    """C_ij = eta * ||u_i - v_j||^2, (B, B'). Built from differences, so it is exact (0 on equal rows)
+    and its gradient is finite everywhere, at the price of a (B, B', D) intermediate."""
+    differences = fine_tuned[:, None, :] - frozen[None, :, :]
+    return eta * differences.pow(2).sum(dim=-1)
+
+
+def transport_plan(
+    cost: Tensor,
+    solver: str = "exact",
+    reg: float = DEFAULT_REG,
+    reg_m: float = DEFAULT_REG_M,
+    stop_threshold: float = DEFAULT_STOP_THRESHOLD,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+) -> Tensor:
+    """The transport plan between uniform marginals for ``cost``, detached, in the cost's dtype and device.
+
+    ``exact``: POT's network simplex (``ot.emd``). ``sinkhorn``: entropic OT in the log domain
+    (``ot.sinkhorn(method="sinkhorn_log")``), so a small ``reg`` cannot underflow. ``unbalanced``:
+    entropic OT with KL-relaxed marginals (``ot.unbalanced.sinkhorn_unbalanced``, weight ``reg_m``);
+    its plan's mass may differ from 1.
+    """
+    if solver not in SOLVERS:
+        raise unknown_name("OT solver", solver, SOLVERS)
+    import ot
+
+    cost64 = cost.detach().to(device="cpu", dtype=torch.float64)
+    n_rows, n_cols = cost64.shape
+    source = torch.full((n_rows,), 1.0 / n_rows, dtype=torch.float64)
+    target = torch.full((n_cols,), 1.0 / n_cols, dtype=torch.float64)
+    if solver == "exact":
+        plan = ot.emd(source, target, cost64)
+    elif solver == "sinkhorn":
+        plan = ot.sinkhorn(
+            source, target, cost64, reg, method="sinkhorn_log", stopThr=stop_threshold, numItermax=max_iterations
+        )
+    else:
+        plan = _unbalanced_plan(source, target, cost64, reg, reg_m, stop_threshold, max_iterations)
+    return plan.to(device=cost.device, dtype=cost.dtype)
+
+
+def _unbalanced_plan(source, target, cost64, reg, reg_m, stop_threshold, max_iterations) -> Tensor:
+    """POT's unbalanced Sinkhorn, turning its silent numerical failure (it returns the last finite
+    iterate, a plan of nearly zero mass) into an error that says which parameter to change."""
+    import ot
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = ot.unbalanced.sinkhorn_unbalanced(
+            source, target, cost64, reg, reg_m, method="sinkhorn", stopThr=stop_threshold, numItermax=max_iterations
+        )
+    for warning in caught:
+        if "numerical errors" in str(warning.message).lower():
+            largest = cost64.max().item()
+            raise UserError(
+                f"unbalanced OT failed numerically: reg={reg} is too small for costs up to {largest:.3g} "
+                f"(exp(-cost/reg) underflows); use a larger reg, e.g. reg >= {largest / 400:.2g}"
+            )
+        warnings.warn(warning.message, warning.category, stacklevel=3)
+    if not torch.isfinite(plan).all():
+        raise UserError(f"unbalanced OT gave a non-finite plan with reg={reg}, reg_m={reg_m}; use a larger reg")
+    return plan
+
+
+class OTRegulariser(Regulariser):
+    """lambda * sum_ij P_ij C_ij between fine-tuned and frozen features (Prompt-OT's L_OT, weighted).
+
+    ``last_plan`` keeps the most recent plan for diagnostics and tests.
+    """
+
+    def __init__(
+        self,
+        modality: str = "joint",
+        solver: str = "exact",
+        eta: float = 0.5,
+        weight: float = 10.0,
+        reg: float = DEFAULT_REG,
+        reg_m: float = DEFAULT_REG_M,
+        stop_threshold: float = DEFAULT_STOP_THRESHOLD,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    ):
+        super().__init__()
+        if modality not in MODALITIES:
+            raise _unknown_modality(modality)
+        if solver not in SOLVERS:
+            raise unknown_name("OT solver", str(solver), SOLVERS)
+        self.modality = modality
+        self.solver = solver
+        self.eta = check_positive("eta", eta)
+        self.weight = check_positive("weight", weight)
+        self.reg = check_positive("reg", reg)
+        self.reg_m = check_positive("reg_m", reg_m)
+        self.stop_threshold = check_positive("stop_threshold", stop_threshold)
+        self.max_iterations = int(check_positive("max_iterations", max_iterations))
+        self.last_plan: Tensor | None = None
+
+    @property
+    def needs_frozen_image(self) -> bool:
+        return self.modality != "text"
+
+    def transport_loss(self, fine_tuned: Tensor, frozen: Tensor) -> Tensor:
+        """The weighted OT loss between explicit rows u (fine-tuned) and v (pre-trained)."""
+        cost = transport_cost(fine_tuned, frozen, self.eta)
+        plan = transport_plan(cost, self.solver, self.reg, self.reg_m, self.stop_threshold, self.max_iterations)
+        self.last_plan = plan
+        return self.weight * (plan * cost).sum()
+
+    def forward(self, inputs: RegulariserInputs) -> Tensor:
+        return self.transport_loss(*paired_features(inputs, self.modality))
+
+    def extra_repr(self) -> str:
+        entropic = f", reg={self.reg}" if self.solver != "exact" else ""
+        marginal = f", reg_m={self.reg_m}" if self.solver == "unbalanced" else ""
+        return (
+            f"modality={self.modality!r}, solver={self.solver!r}, eta={self.eta}, weight={self.weight}"
+            f"{entropic}{marginal}"
+        )

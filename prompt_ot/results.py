@@ -1,0 +1,78 @@
+"""The per-run metrics file: what the evaluate stage writes and the report and tracking layers read.
+
+One JSON file per (protocol, method, training dataset, shots, seed) evaluation::
+
+    {"format": "prompt_ot.metrics/1", "protocol": "base2novel", "method": "prompt_ot",
+     "dataset": "caltech101", "seed": 1, "shots": 16, "backbone": "ViT-B-16-quickgelu",
+     "pretrained": "openai", "epoch": 40,
+     "accuracy": {"base": 97.9, "novel": 94.1},   # percent, full precision
+     "n": {"base": 1549, "novel": 916},
+     "hm": 95.96,                                  # base2novel only: 2BN/(B+N)
+     "base_method": "prompt_ot", "regulariser_weight": 10.0}  # for variants (e.g. a lambda sweep)
+
+Protocols and their ``accuracy`` keys: ``base2novel`` -> base, novel; ``cross_dataset`` and
+``domain_generalization`` -> one key per evaluated dataset (the source included); ``few_shot`` -> all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prompt_ot.errors import UserError
+
+FORMAT = "prompt_ot.metrics/1"
+PROTOCOLS = ("base2novel", "cross_dataset", "domain_generalization", "few_shot")
+
+
+@dataclass
+class RunMetrics:
+    protocol: str
+    method: str
+    dataset: str
+    seed: int
+    shots: int
+    backbone: str
+    accuracy: dict[str, float]
+    n: dict[str, int] = field(default_factory=dict)
+    pretrained: str | None = None
+    epoch: int | None = None
+    hm: float | None = None
+    base_method: str | None = None  # the registry method a variant derives from (equals method otherwise)
+    regulariser_weight: float | None = None  # lambda of the regulariser, None without one
+
+    def to_json(self) -> str:
+        payload = {"format": FORMAT, **asdict(self)}
+        if payload["hm"] is None:
+            del payload["hm"]
+        return json.dumps(payload, indent=2, sort_keys=False) + "\n"
+
+
+def write_metrics(path: str | Path, metrics: RunMetrics) -> None:
+    from prompt_ot.utils.io import atomic_write_text
+
+    if metrics.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {metrics.protocol}")
+    atomic_write_text(path, metrics.to_json())
+
+
+def read_metrics(path: str | Path) -> RunMetrics:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"metrics file {path} does not exist; run the evaluate stage first") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"metrics file {path} is not valid JSON ({err}); delete it and rerun the evaluate stage") from err
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise UserError(f"{path} is not a prompt_ot metrics file (format {FORMAT!r} expected)")
+    raw.pop("format")
+    try:
+        metrics = RunMetrics(**raw)
+    except TypeError as err:
+        raise UserError(f"metrics file {path} has unexpected fields ({err}); rerun the evaluate stage") from err
+    if metrics.protocol not in PROTOCOLS or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.accuracy.values()):
+        raise UserError(f"metrics file {path} has an unknown protocol or non-numeric accuracies")
+    return metrics

@@ -1,0 +1,469 @@
+"""The regularisers: OT loss against POT, gradients against finite differences, invariances,
+degenerate batches, the point-wise baselines against hand computations, and config errors."""
+
+import math
+import warnings
+
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prompt_ot.errors import UserError
+from prompt_ot.losses import (
+    KgCoOpLoss,
+    OTRegulariser,
+    PointwiseL1,
+    RegulariserInputs,
+    build_regulariser,
+    paired_features,
+    transport_cost,
+    transport_plan,
+)
+
+SOLVERS = ["exact", "sinkhorn", "unbalanced"]
+MODALITIES = ["joint", "vision", "text"]
+
+
+def unit(*shape, dtype=torch.float64, generator=None):
+    return F.normalize(torch.randn(*shape, dtype=dtype, generator=generator), dim=-1)
+
+
+def random_inputs(batch=5, dim=6, classes=4, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return RegulariserInputs(
+        image=unit(batch, dim, dtype=dtype, generator=generator),
+        frozen_image=unit(batch, dim, dtype=dtype, generator=generator),
+        class_text=unit(classes, dim, dtype=dtype, generator=generator),
+        frozen_class_text=unit(classes, dim, dtype=dtype, generator=generator),
+        labels=torch.randint(0, classes, (batch,), generator=generator),
+    )
+
+
+def uniform(n):
+    return torch.full((n,), 1.0 / n, dtype=torch.float64)
+
+
+def central_differences(function, tensor, eps=1e-6):
+    """d function / d tensor, element by element, by central differences (tensor is modified in place)."""
+    gradient = torch.zeros_like(tensor)
+    flat, flat_gradient = tensor.data.view(-1), gradient.view(-1)
+    for index in range(flat.numel()):
+        original = flat[index].item()
+        flat[index] = original + eps
+        above = function().item()
+        flat[index] = original - eps
+        below = function().item()
+        flat[index] = original
+        flat_gradient[index] = (above - below) / (2 * eps)
+    return gradient
+
+
+# --- the cost and the exact loss ------------------------------------------------------------------
+
+
+def test_joint_cost_is_one_minus_cosine_on_each_half():
+    # DESIGN: for unit vectors and eta = 0.5, C_ij = (1 - cos(f_i, g_j)) + (1 - cos(T_{y_i}, S_{y_j})).
+    inputs = random_inputs(batch=4, seed=1)
+    cost = transport_cost(*paired_features(inputs, "joint"), eta=0.5)
+    y = inputs.labels.tolist()
+    for i in range(4):
+        for j in range(4):
+            image_part = 1 - torch.dot(inputs.image[i], inputs.frozen_image[j])
+            text_part = 1 - torch.dot(inputs.class_text[y[i]], inputs.frozen_class_text[y[j]])
+            assert cost[i, j].item() == pytest.approx((image_part + text_part).item(), abs=1e-12)
+
+
+def test_cost_is_eta_times_squared_distance_for_any_vectors():
+    generator = torch.Generator().manual_seed(2)
+    u = torch.randn(3, 5, dtype=torch.float64, generator=generator) * 3
+    v = torch.randn(4, 5, dtype=torch.float64, generator=generator)
+    cost = transport_cost(u, v, eta=0.7)
+    assert cost.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            expected = 0.7 * sum((a - b) ** 2 for a, b in zip(u[i].tolist(), v[j].tolist()))
+            assert cost[i, j].item() == pytest.approx(expected, rel=1e-12)
+
+
+def rows_by_definition(inputs, modality):
+    """u_i and v_j written out from the paper's definition, one row at a time."""
+    f, g, T, S, y = inputs.image, inputs.frozen_image, inputs.class_text, inputs.frozen_class_text, inputs.labels
+    rows = {
+        "vision": lambda i: (f[i], g[i]),
+        "text": lambda i: (T[y[i]], S[y[i]]),
+        "joint": lambda i: (torch.cat([f[i], T[y[i]]]), torch.cat([g[i], S[y[i]]])),
+    }[modality]
+    pairs = [rows(i) for i in range(len(y))]
+    return torch.stack([u for u, _ in pairs]), torch.stack([v for _, v in pairs])
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("batch", [1, 4, 7])
+def test_exact_loss_equals_pot_emd2(batch, modality):
+    inputs = random_inputs(batch=batch, seed=batch)
+    regulariser = OTRegulariser(modality=modality, solver="exact", weight=1.0)
+    loss = regulariser(inputs)
+    fine_tuned, frozen = rows_by_definition(inputs, modality)
+    cost = 0.5 * torch.cdist(fine_tuned, frozen) ** 2  # an independent route to the same cost
+    expected = ot.emd2(uniform(batch), uniform(batch), cost)
+    assert loss.item() == pytest.approx(float(expected), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("reg", [0.05, 0.3])
+def test_sinkhorn_loss_lies_between_exact_and_exact_plus_reg_log_batch(reg):
+    # <P_exact, C> <= <P_reg, C> <= <P_exact, C> + reg * log B: the entropic plan is feasible for the
+    # exact problem, and it beats the exact plan (entropy log B) on the entropic objective while no
+    # plan has entropy above 2 log B.
+    batch = 6
+    inputs = random_inputs(batch=batch, seed=15)
+    exact = OTRegulariser(solver="exact", weight=1.0)(inputs).item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn = OTRegulariser(solver="sinkhorn", weight=1.0, reg=reg, stop_threshold=1e-9)(inputs).item()
+    assert exact - 1e-9 <= sinkhorn <= exact + reg * math.log(batch) + 1e-9
+
+
+def test_sinkhorn_with_a_small_reg_does_not_underflow():
+    # Every cost is >= 2, so exp(-cost / reg) is 0 in float64 for reg = 1e-3: scaling-domain Sinkhorn
+    # divides by zero, the log-domain iterations do not. The matching is clear, so the plan is ~I/B.
+    batch = 5
+    generator = torch.Generator().manual_seed(16)
+    noise = 0.01 * torch.rand(batch, batch, generator=generator, dtype=torch.float64)
+    cost = 2.0 + 0.5 * (1 - torch.eye(batch, dtype=torch.float64)) + noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = transport_plan(cost, "sinkhorn", reg=1e-3)
+    torch.testing.assert_close(plan, torch.eye(batch, dtype=torch.float64) / batch, atol=1e-12, rtol=0)
+
+
+# --- gradients -----------------------------------------------------------------------------------
+
+
+def test_exact_gradient_matches_finite_differences_of_the_re_solved_loss():
+    # gradcheck perturbs the fine-tuned features and re-solves the plan at every evaluation, so it
+    # checks that the fixed-plan gradient is the gradient of the true OT loss (unique plan here).
+    inputs = random_inputs(batch=5, seed=4)
+    regulariser = OTRegulariser(modality="joint", solver="exact", weight=2.0)
+
+    def loss_of(image, class_text):
+        return regulariser(
+            RegulariserInputs(image, inputs.frozen_image, class_text, inputs.frozen_class_text, inputs.labels)
+        )
+
+    image = inputs.image.clone().requires_grad_()
+    class_text = inputs.class_text.clone().requires_grad_()
+    assert torch.autograd.gradcheck(loss_of, (image, class_text), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["sinkhorn", "unbalanced"])
+def test_entropic_gradient_is_the_fixed_plan_gradient(solver):
+    inputs = random_inputs(batch=5, seed=5)
+    regulariser = OTRegulariser(modality="joint", solver=solver, weight=3.0)
+    image = inputs.image.clone().requires_grad_()
+    class_text = inputs.class_text.clone().requires_grad_()
+    regulariser(
+        RegulariserInputs(image, inputs.frozen_image, class_text, inputs.frozen_class_text, inputs.labels)
+    ).backward()
+    plan = regulariser.last_plan
+    assert not plan.requires_grad
+
+    def fixed_plan_loss():
+        features = RegulariserInputs(image, inputs.frozen_image, class_text, inputs.frozen_class_text, inputs.labels)
+        return 3.0 * (plan * transport_cost(*paired_features(features, "joint"))).sum()
+
+    with torch.no_grad():
+        expected_image = central_differences(fixed_plan_loss, image)
+        expected_text = central_differences(fixed_plan_loss, class_text)
+    torch.testing.assert_close(image.grad, expected_image, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(class_text.grad, expected_text, atol=1e-7, rtol=1e-6)
+
+
+def test_sinkhorn_value_and_gradient_against_pot():
+    # The loss value is POT's sinkhorn2 (the linear term <P, C>). Its gradient is P dC, which is the
+    # gradient of the entropic OT value <P, C> + reg * sum P log P (envelope theorem), i.e. what
+    # autodiff through POT's iterations gives for that objective at a tight tolerance. It is not the
+    # autodiff gradient of sinkhorn2 itself, which also differentiates P(C) inside <P(C), C>.
+    reg, threshold = 0.1, 1e-12
+    generator = torch.Generator().manual_seed(6)
+    frozen = unit(6, 8, generator=generator)
+    fine_tuned = F.normalize(frozen + 0.5 * torch.randn(6, 8, dtype=torch.float64, generator=generator), dim=-1)
+    regulariser = OTRegulariser(solver="sinkhorn", weight=1.0, reg=reg, stop_threshold=threshold)
+    ours = fine_tuned.clone().requires_grad_()
+    loss = regulariser.transport_loss(ours, frozen)
+    loss.backward()
+
+    through_pot = fine_tuned.clone().requires_grad_()
+    cost = transport_cost(through_pot, frozen)
+    plan = ot.sinkhorn(uniform(6), uniform(6), cost, reg, method="sinkhorn_log", stopThr=threshold, numItermax=100_000)
+    ((plan * cost).sum() + reg * (plan * plan.log()).sum()).backward()
+    torch.testing.assert_close(ours.grad, through_pot.grad, atol=1e-9, rtol=1e-7)
+
+    through_sinkhorn2 = fine_tuned.clone().requires_grad_()
+    value = ot.sinkhorn2(
+        uniform(6), uniform(6), transport_cost(through_sinkhorn2, frozen), reg,
+        method="sinkhorn_log", stopThr=threshold, numItermax=100_000,
+    )
+    assert loss.item() == pytest.approx(value.item(), rel=1e-9)
+    value.backward()
+    assert (ours.grad - through_sinkhorn2.grad).abs().max() > 1e-3 * ours.grad.abs().max()
+
+
+# --- what the loss is when nothing moved ---------------------------------------------------------
+
+
+def unchanged_inputs(batch=5, seed=7):
+    """Fine-tuned features equal to the frozen ones, with a repeated label."""
+    inputs = random_inputs(batch=batch, seed=seed)
+    labels = torch.tensor([0, 2, 2, 1, 0][:batch])
+    return RegulariserInputs(inputs.frozen_image, inputs.frozen_image, inputs.frozen_class_text,
+                             inputs.frozen_class_text, labels)
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_exact_loss_is_zero_when_nothing_moved(modality):
+    assert OTRegulariser(modality=modality, solver="exact")(unchanged_inputs()).item() == 0.0
+
+
+@pytest.mark.parametrize("modality", ["joint", "vision"])
+def test_sinkhorn_loss_when_nothing_moved_is_positive_but_at_most_reg_log_batch(modality):
+    # The entropic plan has full support, so it pays for off-diagonal pairs: the loss is > 0. It is
+    # still small: comparing with the identity plan I/B (cost 0, entropy log B) and using that no plan
+    # has entropy above 2 log B gives <P, C> <= reg * log B.
+    batch, weight, reg = 5, 2.0, 0.1
+    regulariser = OTRegulariser(modality=modality, solver="sinkhorn", weight=weight, reg=reg)
+    loss = regulariser(unchanged_inputs(batch)).item()
+    assert 0.0 < loss <= weight * reg * math.log(batch)
+    assert regulariser.last_plan.diagonal().sum() < 1.0
+
+
+def test_unbalanced_loss_when_nothing_moved_is_positive():
+    # Same reason as Sinkhorn: the entropic plan puts some mass on every (i, j).
+    regulariser = OTRegulariser(solver="unbalanced")
+    assert regulariser(unchanged_inputs()).item() > 0.0
+    assert (regulariser.last_plan > 0).all()
+
+
+# --- permutations: transport versus point-wise ---------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_ot_loss_is_invariant_to_permuting_the_frozen_batch(solver):
+    # The frozen batch is the rows v_j = [g_j ; S_{y_j}]: permuting j moves g_j together with its
+    # label on the frozen side, which permutes the columns of the cost and of the plan.
+    inputs = random_inputs(batch=6, seed=8)
+    permutation = torch.tensor([3, 0, 5, 1, 2, 4])
+    fine_tuned, frozen = paired_features(inputs, "joint")
+    permuted_inputs = RegulariserInputs(inputs.image, inputs.frozen_image[permutation], inputs.class_text,
+                                        inputs.frozen_class_text, inputs.labels[permutation])
+    _, permuted_frozen = paired_features(permuted_inputs, "joint")
+    assert torch.equal(permuted_frozen, frozen[permutation])
+
+    regulariser = OTRegulariser(solver=solver, stop_threshold=1e-10)
+    loss = regulariser.transport_loss(fine_tuned, frozen)
+    plan = regulariser.last_plan
+    permuted_loss = regulariser.transport_loss(fine_tuned, permuted_frozen)
+    assert permuted_loss.item() == pytest.approx(loss.item(), rel=1e-8)
+    torch.testing.assert_close(regulariser.last_plan, plan[:, permutation], atol=1e-9, rtol=1e-7)
+
+
+def test_pointwise_l1_changes_when_the_frozen_images_are_permuted_but_ot_does_not():
+    # f = g and T = S: both losses are 0. Shuffling the frozen images (distinct rows, no fixed point)
+    # leaves a perfect matching for OT, but pairs every f_i with some g_j != f_i for the L1 term.
+    inputs = unchanged_inputs(batch=4)
+    derangement = torch.tensor([1, 2, 3, 0])
+    shuffled = RegulariserInputs(inputs.image, inputs.frozen_image[derangement], inputs.class_text,
+                                 inputs.frozen_class_text, inputs.labels)
+    vision_ot, pointwise = OTRegulariser(modality="vision"), PointwiseL1(image_weight=10.0, text_weight=25.0)
+    assert vision_ot(inputs).item() == 0.0 and vision_ot(shuffled).item() == 0.0
+    assert pointwise(inputs).item() == 0.0
+    expected = 10.0 * (inputs.image - inputs.image[derangement]).abs().mean().item()
+    assert expected > 0
+    assert pointwise(shuffled).item() == pytest.approx(expected, rel=1e-12)
+
+
+# --- degenerate batches --------------------------------------------------------------------------
+
+
+def degenerate_inputs(case, dtype, batch=5, dim=6, classes=3):
+    """Every image row the same (up to 1e-7 noise for ``near_duplicate``) and one label for the batch;
+    ``identical`` also makes the fine-tuned features equal to the frozen ones, so every cost is 0."""
+    generator = torch.Generator().manual_seed(9)
+
+    def repeated_row():
+        row = unit(1, dim, dtype=dtype, generator=generator).repeat(batch, 1)
+        if case == "near_duplicate":
+            row = F.normalize(row + 1e-7 * torch.randn(batch, dim, dtype=dtype, generator=generator), dim=-1)
+        return row
+
+    image, frozen_image = repeated_row(), repeated_row()
+    class_text = unit(classes, dim, dtype=dtype, generator=generator)
+    frozen_class_text = unit(classes, dim, dtype=dtype, generator=generator)
+    if case == "identical":
+        frozen_image, frozen_class_text = image.clone(), class_text.clone()
+    labels = torch.zeros(batch, dtype=torch.long)
+    image, class_text = image.requires_grad_(), class_text.requires_grad_()
+    return RegulariserInputs(image, frozen_image, class_text, frozen_class_text, labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["duplicate", "near_duplicate", "identical"])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_degenerate_batches_give_finite_loss_and_gradient(solver, case, dtype):
+    inputs = degenerate_inputs(case, dtype)
+    regulariser = OTRegulariser(solver=solver)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no silent "did not converge" or numerical-error warnings either
+        loss = regulariser(inputs)
+    loss.backward()
+    assert loss.dtype == dtype and torch.isfinite(loss)
+    assert torch.isfinite(inputs.image.grad).all() and torch.isfinite(inputs.class_text.grad).all()
+    assert torch.isfinite(regulariser.last_plan).all()
+    if solver != "unbalanced":
+        assert regulariser.last_plan.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("solver", ["exact", "sinkhorn"])
+def test_plan_has_uniform_marginals_and_the_cost_dtype(solver, dtype):
+    batch = 7
+    inputs = random_inputs(batch=batch, dtype=dtype, seed=10)
+    cost = transport_cost(*paired_features(inputs, "joint")).requires_grad_()
+    plan = transport_plan(cost, solver)
+    assert plan.dtype == dtype and plan.device == cost.device and not plan.requires_grad
+    assert (plan >= 0).all()
+    tolerance = 1e-6 if dtype == torch.float32 or solver == "sinkhorn" else 1e-12
+    torch.testing.assert_close(plan.sum(dim=1), torch.full((batch,), 1 / batch, dtype=dtype), atol=tolerance, rtol=0)
+    torch.testing.assert_close(plan.sum(dim=0), torch.full((batch,), 1 / batch, dtype=dtype), atol=tolerance, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_plan_and_gradient_stay_on_the_gpu(solver):
+    inputs = random_inputs(batch=4, dtype=torch.float32, seed=17)
+    on_gpu = RegulariserInputs(*(None if t is None else t.cuda() for t in vars(inputs).values()))
+    image = on_gpu.image.requires_grad_()
+    regulariser = OTRegulariser(solver=solver)
+    loss = regulariser(on_gpu)
+    loss.backward()
+    assert regulariser.last_plan.device.type == "cuda" and regulariser.last_plan.dtype == torch.float32
+    cpu_loss = OTRegulariser(solver=solver)(inputs)
+    assert loss.item() == pytest.approx(cpu_loss.item(), rel=1e-5)
+    assert image.grad.device.type == "cuda" and torch.isfinite(image.grad).all()
+
+
+def test_exact_plan_is_a_scaled_permutation_for_distinct_features():
+    plan = transport_plan(transport_cost(*paired_features(random_inputs(batch=6, seed=11))), "exact")
+    assert sorted(plan.flatten().tolist()).count(0.0) == 30
+    assert torch.equal((plan > 0).sum(dim=0), torch.ones(6, dtype=torch.long))
+
+
+def test_unbalanced_with_too_small_reg_is_a_user_error():
+    inputs = random_inputs(batch=5, seed=12)
+    with pytest.raises(UserError, match="reg=0.0001 is too small"):
+        OTRegulariser(solver="unbalanced", reg=1e-4)(inputs)
+
+
+# --- the point-wise baselines --------------------------------------------------------------------
+
+
+def test_kgcoop_equals_hand_computation():
+    class_text = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    frozen_class_text = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-3.0, -4.0]])
+    cosines = [1.0, 1 / math.sqrt(2), -1.0]
+    expected = 8.0 * (1 - sum(cosines) / 3)
+    inputs = RegulariserInputs(None, None, class_text, frozen_class_text, torch.tensor([0]))
+    assert KgCoOpLoss()(inputs).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pointwise_l1_equals_hand_computation():
+    image, frozen_image = torch.tensor([[1.0, 2.0], [0.5, -1.0]]), torch.tensor([[0.0, 4.0], [0.5, 0.0]])
+    class_text, frozen_class_text = torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([[0.0, 3.0, 1.5]])
+    image_term = (1.0 + 2.0 + 0.0 + 1.0) / 4
+    text_term = (1.0 + 2.0 + 0.5) / 3
+    inputs = RegulariserInputs(image, frozen_image, class_text, frozen_class_text, torch.tensor([0, 0]))
+    assert PointwiseL1()(inputs).item() == pytest.approx(10 * image_term + 25 * text_term, rel=1e-6)
+    text_only = PointwiseL1(image_weight=0, text_weight=25)
+    assert not text_only.needs_frozen_image
+    no_images = RegulariserInputs(None, None, class_text, frozen_class_text, torch.tensor([0, 0]))
+    assert text_only(no_images).item() == pytest.approx(25 * text_term, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda scale: OTRegulariser(solver="exact", weight=1.5 * scale),
+        lambda scale: OTRegulariser(solver="sinkhorn", weight=1.5 * scale),
+        lambda scale: OTRegulariser(solver="unbalanced", weight=1.5 * scale),
+        lambda scale: PointwiseL1(image_weight=2.0 * scale, text_weight=3.0 * scale),
+        lambda scale: KgCoOpLoss(weight=1.5 * scale),
+    ],
+    ids=["exact", "sinkhorn", "unbalanced", "pointwise_l1", "kgcoop"],
+)
+def test_loss_is_linear_in_its_weights(make):
+    inputs = random_inputs(seed=13)
+    base = make(1.0)(inputs).item()
+    assert base > 0
+    assert make(4.0)(inputs).item() == pytest.approx(4.0 * base, rel=1e-10)
+
+
+def test_which_regularisers_need_frozen_image_features():
+    assert OTRegulariser(modality="joint").needs_frozen_image
+    assert OTRegulariser(modality="vision").needs_frozen_image
+    assert not OTRegulariser(modality="text").needs_frozen_image
+    assert PointwiseL1().needs_frozen_image
+    assert not KgCoOpLoss().needs_frozen_image
+    inputs = random_inputs(seed=14)
+    text_only = RegulariserInputs(None, None, inputs.class_text, inputs.frozen_class_text, inputs.labels)
+    assert OTRegulariser(modality="text")(text_only).item() == OTRegulariser(modality="text")(inputs).item()
+
+
+# --- building from a config ----------------------------------------------------------------------
+
+
+def test_build_regulariser_from_specs():
+    assert build_regulariser(None) is None
+    built = build_regulariser(
+        {"kind": "ot", "modality": "vision", "solver": "unbalanced", "weight": 5, "eta": 0.25, "reg": 0.2, "reg_m": 2}
+    )
+    assert isinstance(built, OTRegulariser)
+    assert (built.modality, built.solver, built.weight, built.eta, built.reg, built.reg_m) == (
+        "vision", "unbalanced", 5.0, 0.25, 0.2, 2.0,
+    )
+    default = build_regulariser({"kind": "ot"})
+    assert (default.modality, default.solver, default.weight, default.eta) == ("joint", "exact", 10.0, 0.5)
+    pointwise = build_regulariser({"kind": "pointwise_l1", "image_weight": 10, "text_weight": 25})
+    assert isinstance(pointwise, PointwiseL1) and (pointwise.image_weight, pointwise.text_weight) == (10.0, 25.0)
+    kgcoop = build_regulariser({"kind": "kgcoop", "weight": 8.0})
+    assert isinstance(kgcoop, KgCoOpLoss) and kgcoop.weight == 8.0
+
+
+@pytest.mark.parametrize(
+    "spec, named",
+    [
+        ({"kind": "optimal"}, ["'optimal'", "kgcoop", "ot", "pointwise_l1"]),
+        ({"kind": "ot", "modality": "audio"}, ["'audio'", "joint", "text", "vision"]),
+        ({"kind": "ot", "solver": "greenkhorn"}, ["'greenkhorn'", "exact", "sinkhorn", "unbalanced"]),
+        ({"kind": "ot", "wieght": 1.0}, ["'wieght'", "weight", "eta", "reg", "reg_m"]),
+        ({"kind": "ot", "weight": 0}, ["'weight'", "> 0", "0"]),
+        ({"kind": "ot", "weight": -1.0}, ["'weight'", "> 0", "-1.0"]),
+        ({"kind": "ot", "eta": 0.0}, ["'eta'", "> 0"]),
+        ({"kind": "ot", "solver": "sinkhorn", "reg": -0.1}, ["'reg'", "> 0", "-0.1"]),
+        ({"kind": "ot", "reg_m": float("nan")}, ["'reg_m'", "finite number"]),
+        ({"kind": "ot", "weight": "ten"}, ["'weight'", "'ten'"]),
+        ({"kind": "kgcoop", "weight": 0}, ["'weight'", "> 0"]),
+        ({"kind": "pointwise_l1", "image_weight": -1}, ["'image_weight'", ">= 0"]),
+        ({"kind": "pointwise_l1", "image_weight": 0, "text_weight": 0}, ["image_weight", "text_weight"]),
+        ({"weight": 1.0}, ["'kind'", "kgcoop", "ot", "pointwise_l1"]),
+        ("ot", ["'ot'", "kind"]),
+    ],
+)
+def test_build_regulariser_rejects_bad_specs(spec, named):
+    with pytest.raises(UserError) as error:
+        build_regulariser(spec)
+    message = str(error.value)
+    for text in named:
+        assert text in message, f"{text!r} not in {message!r}"

@@ -1,0 +1,226 @@
+"""The image store: decoded pixels, shards, failure modes, atomic builds and reuse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prompt_ot.data import store as store_module
+from prompt_ot.data.registry import Item
+from prompt_ot.data.store import ImageStore, build_store, default_train_size, resize_center_crop
+from prompt_ot.errors import UserError
+
+SIZES = [(50, 37), (37, 50), (41, 41), (64, 30), (30, 64), (45, 33), (33, 45)]  # (width, height)
+
+
+def smooth_image(seed: int, width: int, height: int) -> Image.Image:
+    """A photo-like RGB image: upsampled random colours plus a little noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).resize((width, height), Image.BILINEAR)
+    noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-10, 11, (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def make_images(root, n: int = 7) -> list[Item]:
+    """n images under root: JPEGs of several shapes, one grey PNG; labels cycle over 3 classes."""
+    items = []
+    for k in range(n):
+        width, height = SIZES[k % len(SIZES)]
+        image = smooth_image(k, width, height)
+        label = k % 3
+        if k == 2:
+            relpath, image = f"c{label}/img_{k}.png", image.convert("L")
+        else:
+            relpath = f"c{label}/img_{k}.jpg"
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / relpath)
+        items.append(Item(relpath, label, f"class{label}"))
+    return items
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "images"
+    return root, make_images(root)
+
+
+def test_test_store_holds_resized_centre_crops(images, tmp_path):
+    root, items = images
+    store = build_store(items, root, tmp_path / "store", "test", 32, shard_size=3)
+    assert len(store) == len(items) == 7
+    assert store.relpaths == [it.relpath for it in items]
+    assert store.labels.tolist() == [it.label for it in items]
+    assert store.mode == "test" and store.stored_size == 32
+    for i, it in enumerate(items):
+        with Image.open(root / it.relpath) as image:
+            expected = resize_center_crop(image, 32)
+        assert store[i].dtype == np.uint8 and store[i].shape == (32, 32, 3)
+        np.testing.assert_array_equal(store[i], expected)
+    # the grey PNG became RGB with three equal channels
+    assert np.array_equal(store[2][..., 0], store[2][..., 2])
+    # 7 images in shards of 3
+    index = json.loads((tmp_path / "store" / "index.json").read_text())
+    assert [s["count"] for s in index["shards"]] == [3, 3, 1]
+    assert index["format_version"] == 1
+    assert index["preprocess"] == {
+        "convert": "RGB", "resize_shorter_side": 32, "interpolation": "bicubic (PIL, antialiased)", "center_crop": 32,
+    }
+
+
+def test_resize_center_crop_reference():
+    """Shorter side to the target size (longer side scaled and truncated), then the centre square."""
+    image = smooth_image(0, 50, 37)
+    reference = image.resize((43, 32), Image.BICUBIC)  # 50 * 32 / 37 = 43.2 -> 43
+    reference = np.asarray(reference)[:, 6:38]  # left edge round((43 - 32) / 2) = round(5.5) = 6
+    np.testing.assert_array_equal(resize_center_crop(image, 32), reference)
+
+
+def test_train_store_uses_the_training_size(images, tmp_path):
+    root, items = images
+    store = build_store(items, root, tmp_path / "store", "train", 32, train_size=40)
+    assert store[0].shape == (40, 40, 3) and store.image_size == 32
+    default = build_store(items, root, tmp_path / "store2", "train", 224)
+    assert default_train_size(224) == 256 and default[0].shape == (256, 256, 3)
+    with pytest.raises(UserError, match="train_size"):
+        build_store(items, root, tmp_path / "store3", "train", 32, train_size=16)
+    with pytest.raises(UserError, match="unknown store mode 'eval'"):
+        build_store(items, root, tmp_path / "store4", "eval", 32)
+
+
+def test_reading_does_no_decoding_and_survives_pickling(images, tmp_path, monkeypatch):
+    root, items = images
+    built = build_store(items, root, tmp_path / "store", "test", 32, shard_size=2)
+    pixels = [built[i] for i in range(len(built))]
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the store decoded an image"))
+    store = ImageStore(tmp_path / "store")
+    for i in range(len(store)):
+        np.testing.assert_array_equal(store[i], pixels[i])
+    copy = pickle.loads(pickle.dumps(store))  # what DataLoader workers do
+    np.testing.assert_array_equal(copy[6], pixels[6])
+    with pytest.raises(IndexError):
+        store[7]
+
+
+def test_worker_count_does_not_change_the_store(images, tmp_path):
+    root, items = images
+    one = build_store(items, root, tmp_path / "one", "test", 32, workers=1)
+    three = build_store(items, root, tmp_path / "three", "test", 32, workers=3)
+    for i in range(len(items)):
+        np.testing.assert_array_equal(one[i], three[i])
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_corrupt_or_truncated_image_stops_the_build(images, tmp_path):
+    root, items = images
+    _truncate(root / items[3].relpath)
+    with pytest.raises(UserError, match=rf"{items[3].relpath}.*cannot be decoded"):
+        build_store(items, root, tmp_path / "store", "test", 32)
+    assert not (tmp_path / "store").exists()
+    (root / items[3].relpath).write_bytes(b"this is not an image")
+    with pytest.raises(UserError, match=rf"{items[3].relpath}.*cannot be decoded"):
+        build_store(items, root, tmp_path / "store", "test", 32)
+
+
+def test_skip_bad_counts_and_logs(images, tmp_path, caplog):
+    root, items = images
+    _truncate(root / items[1].relpath)
+    (root / items[4].relpath).write_bytes(b"\x89PNG garbage")
+    with caplog.at_level(logging.WARNING, logger="prompt_ot.data.store"):
+        store = build_store(items, root, tmp_path / "store", "test", 32, skip_bad=True, shard_size=2)
+    kept = [it for k, it in enumerate(items) if k not in (1, 4)]
+    assert len(store) == 5 and store.relpaths == [it.relpath for it in kept]
+    assert store.labels.tolist() == [it.label for it in kept]
+    assert store.skipped == [items[1].relpath, items[4].relpath]
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("skipped 2 bad images: ")
+    assert items[1].relpath in lines[0] and items[4].relpath in lines[0]
+    with Image.open(root / kept[-1].relpath) as image:
+        np.testing.assert_array_equal(store[4], resize_center_crop(image, 32))
+
+
+def test_missing_file_and_bad_label_name_the_file(images, tmp_path):
+    root, items = images
+    (root / items[5].relpath).unlink()
+    with pytest.raises(UserError, match=rf"{items[5].relpath} does not exist"):
+        build_store(items, root, tmp_path / "store", "test", 32, skip_bad=True)
+    good = items[:5]
+    bad_label = good + [Item(good[0].relpath, 3, "extra")]
+    with pytest.raises(UserError, match=rf"{good[0].relpath} has label 3.*0\.\.2 \(3 classes given\)"):
+        build_store(bad_label, root, tmp_path / "store", "test", 32, classnames=["a", "b", "c"])
+    with pytest.raises(UserError, match="has label -1"):
+        build_store([Item(good[0].relpath, -1, "x")], root, tmp_path / "store", "test", 32)
+    assert not (tmp_path / "store").exists()
+
+
+class Killed(BaseException):
+    """Stands in for the process being killed mid-build."""
+
+
+def _kill_after(monkeypatch, n: int):
+    real = store_module._decode
+    calls = []
+
+    def decode(path, size):
+        calls.append(path)
+        if len(calls) > n:
+            raise Killed
+        return real(path, size)
+
+    monkeypatch.setattr(store_module, "_decode", decode)
+
+
+def test_killed_build_leaves_no_complete_looking_store(images, tmp_path, monkeypatch):
+    root, items = images
+    _kill_after(monkeypatch, 4)
+    with pytest.raises(Killed):
+        build_store(items, root, tmp_path / "out" / "store", "test", 32, shard_size=2, workers=1)
+    assert list((tmp_path / "out").iterdir()) == []  # neither the store nor its temporary folder
+    with pytest.raises(UserError, match="no complete image store"):
+        ImageStore(tmp_path / "out" / "store")
+
+
+def test_killed_rebuild_keeps_the_old_store(images, tmp_path, monkeypatch):
+    root, items = images
+    old = build_store(items[:4], root, tmp_path / "store", "test", 32)
+    _kill_after(monkeypatch, 2)
+    with pytest.raises(Killed):
+        build_store(items, root, tmp_path / "store", "test", 32, workers=1)
+    assert len(ImageStore(tmp_path / "store")) == len(old) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "store"]
+
+
+def test_same_build_is_reused_and_a_different_one_replaces_it(images, tmp_path, monkeypatch):
+    root, items = images
+    build_store(items, root, tmp_path / "store", "test", 32)
+    real = store_module._decode
+    monkeypatch.setattr(store_module, "_decode", lambda *a: pytest.fail("rebuilt an up-to-date store"))
+    assert len(build_store(items, root, tmp_path / "store", "test", 32)) == 7
+    monkeypatch.setattr(store_module, "_decode", real)
+    smaller = build_store(items[:3], root, tmp_path / "store", "test", 32)
+    assert len(smaller) == 3 and len(ImageStore(tmp_path / "store")) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "store"]
+    # a changed file (different size) is noticed
+    smooth_image(99, 80, 60).save(root / items[0].relpath, quality=50)
+    with Image.open(root / items[0].relpath) as image:
+        expected = resize_center_crop(image, 32)
+    np.testing.assert_array_equal(build_store(items[:3], root, tmp_path / "store", "test", 32)[0], expected)
+
+
+def test_damaged_store_is_a_user_error(images, tmp_path):
+    root, items = images
+    build_store(items, root, tmp_path / "store", "test", 32, shard_size=3)
+    (tmp_path / "store" / "shard_00001.npy").write_bytes(b"\x93NUMPY broken")
+    with pytest.raises(UserError, match="shard_00001.npy"):
+        ImageStore(tmp_path / "store")
+    (tmp_path / "store" / "index.json").write_text("{")
+    with pytest.raises(UserError, match="index.json is not valid JSON"):
+        ImageStore(tmp_path / "store")

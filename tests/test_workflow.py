@@ -1,0 +1,95 @@
+"""The Snakemake and DVC pipelines define the same jobs with the same outputs; the workflow lints clean;
+params.yaml errors name the key."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from prompt_ot.config import validate_params
+from prompt_ot.errors import UserError
+from tests.workflow_helpers import ROOT, dvc_jobs, make_workspace, quiet_env, snakemake_jobs
+
+
+def _same_jobs(folder):
+    smk = snakemake_jobs(folder)
+    dvc = dvc_jobs(folder)
+    assert smk, "Snakemake defined no jobs"
+    only_smk = sorted(set(smk) - set(dvc))[:3]
+    only_dvc = sorted(set(dvc) - set(smk))[:3]
+    assert not only_smk and not only_dvc, f"only in Snakemake: {only_smk}\nonly in DVC: {only_dvc}"
+    for cmd in smk:
+        assert smk[cmd] == dvc[cmd], f"{cmd}\n snakemake outputs {smk[cmd]}\n dvc outputs {dvc[cmd]}"
+    return smk
+
+
+def test_paper_grid_is_the_same_in_snakemake_and_dvc(tmp_path):
+    jobs = _same_jobs(make_workspace(tmp_path))
+    # 15 downloads + 15 test caches + (11 + 1) x 3 splits and train caches + 8 methods x (11 + 1) x 3 trainings
+    # + 8 x 3 x (11 + 1 + 1) evaluations + 1 report
+    assert len(jobs) == 15 + 15 + 36 + 36 + 288 + 8 * 3 * 13 + 1
+
+
+def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = ["caltech101", "dtd", "eurosat"]
+    params["methods"] = ["coop", "prompt_ot", "prompt_ot_l1"]
+    params["variants"] = {"prompt_ot_l1": {"method": "prompt_ot", "regulariser": {"weight": 1.0}}}
+    params["seeds"] = [1, 2]
+    params["protocols"] = {
+        "base2novel": {"datasets": ["dtd"], "shots": 4},
+        "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd", "eurosat"]}},
+        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
+        "few_shot": {"datasets": ["eurosat"], "shots": [1, 2]},
+    }
+    validate_params(params)
+    jobs = _same_jobs(make_workspace(tmp_path, yaml.safe_dump(params)))
+    assert any("--targets dtd eurosat" in cmd for cmd in jobs)
+    assert sum(cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 3 * 2 * (1 + 1 + 2)
+
+
+def test_snakemake_lint_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True,
+                            text=True, env=quiet_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout, result.stdout
+
+
+def _params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["train"].update(epochs="forty"), r"train.epochs = 'forty' has the wrong type"),
+        (lambda p: p["train"].update(batch_size=0), r"train.batch_size = 0 is invalid"),
+        (lambda p: p["protocols"]["base2novel"].update(shots=-2), r"protocols.base2novel.shots = -2"),
+        (lambda p: p["train"].update(lr_typo=1), r"unknown key 'lr_typo' under train"),
+        (lambda p: p.update(extra=1), r"unknown key 'extra' at the top level"),
+        (lambda p: p["methods"].append("maple"), r"methods\[8\] = 'maple' is not a known method"),
+        (lambda p: p["datasets"].append("mnist"), r"datasets\[15\] = 'mnist' is not a known dataset"),
+        (lambda p: p["train"].update(precision="fp8"), r"train.precision = 'fp8' is not allowed"),
+        (lambda p: p["protocols"]["base2novel"]["datasets"].append("imagenet_a"), r"cannot be trained on"),
+        (lambda p: p["datasets"].remove("dtd"), r"'dtd' is not listed under 'datasets'"),
+        (lambda p: p.update(variants={"x": {"method": "prompt_ot", "regulariser": {"weight": -1}}}), r"variants.x"),
+        (lambda p: p["protocols"].pop("few_shot"), r"protocols: 'few_shot' is a required property"),
+        (lambda p: p["protocols"]["cross_dataset"]["evaluate"].update(targets=[]), r"evaluate.targets is empty"),
+    ],
+)
+def test_bad_params_name_the_key(change, message):
+    params = _params()
+    change(params)
+    with pytest.raises(UserError, match=message):
+        validate_params(params)
+
+
+def test_snakemake_refuses_bad_params_before_running(tmp_path):
+    params = _params()
+    params["seeds"] = [1, 1]
+    folder = make_workspace(tmp_path, yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=folder,
+                            capture_output=True, text=True, env=quiet_env())
+    assert result.returncode != 0
+    assert "seeds" in (result.stdout + result.stderr)

@@ -1,0 +1,96 @@
+# Shared configuration: validation, the experiment grid, path patterns and wildcard constraints.
+import os
+
+from prompt_ot.config import validate_params
+
+validate_params(config, "params.yaml")
+
+PARAMS = "params.yaml"
+DATA = config["paths"]["data"]
+CACHE = config["paths"]["cache"]
+RUNS = config["paths"]["runs"]
+REPORTS = config["paths"]["reports"]
+BACKBONE = config["backbone"]["name"]
+PRETRAINED = config["backbone"]["pretrained"]
+EPOCHS = config["train"]["epochs"]
+METHODS = config["methods"]
+DATASETS = config["datasets"]
+SEEDS = config["seeds"]
+PROTOCOLS = config["protocols"]
+B2N = PROTOCOLS.get("base2novel", {"datasets": [], "shots": 16})
+XD = PROTOCOLS.get("cross_dataset", {"sources": [], "evaluate": {"targets": []}, "shots": 16})
+DG = PROTOCOLS.get("domain_generalization", {"sources": [], "evaluate": {"targets": []}})
+FS = PROTOCOLS.get("few_shot", {"datasets": [], "shots": []})
+ENV = "../envs/prompt_ot.yaml"
+
+
+def _alternatives(names):
+    return "|".join(sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    method=_alternatives(METHODS),
+    subset="base|novel|all",
+    shots=r"\d+",
+    seed=r"\d+",
+    trained="base2novel|cross_dataset|few_shot",
+
+
+def stamp(dataset):
+    return f"{RUNS}/stamps/{dataset}.json"
+
+
+def manifest(dataset, subset, shots, seed):
+    return f"{RUNS}/manifests/{dataset}/{subset}_{shots}shot_seed{seed}.json"
+
+
+def test_cache(dataset):
+    return f"{CACHE}/test/{dataset}"
+
+
+def train_cache(dataset, subset, shots, seed):
+    return f"{CACHE}/train/{dataset}/{subset}_{shots}shot_seed{seed}"
+
+
+def run_dir(protocol, method, dataset, shots, seed):
+    return f"{RUNS}/{protocol}/{method}/{dataset}_{shots}shot/seed{seed}"
+
+
+SUBSET = {"base2novel": "base", "cross_dataset": "all", "few_shot": "all"}
+
+
+def metrics_files():
+    """Every metrics file the grid defines, in a stable order."""
+    files = []
+    for m in METHODS:
+        for s in SEEDS:
+            files += [f"{run_dir('base2novel', m, d, B2N['shots'], s)}/metrics.json" for d in B2N["datasets"]]
+            files += [f"{run_dir('cross_dataset', m, d, XD['shots'], s)}/metrics.json" for d in XD["sources"]]
+            files += [f"{run_dir('domain_generalization', m, d, XD['shots'], s)}/metrics.json" for d in DG["sources"]]
+            files += [f"{run_dir('few_shot', m, d, k, s)}/metrics.json" for d in FS["datasets"] for k in FS["shots"]]
+    return files
+
+
+REPORT_INDEX = f"{REPORTS}/tables"
+
+# evaluation: which protocol's model each protocol evaluates, and its target datasets
+TRAINED_BY = {"base2novel": "base2novel", "cross_dataset": "cross_dataset",
+              "domain_generalization": "cross_dataset", "few_shot": "few_shot"}
+TARGETS = {"cross_dataset": XD["evaluate"]["targets"], "domain_generalization": DG["evaluate"]["targets"]}
+
+
+def targets_arg(protocol):
+    targets = TARGETS.get(protocol, [])
+    return (" --targets " + " ".join(targets)) if targets else ""
+
+
+def eval_inputs(protocol):
+    def inputs(w):
+        return {
+            "params": PARAMS,
+            "prompts": f"{run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed)}/prompts.safetensors",
+            "caches": [test_cache(d) for d in [w.dataset] + TARGETS.get(protocol, [])],
+        }
+
+    return inputs

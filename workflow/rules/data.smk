@@ -1,0 +1,30 @@
+# Datasets: download (or prepare, for the demo data) and few-shot manifests.
+
+
+rule download:
+    output:
+        stamp("{dataset}"),
+    params:
+        data=DATA,
+    log:
+        f"{RUNS}/logs/download/{{dataset}}.log",
+    conda:
+        ENV
+    shell:
+        "python -m prompt_ot download {wildcards.dataset} --root {params.data} --stamp {output} > {log} 2>&1"
+
+
+rule split:
+    input:
+        stamp("{dataset}"),
+    output:
+        manifest("{dataset}", "{subset}", "{shots}", "{seed}"),
+    params:
+        data=DATA,
+    log:
+        f"{RUNS}/logs/split/{{dataset}}_{{subset}}_{{shots}}shot_seed{{seed}}.log",
+    conda:
+        ENV
+    shell:
+        "python -m prompt_ot split {wildcards.dataset} --root {params.data} --subset {wildcards.subset}"
+        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output} > {log} 2>&1"

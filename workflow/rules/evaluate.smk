@@ -1,0 +1,28 @@
+# Evaluation: base and novel accuracy (base2novel), source and targets (cross-dataset, domain generalisation),
+# all classes (few-shot). One metrics file per run. The command reads test caches under the test-cache root;
+# the inputs name each one so that Snakemake builds them first.
+
+for _protocol in TRAINED_BY:
+
+    rule:
+        name:
+            f"evaluate_{_protocol}"
+        input:
+            unpack(eval_inputs(_protocol)),
+        output:
+            f"{RUNS}/{_protocol}/{{method}}/{{dataset}}_{{shots}}shot/seed{{seed}}/metrics.json",
+        params:
+            protocol=_protocol,
+            cache_root=f"{CACHE}/test",
+            targets=targets_arg(_protocol),
+        resources:
+            gpu=1,
+        log:
+            f"{RUNS}/logs/evaluate/{_protocol}_{{method}}_{{dataset}}_{{shots}}shot_seed{{seed}}.log",
+        conda:
+            ENV
+        shell:
+            "python -m prompt_ot evaluate --params {input.params} --protocol {params.protocol}"
+            " --method {wildcards.method} --dataset {wildcards.dataset} --shots {wildcards.shots}"
+            " --seed {wildcards.seed} --prompts {input.prompts} --test-cache-root {params.cache_root}"
+            "{params.targets} --out {output} > {log} 2>&1"

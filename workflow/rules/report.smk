@@ -1,0 +1,21 @@
+# Tables (LaTeX, CSV, Markdown) and figures from every metrics file of the grid.
+
+
+rule report:
+    input:
+        params=PARAMS,
+        metrics=metrics_files(),
+    output:
+        tables=directory(f"{REPORTS}/tables"),
+        figures=directory(f"{REPORTS}/figures"),
+    params:
+        runs=lambda w: RUNS,
+        published=f"{REPORTS}/published",
+        out=lambda w, output: os.path.dirname(output.tables),
+    log:
+        f"{RUNS}/logs/report.log",
+    conda:
+        ENV
+    shell:
+        "python -m prompt_ot report --params {input.params} --metrics-dir {params.runs}"
+        " --published {params.published} --out {params.out} > {log} 2>&1"
