@@ -15,6 +15,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    # one MLflow parent run per pipeline invocation; the store and experiment exist before the fan-out
+    shell(f"python -m prompt_ot mlflow init --project-root . --experiment {MLFLOW_EXPERIMENT} --out {MLFLOW_PARENT}")
+
+
 rule all:
     input:
         REPORT_INDEX,

@@ -15,6 +15,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("prompt_ot.commands.download", "fetch a dataset's archives and split files and verify them"),
     "split": ("prompt_ot.commands.split", "write the few-shot training manifest for a dataset, shot count and seed"),
+    "cache": ("prompt_ot.commands.cache", "compute frozen-backbone features once: test images, class texts, training views"),
+    "train": ("prompt_ot.commands.train", "train one method's prompts on a few-shot manifest (resumes from its checkpoint)"),
+    "evaluate": ("prompt_ot.commands.evaluate", "test trained prompts: base/novel, cross-dataset, domain shift or few-shot"),
+    "mlflow": ("prompt_ot.commands.mlflow_cmd", "create the tracking store and parent run; re-log results recorded while MLflow was unreachable"),
+    "report": ("prompt_ot.commands.report", "collect metrics files into LaTeX/CSV/Markdown tables and plots"),
     "smoke": ("prompt_ot.commands.smoke", "CPU smoke run: train and evaluate a method on a tiny CLIP with real digits"),
 }
 

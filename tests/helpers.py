@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 
-def tiny_clip(name: str = "tiny-vit", seed: int = 0):
+def tiny_clip(name: str = "tiny-vit"):
+    """The shipped tiny architecture with its (seeded) random weights."""
     from prompt_ot.models.backbone import load_backbone
 
-    torch.manual_seed(seed)
     return load_backbone(name)
 
 

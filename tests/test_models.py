@@ -134,7 +134,7 @@ def test_local_checkpoint_loads_same_weights(tmp_path):
 
     from prompt_ot.models.backbone import load_backbone
 
-    clip, _, _ = tiny_clip(seed=3)
+    clip, _, _ = tiny_clip()
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
     loaded, _, _ = load_backbone("tiny-vit", pretrained=str(path))

@@ -8,6 +8,8 @@ instead of a minute of network retries.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from prompt_ot.errors import UserError, unknown_name
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HUB_HOST = ("huggingface.co", 443)
+RANDOM_INIT_SEED = 0
 _registered = False
 
 
@@ -96,6 +99,21 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
     return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
 
 
+@contextlib.contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns on the root logger that no weights were loaded; for a random backbone that is the intent."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu"):
     """Build an open_clip CLIP in eval mode with every parameter frozen.
 
@@ -107,8 +125,13 @@ def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | Non
     if name not in open_clip.list_models():
         raise unknown_name("backbone", name, open_clip.list_models())
     weights = resolve_weights(name, pretrained, cache_dir)
+    import torch
+
     try:
-        model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir)
+        # random weights are seeded, so every stage that builds the same untrained backbone gets the same one
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir)
     except (RuntimeError, KeyError, ValueError) as err:
         if weights is None:
             raise

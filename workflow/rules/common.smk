@@ -22,6 +22,8 @@ XD = PROTOCOLS.get("cross_dataset", {"sources": [], "evaluate": {"targets": []},
 DG = PROTOCOLS.get("domain_generalization", {"sources": [], "evaluate": {"targets": []}})
 FS = PROTOCOLS.get("few_shot", {"datasets": [], "shots": []})
 ENV = "../envs/prompt_ot.yaml"
+MLFLOW_EXPERIMENT = config.get("mlflow", {}).get("experiment", "prompt-ot")
+MLFLOW_PARENT = f"{RUNS}/mlflow_parent.json"
 
 
 def _alternatives(names):

@@ -1,0 +1,62 @@
+"""`python -m prompt_ot cache test|train`: compute frozen-backbone features once (see ``prompt_ot.cache``).
+
+    python -m prompt_ot cache test digits --root data --backbone tiny-vit --out cache/tiny-vit/digits/test
+    python -m prompt_ot cache train --manifest m.json --root data --backbone tiny-vit --epochs 40 --seed 1 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="data", help="data root that holds the dataset's folder (default: data)")
+    parser.add_argument("--backbone", required=True, help="open_clip model name, e.g. ViT-B-16-quickgelu or tiny-vit")
+    parser.add_argument("--pretrained", default=None,
+                        help="open_clip tag (e.g. openai) or a local checkpoint file; default: random weights")
+    parser.add_argument("--out", required=True, help="cache folder to write (reused when up to date)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per frozen forward (default 256)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast precision of the frozen forward; match the training run (default fp32)")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be decoded")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite a cache of another backbone, dataset or seed at --out")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sides = parser.add_subparsers(dest="side", required=True, metavar="test|train")
+    test = sides.add_parser("test", help="test-image and class-text features of a dataset")
+    test.add_argument("dataset", help="registry name of the dataset, e.g. oxford_pets")
+    test.add_argument("--templates", nargs="+", default=None,
+                      help="class-text templates with one {} (default: the dataset's and 'a photo of a {}.')")
+    _common(test)
+    train = sides.add_parser("train", help="features of every training view of a few-shot manifest")
+    train.add_argument("--manifest", required=True, help="few-shot manifest written by 'split'")
+    train.add_argument("--epochs", type=int, required=True, help="training epochs whose views are cached")
+    train.add_argument("--seed", type=int, required=True, help="augmentation seed of the training run")
+    _common(train)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prompt_ot.cache import build_test_cache, build_train_cache
+
+    options = {"batch_size": args.batch_size, "device": args.device, "workers": args.workers,
+               "precision": args.precision, "skip_bad": args.skip_bad, "replace": args.replace, "progress": True}
+    if args.side == "test":
+        result = build_test_cache(args.dataset, args.root, args.backbone, args.pretrained, args.out,
+                                  templates=args.templates, **options)
+        unit = "test images"
+    else:
+        result = build_train_cache(args.manifest, args.root, args.backbone, args.pretrained, args.out,
+                                   epochs=args.epochs, seed=args.seed, **options)
+        unit = "training views"
+    if not result.built:
+        print(f"reused {result.path}: up to date")
+        return 0
+    seconds = sum(result.timings.values())
+    feature_s = result.timings.get("image_features_s", result.timings.get("view_features_s", 0.0))
+    rate = f", {result.computed / feature_s:.0f}/s" if feature_s > 0 else ""
+    print(f"wrote {result.path}: {result.computed} {unit} ({result.reason}; {seconds:.1f}s{rate})")
+    return 0

@@ -1,0 +1,139 @@
+"""`python -m prompt_ot evaluate`: accuracy of trained prompts on the test caches of a protocol.
+
+base2novel: base and novel test classes of the dataset, each relabelled from 0, and their harmonic mean;
+cross_dataset / domain_generalization: the source and every ``--targets`` dataset with all classes;
+few_shot: all classes. Methods whose image encoder is unprompted (zero-shot, CoOp, KgCoOp) are evaluated
+as a matrix product over the cached frozen image features; the others run the prompted image encoder on
+the cached, already preprocessed test images. Writes the metrics file and ``predictions.npz`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--protocol", required=True,
+                        choices=["base2novel", "cross_dataset", "domain_generalization", "few_shot"])
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--dataset", required=True, help="the dataset the prompts were trained on")
+    parser.add_argument("--shots", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--prompts", required=True, help="prompts.safetensors written by 'train'")
+    parser.add_argument("--test-cache-root", required=True, help="folder holding one test cache per dataset")
+    parser.add_argument("--targets", nargs="*", default=[], help="further datasets to test on (all classes)")
+    parser.add_argument("--out", required=True, help="metrics file to write (JSON)")
+    parser.add_argument("--device", default="auto")
+
+
+class _CachedTestImages:
+    """The rows of a test cache's image store, with the cache's (possibly relabelled) labels."""
+
+    def __init__(self, part):
+        from prompt_ot.data.augment import TestImages
+
+        pre = part.index["preprocess"]
+        self.images = TestImages(part.store, tuple(pre["mean"]), tuple(pre["std"]))
+        self.rows, self.labels = part.rows.tolist(), part.labels.tolist()
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.images[self.rows[i]][0], self.labels[i]
+
+
+def evaluate_part(model, method, part, template: str, batch_size: int, device: str):
+    """One test set: cached features when the image encoder is frozen, else a prompted forward."""
+    import torch
+
+    from prompt_ot.cache import evaluate_cached, uses_frozen_image_encoder
+    from prompt_ot.evaluate import evaluate
+
+    if not uses_frozen_image_encoder(method):
+        return evaluate(model, _CachedTestImages(part), part.classnames, template, batch_size=batch_size, device=device)
+    if model.config.text_depth == 0 and template in part.templates:
+        class_text = part.text_features(template)
+    else:
+        model.to(device).eval()
+        model.set_classnames(part.classnames, template)
+        with torch.no_grad():
+            class_text = model.class_text_features()
+    return evaluate_cached(part, class_text)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from prompt_ot.cache import TestFeatures
+    from prompt_ot.checkpoint import load_prompts
+    from prompt_ot.config import base_method, load_params, resolve_method
+    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.devices import pick_device
+    from prompt_ot.errors import UserError
+    from prompt_ot.evaluate import harmonic_mean
+    from prompt_ot.methods import build_model
+    from prompt_ot.models.backbone import load_backbone
+    from prompt_ot.results import RunMetrics, write_metrics
+    from prompt_ot.tracking import Tracker
+    from prompt_ot.utils.io import atomic_path
+
+    params = load_params(args.params)
+    method = resolve_method(params, args.method)
+    backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
+    prompts, meta = load_prompts(args.prompts)
+    if meta.get("method") != method.name or meta.get("backbone") != backbone:
+        raise UserError(f"{args.prompts} holds prompts of method {meta.get('method')!r} on {meta.get('backbone')!r}, "
+                        f"not {method.name!r} on {backbone!r}; evaluate the matching run")
+    device = pick_device(args.device)
+    clip, tokenizer, _ = load_backbone(backbone, pretrained)
+    model = build_model(method, clip, tokenizer, seed=args.seed)
+    model.load_prompt_state(prompts)
+    model.to(device).eval()
+    root = Path(args.test_cache_root)
+    if args.protocol == "base2novel":
+        test = TestFeatures(root / args.dataset, backbone=backbone)
+        parts = {"base": (test.subset("base"), args.dataset), "novel": (test.subset("novel"), args.dataset)}
+    elif args.protocol == "few_shot":
+        parts = {"all": (TestFeatures(root / args.dataset, backbone=backbone), args.dataset)}
+    else:
+        if not args.targets:
+            raise UserError(f"--targets is required for the {args.protocol} protocol")
+        names = [args.dataset] + [t for t in args.targets if t != args.dataset]
+        parts = {name: (TestFeatures(root / name, backbone=backbone), name) for name in names}
+    batch_size = params.get("evaluate", {}).get("batch_size", 256)
+    accuracy, counts, predictions = {}, {}, {}
+    for key, (part, dataset) in parts.items():
+        result = evaluate_part(model, method, part, get_recipe(dataset).template, batch_size, device)
+        accuracy[key], counts[key] = result.accuracy, result.n
+        predictions[f"{key}/predictions"] = result.predictions.numpy()
+        predictions[f"{key}/labels"] = result.labels.numpy()
+        print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}", flush=True)
+    hm = harmonic_mean(accuracy["base"], accuracy["novel"]) if args.protocol == "base2novel" else None
+    regulariser = method.regulariser or {}
+    metrics = RunMetrics(
+        protocol=args.protocol, method=method.name, dataset=args.dataset, seed=args.seed, shots=args.shots,
+        backbone=backbone, pretrained=pretrained, accuracy=accuracy, n=counts, epoch=meta.get("epoch"), hm=hm,
+        base_method=base_method(params, method.name), regulariser_weight=regulariser.get("weight"),
+    )
+    out = Path(args.out)
+    predictions_path = out.with_name("predictions.npz")
+    with atomic_path(predictions_path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **predictions)
+    write_metrics(out, metrics)
+    tracker = Tracker(Path(args.params).resolve().parent, params.get("mlflow", {}).get("experiment", "prompt-ot"),
+                      parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json")
+    tags = {"method": method.name, "base_method": metrics.base_method, "dataset": args.dataset, "seed": args.seed,
+            "protocol": args.protocol, "shots": args.shots}
+    name = f"evaluate/{args.protocol}/{method.name}/{args.dataset}_{args.shots}shot/seed{args.seed}"
+    with tracker.run(name=name, kind="evaluate", params={"prompts": args.prompts, "targets": list(parts)},
+                     tags=tags, run_dir=out.parent) as tracked:
+        values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
+        tracked.log_metrics(values)
+        tracked.log_artifact(out)
+        tracked.log_artifact(predictions_path)
+    print(f"wrote {out}" + (f"  (HM {hm:.2f})" if hm is not None else ""))
+    return 0

@@ -1,0 +1,64 @@
+"""`python -m prompt_ot mlflow init|sync`: create the tracking store and parent run; re-log pending runs.
+
+    python -m prompt_ot mlflow init --project-root . --out runs/mlflow_parent.json
+    python -m prompt_ot mlflow sync runs
+
+The store is ``MLFLOW_TRACKING_URI`` when set, else ``<project root>/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{init,sync}")
+    init = actions.add_parser("init", help="create the store and experiment and start the pipeline's parent run")
+    init.add_argument("--project-root", default=".", help="project root that holds mlflow.db (default: .)")
+    init.add_argument("--experiment", default="prompt-ot", help="MLflow experiment name (default: prompt-ot)")
+    init.add_argument("--parent-name", default=None, help="name of the parent run (default: pipeline/<UTC time>)")
+    init.add_argument("--out", required=True, help="JSON file to write with the tracking URI and parent run id")
+    sync = actions.add_parser("sync", help="log the runs recorded in mlflow_pending.json files under RUNS_DIR")
+    sync.add_argument("runs_dir", help="folder searched (recursively) for mlflow_pending.json files")
+    sync.add_argument("--project-root", default=".", help="project root that holds mlflow.db (default: .)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return _init(args) if args.action == "init" else _sync(args)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from prompt_ot.tracking import prepare
+
+    info = prepare(args.project_root, experiment=args.experiment, parent_name=args.parent_name, out=args.out)
+    if info["parent_run_id"]:
+        print(f"tracking store {info['tracking_uri']}, experiment {info['experiment']} "
+              f"(id {info['experiment_id']}), parent run {info['parent_run_id']} -> {args.out}")
+    else:  # prepare has warned; the pipeline goes on and runs record themselves in pending files
+        print(f"wrote {args.out} without a parent run")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from prompt_ot.errors import UserError
+    from prompt_ot.tracking import sync_pending
+
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"runs folder {runs_dir} does not exist; give the folder that holds the run folders")
+    outcomes = sync_pending(runs_dir, args.project_root)
+    if not outcomes:
+        print(f"no pending MLflow runs under {runs_dir}")
+        return 0
+    failed = 0
+    for outcome in outcomes:
+        if outcome.error:
+            failed += 1
+            print(f"failed {outcome.pending_file}: {outcome.error}")
+            continue
+        print(f"logged {outcome.pending_file} as run {outcome.run_id}")
+        for missing in outcome.missing_artifacts:
+            print(f"  warning: artifact {missing} no longer exists and was not logged")
+    print(f"synced {len(outcomes) - failed} of {len(outcomes)} pending runs")
+    return 1 if failed else 0

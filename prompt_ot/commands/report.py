@@ -1,0 +1,52 @@
+"""`python -m prompt_ot report`: collect per-run metrics files into LaTeX/CSV/Markdown tables and plots.
+
+Writes ``OUT/tables/*.{tex,csv,md}``, ``OUT/tables/all.tex`` (what ``reports/paper.tex`` inputs),
+``OUT/figures/*.{png,pdf}`` and ``OUT/tables/index.md``. Compile the document with ``cd reports && pdflatex paper.tex``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--metrics", nargs="+", metavar="FILE", help="metrics files written by the evaluate stage")
+    source.add_argument("--metrics-list", metavar="LISTFILE",
+                        help="a text file naming one metrics file per line (blank lines and # comments ignored)")
+    source.add_argument("--metrics-dir", metavar="DIR",
+                        help="a folder searched recursively for metrics files (*.json of the metrics format)")
+    parser.add_argument("--params", metavar="FILE",
+                        help="params.yaml: report only its grid (methods, seeds) and warn about configured seeds "
+                             "without runs; without it every metrics file found is reported")
+    parser.add_argument("--published", default="reports/published", metavar="DIR",
+                        help="folder of published reference numbers (default: reports/published)")
+    parser.add_argument("--no-published", action="store_true", help="leave the published rows out")
+    parser.add_argument("--no-figures", action="store_true", help="write the tables only (no matplotlib figures)")
+    parser.add_argument("--out", default="reports", metavar="DIR", help="report folder (default: reports)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from prompt_ot.report.build import build_report
+    from prompt_ot.report.collect import metrics_paths
+    from prompt_ot.report.published import read_published
+
+    params = None
+    if args.params:
+        from prompt_ot.config import load_params
+
+        params = load_params(args.params)
+    paths = metrics_paths(args.metrics, args.metrics_list, args.metrics_dir)
+    published = read_published(None if args.no_published else args.published)
+    report = build_report(paths, published, args.out, figures=not args.no_figures, params=params,
+                          params_source=str(args.params))
+    for line in report.skipped:
+        print(f"skipped {line}")
+    for line in report.notes:
+        print(line)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"wrote {len(report.tables)} tables from {len(paths)} metrics files and {len(report.written)} files "
+          f"under {args.out} (index: {args.out}/tables/index.md)")
+    return 0

@@ -1,0 +1,441 @@
+"""The report stage on synthetic metrics files with known values: numbers, bold, published rows, files, errors."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prompt_ot.cli import main
+from prompt_ot.errors import UserError
+from prompt_ot.report.build import build_report
+from prompt_ot.report.collect import metrics_paths
+from prompt_ot.report.names import latex_escape
+from prompt_ot.report.published import read_published
+from prompt_ot.results import RunMetrics, write_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO / "reports" / "published"
+BACKBONE = "ViT-B-16-quickgelu"
+
+
+def write_run(folder: Path, protocol: str, method: str, dataset: str, seed: int, accuracy: dict, shots: int = 16,
+              base_method: str | None = None, weight: float | None = None, backbone: str = BACKBONE) -> Path:
+    path = folder / f"{protocol}-{method}-{dataset}-{shots}-{seed}.json"
+    write_metrics(path, RunMetrics(protocol, method, dataset, seed, shots, backbone, accuracy,
+                                   base_method=base_method or method, regulariser_weight=weight))
+    return path
+
+
+def b2n_values(seed: int = 0, methods=("ivlp", "prompt_ot"), datasets=("caltech101", "dtd", "eurosat"),
+               seeds=(1, 2, 3)) -> pd.DataFrame:
+    """Random base/novel accuracies, one row per run."""
+    rng = np.random.default_rng(seed)
+    rows = [{"method": m, "dataset": d, "seed": s, "base": rng.uniform(50, 95), "novel": rng.uniform(40, 90)}
+            for m in methods for d in datasets for s in seeds]
+    return pd.DataFrame(rows)
+
+
+def write_b2n(folder: Path, values: pd.DataFrame) -> list[Path]:
+    return [write_run(folder, "base2novel", r.method, r.dataset, int(r.seed), {"base": r.base, "novel": r.novel})
+            for r in values.itertuples()]
+
+
+def report(tmp_path: Path, paths: list[Path], published: bool = True, figures: bool = False) -> Path:
+    out = tmp_path / "out"
+    build_report(paths, read_published(PUBLISHED if published else None), out, figures=figures)
+    return out
+
+
+def csv(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / f"{name}.csv")
+
+
+def row(frame: pd.DataFrame, method: str, **where) -> pd.Series:
+    mask = frame["method"] == method
+    for key, value in where.items():
+        mask &= frame[key] == value
+    assert mask.sum() == 1, (method, where)
+    return frame[mask].iloc[0]
+
+
+def latex_rows(text: str, n_columns: int) -> list[list[str]]:
+    """The value cells of each body row of a generated table (bold markup removed)."""
+    body = text.split("\\endlastfoot")[-1] if "\\endlastfoot" in text else text.split("\\midrule", 1)[1]
+    rows = []
+    for line in body.splitlines():
+        if line.rstrip().endswith("\\\\") and "&" in line:
+            cells = [c.strip() for c in line.rstrip()[:-2].split(" & ")]
+            rows.append([re.sub(r"^\\textbf\{(.*)\}$", r"\1", c) for c in cells[-n_columns:]])
+    return rows
+
+
+def hm(base, novel):
+    return 2 * base * novel / (base + novel)
+
+
+# ---------------------------------------------------------------- numbers
+
+def test_mean_std_over_seeds_match_pandas_reference(tmp_path):
+    values = b2n_values()
+    out = report(tmp_path, write_b2n(tmp_path / "runs", values), published=False)
+    per_dataset, average = csv(out, "base2novel_per_dataset"), csv(out, "base2novel_average")
+    values["hm"] = hm(values["base"], values["novel"])
+    reference = values.groupby(["method", "dataset"])[["base", "novel", "hm"]].agg(["mean", "std", "count"])
+    for (method, dataset), ref in reference.iterrows():
+        got = row(per_dataset, method, dataset=dataset)
+        for metric in ("base", "novel", "hm"):
+            assert got[f"{metric}_mean"] == pytest.approx(ref[(metric, "mean")], abs=1e-10)
+            assert got[f"{metric}_std"] == pytest.approx(ref[(metric, "std")], abs=1e-10)
+            assert got[f"{metric}_n_seeds"] == 3
+    for method, runs in values.groupby("method"):
+        per_seed = runs.groupby("seed")[["base", "novel", "hm"]].mean()  # dataset averages of each seed
+        got = row(average, method)
+        for metric, column in (("base", "base"), ("novel", "novel"), ("hm", "avg_of_hm")):
+            assert got[f"{column}_mean"] == pytest.approx(per_seed[metric].mean(), abs=1e-10)
+            assert got[f"{column}_std"] == pytest.approx(np.std(per_seed[metric].to_numpy(), ddof=1), abs=1e-10)
+            assert got[f"{column}_n_seeds"] == 3
+        assert got["n_datasets"] == 3
+
+
+def test_missing_seed_mean_over_what_exists_with_count_and_warning(tmp_path, capsys):
+    values = b2n_values(seed=1)
+    values = values[~((values.method == "ivlp") & (values.dataset == "dtd") & (values.seed == 3))]
+    paths = write_b2n(tmp_path / "runs", values)
+    assert main(["report", "--metrics", *map(str, paths), "--no-published", "--no-figures",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "ivlp on dtd: 2 of 3 seeds (missing 3)" in capsys.readouterr().err
+    out = tmp_path / "out"
+    ivlp = values[values.method == "ivlp"]
+    got = row(csv(out, "base2novel_per_dataset"), "ivlp", dataset="dtd")
+    assert got["base_n_seeds"] == 2
+    assert got["base_mean"] == pytest.approx(ivlp[ivlp.dataset == "dtd"]["base"].mean(), abs=1e-10)
+    average = row(csv(out, "base2novel_average"), "ivlp")
+    # mean: average of the per-dataset means of the runs present; std: over the seeds that cover every dataset
+    assert average["base_mean"] == pytest.approx(ivlp.groupby("dataset")["base"].mean().mean(), abs=1e-10)
+    complete = ivlp[ivlp.seed.isin([1, 2])].groupby("seed")["base"].mean()
+    assert average["base_std"] == pytest.approx(complete.std(ddof=1), abs=1e-10)
+    assert average["base_n_seeds"] == 2
+    assert row(csv(out, "base2novel_average"), "prompt_ot")["base_n_seeds"] == 3
+
+
+def test_both_hm_definitions_computed_and_labelled(tmp_path):
+    # two datasets with opposite trade-offs: HM of the averages is 50, the average of the per-dataset HMs is 18
+    paths = [write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 90.0, "novel": 10.0}),
+             write_run(tmp_path, "base2novel", "prompt_ot", "eurosat", 1, {"base": 10.0, "novel": 90.0})]
+    out = report(tmp_path, paths, published=False)
+    got = row(csv(out, "base2novel_average"), "prompt_ot")
+    assert got["hm_of_avg_mean"] == pytest.approx(50.0)
+    assert got["avg_of_hm_mean"] == pytest.approx(18.0)
+    tex = (out / "tables" / "base2novel_average.tex").read_text()
+    assert "& HM of avg. & Avg. of HMs \\\\" in tex
+    assert "harmonic mean of the average base and novel accuracies" in tex
+    assert "average over datasets of each dataset's harmonic mean" in tex
+    assert latex_rows(tex, 4) == [["50.00", "50.00", "50.00", "18.00"]]
+
+
+def test_hm_of_averages_std_is_over_seeds(tmp_path):
+    values = b2n_values(seed=2, methods=("prompt_ot",))
+    out = report(tmp_path, write_b2n(tmp_path, values), published=False)
+    got = row(csv(out, "base2novel_average"), "prompt_ot")
+    per_seed = values.groupby("seed")[["base", "novel"]].mean()
+    assert got["hm_of_avg_mean"] == pytest.approx(hm(values.base.mean(), values.novel.mean()), abs=1e-10)
+    assert got["hm_of_avg_std"] == pytest.approx(hm(per_seed.base, per_seed.novel).std(ddof=1), abs=1e-10)
+
+
+# ---------------------------------------------------------------- bold and published rows
+
+def test_bold_goes_to_the_numerically_best_not_the_string_best(tmp_path):
+    paths = [write_run(tmp_path, "base2novel", "ivlp", "dtd", 1, {"base": 9.5, "novel": 30.0}),
+             write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 10.2, "novel": 20.0})]
+    out = report(tmp_path, paths)  # the published rows (base above 69) must not take the bold
+    tex = (out / "tables" / "base2novel_average.tex").read_text()
+    assert "\\textbf{10.20}" in tex and "\\textbf{9.50}" not in tex
+    assert "\\textbf{30.00}" in tex and "\\textbf{20.00}" not in tex
+    per_dataset = (out / "tables" / "base2novel_per_dataset.tex").read_text()
+    assert "\\textbf{10.20}" in per_dataset and "\\textbf{9.50}" not in per_dataset
+    markdown = (out / "tables" / "base2novel_average.md").read_text()
+    assert "**10.20**" in markdown and "**9.50**" not in markdown
+    assert not re.search(r"\*\*8\d\.\d\d\*\*", markdown)
+
+
+def test_published_rows_marked_separate_never_bold_nor_averaged(tmp_path):
+    values = b2n_values(seed=3)
+    paths = write_b2n(tmp_path / "runs", values)
+    with_published = report(tmp_path / "a", paths, published=True)
+    without = report(tmp_path / "b", paths, published=False)
+    ours_with = csv(with_published, "base2novel_average")
+    ours_without = csv(without, "base2novel_average")
+    pd.testing.assert_frame_equal(ours_with[~ours_with.published].drop(columns="source").reset_index(drop=True),
+                                  ours_without.reset_index(drop=True), check_dtype=False)
+    quoted = pd.read_csv(PUBLISHED / "published_base2novel.csv")
+    published_rows = ours_with[ours_with.published]
+    assert list(published_rows["method"]) == list(quoted["method"])
+    assert list(published_rows["base_mean"]) == list(quoted["base"])
+    assert list(published_rows["hm_of_avg_mean"]) == list(quoted["hm"])
+    assert published_rows["avg_of_hm_mean"].isna().all() and published_rows["base_n_seeds"].isna().all()
+    tex = (with_published / "tables" / "base2novel_average.tex").read_text()
+    body = tex.split("\\midrule")
+    assert len(body) == 3 and "Published" in body[2] and "This suite" in body[1]  # ours first, then a ruled block
+    for line in body[2].splitlines():
+        if "&" in line:
+            assert "$^\\dagger$" in line and "\\textbf" not in line
+    assert "PromptSRC README" in tex and "never averaged" in tex
+    assert "Prompt-OT" not in body[2]  # the paper's own row stays absent
+
+
+def test_cross_dataset_and_domain_generalization_tables(tmp_path):
+    rng = np.random.default_rng(4)
+    paths, expected = [], {}
+    for method in ("coop", "prompt_ot"):
+        for seed in (1, 2):
+            cross = {k: float(rng.uniform(30, 90)) for k in ("imagenet", "caltech101", "dtd", "eurosat")}
+            domain = {k: float(rng.uniform(30, 90)) for k in ("imagenet", "imagenet_v2", "imagenet_sketch")}
+            paths += [write_run(tmp_path, "cross_dataset", method, "imagenet", seed, cross),
+                      write_run(tmp_path, "domain_generalization", method, "imagenet", seed, domain)]
+            expected.setdefault(method, []).append(cross)
+    out = report(tmp_path, paths)
+    table = csv(out, "cross_dataset")
+    for method, runs in expected.items():
+        got = row(table, method)
+        runs = pd.DataFrame(runs)
+        targets = runs[["caltech101", "dtd", "eurosat"]].mean(axis=1)
+        assert got["source_mean"] == pytest.approx(runs["imagenet"].mean(), abs=1e-10)
+        assert got["dtd_std"] == pytest.approx(runs["dtd"].std(ddof=1), abs=1e-10)
+        assert got["target_avg_mean"] == pytest.approx(targets.mean(), abs=1e-10)
+        assert got["target_avg_std"] == pytest.approx(targets.std(ddof=1), abs=1e-10)
+    coop_published = table[(table.method == "CoOp") & table.published].iloc[0]
+    assert coop_published["dtd_mean"] == 41.92 and coop_published["target_avg_mean"] == 63.88
+    assert "PromptSRC" in set(table[table.published].method)  # from published_other_protocols.csv
+    tex = (out / "tables" / "cross_dataset.tex").read_text()
+    assert "ImageNet (source) & Caltech101 & DTD & EuroSAT & Target avg." in tex
+    domain = (out / "tables" / "domain_generalization.tex").read_text()
+    assert "ImageNet-V2 & ImageNet-Sketch & Target avg." in domain and "MaPLe$^\\dagger$" in domain
+
+
+def test_ablation_only_groups_that_ran_and_few_shot(tmp_path):
+    values = b2n_values(seed=5, methods=("ivlp", "prompt_ot", "prompt_ot_vision", "prompt_ot_sinkhorn"))
+    paths = write_b2n(tmp_path, values)
+    for method in ("coop", "prompt_ot"):
+        for shots in (1, 4):
+            for seed in (1, 2):
+                paths.append(write_run(tmp_path, "few_shot", method, "dtd", seed, {"all": 40.0 + shots + seed},
+                                       shots=shots))
+    out = report(tmp_path, paths)
+    ablation = csv(out, "ablation")
+    assert list(ablation["block"].unique()) == ["Modality", "Solver", "OT vs point-wise"]
+    assert set(ablation.method) == {"ivlp", "prompt_ot", "prompt_ot_vision", "prompt_ot_sinkhorn"}
+    assert "prompt_ot_text" not in set(ablation.method) and "pointwise_l1" not in set(ablation.method)
+    average = csv(out, "base2novel_average")
+    assert row(ablation, "ivlp")["hm_of_avg_mean"] == pytest.approx(row(average, "ivlp")["hm_of_avg_mean"])
+    few = csv(out, "few_shot")
+    assert row(few, "coop")["4_mean"] == pytest.approx(45.5) and row(few, "coop")["1_n_seeds"] == 2
+
+
+# ---------------------------------------------------------------- files
+
+def test_latex_specials_escaped():
+    assert latex_escape("a_b&c%d$e#f{g}h~i^j\\k") == (
+        r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k")
+
+
+def test_names_with_specials_escaped_in_tables(tmp_path):
+    paths = [write_run(tmp_path, "base2novel", "my_method&co%", "my_data", 1, {"base": 50.0, "novel": 60.0})]
+    out = report(tmp_path, paths, published=False)
+    average = (out / "tables" / "base2novel_average.tex").read_text()
+    per_dataset = (out / "tables" / "base2novel_per_dataset.tex").read_text()
+    assert r"my\_method\&co\%" in average and "my_method&co%" not in average
+    assert r"my\_data" in per_dataset
+    assert "my_method&co%" in (out / "tables" / "base2novel_average.md").read_text()
+
+
+def test_csv_numbers_equal_latex_numbers(full_report):
+    out = full_report
+    for name in ("base2novel_average", "base2novel_per_dataset", "ablation", "cross_dataset",
+                 "domain_generalization", "few_shot"):
+        frame = csv(out, name)
+        columns = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
+        rows = latex_rows((out / "tables" / f"{name}.tex").read_text(), len(columns))
+        assert len(rows) == len(frame), name
+        for cells, (_, record) in zip(rows, frame.iterrows()):
+            for cell, column in zip(cells, columns):
+                mean, std = record[f"{column}_mean"], record[f"{column}_std"]
+                expected = "--" if pd.isna(mean) else f"{mean:.2f}" + ("" if pd.isna(std) else f" $\\pm$ {std:.2f}")
+                assert cell == expected, (name, record["method"], column)
+
+
+def test_index_all_tex_and_figures(full_report):
+    out = full_report
+    inputs = re.findall(r"\\input\{tables/(\w+)\}", (out / "tables" / "all.tex").read_text())
+    assert inputs == ["base2novel_average", "base2novel_per_dataset", "ablation", "cross_dataset",
+                      "domain_generalization", "few_shot"]
+    for stem in ("base2novel_tradeoff", "lambda_sweep_prompt_ot", "few_shot"):
+        png, pdf = out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+        assert pdf.read_bytes()[:4] == b"%PDF"
+    index = (out / "tables" / "index.md").read_text()
+    assert "## base2novel_average" in index and "figures/base2novel_tradeoff.png" in index
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_paper_compiles_with_pdflatex(full_report):
+    shutil.copy(REPO / "reports" / "paper.tex", full_report / "paper.tex")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
+                            cwd=full_report, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (full_report / "paper.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_skipped_protocols_logged_and_stale_outputs_removed(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    cross = write_run(runs, "cross_dataset", "coop", "imagenet", 1, {"imagenet": 70.0, "dtd": 40.0})
+    write_b2n(runs, b2n_values(seed=6, methods=("coop",), datasets=("dtd",)))
+    out = tmp_path / "out"
+    args = ["report", "--metrics-dir", str(runs), "--no-published", "--no-figures", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "tables" / "cross_dataset.tex").exists()
+    cross.unlink()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "skipped cross_dataset: no cross_dataset runs" in printed and "skipped few_shot" in printed
+    assert not (out / "tables" / "cross_dataset.tex").exists()
+    assert "cross_dataset" not in (out / "tables" / "all.tex").read_text()
+    assert "no cross_dataset runs" in (out / "tables" / "index.md").read_text()
+
+
+def test_lambda_sweep_figure_only_with_several_weights(tmp_path):
+    paths = []
+    for weight in (1.0, 10.0):
+        method = "prompt_ot" if weight == 10.0 else "prompt_ot_lambda1"
+        paths.append(write_run(tmp_path, "base2novel", method, "dtd", 1, {"base": 70 + weight, "novel": 60.0},
+                               base_method="prompt_ot", weight=weight))
+    out = report(tmp_path, paths, published=False, figures=True)
+    assert (out / "figures" / "lambda_sweep_prompt_ot.pdf").read_bytes()[:4] == b"%PDF"
+    average = csv(out, "base2novel_average")
+    assert list(average.method) == ["prompt_ot", "prompt_ot_lambda1"] and list(average["lambda"]) == [10.0, 1.0]
+    out_single = report(tmp_path / "single", paths[:1], published=False, figures=True)
+    assert not list((out_single / "figures").glob("lambda_sweep_*"))
+
+
+# ---------------------------------------------------------------- failure modes
+
+def test_corrupt_metrics_file_names_it(tmp_path, capsys):
+    good = write_run(tmp_path, "base2novel", "coop", "dtd", 1, {"base": 70.0, "novel": 60.0})
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"format": "prompt_ot.metrics/1", "protocol": ')
+    with pytest.raises(UserError, match=re.escape(str(bad))):
+        build_report([good, bad], read_published(None), tmp_path / "out")
+    assert main(["report", "--metrics-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.json").write_text('{"train": []}')  # not a metrics file: skipped
+    (tmp_path / "list.txt").write_text("# nothing yet\n\n")
+    for args in (["--metrics-dir", str(tmp_path / "empty")], ["--metrics-list", str(tmp_path / "list.txt")], []):
+        assert main(["report", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: no") and "metrics" in err and err.count("\n") == 1
+
+
+def test_duplicate_runs_and_mixed_backbones_rejected(tmp_path):
+    first = write_run(tmp_path / "a", "base2novel", "coop", "dtd", 1, {"base": 70.0, "novel": 60.0})
+    second = write_run(tmp_path / "b", "base2novel", "coop", "dtd", 1, {"base": 71.0, "novel": 61.0})
+    with pytest.raises(UserError, match="same run"):
+        metrics = metrics_paths(directory=tmp_path)
+        build_report(metrics, read_published(None), tmp_path / "out")
+    other = write_run(tmp_path / "c", "base2novel", "coop", "dtd", 2, {"base": 70.0, "novel": 60.0}, backbone="RN50")
+    with pytest.raises(UserError, match="mix backbones"):
+        build_report([first, other], read_published(None), tmp_path / "out")
+    assert second.exists()
+
+
+def test_missing_accuracy_keys_and_bad_published_folder(tmp_path):
+    path = write_run(tmp_path, "base2novel", "coop", "dtd", 1, {"base": 70.0})
+    with pytest.raises(UserError, match=f"{re.escape(str(path))}.*'novel'"):
+        build_report([path], read_published(None), tmp_path / "out")
+    with pytest.raises(UserError, match="--no-published"):
+        read_published(tmp_path / "nowhere")
+    (tmp_path / "pub").mkdir()
+    (tmp_path / "pub" / "published_base2novel.csv").write_text("method,base\nX,1\n")
+    with pytest.raises(UserError, match="published_base2novel.csv lacks"):
+        read_published(tmp_path / "pub")
+
+
+def test_every_registry_method_has_a_display_name():
+    from prompt_ot.methods import method_names
+    from prompt_ot.report.names import METHOD_NAMES
+
+    assert set(method_names()) <= set(METHOD_NAMES)
+
+
+# ---------------------------------------------------------------- one full report shared by the file tests
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> Path:
+    """Every protocol, a lambda sweep, a missing seed, published rows and figures."""
+    folder = tmp_path_factory.mktemp("full")
+    runs = folder / "runs"
+    values = b2n_values(seed=7, methods=("zeroshot", "ivlp", "pointwise_l1", "prompt_ot", "prompt_ot_text",
+                                         "prompt_ot_vision", "prompt_ot_unbalanced"))
+    values = values[~((values.method == "ivlp") & (values.dataset == "dtd") & (values.seed == 2))]
+    write_b2n(runs, values)
+    rng = np.random.default_rng(8)
+    for weight in (0.1, 1.0, 100.0):
+        for dataset in ("caltech101", "dtd", "eurosat"):
+            for seed in (1, 2, 3):
+                write_run(runs, "base2novel", f"prompt_ot_lambda{weight:g}", dataset, seed,
+                          {"base": float(rng.uniform(60, 90)), "novel": float(rng.uniform(50, 80))},
+                          base_method="prompt_ot", weight=weight)
+    for method in ("coop", "prompt_ot"):
+        for seed in (1, 2, 3):
+            write_run(runs, "cross_dataset", method, "imagenet", seed,
+                      {k: float(rng.uniform(20, 90)) for k in ("imagenet", "caltech101", "oxford_pets", "dtd")})
+            write_run(runs, "domain_generalization", method, "imagenet", seed,
+                      {k: float(rng.uniform(20, 90)) for k in ("imagenet", "imagenet_v2", "imagenet_sketch",
+                                                               "imagenet_a", "imagenet_r")})
+            for shots in (1, 2, 4):
+                write_run(runs, "few_shot", method, "dtd", seed, {"all": float(rng.uniform(30, 80))}, shots=shots)
+    out = folder / "out"
+    assert main(["report", "--metrics-dir", str(runs), "--published", str(PUBLISHED), "--out", str(out)]) == 0
+    return out
+
+
+def test_params_restricts_to_the_grid_and_warns_about_missing_seeds(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 4):  # the repository's params.yaml configures seeds 1, 2, 3
+        write_run(runs, "base2novel", "coop", "dtd", seed, {"base": 70.0 + seed, "novel": 60.0})
+    write_run(runs, "base2novel", "prompt_ot_sinkhorn", "dtd", 1, {"base": 90.0, "novel": 90.0})  # not in its methods
+    out = tmp_path / "out"
+    assert main(["report", "--params", str(REPO / "params.yaml"), "--metrics-dir", str(runs), "--no-published",
+                 "--no-figures", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "left out 2 runs outside the grid" in captured.out
+    assert "(methods prompt_ot_sinkhorn; seeds 4)" in captured.out
+    assert "base2novel coop: no runs for seed(s) 3" in captured.err
+    average = csv(out, "base2novel_average")
+    assert list(average.method) == ["coop"] and average["base_mean"].iloc[0] == pytest.approx(71.5)
+
+
+def test_methods_on_different_datasets_are_flagged_and_ablation_uses_common_datasets(tmp_path):
+    from prompt_ot.report.build import build_tables
+    from prompt_ot.report.collect import load_runs
+
+    paths = [write_run(tmp_path, "base2novel", "ivlp", "dtd", 1, {"base": 80.0, "novel": 60.0}),
+             write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 70.0, "novel": 70.0}),
+             write_run(tmp_path, "base2novel", "prompt_ot", "eurosat", 1, {"base": 90.0, "novel": 90.0})]
+    report = build_tables(load_runs(paths), read_published(None))
+    assert any("different datasets (ivlp 1, prompt_ot 2)" in w for w in report.warnings)
+    tables = {t.name: t for t in report.tables}
+    average = {r.key: r for r in tables["base2novel_average"].rows}
+    assert average["prompt_ot"].cells["base"].mean == pytest.approx(80.0)
+    ablation = {r.key: r for r in tables["ablation"].rows}
+    assert ablation["prompt_ot"].cells["base"].mean == pytest.approx(70.0)  # dtd only, the datasets ivlp has
+    assert ablation["prompt_ot"].extra["n_datasets"] == 1
