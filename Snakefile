@@ -20,6 +20,14 @@ onstart:
     shell(f"python -m prompt_ot mlflow init --project-root . --experiment {MLFLOW_EXPERIMENT} --out {MLFLOW_PARENT}")
 
 
+onsuccess:
+    shell(f"python -m prompt_ot mlflow finish {MLFLOW_PARENT}")
+
+
+onerror:
+    shell(f"python -m prompt_ot mlflow finish --failed {MLFLOW_PARENT}")
+
+
 rule all:
     input:
         REPORT_INDEX,

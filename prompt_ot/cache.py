@@ -16,7 +16,7 @@ Every feature is the normalised output of ``PromptedCLIP`` with prompts off, the
 trainer and ``evaluate`` run. A build is skipped when the folder holds a cache of the same identity
 (backbone, pretrained tag, dataset, manifest, seed) and inputs (weights, images, templates, precision);
 other inputs are rebuilt; another identity is refused unless ``replace``, since it means a wrong ``--out``.
-A backbone without pretrained weights is initialised from torch seed ``RANDOM_INIT_SEED``.
+A backbone without pretrained weights gets ``load_backbone``'s seeded random initialisation.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 KINDS = ("test", "train")
 PAPER_TEMPLATE = "a photo of a {}."
-RANDOM_INIT_SEED = 0
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def _check_templates(templates: Sequence[str]) -> list[str]:
 
 def _weights(pretrained: str | None) -> tuple[str, str]:
     """(source, id): where the weights come from (identity) and what exactly they are (input)."""
-    from prompt_ot.models.backbone import CHECKPOINT_SUFFIXES
+    from prompt_ot.models.backbone import CHECKPOINT_SUFFIXES, RANDOM_INIT_SEED
     from prompt_ot.utils.io import sha256_file
 
     if pretrained in (None, "", "none", "random"):
@@ -193,19 +192,13 @@ class _Building:
 
 # ---------------------------------------------------------------------------------------------- encoding
 def load_frozen_encoder(backbone: str, pretrained: str | None, device: str = "auto"):
-    """The backbone as a ``PromptedCLIP`` with prompts off, on ``device``, and its ``Preprocess``.
-
-    Without pretrained weights the random initialisation is seeded (``RANDOM_INIT_SEED``), so every stage
-    that loads the same random backbone this way gets the same weights.
-    """
+    """The backbone as a ``PromptedCLIP`` with prompts off (the trainer's frozen forward), and its ``Preprocess``."""
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.models.prompted import PromptConfig, PromptedCLIP
     from prompt_ot.train import resolve_device
 
     target = resolve_device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        clip, tokenizer, preprocess = load_backbone(backbone, pretrained)
+    clip, tokenizer, preprocess = load_backbone(backbone, pretrained)
     model = PromptedCLIP(clip, tokenizer, PromptConfig(0, 0, 0, 0, ctx_init=None)).to(target).eval()
     return model, preprocess, target
 

@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("prompt_ot.commands.download", "fetch a dataset's archives and split files and verify them"),
     "split": ("prompt_ot.commands.split", "write the few-shot training manifest for a dataset, shot count and seed"),
+    "backbone": ("prompt_ot.commands.backbone", "make the backbone's weights available once (or pretrain the demo's tiny CLIP)"),
     "cache": ("prompt_ot.commands.cache", "compute frozen-backbone features once: test images, class texts, training views"),
     "train": ("prompt_ot.commands.train", "train one method's prompts on a few-shot manifest (resumes from its checkpoint)"),
     "evaluate": ("prompt_ot.commands.evaluate", "test trained prompts: base/novel, cross-dataset, domain shift or few-shot"),

@@ -271,6 +271,26 @@ def prepare(
     return info
 
 
+def finish(parent_file: str | Path, status: str = "FINISHED") -> str | None:
+    """End the parent run named in ``parent_file`` (written by :func:`prepare`); returns its id, or None."""
+    path = Path(parent_file)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    run_id = info.get("parent_run_id")
+    if not run_id:
+        return None
+    try:
+        with _http_limits(info["tracking_uri"], probe=True):
+            client = _client(info["tracking_uri"])
+            _retry(client.set_terminated, run_id, status=status)
+    except Exception as exc:
+        _warn(f"could not end the MLflow parent run {run_id} ({_reason(exc)}); it stays RUNNING")
+        return None
+    return run_id
+
+
 # ---------------------------------------------------------------- live runs
 
 

@@ -49,7 +49,9 @@ def metrics_of(folder):
 def mlflow_runs(folder):
     code = ("import mlflow, json; mlflow.set_tracking_uri('sqlite:///' + __import__('os').path.abspath('mlflow.db'));"
             "runs = mlflow.search_runs(experiment_names=['prompt-ot'], output_format='list');"
-            "print(json.dumps([{'tags': r.data.tags, 'metrics': r.data.metrics} for r in runs]))")
+            "c = mlflow.MlflowClient();"
+            "print(json.dumps([{'tags': r.data.tags, 'metrics': r.data.metrics, 'status': r.info.status,"
+            " 'artifacts': sorted(a.path for a in c.list_artifacts(r.info.run_id))} for r in runs]))")
     return json.loads(run([sys.executable, "-c", code], folder).stdout)
 
 
@@ -79,7 +81,11 @@ def test_shrunken_grid_through_snakemake_and_dvc(tmp_path):
     assert kinds.count("evaluate") == len(METHODS) * len(SEEDS)
     children = [r for r in runs if r["tags"].get("kind") in ("train", "evaluate")]
     assert all("mlflow.parentRunId" in r["tags"] for r in children), "child runs must hang under the pipeline's parent"
+    parents = [r for r in runs if r["tags"].get("kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0]["status"] == "FINISHED"
     trained = [r for r in runs if r["tags"].get("kind") == "train"]
+    assert all(r["artifacts"] == ["prompts.safetensors", "train.json", "train.log"] for r in trained)
+    assert all(len(r["metrics"]) >= 4 and r["status"] == "FINISHED" for r in trained)
     assert {(r["tags"]["method"], r["tags"]["seed"]) for r in trained} == {(m, str(s)) for m in METHODS for s in SEEDS}
 
     dvc = make_workspace(tmp_path / "dvc", tiny_params())

@@ -1,6 +1,7 @@
 """`python -m prompt_ot mlflow init|sync`: create the tracking store and parent run; re-log pending runs.
 
     python -m prompt_ot mlflow init --project-root . --out runs/mlflow_parent.json
+    python -m prompt_ot mlflow finish runs/mlflow_parent.json
     python -m prompt_ot mlflow sync runs
 
 The store is ``MLFLOW_TRACKING_URI`` when set, else ``<project root>/mlflow.db``.
@@ -13,18 +14,27 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{init,sync}")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{init,finish,sync}")
     init = actions.add_parser("init", help="create the store and experiment and start the pipeline's parent run")
     init.add_argument("--project-root", default=".", help="project root that holds mlflow.db (default: .)")
     init.add_argument("--experiment", default="prompt-ot", help="MLflow experiment name (default: prompt-ot)")
     init.add_argument("--parent-name", default=None, help="name of the parent run (default: pipeline/<UTC time>)")
     init.add_argument("--out", required=True, help="JSON file to write with the tracking URI and parent run id")
+    finish = actions.add_parser("finish", help="end the pipeline's parent run (FINISHED, or FAILED with --failed)")
+    finish.add_argument("parent_file", help="the JSON file written by 'mlflow init'")
+    finish.add_argument("--failed", action="store_true", help="mark the parent run FAILED")
     sync = actions.add_parser("sync", help="log the runs recorded in mlflow_pending.json files under RUNS_DIR")
     sync.add_argument("runs_dir", help="folder searched (recursively) for mlflow_pending.json files")
     sync.add_argument("--project-root", default=".", help="project root that holds mlflow.db (default: .)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "finish":
+        from prompt_ot.tracking import finish
+
+        run_id = finish(args.parent_file, "FAILED" if args.failed else "FINISHED")
+        print(f"ended parent run {run_id}" if run_id else f"no parent run to end in {args.parent_file}")
+        return 0
     return _init(args) if args.action == "init" else _sync(args)
 
 

@@ -60,10 +60,17 @@ def run(args) -> int:
     config = train_config(params, args.seed, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "train.log", "a")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
     clip, tokenizer, _ = load_backbone(backbone, pretrained)
     model = build_model(method, clip, tokenizer, seed=args.seed)
     name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{args.seed}"
-    print(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}", flush=True)
+    log(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}")
     tracker = Tracker(Path(args.params).resolve().parent, params.get("mlflow", {}).get("experiment", "prompt-ot"),
                       parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json")
     tags = {"method": method.name, "base_method": params.get("variants", {}).get(method.name, {}).get("method", method.name),
@@ -76,9 +83,9 @@ def run(args) -> int:
 
         def on_epoch_end(record: dict) -> None:
             tracked.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-            print(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
-                  f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
-                  f"{record['seconds']:.1f}s", flush=True)
+            log(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
+                f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
+                f"{record['seconds']:.1f}s")
             if record["epoch"] == eval_epoch and eval_epoch != epochs:
                 save_prompts(snapshot, model.prompt_state(), {"epoch": eval_epoch})
 
@@ -96,7 +103,8 @@ def run(args) -> int:
                       "prompts": method.to_dict()["prompts"]})
         summary = run_summary(method, config, result, params, args, device, time.perf_counter() - started, eval_epoch)
         atomic_write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
-        for artifact in ("prompts.safetensors", "train.json"):
+        log(f"wrote {out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
+        log_file.close()
+        for artifact in ("prompts.safetensors", "train.json", "train.log"):  # weights, resolved config + metrics, log
             tracked.log_artifact(out / artifact)
-    print(f"wrote {out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
     return 0
