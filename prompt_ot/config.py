@@ -98,6 +98,10 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
         if block["sources"] and not block["evaluate"]["targets"]:
             raise UserError(f"{source}: protocols.{protocol}.evaluate.targets is empty; name at least one target "
                             "dataset, or set sources to [] to switch the protocol off")
+    for i, name in enumerate((raw.get("pretrain") or {}).get("datasets", [])):
+        if name not in in_grid:
+            raise UserError(f"{source}: pretrain.datasets[{i}] = {name!r} is not listed under 'datasets'; add it "
+                            "there so that it is downloaded first")
     dg = protocols.get("domain_generalization", {})
     cross_sources = protocols.get("cross_dataset", {}).get("sources", [])
     for i, name in enumerate(dg.get("sources", [])):

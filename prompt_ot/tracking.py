@@ -33,8 +33,16 @@ from prompt_ot.utils.io import atomic_write_text
 DEFAULT_EXPERIMENT = "prompt-ot"
 PARENT_ENV = "PROMPT_OT_MLFLOW_PARENT"  # a parent run id, or the path of a file written by `prepare`
 ENABLE_ENV = "PROMPT_OT_MLFLOW"  # "0", "off" or "false" turns tracking off entirely
-PENDING_FILE = "mlflow_pending.json"
-SYNCED_FILE = "mlflow_synced.json"
+PENDING_FILE = "mlflow_pending_{kind}.json"  # one per run kind, so a train and an evaluate run can share a folder
+SYNCED_FILE = "mlflow_synced_{kind}.json"
+
+
+def pending_file(kind: str) -> str:
+    return PENDING_FILE.format(kind=kind)
+
+
+def synced_file(kind: str) -> str:
+    return SYNCED_FILE.format(kind=kind)
 PENDING_FORMAT = "prompt-ot/mlflow-pending/1"
 LOCK_RETRY_SECONDS = 120.0  # total time one call may spend waiting on a locked SQLite database
 
@@ -265,7 +273,7 @@ def prepare(
     except Exception as exc:
         info["error"] = _reason(exc)
         _warn(f"MLflow tracking at {_redact(uri)} is unavailable ({info['error']}); runs will record their results "
-              f"in {PENDING_FILE} in their folders; re-log them later with: python -m prompt_ot mlflow sync <runs dir>")
+              f"in {pending_file('<kind>')} in their folders; re-log them later with: python -m prompt_ot mlflow sync <runs dir>")
     if out is not None:
         atomic_write_text(out, json.dumps(info, indent=2) + "\n")
     return info
@@ -299,13 +307,16 @@ class Tracker:
     sends later runs straight to pending files (no waiting on a dead server per run)."""
 
     def __init__(self, project_root: str | Path, experiment: str = DEFAULT_EXPERIMENT,
-                 parent_file: str | Path | None = None, enabled: bool | None = None):
+                 parent_file: str | Path | None = None, enabled: bool | None = None, defer: bool = False):
         self.project_root = Path(project_root).resolve()
         self.experiment = experiment
         self.parent_file = Path(parent_file) if parent_file is not None else None
         if enabled is None:
             enabled = os.environ.get(ENABLE_ENV, "").strip().lower() not in ("0", "off", "false", "no")
         self.enabled = enabled
+        # deferred: record runs in pending files only and log them in one `mlflow sync` at the end of the
+        # pipeline, which saves every short job the ~3 s of importing MLflow and opening the store
+        self.defer = defer
         self.uri = tracking_uri(self.project_root)
         self.failure: str | None = None  # set on the first MLflow failure; later runs go straight to pending files
         self._connection: tuple[Any, str, str | None] | None = None
@@ -370,12 +381,12 @@ class Tracker:
             return None
         return info.get("parent_run_id")
 
-    def note_failure(self, reason: str, run_dir: Path | None) -> None:
+    def note_failure(self, reason: str, run_dir: Path | None, kind: str = "train") -> None:
         """Remember the first failure (later runs then skip MLflow) and warn about it, once."""
         if self.failure is not None:
             return
         self.failure = reason
-        where = f"{run_dir / PENDING_FILE}" if run_dir is not None else "nowhere (no run folder given)"
+        where = f"{run_dir / pending_file(kind)}" if run_dir is not None else "nowhere (no run folder given)"
         relog = f"python -m prompt_ot mlflow sync {run_dir.parent}" if run_dir is not None else "not possible"
         _warn(f"MLflow tracking at {_redact(self.uri)} failed ({reason}); results are on disk and what MLflow "
               f"missed is recorded in {where} (and likewise for later runs); re-log with: {relog}")
@@ -387,6 +398,7 @@ class TrackedRun:
     def __init__(self, tracker: Tracker, name: str, kind: str, params: Mapping[str, Any],
                  tags: Mapping[str, Any], run_dir: str | Path | None):
         self.tracker = tracker
+        self.kind = kind
         self.run_dir = Path(run_dir).resolve() if run_dir is not None else None
         self.run_id: str | None = None
         self.online = False
@@ -407,9 +419,11 @@ class TrackedRun:
         if git["git_commit"] != "unknown":
             self.record["tags"]["mlflow.source.git.commit"] = git["git_commit"]
         if self.run_dir is not None:  # a rerun replaces this folder's results, so its old record is void
-            for stale in (PENDING_FILE, SYNCED_FILE):
+            for stale in (pending_file(self.kind), synced_file(self.kind)):
                 (self.run_dir / stale).unlink(missing_ok=True)
         self.record["parent_run_id"] = self.tracker.parent_run_id()
+        if self.tracker.defer:
+            return
         if self.tracker.failure is not None:
             self.record["error"] = self.tracker.failure
             return
@@ -440,7 +454,7 @@ class TrackedRun:
     def _fail(self, exc: BaseException) -> None:
         self.online = False
         self.record["error"] = _reason(exc)
-        self.tracker.note_failure(self.record["error"], self.run_dir)
+        self.tracker.note_failure(self.record["error"], self.run_dir, self.kind)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = flatten_params(params)
@@ -480,7 +494,16 @@ class TrackedRun:
         if self.run_id:
             self._call(lambda client: _retry(client.set_terminated, self.run_id, status, self.record["end_time"]))
         if not self.online and self.run_dir is not None:
-            atomic_write_text(self.run_dir / PENDING_FILE, json.dumps(self.record, indent=1) + "\n")
+            atomic_write_text(self.run_dir / pending_file(self.kind), json.dumps(self.record, indent=1) + "\n")
+
+
+def tracker_for(params: Mapping[str, Any], params_path: str | Path) -> Tracker:
+    """The tracker of a stage command: the project is the folder of the params file; its ``mlflow`` block
+    names the experiment and may defer logging to the end of the pipeline."""
+    settings = params.get("mlflow") or {}
+    return Tracker(Path(params_path).resolve().parent, settings.get("experiment", DEFAULT_EXPERIMENT),
+                   parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json",
+                   defer=bool(settings.get("defer", False)))
 
 
 # ---------------------------------------------------------------- sync: re-log pending runs
@@ -495,7 +518,7 @@ class SyncOutcome:
 
 
 def find_pending(runs_dir: str | Path) -> list[Path]:
-    return sorted(Path(runs_dir).rglob(PENDING_FILE))
+    return sorted(Path(runs_dir).rglob(pending_file("*")))
 
 
 def sync_pending(runs_dir: str | Path, project_root: str | Path) -> list[SyncOutcome]:
@@ -552,6 +575,7 @@ def _sync_one(client, uri: str, path: Path, outcome: SyncOutcome) -> None:
         raise
     synced = {**record, "synced_run_id": run_id, "synced_to": uri, "synced_at": _now_ms(),
               "missing_artifacts": outcome.missing_artifacts}
-    atomic_write_text(path.with_name(SYNCED_FILE), json.dumps(synced, indent=1) + "\n")
+    atomic_write_text(path.with_name(path.name.replace("mlflow_pending_", "mlflow_synced_")),
+                      json.dumps(synced, indent=1) + "\n")
     path.unlink()
     outcome.run_id = run_id

@@ -18,7 +18,7 @@ import pytest
 
 from prompt_ot import tracking
 from prompt_ot.cli import main
-from prompt_ot.tracking import PENDING_FILE, SYNCED_FILE, Tracker, flatten_params, git_state, tracking_uri
+from prompt_ot.tracking import Tracker, pending_file, synced_file, flatten_params, git_state, tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 _ENV_VARS = ("MLFLOW_TRACKING_URI", tracking.PARENT_ENV, tracking.ENABLE_ENV,
@@ -112,7 +112,7 @@ def test_a_run_logs_params_metrics_artifacts_and_tags_that_read_back_exactly(sto
     (run_dir / "prompts").mkdir(parents=True)
     (run_dir / "metrics.json").write_text('{"accuracy": 0.75}')
     (run_dir / "prompts" / "text.bin").write_bytes(b"\x00\x01")
-    (run_dir / PENDING_FILE).write_text("{}")  # left by an earlier, offline attempt: the rerun replaces it
+    (run_dir / pending_file("train")).write_text("{}")  # left by an earlier, offline attempt: the rerun replaces it
     tracker = Tracker(root, parent_file=root / "runs" / "parent.json")
     params = {"method": "prompt_ot", "ot": {"lam": 10, "eta": 0.5}, "shots": 16}
     tags = {"method": "prompt_ot", "dataset": "caltech101", "seed": 1, "protocol": "base2novel"}
@@ -141,7 +141,7 @@ def test_a_run_logs_params_metrics_artifacts_and_tags_that_read_back_exactly(sto
     children = client.search_runs([info["experiment_id"]],
                                   f"tags.mlflow.parentRunId = '{info['parent_run_id']}' and tags.seed = '1'")
     assert run.run_id in [r.info.run_id for r in children]
-    assert not (run_dir / PENDING_FILE).exists()
+    assert not (run_dir / pending_file("train")).exists()
 
 
 def test_parent_comes_from_the_env_var_before_the_file(store, tmp_path, monkeypatch):
@@ -197,7 +197,7 @@ def test_tracking_can_be_turned_off(tmp_path, monkeypatch):
     with Tracker(tmp_path).run("off", "train", params={"a": 1}, run_dir=tmp_path / "run") as run:
         run.log_metrics({"loss": 1.0}, step=0)
     assert run.run_id is None
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "run" / PENDING_FILE).exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "run" / pending_file("train")).exists()
 
 
 # ---------------------------------------------------------------- locked SQLite
@@ -307,7 +307,7 @@ def test_concurrent_processes_lose_no_run_metric_or_artifact(tmp_path, workers):
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * workers, [err for _, err in outputs]
     assert not any(_warnings(err) for _, err in outputs)
-    assert not list((tmp_path / "runs").rglob(PENDING_FILE))
+    assert not list((tmp_path / "runs").rglob(pending_file("*")))
 
     client = _client(info["tracking_uri"])
     runs = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
@@ -361,8 +361,8 @@ def test_an_unreachable_server_warns_once_records_pending_files_and_sync_relogs_
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the fail-fast settings are put back
     warned = _warnings(capfd.readouterr().err)
     assert len(warned) == 1
-    assert str(runs / "a" / PENDING_FILE) in warned[0] and f"python -m prompt_ot mlflow sync {runs}" in warned[0]
-    pending = json.loads((runs / "b" / PENDING_FILE).read_text())
+    assert str(runs / "a" / pending_file("train")) in warned[0] and f"python -m prompt_ot mlflow sync {runs}" in warned[0]
+    pending = json.loads((runs / "b" / pending_file("train")).read_text())
     assert pending["params"] == {"ot.lam": "10", "name": "b"} and pending["status"] == "FINISHED"
     assert pending["parent_run_id"] == "f" * 32 and pending["partial_run_id"] is None
     assert pending["tags"]["dataset"] == "dtd" and pending["tags"]["kind"] == "train"
@@ -386,8 +386,8 @@ def test_an_unreachable_server_warns_once_records_pending_files_and_sync_relogs_
         assert _history(client, run.info.run_id, "train_accuracy") == [(s, s / 4) for s in range(3)]
         local = client.download_artifacts(run.info.run_id, "prompts.bin", str(tmp_path / f"dl_{name}"))
         assert Path(local).read_bytes() == name.encode() * 10
-        assert not (runs / name / PENDING_FILE).exists()
-        assert json.loads((runs / name / SYNCED_FILE).read_text())["synced_run_id"] == run.info.run_id
+        assert not (runs / name / pending_file("train")).exists()
+        assert json.loads((runs / name / synced_file("train")).read_text())["synced_run_id"] == run.info.run_id
     assert main(["mlflow", "sync", str(runs), "--project-root", str(project)]) == 0  # nothing left to log
     assert "no pending MLflow runs" in capfd.readouterr().out
     assert len(client.search_runs([experiment.experiment_id])) == 2
@@ -402,10 +402,10 @@ def test_a_corrupt_database_does_not_stop_init_or_training_and_sync_keeps_the_pe
     assert json.loads(parent_file.read_text())["parent_run_id"] is None
     _train_two_runs(Tracker(project, parent_file=parent_file), runs)
     assert len(_warnings(capfd.readouterr().err)) == 2  # one from init, one from the tracker
-    assert sorted(p.parent.name for p in runs.rglob(PENDING_FILE)) == ["a", "b"]
+    assert sorted(p.parent.name for p in runs.rglob(pending_file("*"))) == ["a", "b"]
     assert main(["mlflow", "sync", str(runs), "--project-root", str(project)]) == 1
     assert "synced 0 of 2 pending runs" in capfd.readouterr().out
-    assert sorted(p.parent.name for p in runs.rglob(PENDING_FILE)) == ["a", "b"]
+    assert sorted(p.parent.name for p in runs.rglob(pending_file("*"))) == ["a", "b"]
 
 
 def test_failures_mid_run_warn_once_and_each_run_is_synced_as_one_complete_run(store, tmp_path, monkeypatch, capfd):
@@ -427,7 +427,7 @@ def test_failures_mid_run_warn_once_and_each_run_is_synced_as_one_complete_run(s
     assert len(warned) == 1 and "server gone" in warned[0]  # two runs failed, one warning
     partials = {run.run_id for run in (base, novel)}
     for name in ("base", "novel"):
-        pending = json.loads((tmp_path / name / PENDING_FILE).read_text())
+        pending = json.loads((tmp_path / name / pending_file("evaluate")).read_text())
         assert pending["partial_run_id"] in partials and pending["parent_run_id"] == info["parent_run_id"]
 
     outcomes = tracking.sync_pending(tmp_path, root)
@@ -444,3 +444,40 @@ def test_failures_mid_run_warn_once_and_each_run_is_synced_as_one_complete_run(s
 def test_sync_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert main(["mlflow", "sync", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_deferred_runs_skip_mlflow_then_one_sync_logs_train_and_evaluate_of_one_folder(tmp_path):
+    """With defer, jobs never import MLflow; a train and an evaluate run of one folder keep separate records."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from prompt_ot.tracking import Tracker
+        root, run_dir = Path({str(tmp_path)!r}), Path({str(tmp_path / "runs" / "r1")!r})
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text("{{}}")
+        tracker = Tracker(root, defer=True)
+        with tracker.run("train/x", "train", params={{"lam": 10}}, run_dir=run_dir) as run:
+            for step in range(3):
+                run.log_metrics({{"loss": 1.0 / (step + 1)}}, step=step)
+        with tracker.run("evaluate/x", "evaluate", run_dir=run_dir) as run:
+            run.log_metrics({{"accuracy/base": 50.0}})
+            run.log_artifact(run_dir / "metrics.json")
+        print("mlflow imported:", "mlflow" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "mlflow imported: False" in result.stdout
+    assert result.stderr.count("warning") == 0
+    runs_dir = tmp_path / "runs" / "r1"
+    assert (runs_dir / pending_file("train")).exists() and (runs_dir / pending_file("evaluate")).exists()
+    from prompt_ot.tracking import sync_pending
+
+    outcomes = sync_pending(tmp_path / "runs", tmp_path)
+    assert len(outcomes) == 2 and not any(o.error for o in outcomes)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("prompt-ot").experiment_id])
+    by_kind = {r.data.tags["kind"]: r for r in runs}
+    assert set(by_kind) == {"train", "evaluate"}
+    assert [m.value for m in client.get_metric_history(by_kind["train"].info.run_id, "loss")] == [1.0, 0.5, 1 / 3]
+    assert by_kind["evaluate"].data.metrics == {"accuracy/base": 50.0}

@@ -26,9 +26,9 @@ def _same_jobs(folder):
 
 def test_paper_grid_is_the_same_in_snakemake_and_dvc(tmp_path):
     jobs = _same_jobs(make_workspace(tmp_path))
-    # 15 downloads + 15 test caches + (11 + 1) x 3 splits and train caches + 8 methods x (11 + 1) x 3 trainings
-    # + 8 x 3 x (11 + 1 + 1) evaluations + 1 report
-    assert len(jobs) == 15 + 15 + 36 + 36 + 288 + 8 * 3 * 13 + 1
+    # 15 downloads + 1 backbone + 15 test caches + (11 + 1) x 3 splits and train caches
+    # + 8 methods x (11 + 1) x 3 trainings + 8 x 3 x (11 + 1 + 1) evaluations + 1 report
+    assert len(jobs) == 15 + 1 + 15 + 36 + 36 + 288 + 8 * 3 * 13 + 1
 
 
 def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):

@@ -30,7 +30,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "backbone.json"
-    if "pretrain" not in params:
+    if not params.get("pretrain"):
         from prompt_ot.models.backbone import resolve_weights
 
         weights = resolve_weights(name, pretrained)

@@ -77,7 +77,7 @@ def run(args) -> int:
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.results import RunMetrics, write_metrics
-    from prompt_ot.tracking import Tracker
+    from prompt_ot.tracking import tracker_for
     from prompt_ot.utils.io import atomic_path
 
     params = load_params(args.params)
@@ -124,8 +124,7 @@ def run(args) -> int:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **predictions)
     write_metrics(out, metrics)
-    tracker = Tracker(Path(args.params).resolve().parent, params.get("mlflow", {}).get("experiment", "prompt-ot"),
-                      parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json")
+    tracker = tracker_for(params, args.params)
     tags = {"method": method.name, "base_method": metrics.base_method, "dataset": args.dataset, "seed": args.seed,
             "protocol": args.protocol, "shots": args.shots}
     name = f"evaluate/{args.protocol}/{method.name}/{args.dataset}_{args.shots}shot/seed{args.seed}"

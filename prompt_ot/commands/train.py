@@ -45,7 +45,7 @@ def run(args) -> int:
     from prompt_ot.devices import pick_device
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
-    from prompt_ot.tracking import Tracker
+    from prompt_ot.tracking import tracker_for
     from prompt_ot.train import train
     from prompt_ot.utils.io import atomic_write_text
 
@@ -71,8 +71,7 @@ def run(args) -> int:
     model = build_model(method, clip, tokenizer, seed=args.seed)
     name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{args.seed}"
     log(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}")
-    tracker = Tracker(Path(args.params).resolve().parent, params.get("mlflow", {}).get("experiment", "prompt-ot"),
-                      parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json")
+    tracker = tracker_for(params, args.params)
     tags = {"method": method.name, "base_method": params.get("variants", {}).get(method.name, {}).get("method", method.name),
             "dataset": manifest.dataset, "seed": args.seed, "protocol": args.protocol, "shots": manifest.shots}
     run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],

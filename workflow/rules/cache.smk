@@ -4,6 +4,7 @@
 rule cache_test:
     input:
         stamp("{dataset}"),
+        BACKBONE_DIR,
     output:
         directory(test_cache("{dataset}")),
     params:
@@ -23,7 +24,8 @@ rule cache_test:
 
 rule cache_train:
     input:
-        manifest("{dataset}", "{subset}", "{shots}", "{seed}"),
+        manifest=manifest("{dataset}", "{subset}", "{shots}", "{seed}"),
+        backbone=BACKBONE_DIR,
     output:
         directory(train_cache("{dataset}", "{subset}", "{shots}", "{seed}")),
     params:
@@ -38,6 +40,6 @@ rule cache_train:
     conda:
         ENV
     shell:
-        "python -m prompt_ot cache train --manifest {input} --root {params.data} --backbone {params.backbone}"
+        "python -m prompt_ot cache train --manifest {input.manifest} --root {params.data} --backbone {params.backbone}"
         " --pretrained {params.pretrained} --epochs {params.epochs} --seed {wildcards.seed} --out {output}"
         " > {log} 2>&1"

@@ -10,6 +10,9 @@ DATA = config["paths"]["data"]
 CACHE = config["paths"]["cache"]
 RUNS = config["paths"]["runs"]
 REPORTS = config["paths"]["reports"]
+PUBLISHED = config["paths"]["published"]
+BACKBONE_DIR = f"{RUNS}/backbone"
+PRETRAIN_DATASETS = (config.get("pretrain") or {}).get("datasets", [])
 BACKBONE = config["backbone"]["name"]
 PRETRAINED = config["backbone"]["pretrained"]
 EPOCHS = config["train"]["epochs"]
@@ -24,6 +27,7 @@ FS = PROTOCOLS.get("few_shot", {"datasets": [], "shots": []})
 ENV = "../envs/prompt_ot.yaml"
 MLFLOW_EXPERIMENT = config.get("mlflow", {}).get("experiment", "prompt-ot")
 MLFLOW_PARENT = f"{RUNS}/mlflow_parent.json"
+MLFLOW_DEFER = config.get("mlflow", {}).get("defer", False)
 
 
 def _alternatives(names):

@@ -28,3 +28,21 @@ rule split:
     shell:
         "python -m prompt_ot split {wildcards.dataset} --root {params.data} --subset {wildcards.subset}"
         " --shots {wildcards.shots} --seed {wildcards.seed} --out {output} > {log} 2>&1"
+
+
+rule backbone:
+    input:
+        params=PARAMS,
+        stamps=[stamp(d) for d in PRETRAIN_DATASETS],
+    output:
+        directory(BACKBONE_DIR),
+    params:
+        data=DATA,
+    resources:
+        gpu=1,
+    log:
+        f"{RUNS}/logs/backbone.log",
+    conda:
+        ENV
+    shell:
+        "python -m prompt_ot backbone --params {input.params} --root {params.data} --out {output} > {log} 2>&1"

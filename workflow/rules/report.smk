@@ -10,7 +10,7 @@ rule report:
         figures=directory(f"{REPORTS}/figures"),
     params:
         runs=lambda w: RUNS,
-        published=f"{REPORTS}/published",
+        published=PUBLISHED,
         out=lambda w, output: os.path.dirname(output.tables),
     log:
         f"{RUNS}/logs/report.log",
