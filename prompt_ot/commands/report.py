@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "without runs; without it every metrics file found is reported")
     parser.add_argument("--published", default="reports/published", metavar="DIR",
                         help="folder of published reference numbers (default: reports/published)")
-    parser.add_argument("--no-published", action="store_true", help="leave the published rows out")
+    parser.add_argument("--no-published", action="store_true", help="leave the published rows out (also: --published none)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only (no matplotlib figures)")
     parser.add_argument("--out", default="reports", metavar="DIR", help="report folder (default: reports)")
 
@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
         params = load_params(args.params)
     paths = metrics_paths(args.metrics, args.metrics_list, args.metrics_dir)
-    published = read_published(None if args.no_published else args.published)
+    # "none" (e.g. paths.published in the demo, whose numbers are not comparable) means no published rows
+    no_published = args.no_published or str(args.published).lower() == "none"
+    published = read_published(None if no_published else args.published)
     report = build_report(paths, published, args.out, figures=not args.no_figures, params=params,
                           params_source=str(args.params))
     for line in report.skipped:
