@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name = argv[0]
+    # One CPU thread per job unless the caller says otherwise: results then do not depend on which tool ran
+    # the job (Snakemake exports OMP_NUM_THREADS=<rule threads>, DVC exports nothing), and parallel jobs do
+    # not oversubscribe the cores. Stages that want more threads (pretraining) set them from their params.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

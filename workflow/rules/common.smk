@@ -13,6 +13,7 @@ REPORTS = config["paths"]["reports"]
 PUBLISHED = config["paths"]["published"]
 BACKBONE_DIR = f"{RUNS}/backbone"
 PRETRAIN_DATASETS = (config.get("pretrain") or {}).get("datasets", [])
+PRETRAIN_THREADS = (config.get("pretrain") or {}).get("threads", 0) or 1
 BACKBONE = config["backbone"]["name"]
 PRETRAINED = config["backbone"]["pretrained"]
 EPOCHS = config["train"]["epochs"]

@@ -38,6 +38,7 @@ rule backbone:
         directory(BACKBONE_DIR),
     params:
         data=DATA,
+    threads: PRETRAIN_THREADS
     resources:
         gpu=1,
     log:
