@@ -31,6 +31,7 @@ def _workspace(tmp_path, epochs=1):
     params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
     params["backbone"] = {"name": "tiny-vit", "pretrained": "runs/backbone/tiny-vit.safetensors"}
     params["datasets"] = ["digits"]
+    params["protocols"]["base2novel"]["datasets"] = ["digits"]
     params["pretrain"] = {"datasets": ["digits"], "epochs": epochs, "batch_size": 128, "repeat": {"digits": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
