@@ -38,6 +38,7 @@ import torch
 
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
+from prompt_ot.utils.io import replace_folder
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -152,19 +153,6 @@ def _plan(out_dir: Path, kind: str, identity: dict, inputs: dict, replace: bool,
     return None
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp`` to ``out_dir``; an older cache is removed only after the new one is in place."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rename(out_dir, old / "cache")
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 class _Building:
     """A hidden temporary folder beside ``out_dir``: installed on success, deleted on any failure."""
 
@@ -182,7 +170,7 @@ class _Building:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             try:
-                _install(self.tmp, self.out_dir)
+                replace_folder(self.tmp, self.out_dir)
                 return
             except BaseException:
                 shutil.rmtree(self.tmp, ignore_errors=True)

@@ -65,7 +65,7 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
         raise UserError(_schema_message(error, source))
 
     from prompt_ot.data.registry import dataset_names, get_recipe
-    from prompt_ot.methods import METHODS, get_method
+    from prompt_ot.methods import METHODS
 
     known_datasets = dataset_names()
     _check_names(source, "datasets", raw["datasets"], known_datasets, "dataset")

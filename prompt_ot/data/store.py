@@ -34,6 +34,7 @@ import numpy as np
 
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
+from prompt_ot.utils.io import replace_folder
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -216,22 +217,11 @@ def build_store(
             "relpaths": [it.relpath for it in kept],
         }
         (tmp / INDEX_NAME).write_text(json.dumps(index))
-        _move_into_place(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ImageStore(out_dir)
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder to ``out_dir``, replacing an older store only after the new one is complete."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rename(out_dir, old / "store")
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class ImageStore:

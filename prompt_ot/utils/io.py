@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -44,3 +45,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_folder(tmp: str | Path, out_dir: str | Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out_dir``; an older ``out_dir`` is removed only after the new
+    one is in place, so a reader never sees a half-written folder (an empty ``out_dir`` is simply replaced)."""
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.rename(out_dir, old / out_dir.name)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
