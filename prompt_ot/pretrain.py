@@ -73,9 +73,11 @@ def _balanced(items, per_class: int | None, seed: int):
 
 
 def _load_images(recipe, root: Path, part: str, work: Path, image_size: int, per_class: int | None, seed: int):
-    """uint8 images (N, H, W, 3) at the backbone's input size and their labels, via the image store."""
+    """uint8 images (N, H, W, 3) at the backbone's input size, their labels and the class names, via the
+    image store."""
     import numpy as np
 
+    from prompt_ot.data.registry import classnames_of
     from prompt_ot.data.store import build_store
 
     split = recipe.load_split(root)
@@ -83,7 +85,7 @@ def _load_images(recipe, root: Path, part: str, work: Path, image_size: int, per
     store = build_store(items, recipe.image_root(root), work / f"{recipe.name}_{part}", mode="test",
                         image_size=image_size)
     images = torch.from_numpy(np.stack([store[i] for i in range(len(store))]))
-    return images, torch.as_tensor(store.labels, dtype=torch.long)
+    return images, torch.as_tensor(store.labels, dtype=torch.long), classnames_of(split)
 
 
 def _normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
@@ -132,13 +134,13 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     images, labels, classnames, recipes, offsets = [], [], [], [], []
     for name in config.datasets:
         recipe = get_recipe(name)
-        x, y = _load_images(recipe, root, "train", work, preprocess.image_size,
-                            config.images_per_class.get(name), config.seed)
+        x, y, split_names = _load_images(recipe, root, "train", work, preprocess.image_size,
+                                         config.images_per_class.get(name), config.seed)
         repeat = int(config.repeat.get(name, 1))
         offsets.append(len(classnames))
         images.append(x.repeat(repeat, 1, 1, 1))
         labels.append(y.repeat(repeat) + len(classnames))
-        names = [c.replace("_", " ") for c in _classnames(recipe, root)]
+        names = [c.replace("_", " ") for c in split_names]
         classnames += names
         recipes.append(recipe)
         log(f"pretrain data: {name}: {len(y)} images x {repeat}, {len(names)} classes")
@@ -186,8 +188,7 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
         p.requires_grad_(False)
     accuracy = {}
     for recipe in recipes:
-        x, y = _load_images(recipe, root, "test", work, preprocess.image_size, None, config.seed)
-        names = _classnames(recipe, root)
+        x, y, names = _load_images(recipe, root, "test", work, preprocess.image_size, None, config.seed)
         accuracy[recipe.name] = zero_shot_accuracy(model, x, y, names, recipe.template, preprocess)
         log(f"zero-shot accuracy of the pretrained backbone on {recipe.name} test ({len(y)} images, "
             f"{len(names)} classes, template {recipe.template!r}): {accuracy[recipe.name]:.2f}%")
@@ -196,8 +197,3 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     state = {k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}
     return state, report
 
-
-def _classnames(recipe, root: Path) -> list[str]:
-    from prompt_ot.data.registry import classnames_of
-
-    return classnames_of(recipe.load_split(root))

@@ -40,7 +40,7 @@ def run_summary(method, config, result, params, args, device: str, seconds: floa
 def run(args) -> int:
     from prompt_ot.cache import FrozenViewFeatures
     from prompt_ot.checkpoint import save_prompts
-    from prompt_ot.config import load_params, resolve_method, train_config
+    from prompt_ot.config import base_method, load_params, resolve_method, train_config
     from prompt_ot.data.fewshot import read_manifest
     from prompt_ot.devices import pick_device
     from prompt_ot.methods import build_model
@@ -72,7 +72,7 @@ def run(args) -> int:
     name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{args.seed}"
     log(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}")
     tracker = tracker_for(params, args.params)
-    tags = {"method": method.name, "base_method": params.get("variants", {}).get(method.name, {}).get("method", method.name),
+    tags = {"method": method.name, "base_method": base_method(params, method.name),
             "dataset": manifest.dataset, "seed": args.seed, "protocol": args.protocol, "shots": manifest.shots}
     run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],
                   "seed": args.seed, "manifest": str(args.manifest)}
