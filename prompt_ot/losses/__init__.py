@@ -49,9 +49,12 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
 
 # The concrete regularisers import the base classes above, so they are imported after them.
 from prompt_ot.losses.ot import (  # noqa: E402
+    BACKENDS,
     MODALITIES,
     SOLVERS,
     OTRegulariser,
+    assignment_plan,
+    log_sinkhorn_plan,
     paired_features,
     transport_cost,
     transport_plan,
@@ -90,6 +93,7 @@ def build_regulariser(spec: dict | None) -> Regulariser | None:
 
 
 __all__ = [
+    "BACKENDS",
     "MODALITIES",
     "REGULARISERS",
     "SOLVERS",
@@ -97,6 +101,8 @@ __all__ = [
     "OTRegulariser",
     "PointwiseL1",
     "Regulariser",
+    "assignment_plan",
+    "log_sinkhorn_plan",
     "RegulariserInputs",
     "build_regulariser",
     "check_positive",
