@@ -7,8 +7,10 @@ Only the chosen command's module is imported, so ``--help`` answers without load
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import re
 import sys
 
 # name -> (module, one-line help). Order is the pipeline's order.
@@ -33,6 +35,37 @@ def _top_parser() -> argparse.ArgumentParser:
         epilog=f"commands:\n{lines}\n\nrun 'python -m prompt_ot <command> --help' for a command's options",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+# errno values and OS messages of a write that failed because the disk (or quota, or file-size limit) is full
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded|file too large|os error (28|122|27)\b"
+                        r"|\d+ requested and \d+ written", re.IGNORECASE)
+
+
+def _disk_full(err: BaseException) -> BaseException | None:
+    """The exception in ``err``'s chain that says a write ran out of space, or None.
+
+    Besides OSError with ENOSPC / EDQUOT / EFBIG this recognises the wrapped forms: safetensors' and torch's
+    writers report the OS error in their message, and numpy's ``tofile`` reports a short write without errno.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+            return err
+        if isinstance(err, (OSError, RuntimeError)) or type(err).__name__ == "SafetensorError":
+            if _FULL_TEXT.search(str(err)):
+                return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _disk_full_message(err: BaseException, args: argparse.Namespace) -> str:
+    where = getattr(args, "out", None) or getattr(args, "stamp", None) or getattr(err, "filename", None)
+    target = f" while writing {where}" if where else " while writing this command's outputs"
+    return (f"error: no space left on device{target} ({err}); free space (or raise the quota or file-size limit) "
+            "and rerun: completed outputs are kept and unfinished ones were not put in place")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        full = _disk_full(err)
+        if full is None:
+            raise  # a programming error: keep the traceback
+        print(_disk_full_message(full, args), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed outputs are kept and the next run resumes", file=sys.stderr)
         return 130
