@@ -66,6 +66,34 @@ def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[di
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def _check_meta(path, meta: dict, fingerprint: str) -> None:
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a prompt_ot training checkpoint; delete it to restart the run")
+    if meta.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"checkpoint {path} belongs to another run (method, recipe, classes or backbone differ); "
+            "use another output folder or delete the checkpoint to restart"
+        )
+
+
+def check_resumable(path, fingerprint: str) -> None:
+    """Refuse, before anything is written, a run folder whose checkpoint belongs to another run (or is damaged).
+
+    Reads the header only; a missing checkpoint is fine (a fresh run). Call it before opening the run's
+    tracking record or log, so that a refused run changes nothing in the folder.
+    """
+    from safetensors import safe_open
+
+    if not Path(path).exists():
+        return
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as err:
+        raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
+    _check_meta(path, meta, fingerprint)
+
+
 def load_checkpoint(path, model, optimizer, scaler, fingerprint: str) -> tuple[int, list[dict]]:
     """Restore state in place; returns (epochs completed, history)."""
     from safetensors import safe_open
@@ -76,13 +104,7 @@ def load_checkpoint(path, model, optimizer, scaler, fingerprint: str) -> tuple[i
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as err:
         raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not a prompt_ot training checkpoint; delete it to restart the run")
-    if meta.get("fingerprint") != fingerprint:
-        raise UserError(
-            f"checkpoint {path} belongs to another run (method, recipe, classes or backbone differ); "
-            "use another output folder or delete the checkpoint to restart"
-        )
+    _check_meta(path, meta, fingerprint)
     model.load_prompt_state({k[len("prompt/"):]: v for k, v in tensors.items() if k.startswith("prompt/")})
     params = dict(model.named_parameters())
     for key, value in tensors.items():

@@ -469,3 +469,29 @@ def test_downloaded_archive_with_an_escaping_member_is_refused(server, monkeypat
     assert not (tmp_path / "escaped.txt").exists() and not list(root.rglob("escaped.txt"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outside_before + ["data"])
     assert not dataset_is_complete(recipe, root)
+
+
+def test_check_resumable_refuses_a_foreign_checkpoint_from_its_header(work, tmp_path):
+    """The check a train command needs before it opens anything in the run folder (see the xfail above)."""
+    from prompt_ot.checkpoint import check_resumable
+    from prompt_ot.config import load_params, resolve_method, train_config
+    from prompt_ot.data.fewshot import read_manifest
+    from prompt_ot.errors import UserError
+    from prompt_ot.train import run_fingerprint
+
+    params = load_params(work["params"])
+    classes = read_manifest(work["manifest"]).classnames
+    ckpt = work["run"] / "checkpoint.safetensors"
+
+    def fingerprint(method):
+        return run_fingerprint(resolve_method(params, method), train_config(params, 1, "cpu"), classes, "tiny-vit:none")
+
+    before = ckpt.read_bytes()
+    check_resumable(ckpt, fingerprint("coop"))  # its own run: fine
+    check_resumable(tmp_path / "none.safetensors", fingerprint("ivlp"))  # no checkpoint: a fresh run
+    with pytest.raises(UserError, match="belongs to another run"):
+        check_resumable(ckpt, fingerprint("ivlp"))
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="damaged"):
+        check_resumable(tmp_path / "junk.safetensors", fingerprint("coop"))
+    assert ckpt.read_bytes() == before
