@@ -3,8 +3,10 @@
 For each backbone (random weights, no download) it generates photo-like JPEGs, then times
 (a) the test cache: images/s of the frozen image features (and the whole build with decoding),
 (b) the training-view cache: views/s over all epochs,
-(c) side by side in the same run, zero-shot evaluation from the cache (a matrix product over stored
-    features) vs ``evaluate()`` with a full image forward, checking the predictions are identical, and
+(c) side by side in the same run, evaluation of the methods whose image encoder is not prompted, from
+    the cache vs ``evaluate()`` with a full image forward, checking the predictions are identical:
+    zero-shot (a matrix product over the stored image and text features) and CoOp (random-init
+    prompts: the prompted text encoder's class features, then the matrix product), and
 (d) what a training step spends on the regulariser's frozen image features: a frozen forward of one
     batch vs reading the cached rows.
 Writes reports/perf/cache.md.
@@ -15,6 +17,7 @@ Writes reports/perf/cache.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -42,6 +45,8 @@ from prompt_ot.cache import (  # noqa: E402
 from prompt_ot.data.augment import TestImages, batch_train_views  # noqa: E402
 from prompt_ot.data.registry import Item  # noqa: E402
 from prompt_ot.evaluate import evaluate  # noqa: E402
+from prompt_ot.methods import build_model, get_method  # noqa: E402
+from prompt_ot.models.backbone import load_backbone  # noqa: E402
 
 CLASSNAMES = ["apple", "bicycle", "cat", "dog", "house", "lamp", "mountain", "river", "tree", "truck"]
 TEMPLATES = ["a photo of a {}.", "a picture of a {}."]
@@ -65,6 +70,25 @@ def write_images(root: Path, count: int, offset: int) -> list[Item]:
         photo_like(offset + k).save(root / relpath, quality=90)
         items.append(Item(relpath, label, CLASSNAMES[label]))
     return items
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pot_version() -> str | None:
+    try:
+        import ot
+
+        return ot.__version__
+    except ImportError:
+        return None
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -99,21 +123,40 @@ def bench_backbone(backbone: str, n_test: int, n_train: int, epochs: int, batch_
                                               out_dir=workdir / f"train{r}", epochs=epochs, seed=1, **common))
     test_timings, train_timings = median_timings(test_builds), median_timings(train_builds)
 
-    # evaluation of an unprompted method, cached vs full forward, alternating in the same run
+    # evaluation of the unprompted-image-encoder methods, cached vs full forward, alternating in the same run
     model, pre, _ = load_frozen_encoder(backbone, None, "cpu")
+    clip, tokenizer, _ = load_backbone(backbone, None)
+    coop = build_model(get_method("coop"), clip, tokenizer).eval()  # random-init prompts: the cost is the same
     store = TestFeatures(workdir / "test0").store
     images = TestImages(store, pre.mean, pre.std)
-    cached_s, full_s = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def zeroshot_cached():
         test = TestFeatures(workdir / "test0")  # reading the cache from disk is part of the cached path
-        fast = evaluate_cached(test, test.text_features(TEMPLATES[0]))
-        cached_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        full = evaluate(model, images, CLASSNAMES, TEMPLATES[0], batch_size=batch_size)
-        full_s.append(time.perf_counter() - start)
-    identical = bool(torch.equal(fast.predictions, full.predictions)) and fast.accuracy == full.accuracy
-    cached_median, full_median = float(np.median(cached_s)), float(np.median(full_s))
+        return evaluate_cached(test, test.text_features(TEMPLATES[0]))
+
+    def coop_cached():
+        test = TestFeatures(workdir / "test0")
+        coop.set_classnames(test.classnames, TEMPLATES[0])
+        with torch.no_grad():
+            class_text = coop.class_text_features()  # the prompted text encoder runs; the image encoder does not
+        return evaluate_cached(test, class_text)
+
+    evaluation = {}
+    for method, prompted, cached_fn in (("zeroshot", model, zeroshot_cached), ("coop", coop, coop_cached)):
+        cached_s, full_s = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fast = cached_fn()
+            cached_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            full = evaluate(prompted, images, CLASSNAMES, TEMPLATES[0], batch_size=batch_size)
+            full_s.append(time.perf_counter() - start)
+        identical = bool(torch.equal(fast.predictions, full.predictions)) and fast.accuracy == full.accuracy
+        cached_median, full_median = float(np.median(cached_s)), float(np.median(full_s))
+        evaluation[method] = {"cached_s": round(cached_median, 4), "full_forward_s": round(full_median, 4),
+                              "speedup": round(full_median / cached_median, 1),
+                              "identical_predictions": identical, "cached_all_s": [round(t, 4) for t in cached_s],
+                              "full_all_s": [round(t, 4) for t in full_s]}
 
     # the regulariser's frozen features for one training batch: forward vs cache read
     views = FrozenViewFeatures(workdir / "train0")
@@ -130,10 +173,7 @@ def bench_backbone(backbone: str, n_test: int, n_train: int, epochs: int, batch_
                            n_test / (test_timings["store_s"] + test_timings["image_features_s"]), 1)},
         "train_cache": {**train_timings, "views": n_train * epochs,
                         "views_per_s": round(n_train * epochs / train_timings["view_features_s"], 1)},
-        "evaluation": {"cached_s": round(cached_median, 4), "full_forward_s": round(full_median, 4),
-                       "speedup": round(full_median / cached_median, 1),
-                       "identical_predictions": identical, "cached_all_s": [round(s, 4) for s in cached_s],
-                       "full_all_s": [round(s, 4) for s in full_s]},
+        "evaluation": evaluation,
         "train_step_frozen_features": {"batch": len(indices), "forward_ms": round(1e3 * forward_s, 3),
                                        "cache_read_ms": round(1e3 * read_s, 3),
                                        "speedup": round(forward_s / read_s, 1)},
@@ -148,8 +188,9 @@ def report(result: dict) -> str:
         throughput.append(f"| {r['backbone']} ({r['image_size']} px) | {r['test_images']} | {test['images_per_s']} | "
                           f"{test['images_per_s_with_decoding']} | {r['train_images']} x {r['epochs']} | "
                           f"{train['views_per_s']} |")
-        evaluation.append(f"| {r['backbone']} | {r['test_images']} | {ev['cached_s']} | {ev['full_forward_s']} | "
-                          f"{ev['speedup']}x | {'yes' if ev['identical_predictions'] else 'NO'} |")
+        for method, e in ev.items():
+            evaluation.append(f"| {r['backbone']} | {method} | {r['test_images']} | {e['cached_s']} | "
+                              f"{e['full_forward_s']} | {e['speedup']}x | {'yes' if e['identical_predictions'] else 'NO'} |")
         step.append(f"| {r['backbone']} | {st['batch']} | {st['forward_ms']} | {st['cache_read_ms']} | "
                     f"{st['speedup']}x |")
     throughput, evaluation, step = "\n".join(throughput), "\n".join(evaluation), "\n".join(step)
@@ -168,11 +209,14 @@ all figures alike (load average below).
 |---|---:|---:|---:|---:|---:|
 {throughput}
 
-Zero-shot evaluation, side by side in the same run (median of {result['repeats']}, alternating): from the
-cache (open the cache from disk, then one matrix product) vs `evaluate()` with a full image forward.
+Evaluation of the methods whose image encoder is not prompted, side by side in the same run (median
+of {result['repeats']}, alternating): from the cache vs `evaluate()` with a full image forward. Zero-shot's
+cached path opens the cache from disk and does one matrix product with the stored template features;
+CoOp's (random-init prompts, the same cost as trained ones; KgCoOp evaluates the same way) also runs
+the prompted text encoder over the class prompts. The last column checks that both paths predicted the same.
 
-| backbone | test images | cached s | full forward s | speedup | identical predictions |
-|---|---:|---:|---:|---:|---:|
+| backbone | method | test images | cached s | full forward s | speedup | identical predictions |
+|---|---|---:|---:|---:|---:|---:|
 {evaluation}
 
 What one training step spends on the regulariser's frozen image features (median):
@@ -181,8 +225,11 @@ What one training step spends on the regulariser's frozen image features (median
 |---|---:|---:|---:|---:|
 {step}
 
-Machine: {m['platform']}, {m['cpus']} CPUs (load average {m['load_average_at_start'][0]} at start),
-Python {m['python']}, torch {m['torch']} ({m['threads']} threads).
+Date: {m['date']}. Machine: {m['cpu']}, {m['cpus']} cores ({m['platform']}), Python {m['python']},
+torch {m['torch']} ({m['threads']} threads), POT {m['pot']}, GPU: {m['gpu'] or 'none (CPU run)'}. Load average
+{m['load_average_at_start'][0]} at start: a 2-core machine shared with other agents' test runs, so the
+absolute figures carry that contention; the cached and full-forward paths alternate within one run,
+so their ratio is less affected.
 
 ```json
 {json.dumps(result, indent=1)}
@@ -200,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/perf/cache.md")
     args = parser.parse_args(argv)
     load_at_start = os.getloadavg()
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
+          flush=True)
     rows = []
     for run in args.runs:
         backbone, n_test, n_train = run.split(":")
@@ -208,16 +258,18 @@ def main(argv: list[str] | None = None) -> int:
                                  Path(tmp))
         rows.append(row)
         ev = row["evaluation"]
+        evals = "; ".join(f"{k} eval cached {e['cached_s']} s vs full {e['full_forward_s']} s ({e['speedup']}x, "
+                          f"identical {e['identical_predictions']})" for k, e in ev.items())
         print(f"{backbone}: test {row['test_cache']['images_per_s']} img/s, "
-              f"views {row['train_cache']['views_per_s']}/s, eval cached {ev['cached_s']} s vs full "
-              f"{ev['full_forward_s']} s ({ev['speedup']}x, identical {ev['identical_predictions']})", flush=True)
+              f"views {row['train_cache']['views_per_s']}/s, {evals}", flush=True)
     result = {
         "command": f"python bench/bench_cache.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
         "repeats": args.repeats, "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+        "machine": {"date": started, "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                     "load_average_at_start": [round(x, 2) for x in load_at_start],
                     "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+                    "threads": torch.get_num_threads(), "pot": pot_version(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

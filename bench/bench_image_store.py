@@ -11,6 +11,7 @@ and applies torchvision's RandomResizedCrop + flip pipeline. Writes reports/perf
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -34,6 +35,25 @@ from prompt_ot.data.registry import Item  # noqa: E402
 from prompt_ot.data.store import build_store  # noqa: E402
 
 IMAGE_SIZE = 224
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pot_version() -> str | None:
+    try:
+        import ot
+
+        return ot.__version__
+    except ImportError:
+        return None
 
 
 def photo_like(seed: int, width: int = 500, height: int = 375) -> Image.Image:
@@ -90,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread per loader process, as in the usual data-loading setup
     load_at_start = os.getloadavg()  # other work on the machine slows both pipelines alike
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
+          flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
@@ -137,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         "jpeg_mib": round(jpeg_bytes / 2**20, 1), "store_mib": round(store_bytes / 2**20, 1),
         "store_build_s": round(build_seconds, 2), "rows": rows,
         "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "date": started, "platform": platform.platform(), "cpu": cpu_model(),
             "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
             "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "pillow": PIL.__version__,
+            "torchvision": torchvision.__version__, "pillow": PIL.__version__, "pot": pot_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
     table = "\n".join(
@@ -163,9 +187,12 @@ new worker processes and each batch crosses a process boundary; both pipelines p
 |---:|---:|---:|---:|---:|---:|
 {table}
 
-Machine: {machine['platform']}, {machine['cpus']} CPUs (load average
-{machine['load_average_at_start'][0]} at start), Python {machine['python']}, torch {machine['torch']},
-torchvision {machine['torchvision']}, Pillow {machine['pillow']}.
+Date: {machine['date']}. Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}),
+Python {machine['python']}, torch {machine['torch']}, torchvision {machine['torchvision']}, Pillow
+{machine['pillow']}, POT {machine['pot']}, GPU: {machine['gpu'] or 'none (CPU run)'}. Load average
+{machine['load_average_at_start'][0]} at start: a 2-core machine shared with other agents' test runs, so
+the absolute figures carry that contention; the two pipelines alternate epoch by epoch within one run,
+so their ratio is less affected.
 
 ```json
 {json.dumps(result, indent=1)}
