@@ -46,5 +46,10 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
+# every benchmark in bench/ (bench/bench_*.py) in its documented default configuration, one after the
+# other; each writes its report in reports/perf/ (bench/README.md lists them and how long they take)
+bench: setup
+	@set -e; for script in bench/bench_*.py; do echo "== $(PY) $$script"; $(PY) $$script; done
+
 clean:
 	rm -rf smoke_out .pytest_cache
