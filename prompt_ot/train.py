@@ -5,6 +5,17 @@ weight decay 5e-4, one constant warm-up epoch at 1e-4, then cosine over the rema
 dropping the last partial batch) and returns the trained prompts and per-epoch metrics. The batch order
 depends only on (seed, epoch) and a dataset with ``set_epoch`` gets the epoch before its batches are
 drawn, so a run killed after epoch k resumes from its checkpoint to exactly the uninterrupted weights.
+
+``train_packed(runs)`` trains several runs (other seeds, other datasets, or other methods with the same
+prompt layout) in one process on one shared frozen backbone: each step concatenates every run's batch
+and class prompts into one image forward and one text forward, with each row getting its own run's
+prompts, and sums the runs' losses. A run's loss depends only on its own prompts and SGD is
+element-wise, so each run follows its own trajectory: the same as alone, up to float rounding of the
+larger matrix products. ``train`` is ``train_packed`` with one run.
+
+On a GPU a step is one stream of device work: views are augmented on the device from the uint8 store,
+the OT plan is solved on the device, the optimiser is fused, and running sums stay on the device until
+the epoch ends (the only host synchronisation).
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +36,7 @@ from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.methods import MethodConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUGMENT_ON = ("auto", "cpu", "device")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FrozenImageFeatures = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, dataset indices) -> (B, D)
 
@@ -42,6 +54,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 1
     num_workers: int = 0
+    deterministic: bool = False  # deterministic algorithms (and cuBLAS workspace) on the GPU
+    augment_on: str = "auto"  # where training views are augmented: auto = the training device
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -54,6 +68,8 @@ class TrainConfig:
             raise UserError(f"train.warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs})")
         if self.precision not in PRECISIONS:
             raise unknown_name("precision", self.precision, PRECISIONS)
+        if self.augment_on not in AUGMENT_ON:
+            raise unknown_name("augment_on", self.augment_on, AUGMENT_ON)
 
 
 @dataclass
@@ -89,7 +105,9 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[
 def run_fingerprint(method: MethodConfig, config: TrainConfig, classnames: list[str], backbone: str) -> str:
     """Identifies what a checkpoint belongs to; resuming from another method or backbone is refused."""
     payload = json.dumps(
-        {"method": method.to_dict(), "train": asdict(config) | {"device": None, "num_workers": None},
+        {"method": method.to_dict(),
+         "train": {k: v for k, v in asdict(config).items() if k not in ("device", "num_workers", "deterministic",
+                                                                          "augment_on")},
          "classes": classnames, "backbone": backbone},
         sort_keys=True,
     )
@@ -117,6 +135,113 @@ def _index_dataset(dataset):
     return Indexed()
 
 
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (``torch.use_deterministic_algorithms``) and cuBLAS's fixed workspace.
+
+    ``CUBLAS_WORKSPACE_CONFIG`` is read when cuBLAS starts, so the train command sets it before any CUDA work.
+    """
+    import os
+
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled)
+
+
+def make_optimizer(params, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    """The paper's SGD; fused into one kernel on a GPU (the CPU keeps the reference per-tensor loop)."""
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **extra)
+
+
+@dataclass
+class RunSpec:
+    """One run of a pack: what ``train`` takes as arguments."""
+
+    method: MethodConfig
+    model: object  # PromptedCLIP; the runs of a pack share its frozen ``clip``
+    dataset: object
+    classnames: list[str]
+    config: TrainConfig = TrainConfig()
+    checkpoint_dir: str | Path | None = None
+    frozen_image_features: FrozenImageFeatures | None = None
+    backbone: str = ""
+    on_epoch_end: Callable[[dict], None] | None = None
+
+
+class _Run:
+    """A run's training state inside the engine."""
+
+    def __init__(self, spec: RunSpec, device: torch.device):
+        from prompt_ot.losses import build_regulariser
+
+        self.spec = spec
+        model = spec.model
+        model.to(device)
+        model.set_classnames(spec.classnames)
+        self.regulariser = build_regulariser(spec.method.regulariser)
+        if self.regulariser is not None:
+            self.regulariser.to(device)
+        self.params = model.trainable_parameters()
+        self.trains = bool(spec.method.trains and self.params)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.fingerprint = run_fingerprint(spec.method, spec.config, spec.classnames, spec.backbone)
+        self.ckpt_path = Path(spec.checkpoint_dir) / CHECKPOINT_NAME if spec.checkpoint_dir else None
+        self.needs_frozen_image = self.regulariser is not None and self.regulariser.needs_frozen_image
+        self.on_device_views = False
+        if not self.trains:
+            return
+        if len(spec.dataset) < spec.config.batch_size:
+            raise UserError(f"the training set has {len(spec.dataset)} images, fewer than one batch of "
+                            f"{spec.config.batch_size}")
+        self.optimizer = make_optimizer(self.params, spec.config, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=spec.config.precision == "fp16")
+        if self.ckpt_path is not None and self.ckpt_path.exists():
+            from prompt_ot.checkpoint import load_checkpoint
+
+            self.start_epoch, self.history = load_checkpoint(
+                self.ckpt_path, model, self.optimizer, self.scaler, self.fingerprint)
+        with torch.no_grad(), _autocast(device, spec.config.precision):
+            self.frozen_class_text = model.frozen_class_text_features().float()
+        augment_on = spec.config.augment_on
+        self.on_device_views = hasattr(spec.dataset, "device_batch") and (
+            augment_on == "device" or (augment_on == "auto" and device.type == "cuda"))
+
+    def begin_epoch(self, epoch: int, device: torch.device) -> None:
+        config, dataset = self.spec.config, self.spec.dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        self.batches = epoch_batches(len(dataset), config.batch_size, config.seed, epoch)
+        if self.on_device_views:
+            self.loader = ((*dataset.device_batch(batch, device), torch.as_tensor(batch)) for batch in self.batches)
+        else:
+            self.loader = iter(torch.utils.data.DataLoader(
+                _index_dataset(dataset), batch_sampler=self.batches, num_workers=config.num_workers))
+        zero = torch.zeros((), device=device, dtype=torch.float64)
+        self.sums = {"loss": zero.clone(), "ce": zero.clone(), "reg": zero.clone(), "correct": zero.clone()}
+        self.seen = 0
+        self.started = time.perf_counter()
+
+
+def _check_pack(runs: Sequence[_Run]) -> None:
+    """Runs packed together must share the frozen backbone, the prompt layout and the recipe (but the seed)."""
+    first = runs[0].spec
+    for run in runs[1:]:
+        spec = run.spec
+        if spec.model.clip is not first.model.clip:
+            raise UserError("packed runs must share one backbone object (build each model from the same clip)")
+        if spec.model.config != first.model.config:
+            raise UserError(f"packed runs need the same prompt layout: {spec.method.name} has {spec.model.config}, "
+                            f"{first.method.name} has {first.model.config}")
+        mine = {k: v for k, v in asdict(spec.config).items() if k != "seed"}
+        theirs = {k: v for k, v in asdict(first.config).items() if k != "seed"}
+        if mine != theirs:
+            raise UserError(f"packed runs need the same training recipe apart from the seed: {mine} vs {theirs}")
+    if len(runs) > 1 and first.config.precision == "fp16":
+        raise UserError("fp16 cannot be packed (each run needs its own loss scaling); use bf16 or fp32")
+
+
 def train(
     method: MethodConfig,
     model,
@@ -135,105 +260,131 @@ def train(
     exact training views (the feature cache); then no frozen image forward runs during training.
     ``stop_after_epoch`` ends the run early (as a kill would), for tests of resumption.
     """
-    from prompt_ot.losses import RegulariserInputs, build_regulariser
+    spec = RunSpec(method, model, dataset, classnames, config, checkpoint_dir, frozen_image_features, backbone,
+                   on_epoch_end)
+    return train_packed([spec], stop_after_epoch=stop_after_epoch)[0]
 
-    config.validate()
+
+def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) -> list[TrainResult]:
+    """Train several runs at once on their shared frozen backbone; returns each run's ``TrainResult``.
+
+    Each run keeps its own batches (its seed), optimiser, checkpoint (so a pack resumes, or a run resumes
+    alone, from the same files) and callbacks; only the backbone forwards are shared.
+    """
+    from prompt_ot.models.prompted import packed_class_text_features, packed_image_features
+
+    if not specs:
+        return []
+    for spec in specs:
+        spec.config.validate()
+    config = specs[0].config
+    set_deterministic(config.deterministic)
     device = resolve_device(config.device)
-    model.to(device)
-    model.set_classnames(classnames)
-    regulariser = build_regulariser(method.regulariser)
-    if regulariser is not None:
-        regulariser.to(device)
-    params = model.trainable_parameters()
-    if not method.trains or not params:
-        return TrainResult(prompts=model.prompt_state())
-    if len(dataset) < config.batch_size:
-        raise UserError(f"the training set has {len(dataset)} images, fewer than one batch of {config.batch_size}")
+    runs = [_Run(spec, device) for spec in specs]
+    training = [run for run in runs if run.trains]
+    if training:
+        _check_pack(training)
+    prompts_text = bool(training) and training[0].spec.model.config.text_depth > 0
+    fixed_text = {}
+    if training and not prompts_text:  # without text prompts class texts never change: encode them once
+        with torch.no_grad(), _autocast(device, config.precision):
+            fixed_text = {id(run): run.spec.model.class_text_features().float() for run in training}
 
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    fingerprint = run_fingerprint(method, config, classnames, backbone)
-    history: list[dict] = []
-    start_epoch = 0
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-    if ckpt_path is not None and ckpt_path.exists():
-        from prompt_ot.checkpoint import load_checkpoint
-
-        start_epoch, history = load_checkpoint(ckpt_path, model, optimizer, scaler, fingerprint)
-
-    with torch.no_grad(), _autocast(device, config.precision):
-        frozen_class_text = model.frozen_class_text_features().float()
-        # Without text prompts, class text features do not change: encode them once.
-        fixed_class_text = None if model.config.text_depth > 0 else model.class_text_features().float()
-    needs_frozen_image = regulariser is not None and regulariser.needs_frozen_image
-    indexed = _index_dataset(dataset)
-
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
+    for epoch in range(min((run.start_epoch for run in training), default=config.epochs), config.epochs):
         lr = learning_rate(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            indexed,
-            batch_sampler=epoch_batches(len(dataset), config.batch_size, config.seed, epoch),
-            num_workers=config.num_workers,
-        )
-        sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0, "correct": 0, "seen": 0}
-        model.eval()  # the backbone stays in inference mode; only the prompts learn
-        for images, labels, indices in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with _autocast(device, config.precision):
-                class_text = fixed_class_text if fixed_class_text is not None else model.class_text_features()
-                image = model.image_features(images)
-                logits = (model.logit_scale * image @ class_text.t()).float()
-                ce = F.cross_entropy(logits, labels)
-                reg = torch.zeros((), device=device)
-                if regulariser is not None:
-                    frozen_image = None
-                    if needs_frozen_image:
-                        if frozen_image_features is not None:
-                            frozen_image = frozen_image_features(epoch, indices).to(device)
-                        else:
-                            frozen_image = model.frozen_image_features(images)
-                    reg = regulariser(RegulariserInputs(
-                        image=image.float(),
-                        frozen_image=None if frozen_image is None else frozen_image.float(),
-                        class_text=class_text.float(),
-                        frozen_class_text=frozen_class_text,
-                        labels=labels,
-                    ))
-                loss = ce + reg
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            n = labels.shape[0]
-            sums["loss"] += loss.item() * n
-            sums["ce"] += ce.item() * n
-            sums["reg"] += float(reg.detach()) * n
-            sums["correct"] += int((logits.argmax(-1) == labels).sum())
-            sums["seen"] += n
-        seen = max(sums["seen"], 1)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "loss": sums["loss"] / seen,
-            "ce": sums["ce"] / seen,
-            "regulariser": sums["reg"] / seen,
-            "train_accuracy": sums["correct"] / seen,
-            "seconds": time.perf_counter() - started,
-        }
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"loss became {record['loss']} in epoch {epoch + 1}; lower the lr or use fp32")
-        history.append(record)
-        if ckpt_path is not None:
-            from prompt_ot.checkpoint import save_checkpoint
-
-            save_checkpoint(ckpt_path, model, optimizer, scaler, epoch + 1, history, fingerprint)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+        active = [run for run in training if run.start_epoch <= epoch]
+        for run in active:
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            run.spec.model.eval()  # the backbone stays in inference mode; only the prompts learn
+            run.begin_epoch(epoch, device)
+        for step in range(max(len(run.batches) for run in active)):
+            stepping = [run for run in active if step < len(run.batches)]
+            _packed_step(stepping, epoch, device, config.precision, fixed_text, prompts_text,
+                         packed_image_features, packed_class_text_features)
+        for run in active:
+            _end_epoch(run, epoch, lr)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
-    return TrainResult(prompts=model.prompt_state(), history=history, resumed_from_epoch=start_epoch)
+    return [TrainResult(prompts=run.spec.model.prompt_state(), history=run.history, resumed_from_epoch=run.start_epoch)
+            for run in runs]
+
+
+def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text, packed_image_features,
+                 packed_class_text_features) -> None:
+    """One optimisation step of every run in ``runs``: shared forwards, summed losses, one backward."""
+    from prompt_ot.losses import RegulariserInputs
+
+    batches = [next(run.loader) for run in runs]
+    images = torch.cat([b[0] for b in batches]).to(device, non_blocking=True)
+    counts = [len(b[1]) for b in batches]
+    models = [run.spec.model for run in runs]
+    total = torch.zeros((), device=device)
+    with _autocast(device, precision):
+        image_all = packed_image_features(models, images, counts).split(counts)
+        texts = packed_class_text_features(models) if prompts_text else [fixed_text[id(run)] for run in runs]
+        frozen_all = None
+        if any(run.needs_frozen_image and run.spec.frozen_image_features is None for run in runs):
+            frozen_all = models[0].frozen_image_features(images).split(counts)  # one frozen forward for all
+        for k, (run, (_, labels, indices), image, class_text) in enumerate(zip(runs, batches, image_all, texts)):
+            labels = labels.to(device, non_blocking=True)
+            logits = (models[k].logit_scale * image @ class_text.t()).float()
+            ce = F.cross_entropy(logits, labels)
+            reg = torch.zeros((), device=device)
+            if run.regulariser is not None:
+                frozen_image = None
+                if run.needs_frozen_image:
+                    supplied = run.spec.frozen_image_features
+                    frozen_image = (supplied(epoch, indices).to(device, non_blocking=True) if supplied is not None
+                                    else frozen_all[k])
+                reg = run.regulariser(RegulariserInputs(
+                    image=image.float(),
+                    frozen_image=None if frozen_image is None else frozen_image.float(),
+                    class_text=class_text.float(),
+                    frozen_class_text=run.frozen_class_text,
+                    labels=labels,
+                ))
+            loss = ce + reg
+            total = total + loss
+            n = labels.shape[0]
+            with torch.no_grad():
+                run.sums["loss"] += loss.detach().double() * n
+                run.sums["ce"] += ce.detach().double() * n
+                run.sums["reg"] += reg.detach().double() * n
+                run.sums["correct"] += (logits.argmax(-1) == labels).sum()
+            run.seen += n
+    for run in runs:
+        run.optimizer.zero_grad(set_to_none=True)
+    if len(runs) == 1:
+        runs[0].scaler.scale(total).backward()
+        runs[0].scaler.step(runs[0].optimizer)
+        runs[0].scaler.update()
+    else:  # fp16 is refused for packs, so there is no loss scaling to apply
+        total.backward()
+        for run in runs:
+            run.optimizer.step()
+
+
+def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
+    """Turn the device sums into the epoch's record (the one host synchronisation), checkpoint, report."""
+    seen = max(run.seen, 1)
+    sums = {k: v.item() for k, v in run.sums.items()}
+    record = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "loss": sums["loss"] / seen,
+        "ce": sums["ce"] / seen,
+        "regulariser": sums["reg"] / seen,
+        "train_accuracy": int(sums["correct"]) / seen,
+        "seconds": time.perf_counter() - run.started,
+    }
+    if not math.isfinite(record["loss"]):
+        raise FloatingPointError(f"loss became {record['loss']} in epoch {epoch + 1}; lower the lr or use fp32")
+    run.history.append(record)
+    if run.ckpt_path is not None:
+        from prompt_ot.checkpoint import save_checkpoint
+
+        save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, run.scaler, epoch + 1, run.history,
+                        run.fingerprint)
+    if run.spec.on_epoch_end is not None:
+        run.spec.on_epoch_end(record)

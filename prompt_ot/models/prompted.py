@@ -112,8 +112,13 @@ class PromptedCLIP(nn.Module):
         self.frozen_class_tokens = self.tokenizer([template.format(c) for c in classnames]).to(device)
 
     # ------------------------------------------------------------------ text
-    def encode_tokens(self, tokens: torch.Tensor, use_prompts: bool = True, truncate: bool = True) -> torch.Tensor:
-        """Text features (unnormalised) of token ids, truncated at the longest end-of-text position."""
+    def encode_tokens(self, tokens: torch.Tensor, use_prompts: bool = True, truncate: bool = True,
+                      layer_prompts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Text features (unnormalised) of token ids, truncated at the longest end-of-text position.
+
+        ``layer_prompts`` (one (rows, n, width) tensor per prompted layer) gives each row its own prompts,
+        as packed runs need; by default every row gets this model's prompts.
+        """
         clip = self.clip
         eot = tokens.argmax(dim=-1)
         length = int(eot.max()) + 1 if truncate else tokens.shape[1]
@@ -122,16 +127,16 @@ class PromptedCLIP(nn.Module):
         depth = self.config.text_depth if use_prompts else 0
         n = self.config.text_ctx
         batch = x.shape[0]
+        if depth > 0 and layer_prompts is None:
+            layer_prompts = [p.unsqueeze(0).expand(batch, -1, -1) for p in self.text_prompts]
         if depth > 0:
-            ctx = self.text_prompts[0].to(x.dtype).unsqueeze(0).expand(batch, -1, -1)
-            x = torch.cat([x[:, :1], ctx, x[:, 1 + n :]], dim=1)
+            x = torch.cat([x[:, :1], layer_prompts[0].to(x.dtype), x[:, 1 + n :]], dim=1)
         x = x + clip.positional_embedding[:length].to(x.dtype)
         mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
 
         def replace(i: int, h: torch.Tensor) -> torch.Tensor:
             if 0 < i < depth:
-                deep = self.text_prompts[i].to(h.dtype).unsqueeze(0).expand(batch, -1, -1)
-                h = torch.cat([h[:, :1], deep, h[:, 1 + n :]], dim=1)
+                h = torch.cat([h[:, :1], layer_prompts[i].to(h.dtype), h[:, 1 + n :]], dim=1)
             return h
 
         x = _blocks_forward(clip.transformer, x, mask, replace)
@@ -153,8 +158,12 @@ class PromptedCLIP(nn.Module):
         return F.normalize(self.encode_tokens(self.frozen_class_tokens, use_prompts=False), dim=-1)
 
     # ------------------------------------------------------------------ vision
-    def encode_image(self, images: torch.Tensor, use_prompts: bool = True) -> torch.Tensor:
-        """Image features (unnormalised); prompt tokens are appended after the patch tokens."""
+    def encode_image(self, images: torch.Tensor, use_prompts: bool = True,
+                     layer_prompts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Image features (unnormalised); prompt tokens are appended after the patch tokens.
+
+        ``layer_prompts`` as in :meth:`encode_tokens`: per-row prompts of packed runs.
+        """
         visual = self.clip.visual
         x = visual.conv1(images.to(visual.conv1.weight.dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
@@ -164,14 +173,15 @@ class PromptedCLIP(nn.Module):
         depth = self.config.vision_depth if use_prompts else 0
         n = self.config.vision_ctx
         batch = x.shape[0]
+        if depth > 0 and layer_prompts is None:
+            layer_prompts = [p.unsqueeze(0).expand(batch, -1, -1) for p in self.vision_prompts]
         if depth > 0:
-            x = torch.cat([x, self.vision_prompts[0].to(x.dtype).unsqueeze(0).expand(batch, -1, -1)], dim=1)
+            x = torch.cat([x, layer_prompts[0].to(x.dtype)], dim=1)
         x = visual.ln_pre(x)
 
         def replace(i: int, h: torch.Tensor) -> torch.Tensor:
             if 0 < i < depth:
-                deep = self.vision_prompts[i].to(h.dtype).unsqueeze(0).expand(batch, -1, -1)
-                h = torch.cat([h[:, :-n], deep], dim=1)
+                h = torch.cat([h[:, :-n], layer_prompts[i].to(h.dtype)], dim=1)
             return h
 
         x = _blocks_forward(visual.transformer, x, None, replace)
@@ -220,3 +230,35 @@ class PromptedCLIP(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------- packed runs
+def _rows(prompt_lists, counts: list[int]) -> list[torch.Tensor]:
+    """Per-layer (sum(counts), n, width) prompts: each model's prompts repeated for its rows."""
+    return [torch.cat([layer.unsqueeze(0).expand(count, -1, -1) for layer, count in zip(layers, counts)])
+            for layers in zip(*prompt_lists)]
+
+
+def packed_image_features(models: list[PromptedCLIP], images: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Normalised prompted image features of ``images``, the first counts[0] rows with models[0]'s prompts
+    and so on, in one forward of the shared backbone. One model is ``models[0].image_features(images)``."""
+    if len(models) == 1:
+        return models[0].image_features(images)
+    first = models[0]
+    layers = _rows([m.vision_prompts for m in models], counts) if first.config.vision_depth > 0 else None
+    return F.normalize(first.encode_image(images, use_prompts=True, layer_prompts=layers), dim=-1)
+
+
+def packed_class_text_features(models: list[PromptedCLIP]) -> list[torch.Tensor]:
+    """Each model's normalised prompted class-text features (C_r, D), from one forward of the shared backbone
+    over all models' classes (cut at the longest end-of-text among them, which causal attention allows)."""
+    if len(models) == 1:
+        return [models[0].class_text_features()]
+    counts = [len(m.class_tokens) for m in models]
+    if min(counts) == 0:
+        raise RuntimeError("call set_classnames() on every packed model first")
+    tokens = torch.cat([m.class_tokens for m in models])
+    first = models[0]
+    layers = _rows([m.text_prompts for m in models], counts) if first.config.text_depth > 0 else None
+    features = F.normalize(first.encode_tokens(tokens, use_prompts=True, layer_prompts=layers), dim=-1)
+    return list(features.split(counts))
