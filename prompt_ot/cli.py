@@ -63,6 +63,8 @@ def _disk_full(err: BaseException) -> BaseException | None:
 
 def _disk_full_message(err: BaseException, args: argparse.Namespace) -> str:
     where = getattr(args, "out", None) or getattr(args, "stamp", None) or getattr(err, "filename", None)
+    if isinstance(where, (list, tuple)):  # a packed train command writes several run folders
+        where = ", ".join(map(str, where))
     target = f" while writing {where}" if where else " while writing this command's outputs"
     return (f"error: no space left on device{target} ({err}); free space (or raise the quota or file-size limit) "
             "and rerun: completed outputs are kept and unfinished ones were not put in place")

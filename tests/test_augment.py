@@ -175,3 +175,28 @@ def test_custom_normalisation(image):
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     np.testing.assert_allclose(test_view(image, mean, std).numpy(), normalise(image, mean, std).numpy(), atol=1e-6)
     assert math.isclose(float(test_view(np.zeros((2, 2, 3), np.uint8), mean, std)[0, 0, 0]), -2.0)
+
+
+def test_device_batch_is_the_views_of_getitem(stores):
+    train, _, _, items = stores
+    views = TrainViews(train, seed=4, image_size=32)
+    views.set_epoch(3)
+    batch, labels = views.device_batch([5, 0, 4, 4], "cpu")
+    assert batch.dtype == torch.float32 and batch.shape == (4, 3, 32, 32)
+    for row, i in zip(batch, [5, 0, 4, 4]):
+        assert torch.equal(row, views[i][0])
+    assert labels.tolist() == [items[5].label, items[0].label, items[4].label, items[4].label]
+
+
+@pytest.mark.gpu
+def test_device_batch_on_the_gpu_is_within_one_intensity_level(stores):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    train, *_ = stores
+    views = TrainViews(train, seed=4, image_size=32)
+    views.set_epoch(1)
+    batch, labels = views.device_batch(range(6), "cuda")
+    assert batch.is_cuda and labels.is_cuda
+    expected, _ = batch_train_views(train, range(6), seed=4, epoch=1, image_size=32)
+    level = 1 / 255 / min(CLIP_STD)
+    assert (batch.cpu() - expected).abs().max().item() <= level + 1e-6

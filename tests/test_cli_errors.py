@@ -269,8 +269,6 @@ def test_checkpoint_of_another_method_is_refused_and_kept(work, capsys):
     assert set(after) == set(before)
 
 
-@pytest.mark.xfail(strict=True, reason="commands/train.py opens the MLflow run (which deletes the folder's pending "
-                   "record and writes a FAILED one) before the checkpoint is checked; see check_resumable")
 def test_refused_run_keeps_the_finished_runs_mlflow_record(work, capsys):
     before = (work["run"] / "mlflow_pending_train.json").read_bytes()
     rc, _, err = cli(capsys, *train_args(work, "ivlp", work["run"]))
@@ -472,7 +470,7 @@ def test_downloaded_archive_with_an_escaping_member_is_refused(server, monkeypat
 
 
 def test_check_resumable_refuses_a_foreign_checkpoint_from_its_header(work, tmp_path):
-    """The check a train command needs before it opens anything in the run folder (see the xfail above)."""
+    """The check the train command makes before it opens anything in the run folder."""
     from prompt_ot.checkpoint import check_resumable
     from prompt_ot.config import load_params, resolve_method, train_config
     from prompt_ot.data.fewshot import read_manifest

@@ -108,8 +108,6 @@ def test_a_code_running_backbone_checkpoint_is_refused_without_running_it(tmp_pa
         assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=pickle.UnpicklingError,
-                   reason="models/backbone.py load_backbone lets torch's UnpicklingError escape as a traceback")
 def test_a_code_running_backbone_checkpoint_gets_a_clear_message(tmp_path, capsys):
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=2, per_split=(1, 1, 1))

@@ -49,6 +49,33 @@ def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
     assert sum(cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 3 * 2 * (1 + 1 + 2)
 
 
+def test_pack_trains_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = ["caltech101", "dtd"]
+    params["methods"] = ["coop", "prompt_ot"]
+    params["seeds"] = [1, 2, 3]
+    params["protocols"] = {
+        "base2novel": {"datasets": ["dtd"], "shots": 4},
+        "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd"]}},
+        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
+        "few_shot": {"datasets": [], "shots": []},
+    }
+    single = snakemake_jobs(make_workspace(tmp_path / "single", yaml.safe_dump(params)))
+    params["train"]["pack"] = True
+    validate_params(params)
+    packed = snakemake_jobs(make_workspace(tmp_path / "packed", yaml.safe_dump(params)))
+    train = {cmd: outs for cmd, outs in packed.items() if cmd.startswith("python -m prompt_ot train ")}
+    assert len(train) == 2 * 2  # (method, dataset) pairs, each one job for its 3 seeds
+    for cmd, outs in train.items():
+        assert " --seed 1 2 3 " in cmd and cmd.count("shot_seed") == 6  # 3 manifests + 3 caches
+        assert len(outs) == 6  # prompts + train.json per seed
+    # every other job is unchanged, and the packed jobs make exactly the outputs of the single ones
+    others = lambda jobs: {c: o for c, o in jobs.items() if not c.startswith("python -m prompt_ot train ")}
+    assert others(packed) == others(single)
+    single_outs = set().union(*(o for c, o in single.items() if c.startswith("python -m prompt_ot train ")))
+    assert set().union(*train.values()) == single_outs
+
+
 def test_snakemake_lint_is_clean():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True,
                             text=True, env=quiet_env())

@@ -1,15 +1,20 @@
-"""`python -m prompt_ot train`: train one method's prompts on one few-shot manifest, from its feature cache.
+"""`python -m prompt_ot train`: train one method's prompts on few-shot manifests, from their feature caches.
 
 Inputs are explicit: the params file (backbone, recipe, variants), the manifest and the train cache (image
 store plus the frozen features of every training view). Outputs go to ``--out``: ``prompts.safetensors``
 (the epoch that evaluation uses), ``train.json`` (per-epoch metrics and the resolved configuration) and
 ``checkpoint.safetensors`` (rewritten every epoch; an interrupted job resumes from it). Every run is
 also an MLflow run.
+
+Several runs (e.g. all seeds of one method and dataset) are trained packed in one process, sharing each
+frozen-backbone forward, when ``--seed``, ``--manifest``, ``--train-cache`` and ``--out`` each list one
+value per run; every run still writes its own folder, exactly as if it had been trained alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -19,91 +24,130 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="experiment parameters (default: params.yaml)")
     parser.add_argument("--protocol", required=True, choices=["base2novel", "cross_dataset", "few_shot"])
     parser.add_argument("--method", required=True, help="a method of the registry or a variant from params.yaml")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--manifest", required=True, help="few-shot manifest written by 'split'")
-    parser.add_argument("--train-cache", required=True, help="train cache written by 'cache train'")
-    parser.add_argument("--out", required=True, help="run folder for prompts, metrics and checkpoint")
+    parser.add_argument("--seed", type=int, nargs="+", required=True, help="one seed per run (several: a pack)")
+    parser.add_argument("--manifest", nargs="+", required=True, help="few-shot manifest written by 'split', per run")
+    parser.add_argument("--train-cache", nargs="+", required=True, help="train cache written by 'cache train', per run")
+    parser.add_argument("--out", nargs="+", required=True, help="run folder for prompts, metrics and checkpoint, per run")
     parser.add_argument("--device", default="auto", help="auto (a free GPU, else the CPU), cpu, cuda:N")
 
 
-def run_summary(method, config, result, params, args, device: str, seconds: float, eval_epoch: int) -> dict:
+def run_summary(method, config, result, params, args, job, device: str, seconds: float, eval_epoch: int,
+                pack: int) -> dict:
     from dataclasses import asdict
 
     return {
-        "protocol": args.protocol, "method": method.name, "seed": args.seed, "manifest": str(args.manifest),
+        "protocol": args.protocol, "method": method.name, "seed": job.seed, "manifest": str(job.manifest_path),
         "backbone": params["backbone"], "method_config": method.to_dict(),
         "train_config": asdict(config) | {"device": device}, "eval_epoch": eval_epoch,
         "resumed_from_epoch": result.resumed_from_epoch, "history": result.history, "seconds": seconds,
+        "packed_with": pack - 1,
     }
+
+
+class _Job:
+    """One run of the command: its inputs, folder, log and tracked MLflow run."""
+
+    def __init__(self, seed: int, manifest_path: str, cache_path: str, out: str):
+        self.seed, self.manifest_path, self.cache_path, self.out = seed, manifest_path, cache_path, Path(out)
+
+    def log(self, line: str) -> None:
+        print(line, flush=True)
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+
+def _jobs(args) -> list[_Job]:
+    from prompt_ot.errors import UserError
+
+    lengths = {len(args.seed), len(args.manifest), len(args.train_cache), len(args.out)}
+    if len(lengths) != 1:
+        raise UserError(f"--seed, --manifest, --train-cache and --out need one value per packed run; got "
+                        f"{len(args.seed)}, {len(args.manifest)}, {len(args.train_cache)} and {len(args.out)}")
+    if len(set(args.out)) != len(args.out):
+        raise UserError(f"packed runs need distinct --out folders, got {args.out}")
+    return [_Job(*values) for values in zip(args.seed, args.manifest, args.train_cache, args.out)]
 
 
 def run(args) -> int:
     from prompt_ot.cache import FrozenViewFeatures
-    from prompt_ot.checkpoint import save_prompts
+    from prompt_ot.checkpoint import check_resumable, load_prompts, save_prompts
     from prompt_ot.config import base_method, load_params, resolve_method, train_config
     from prompt_ot.data.fewshot import read_manifest
     from prompt_ot.devices import pick_device
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.tracking import tracker_for
-    from prompt_ot.train import train
+    from prompt_ot.train import CHECKPOINT_NAME, RunSpec, run_fingerprint, set_deterministic, train_packed
     from prompt_ot.utils.io import atomic_write_text
 
+    jobs = _jobs(args)
     params = load_params(args.params)
     method = resolve_method(params, args.method)
-    manifest = read_manifest(args.manifest)
+    set_deterministic(bool(params["train"].get("deterministic", False)))  # before any CUDA work
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
     epochs = params["train"]["epochs"]
     eval_epoch = params["train"].get("eval_epoch", 0) or epochs
-    cache = FrozenViewFeatures(args.train_cache, seed=args.seed, epochs=epochs, backbone=backbone)
     device = pick_device(args.device)
-    config = train_config(params, args.seed, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "train.log", "a")
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+    # Everything is checked before anything is written: a refused run changes nothing in any run folder.
+    for job in jobs:
+        job.manifest = read_manifest(job.manifest_path)
+        job.cache = FrozenViewFeatures(job.cache_path, seed=job.seed, epochs=epochs, backbone=backbone)
+        job.config = train_config(params, job.seed, device)
+        check_resumable(job.out / CHECKPOINT_NAME, run_fingerprint(
+            method, job.config, job.manifest.classnames, f"{backbone}:{pretrained}"))
 
     clip, tokenizer, _ = load_backbone(backbone, pretrained)
-    model = build_model(method, clip, tokenizer, seed=args.seed)
-    name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{args.seed}"
-    log(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}")
     tracker = tracker_for(params, args.params)
-    tags = {"method": method.name, "base_method": base_method(params, method.name),
-            "dataset": manifest.dataset, "seed": args.seed, "protocol": args.protocol, "shots": manifest.shots}
-    run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],
-                  "seed": args.seed, "manifest": str(args.manifest)}
+    needs_frozen = method.regulariser is not None
     started = time.perf_counter()
-    snapshot = out / f"prompts_epoch{eval_epoch}.safetensors"
-    with tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=out) as tracked:
+    with contextlib.ExitStack() as stack:
+        specs = []
+        for job in jobs:
+            job.out.mkdir(parents=True, exist_ok=True)
+            job.log_file = stack.enter_context(open(job.out / "train.log", "a"))
+            job.model = build_model(method, clip, tokenizer, seed=job.seed)
+            manifest = job.manifest
+            name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{job.seed}"
+            packed = f", packed with {len(jobs) - 1} other run(s)" if len(jobs) > 1 else ""
+            job.log(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}{packed}")
+            tags = {"method": method.name, "base_method": base_method(params, method.name),
+                    "dataset": manifest.dataset, "seed": job.seed, "protocol": args.protocol, "shots": manifest.shots}
+            run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],
+                          "seed": job.seed, "manifest": str(job.manifest_path), "pack": len(jobs)}
+            job.tracked = stack.enter_context(
+                tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=job.out))
+            job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
+            specs.append(RunSpec(method, job.model, job.cache.train_views(), manifest.classnames, job.config,
+                                 checkpoint_dir=job.out, frozen_image_features=job.cache if needs_frozen else None,
+                                 backbone=f"{backbone}:{pretrained}", on_epoch_end=_epoch_logger(job, epochs, eval_epoch)))
+        results = train_packed(specs)
+        seconds = time.perf_counter() - started
+        for job, result in zip(jobs, results):
+            prompts = result.prompts
+            if eval_epoch != epochs:
+                prompts, _ = load_prompts(job.snapshot)
+            save_prompts(job.out / "prompts.safetensors", prompts,
+                         {"method": method.name, "backbone": backbone, "pretrained": pretrained, "epoch": eval_epoch,
+                          "prompts": method.to_dict()["prompts"]})
+            summary = run_summary(method, job.config, result, params, args, job, device, seconds, eval_epoch,
+                                  len(jobs))
+            atomic_write_text(job.out / "train.json", json.dumps(summary, indent=2) + "\n")
+            job.log(f"wrote {job.out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
+            job.log_file.flush()
+            for artifact in ("prompts.safetensors", "train.json", "train.log"):  # weights, config + metrics, log
+                job.tracked.log_artifact(job.out / artifact)
+    return 0
 
-        def on_epoch_end(record: dict) -> None:
-            tracked.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-            log(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
+
+def _epoch_logger(job: _Job, epochs: int, eval_epoch: int):
+    from prompt_ot.checkpoint import save_prompts
+
+    def on_epoch_end(record: dict) -> None:
+        job.tracked.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        job.log(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
                 f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
                 f"{record['seconds']:.1f}s")
-            if record["epoch"] == eval_epoch and eval_epoch != epochs:
-                save_prompts(snapshot, model.prompt_state(), {"epoch": eval_epoch})
+        if record["epoch"] == eval_epoch and eval_epoch != epochs:
+            save_prompts(job.snapshot, job.model.prompt_state(), {"epoch": eval_epoch})
 
-        needs_frozen = method.regulariser is not None
-        result = train(method, model, cache.train_views(), manifest.classnames, config, checkpoint_dir=out,
-                       frozen_image_features=cache if needs_frozen else None, backbone=f"{backbone}:{pretrained}",
-                       on_epoch_end=on_epoch_end)
-        prompts = result.prompts
-        if eval_epoch != epochs:
-            from prompt_ot.checkpoint import load_prompts
-
-            prompts, _ = load_prompts(snapshot)
-        save_prompts(out / "prompts.safetensors", prompts,
-                     {"method": method.name, "backbone": backbone, "pretrained": pretrained, "epoch": eval_epoch,
-                      "prompts": method.to_dict()["prompts"]})
-        summary = run_summary(method, config, result, params, args, device, time.perf_counter() - started, eval_epoch)
-        atomic_write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
-        log(f"wrote {out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
-        log_file.close()
-        for artifact in ("prompts.safetensors", "train.json", "train.log"):  # weights, resolved config + metrics, log
-            tracked.log_artifact(out / artifact)
-    return 0
+    return on_epoch_end

@@ -128,6 +128,36 @@ class TrainViews:
         view = train_view(self.store[i], self.seed, self.epoch, i, self.image_size, self.mean, self.std)
         return view, int(self.store.labels[i])
 
+    def device_batch(self, indices: Sequence[int], device):
+        """The views of ``indices`` in the current epoch, augmented on ``device`` from the uint8 store.
+
+        Only uint8 pixels cross to the device (pinned, asynchronous); the crop boxes come from the same
+        keyed generators as ``__getitem__``, and the crop, resize, flip and normalisation run there as one
+        stream of work. On the CPU this is exactly ``__getitem__``; on a GPU the bicubic resize rounds to
+        uint8 like the CPU kernel but may differ from it by one intensity level in some pixels.
+        """
+        import torch
+        import torchvision.transforms.v2.functional as F
+        from torchvision.transforms import InterpolationMode
+
+        device = torch.device(device)
+        rows = [int(i) for i in indices]
+        pixels = torch.from_numpy(np.stack([self.store[i] for i in rows]))
+        if device.type == "cuda":
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+        height, width = pixels.shape[-2:]
+        views = []
+        for k, i in enumerate(rows):
+            top, left, h, w, flip = view_params(self.seed, self.epoch, i, height, width)
+            crop = F.resized_crop(pixels[k], top, left, h, w, [self.image_size, self.image_size],
+                                  interpolation=InterpolationMode.BICUBIC, antialias=True)
+            views.append(F.hflip(crop) if flip else crop)
+        labels = torch.as_tensor(np.asarray(self.store.labels)[rows], dtype=torch.long)
+        if device.type == "cuda":
+            labels = labels.pin_memory()
+        return _normalise(torch.stack(views), self.mean, self.std), labels.to(device, non_blocking=True)
+
 
 class TestImages:
     """Map-style dataset of normalised test images from a test-mode store."""

@@ -8,6 +8,8 @@ instead of a minute of network retries.
 
 from __future__ import annotations
 
+import pickle
+
 import contextlib
 import logging
 import os
@@ -136,6 +138,11 @@ def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | Non
         if weights is None:
             raise
         raise UserError(f"could not load checkpoint {weights} into {name}: {err}") from err
+    except (pickle.UnpicklingError, EOFError) as err:  # weights_only loading refused code, or the file is cut
+        raise UserError(
+            f"checkpoint {weights} cannot be loaded safely or is not a weights file ({err.__class__.__name__}); give "
+            "a .safetensors file or a state dict saved with torch.save(model.state_dict())"
+        ) from err
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

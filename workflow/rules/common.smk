@@ -66,6 +66,16 @@ def run_dir(protocol, method, dataset, shots, seed):
 
 SUBSET = {"base2novel": "base", "cross_dataset": "all", "few_shot": "all"}
 
+# `train: {pack: true}`: one train job per (protocol, method, dataset, shots) trains all seeds packed
+PACK = bool(config["train"].get("pack", False))
+
+
+def _train_shell(seeds, manifests, caches, outs):
+    return (
+        "python -m prompt_ot train --params {input.params} --protocol {wildcards.trained} --method {wildcards.method}"
+        f" --seed {seeds} --manifest {manifests} --train-cache {caches} --out {outs} > {{log}} 2>&1"
+    )
+
 
 def metrics_files():
     """Every metrics file the grid defines, in a stable order."""
