@@ -138,3 +138,52 @@ def test_runs_that_cannot_share_a_pack_are_refused(tiny):
 def test_zeroshot_in_a_pack_is_untouched(tiny):
     results = train_packed([spec(tiny, "zeroshot", "colours", 1), spec(tiny, "prompt_ot", "colours", 1)])
     assert results[0].history == [] and results[1].history
+
+
+def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(tmp_path):
+    """Two seeds through one `train` command: each run folder gets what a single-seed command writes, with
+    prompts within the stated tolerance and metrics/train accuracy equal, and MLflow records (here deferred)."""
+    import json
+
+    import yaml
+
+    from fixtures_data import make_fixture
+    from prompt_ot.checkpoint import load_prompts
+    from prompt_ot.cli import main
+    from test_cli_errors import small_params
+
+    root = tmp_path / "data"
+    make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(small_params()))
+    args = {"manifest": [], "cache": []}
+    for seed in (1, 2):
+        manifest, cache = tmp_path / f"manifest{seed}.json", tmp_path / f"cache{seed}"
+        assert main(["split", "dtd", "--root", str(root), "--subset", "base", "--shots", "2", "--seed", str(seed),
+                     "--out", str(manifest)]) == 0
+        assert main(["cache", "train", "--manifest", str(manifest), "--root", str(root), "--backbone", "tiny-vit",
+                     "--pretrained", "none", "--epochs", "2", "--seed", str(seed), "--out", str(cache),
+                     "--device", "cpu"]) == 0
+        args["manifest"].append(str(manifest))
+        args["cache"].append(str(cache))
+    common = ["train", "--params", str(params), "--protocol", "base2novel", "--method", "prompt_ot", "--device", "cpu"]
+    packed = [tmp_path / "packed" / "seed1", tmp_path / "packed" / "seed2"]
+    assert main(common + ["--seed", "1", "2", "--manifest", *args["manifest"], "--train-cache", *args["cache"],
+                          "--out", *map(str, packed)]) == 0
+    for k, seed in enumerate((1, 2)):
+        alone = tmp_path / "alone" / f"seed{seed}"
+        assert main(common + ["--seed", str(seed), "--manifest", args["manifest"][k], "--train-cache", args["cache"][k],
+                              "--out", str(alone)]) == 0
+        a, _ = load_prompts(alone / "prompts.safetensors")
+        p, _ = load_prompts(packed[k] / "prompts.safetensors")
+        assert all(torch.allclose(a[n], p[n], rtol=0, atol=PROMPT_TOL) for n in a)
+        summary_a, summary_p = (json.loads((d / "train.json").read_text()) for d in (alone, packed[k]))
+        assert summary_p["seed"] == seed and summary_p["packed_with"] == 1 and summary_a["packed_with"] == 0
+        for ha, hp in zip(summary_a["history"], summary_p["history"]):
+            assert hp["loss"] == pytest.approx(ha["loss"], rel=LOSS_TOL)
+            assert hp["train_accuracy"] == ha["train_accuracy"]
+        pending = json.loads((packed[k] / "mlflow_pending_train.json").read_text())
+        assert f"seed{seed}" in json.dumps(pending)
+    # packed runs need one value of each per run
+    assert main(common + ["--seed", "1", "2", "--manifest", args["manifest"][0], "--train-cache", *args["cache"],
+                          "--out", *map(str, packed)]) == 2
