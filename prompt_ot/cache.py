@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
-from prompt_ot.utils.io import replace_folder
+from prompt_ot.utils.io import building_folder, remove_stale_folders, replace_folder
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -154,17 +153,14 @@ def _plan(out_dir: Path, kind: str, identity: dict, inputs: dict, replace: bool,
 
 
 class _Building:
-    """A hidden temporary folder beside ``out_dir``: installed on success, deleted on any failure."""
+    """A hidden temporary folder beside ``out_dir``: installed on success, deleted on any failure; one left by a
+    killed build (its owner process gone) is removed by the next build of the same target."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
 
     def __enter__(self) -> Path:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.building-", dir=self.out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the cache from other users
+        self.tmp = building_folder(self.out_dir)  # first removes what killed builds of this target left
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -288,6 +284,7 @@ def cache_test_items(
               "classnames": list(classnames), "precision": precision, "skip_bad": skip_bad}
     reason = _plan(out_dir, "test", identity, inputs, replace, None)
     if reason is None:
+        remove_stale_folders(out_dir)  # a killed rebuild may have left one
         return BuildResult(out_dir, built=False, reason="up to date")
     log.info("building test feature cache %s: %s", out_dir, reason)
 
@@ -376,6 +373,7 @@ def cache_train_items(
               "train_size": train_size, "skip_bad": skip_bad}
     reason = _plan(out_dir, "train", identity, inputs, replace, epochs)
     if reason is None:
+        remove_stale_folders(out_dir)  # a killed rebuild may have left one
         return BuildResult(out_dir, built=False, reason="up to date")
     log.info("building training-view feature cache %s: %s", out_dir, reason)
 

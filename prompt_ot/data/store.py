@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import struct
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
-from prompt_ot.utils.io import replace_folder
+from prompt_ot.utils.io import building_folder, remove_stale_folders, replace_folder
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -177,11 +176,11 @@ def build_store(
             existing = ImageStore(out_dir)
             if existing.index.get("fingerprint") == fingerprint:
                 log.info("reusing image store %s (%d images)", out_dir, len(existing))
+                remove_stale_folders(out_dir)  # a killed rebuild may have left one
                 return existing
         except UserError:
             pass  # a broken store is rebuilt below
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    tmp = building_folder(out_dir)  # first removes what killed builds of this target left
     try:
         writer = _ShardWriter(tmp, shard_size, size)
         kept: list[Item] = []

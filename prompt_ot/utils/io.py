@@ -1,14 +1,40 @@
-"""Atomic writes: a file appears under its final name only when it is complete."""
+"""Atomic writes: a file or folder appears under its final name only when it is complete.
+
+Folders are built in a hidden sibling, ``.<name>.building-<host>-<pid>-<random>``, and renamed into place
+(:func:`building_folder`, :func:`replace_folder`). A build killed outright (SIGKILL, power loss) leaves that
+sibling behind; the next build of the same target removes it once its owner process is gone
+(:func:`remove_stale_folders`), and never touches the folder of a live process or of another host.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+_KINDS = ("building", "old")  # what a hidden sibling holds: a build in progress, or the folder it replaces
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (setting it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
@@ -19,6 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make every output private to its writer
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -47,6 +74,80 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _host() -> str:
+    """This machine's name as it goes into a folder name (no separators, no dashes)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "localhost"
+
+
+def hidden_folder(out_dir: str | Path, kind: str = "building") -> Path:
+    """Create the hidden sibling ``.<name>.<kind>-<host>-<pid>-<random>`` of ``out_dir`` (with the permissions
+    of a normal new folder) and return it; the owner (host, pid) lets a later build tell whether it is stale."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{kind}-{_host()}-{os.getpid()}-", dir=out_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the result from other users
+    return tmp
+
+
+def building_folder(out_dir: str | Path) -> Path:
+    """Remove stale building folders of ``out_dir`` left by killed builds, then create this build's own."""
+    remove_stale_folders(out_dir)
+    return hidden_folder(out_dir, "building")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id we can judge: keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OverflowError:
+        return False
+    try:  # a zombie (killed, not yet reaped) no longer writes anything
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stale_folders(out_dir: str | Path) -> list[Path]:
+    """Hidden building/old siblings of ``out_dir`` whose owner was a process of this host that no longer runs.
+
+    Folders of a live process, of another host (a shared file system) or without an owner in their name
+    (made by an older version) are never listed."""
+    out_dir = Path(out_dir)
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(?:{'|'.join(_KINDS)})-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
+    try:
+        siblings = list(out_dir.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    stale = []
+    for path in siblings:
+        match = pattern.match(path.name)
+        if match and match["host"] == _host() and path.is_dir() and not path.is_symlink():
+            if not _pid_alive(int(match["pid"])):
+                stale.append(path)
+    return sorted(stale)
+
+
+def remove_stale_folders(out_dir: str | Path) -> list[Path]:
+    """Delete :func:`stale_folders` of ``out_dir``; returns what was removed."""
+    removed = []
+    for path in stale_folders(out_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    if removed:
+        log.info("removed %d folder(s) left by killed builds of %s: %s", len(removed), out_dir,
+                 ", ".join(p.name for p in removed))
+    return removed
+
+
 def replace_folder(tmp: str | Path, out_dir: str | Path) -> None:
     """Rename the finished folder ``tmp`` to ``out_dir``; an older ``out_dir`` is removed only after the new
     one is in place, so a reader never sees a half-written folder (an empty ``out_dir`` is simply replaced)."""
@@ -56,7 +157,7 @@ def replace_folder(tmp: str | Path, out_dir: str | Path) -> None:
     if not out_dir.exists():
         os.rename(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old = hidden_folder(out_dir, "old")
     os.rename(out_dir, old / out_dir.name)
     os.rename(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
