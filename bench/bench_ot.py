@@ -203,7 +203,7 @@ def tables(rows: list[dict]) -> str:
         gpu = device.startswith("cuda")
         where = "GPU" if gpu else "CPU"
         queued_head = " | torch queued | host sync" if gpu else ""
-        queued_rule = " | ---: | :--" if gpu else ""
+        queued_rule = "|---:|:--" if gpu else ""
 
         def torch_cells(r, solver):
             t = r.get(f"torch_{solver}")
@@ -218,7 +218,7 @@ def tables(rows: list[dict]) -> str:
         out.append(f"### Exact OT, cost on the {where} ({device})\n")
         out.append("| B | POT `ot.emd`, NumPy copy (reference) | `backend=\"pot\"` | `backend=\"torch\"` | "
                    f"max abs(P_torch − P_POT){queued_head} |")
-        out.append(f"|---:|---:|---:|---:|---:{queued_rule} |")
+        out.append(f"|---:|---:|---:|---:|---:{queued_rule}|")
         for r in dev_rows:
             cells = [str(r["batch"]), fmt_time(r["reference_emd_numpy"]["us"]), fmt_time(r["pot_exact"]["us"]),
                      *torch_cells(r, "exact")]
@@ -229,7 +229,7 @@ def tables(rows: list[dict]) -> str:
         q2 = " | torch queued | host sync" if gpu else ""
         out.append(f"| B | POT `sinkhorn_log` | torch Sinkhorn | max abs(ΔP){q2} | POT unbalanced | torch unbalanced "
                    f"| max abs(ΔP){q2} |")
-        out.append(f"|---:|---:|---:|---:{queued_rule}|---:|---:|---:{queued_rule} |")
+        out.append(f"|---:|---:|---:|---:{queued_rule}|---:|---:|---:{queued_rule}|")
         for r in dev_rows:
             sink = torch_cells(r, "sinkhorn")
             unb = torch_cells(r, "unbalanced")
