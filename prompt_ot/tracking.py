@@ -58,6 +58,11 @@ _RUN_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TI
 # ---------------------------------------------------------------- locations, params, git
 
 
+def tracking_enabled() -> bool:
+    """False when ``PROMPT_OT_MLFLOW`` is "0", "off", "false" or "no": then nothing opens or creates a store."""
+    return os.environ.get(ENABLE_ENV, "").strip().lower() not in ("0", "off", "false", "no")
+
+
 def tracking_uri(project_root: str | Path) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the absolute SQLite store ``<project_root>/mlflow.db``."""
     configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
@@ -263,6 +268,11 @@ def prepare(
     name = parent_name or time.strftime("pipeline/%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     info: dict[str, Any] = {"tracking_uri": uri, "experiment": experiment, "experiment_id": None,
                             "parent_run_id": None, "parent_run_name": name, "error": None}
+    if not tracking_enabled():  # no store, no parent run, no warning: the runs will not be tracked either
+        info["error"] = f"tracking is off ({ENABLE_ENV}={os.environ.get(ENABLE_ENV)})"
+        if out is not None:
+            atomic_write_text(out, json.dumps(info, indent=2) + "\n")
+        return info
     try:
         with _http_limits(uri, probe=True):
             client = _client(uri)
@@ -312,7 +322,7 @@ class Tracker:
         self.experiment = experiment
         self.parent_file = Path(parent_file) if parent_file is not None else None
         if enabled is None:
-            enabled = os.environ.get(ENABLE_ENV, "").strip().lower() not in ("0", "off", "false", "no")
+            enabled = tracking_enabled()
         self.enabled = enabled
         # deferred: record runs in pending files only and log them in one `mlflow sync` at the end of the
         # pipeline, which saves every short job the ~3 s of importing MLflow and opening the store

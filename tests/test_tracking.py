@@ -198,6 +198,11 @@ def test_tracking_can_be_turned_off(tmp_path, monkeypatch):
         run.log_metrics({"loss": 1.0}, step=0)
     assert run.run_id is None
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "run" / pending_file("train")).exists()
+    # the pipeline's `mlflow init` / `finish` honour it too: no store, no parent run, nothing to end
+    assert main(["mlflow", "init", "--project-root", str(tmp_path), "--out", str(tmp_path / "parent.json")]) == 0
+    assert json.loads((tmp_path / "parent.json").read_text())["parent_run_id"] is None
+    assert main(["mlflow", "finish", str(tmp_path / "parent.json")]) == 0
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
 
 
 # ---------------------------------------------------------------- locked SQLite

@@ -1,0 +1,452 @@
+"""Reliability end to end, through the real pipeline and CLI (issue 7): a training job killed with SIGKILL
+resumes to the same numbers under `snakemake --rerun-incomplete` and `dvc repro`; killed builds leave nothing
+that looks complete and their leftovers are cleaned by the next build; the same grid run twice from scratch
+gives byte-identical metrics and tables; parallel training jobs lose nothing in MLflow; an unreachable MLflow
+costs nothing but one warning and a later `mlflow sync`.
+
+The grid is the demo's configuration shrunken (a seeded random-weights tiny CLIP, the digits, 8 shots,
+CoOp and Prompt-OT, seeds 1-2, 8 epochs), run once per module from scratch by `snakemake --cores 4` with
+MLflow logging live from every job. The crash tests work on copies of it with one run and the report removed,
+so only the killed job and what depends on it run again; the determinism test (slow) runs the grid a second
+time from scratch in another folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.workflow_helpers import ROOT, make_workspace, quiet_env
+
+METHODS = ["coop", "prompt_ot"]  # no regulariser, and the OT regulariser
+SEEDS = [1, 2]
+EPOCHS = 8
+SHOTS = 8
+KILLED = f"runs/base2novel/prompt_ot/digits_{SHOTS}shot/seed1"  # the run each crash test kills mid-training
+HISTORY_KEYS = ("lr", "loss", "ce", "regulariser", "train_accuracy")
+OFF = {"PROMPT_OT_MLFLOW": "off"}  # the crash tests are not about MLflow; each job saves its ~3 s
+
+
+def grid_params(defer: bool) -> str:
+    """The offline demo's configuration, shrunken: no pretraining (seeded random tiny-vit), digits only."""
+    params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
+    params["backbone"] = {"name": "tiny-vit", "pretrained": "none"}
+    params["pretrain"] = {}
+    params.update(datasets=["digits"], methods=METHODS, seeds=SEEDS)
+    params["protocols"]["base2novel"].update(datasets=["digits"], shots=SHOTS)
+    params["train"].update(epochs=EPOCHS, pack=False)  # one training job per seed
+    params["mlflow"]["defer"] = defer
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+def env(**extra) -> dict:
+    env = quiet_env() | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)} | extra
+    # the jobs' `python` is this interpreter, whatever PATH the tests were started with
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if not env.get("MLFLOW_TRACKING_URI"):
+        env.pop("MLFLOW_TRACKING_URI", None)  # each workspace's own mlflow.db
+    return env
+
+
+def run(cmd, cwd, **extra):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(**extra), timeout=900)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--resources", "gpu=4"]
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def metrics_of(folder: Path) -> dict[str, bytes]:
+    files = sorted(folder.glob(f"runs/base2novel/*/digits_{SHOTS}shot/seed*/metrics.json"))
+    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in files}
+
+
+def tables_of(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted((folder / "reports/tables").glob("*.csv"))}
+
+
+def summary(folder: Path, run_dir: str) -> dict:
+    return json.loads((folder / run_dir / "train.json").read_text())
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+@pytest.fixture(scope="module")
+def snakemake_grid(tmp_path_factory):
+    """The grid under `snakemake --cores 4`, MLflow not deferred: four training jobs logging at once."""
+    folder = make_workspace(tmp_path_factory.mktemp("grid") / "live", grid_params(defer=False))
+    run([*SNAKEMAKE, "--cores", "4"], folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def second_grid(tmp_path_factory):
+    """The same grid again, from scratch in another folder, with MLflow deferred (that changes when runs are
+    logged, not what is computed)."""
+    folder = make_workspace(tmp_path_factory.mktemp("grid") / "deferred", grid_params(defer=True))
+    run([*SNAKEMAKE, "--cores", "2"], folder)
+    return folder
+
+
+# ---------------------------------------------------------------- determinism
+
+
+@pytest.mark.slow  # a second full grid (~100 s); test_e2e compares two from-scratch runs by default
+def test_the_grid_run_twice_from_scratch_gives_byte_identical_metrics_and_tables(snakemake_grid, second_grid):
+    from prompt_ot.checkpoint import load_prompts
+
+    first, second = metrics_of(snakemake_grid), metrics_of(second_grid)
+    assert len(first) == len(METHODS) * len(SEEDS) and len(set(first.values())) == len(first)
+    assert first == second, "two runs of the same grid gave different metrics files"
+    tables = tables_of(snakemake_grid)
+    assert "base2novel_average.csv" in tables and b"prompt_ot" in tables["base2novel_average.csv"]
+    assert b"coop" in tables["base2novel_average.csv"]
+    assert tables == tables_of(second_grid), "two runs of the same grid gave different CSV tables"
+    for run_dir in (Path(p).parent.as_posix() for p in first):
+        a, b = summary(snakemake_grid, run_dir), summary(second_grid, run_dir)
+        assert a["resumed_from_epoch"] == b["resumed_from_epoch"] == 0  # both ran from scratch
+        assert len(a["history"]) == EPOCHS and without_seconds(a["history"]) == without_seconds(b["history"])
+        regularised = any(r["regulariser"] > 0 for r in a["history"])
+        assert regularised == (a["method"] == "prompt_ot")  # the grid has an OT and a non-OT method
+        (prompts_a, meta_a), (prompts_b, meta_b) = (load_prompts(g / run_dir / "prompts.safetensors")
+                                                    for g in (snakemake_grid, second_grid))
+        assert meta_a == meta_b and prompts_a.keys() == prompts_b.keys()
+        assert all(prompts_a[k].equal(prompts_b[k]) for k in prompts_a)
+
+
+# ---------------------------------------------------------------- crash and resume
+
+
+def copy_without(source: Path, dest: Path, *remove: str) -> Path:
+    """A copy of a finished workspace (times kept) with some results removed, so the pipeline redoes them."""
+    shutil.copytree(source, dest, symlinks=True)
+    for name in remove:
+        path = dest / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return dest
+
+
+def start_and_kill_mid_training(cmd, folder: Path) -> dict:
+    """Start the pipeline in its own process group; once the killed run's first epoch is checkpointed, SIGKILL
+    the whole group (the tool and its jobs) and wait until every process of it is gone. Returns the checkpoint's
+    metadata at the kill."""
+    checkpoint = folder / KILLED / "checkpoint.safetensors"
+    with open(folder / "killed_run.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env(**OFF), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not checkpoint.exists():
+                assert proc.poll() is None, f"{cmd} ended before training started:\n" + \
+                    (folder / "killed_run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint appeared"
+                time.sleep(0.01)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:  # a failed assertion above: do not leave the pipeline running
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + 60
+    while True:  # the jobs are killed with the tool, not left running as orphans
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of the killed pipeline are still running"
+        time.sleep(0.05)
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as fh:
+        return fh.metadata()
+
+
+def check_killed_mid_run(folder: Path, meta: dict) -> int:
+    """The kill came after epoch 1 and before the end; nothing of the run looks complete."""
+    epoch = int(meta["epoch"])
+    assert 1 <= epoch < EPOCHS, f"the job was not killed mid-run (checkpoint at epoch {epoch} of {EPOCHS})"
+    for output in ("train.json", "prompts.safetensors", "metrics.json"):
+        assert not (folder / KILLED / output).exists(), f"a killed job left {output}"
+    return epoch
+
+
+def check_resumed(folder: Path, reference: Path) -> None:
+    resumed, uninterrupted = summary(folder, KILLED), summary(reference, KILLED)
+    assert resumed["resumed_from_epoch"] > 0, "the rerun started over instead of resuming from the checkpoint"
+    assert uninterrupted["resumed_from_epoch"] == 0
+    assert without_seconds(resumed["history"]) == without_seconds(uninterrupted["history"])
+    assert metrics_of(folder) == metrics_of(reference), "the resumed run gave other metrics than an uninterrupted one"
+    assert tables_of(folder) == tables_of(reference)
+
+
+def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakemake_grid, tmp_path):
+    folder = copy_without(snakemake_grid, tmp_path / "snakemake", KILLED, "reports/tables", "reports/figures")
+    meta = start_and_kill_mid_training([*SNAKEMAKE, "--cores", "2"], folder)
+    check_killed_mid_run(folder, meta)
+    # a SIGKILLed Snakemake cannot remove its lock; --unlock is its documented step after a kill
+    run([*SNAKEMAKE, "--unlock"], folder, **OFF)
+    run([*SNAKEMAKE, "--cores", "2", "--rerun-incomplete"], folder, **OFF)
+    check_resumed(folder, snakemake_grid)
+
+
+def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, tmp_path):
+    redo = ["train_base2novel@prompt_ot-digits-1", "evaluate_base2novel@prompt_ot-digits-1", "report"]
+    folder = copy_without(snakemake_grid, tmp_path / "dvc", KILLED, "reports/tables", "reports/figures")
+    # DVC adopts the stages that are done (as if an earlier `dvc repro` had run them); the rest is to be redone
+    done = [name for name in dvc_stages() if name not in redo]
+    run([*DVC, "commit", "--force", *done], folder, **OFF)
+    meta = start_and_kill_mid_training([*DVC, "repro"], folder)
+    check_killed_mid_run(folder, meta)
+    result = run([*DVC, "repro"], folder, **OFF)
+    assert sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")) \
+        == sorted(redo)
+    check_resumed(folder, snakemake_grid)
+    assert "up to date" in run([*DVC, "status", "dvc.yaml"], folder, **OFF).stdout
+
+
+def dvc_stages() -> list[str]:
+    """The stage names dvc.yaml expands to for this grid."""
+    names = ["download@digits", "backbone", "cache_test@digits"]
+    for kind in ("split_base2novel", "cache_train_base2novel"):
+        names += [f"{kind}@digits-{s}" for s in SEEDS]
+    for kind in ("train_base2novel", "evaluate_base2novel"):
+        names += [f"{kind}@{m}-digits-{s}" for m in METHODS for s in SEEDS]
+    return names + ["report"]
+
+
+# ---------------------------------------------------------------- concurrency: parallel jobs, live MLflow
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact_bytes(client, run_id: str, path: str, dest: Path) -> bytes:
+    return Path(client.download_artifacts(run_id, path, str(dest))).read_bytes()
+
+
+def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(snakemake_grid, tmp_path):
+    folder = snakemake_grid
+    assert not list((folder / "runs").rglob("mlflow_pending_*.json")), "a job fell back to a pending record"
+    parent_info = json.loads((folder / "runs/mlflow_parent.json").read_text())
+    client = _client(parent_info["tracking_uri"])
+    experiment = client.get_experiment_by_name("prompt-ot-demo")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    kinds = sorted(r.data.tags.get("kind") for r in runs)
+    expected = len(METHODS) * len(SEEDS)
+    assert kinds == ["evaluate"] * expected + ["pipeline"] + ["train"] * expected
+    parent = next(r for r in runs if r.data.tags["kind"] == "pipeline")
+    assert parent.info.run_id == parent_info["parent_run_id"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    children = [r for r in runs if r.data.tags["kind"] != "pipeline"]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children)
+    assert {(r.data.tags["kind"], r.data.tags["method"], r.data.tags["seed"]) for r in children} == {
+        (kind, m, str(s)) for kind in ("train", "evaluate") for m in METHODS for s in SEEDS}
+
+    for run in children:
+        run_dir = f"runs/base2novel/{run.data.tags['method']}/digits_{SHOTS}shot/seed{run.data.tags['seed']}"
+        dest = tmp_path / run.info.run_id
+        if run.data.tags["kind"] == "train":
+            history = summary(folder, run_dir)["history"]
+            for key in HISTORY_KEYS:  # every epoch's metrics, exactly as train.json has them
+                logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                assert logged == [(r["epoch"], r[key]) for r in history], (run.info.run_name, key)
+            names = ["prompts.safetensors", "train.json", "train.log"]
+        else:
+            metrics = json.loads((folder / run_dir / "metrics.json").read_text())
+            assert run.data.metrics == {"accuracy/base": metrics["accuracy"]["base"],
+                                        "accuracy/novel": metrics["accuracy"]["novel"], "hm": metrics["hm"]}
+            names = ["metrics.json", "predictions.npz"]
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == names
+        for name in names:
+            assert _artifact_bytes(client, run.info.run_id, name, dest) == (folder / run_dir / name).read_bytes()
+
+    # the training jobs really ran at the same time: intervals of at least two train runs overlap
+    trains = sorted((r.info.start_time, r.info.end_time) for r in runs if r.data.tags["kind"] == "train")
+    most = max(sum(s <= start < e for s, e in trains) for start, _ in trains)
+    assert most >= 2, f"the training jobs did not overlap: {trains}"
+
+
+# ---------------------------------------------------------------- MLflow unreachable, through the CLI
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relogs(snakemake_grid, tmp_path):
+    """`python -m prompt_ot train` with MLFLOW_TRACKING_URI at a closed port (not deferred): the results are
+    on disk and equal those of a tracked run, one warning for the whole job, then `mlflow sync` logs the run."""
+    grid = snakemake_grid
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy2(grid / "params.yaml", project / "params.yaml")
+    out = project / "runs" / "offline"
+    manifest = grid / f"runs/manifests/digits/base_{SHOTS}shot_seed1.json"
+    cache = grid / f"cache/train/digits/base_{SHOTS}shot_seed1"
+    server = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    result = run([sys.executable, "-m", "prompt_ot", "train", "--params", "params.yaml", "--protocol", "base2novel",
+                  "--method", "prompt_ot", "--seed", "1", "--manifest", str(manifest), "--train-cache", str(cache),
+                  "--out", str(out)], project, MLFLOW_TRACKING_URI=server)
+    assert time.monotonic() - started < 120  # no long retries against the dead server
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr  # once per process, not once per epoch
+    assert "mlflow_pending_train.json" in warnings[0] and "python -m prompt_ot mlflow sync" in warnings[0]
+    trained = json.loads((out / "train.json").read_text())
+    assert without_seconds(trained["history"]) == without_seconds(summary(grid, KILLED)["history"])
+    from prompt_ot.checkpoint import load_prompts
+
+    (mine, _), (tracked, _) = (load_prompts(f / "prompts.safetensors") for f in (out, grid / KILLED))
+    assert mine.keys() == tracked.keys() and all(mine[k].equal(tracked[k]) for k in mine)
+    pending = json.loads((out / "mlflow_pending_train.json").read_text())
+    assert pending["status"] == "FINISHED" and pending["partial_run_id"] is None
+    assert len(pending["metrics"]) == sum(len(record) - 1 for record in trained["history"])  # all but "epoch"
+
+    synced = run([sys.executable, "-m", "prompt_ot", "mlflow", "sync", "runs", "--project-root", "."], project)
+    assert "synced 1 of 1 pending runs" in synced.stdout
+    assert not (out / "mlflow_pending_train.json").exists() and (out / "mlflow_synced_train.json").exists()
+    client = _client(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("prompt-ot-demo").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    logged = runs[0]
+    assert logged.data.tags["method"] == "prompt_ot" and logged.data.tags["prompt_ot.logged_late"] == "true"
+    for key in HISTORY_KEYS:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(logged.info.run_id, key))
+        assert history == [(r["epoch"], r[key]) for r in trained["history"]]
+    assert sorted(a.path for a in client.list_artifacts(logged.info.run_id)) == [
+        "prompts.safetensors", "train.json", "train.log"]
+    for name in ("prompts.safetensors", "train.json", "train.log"):
+        assert _artifact_bytes(client, logged.info.run_id, name, tmp_path / "dl") == (out / name).read_bytes()
+
+
+# ---------------------------------------------------------------- killed builds leave nothing complete-looking
+
+_BLOCKED_BUILD = textwrap.dedent("""
+    import sys, threading
+    from pathlib import Path
+    kind, out, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+
+    def block(*args, **kwargs):  # stands in for a build that is SIGKILLed half-way
+        ready.touch()
+        threading.Event().wait()
+
+    if kind == "store":
+        from prompt_ot.data import store
+        from tests.test_store import make_images
+        store._decode = block
+        store.build_store(make_images(out.parent / "images"), out.parent / "images", out, "test", 32, workers=1)
+    else:
+        from prompt_ot.cache import build_test_cache
+        from prompt_ot.models.prompted import PromptedCLIP
+        PromptedCLIP.frozen_image_features = block
+        build_test_cache("digits", sys.argv[4], "tiny-vit", None, out, device="cpu", progress=False)
+""")
+
+
+def _kill_blocked_build(kind: str, out: Path, *args: str) -> int:
+    """Run a build that blocks half-way, SIGKILL it there; return its pid."""
+    ready = out.parent / f"{out.name}.ready"
+    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_BUILD, kind, str(out), str(ready), *args], cwd=ROOT,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    ready.unlink()
+    return proc.pid
+
+
+def _hidden(folder: Path, name: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{name}."))
+
+
+def _live_building_folder(out: Path) -> subprocess.Popen:
+    """Another process building the same target right now (it made its folder and goes on running)."""
+    code = ("import sys; from prompt_ot.utils.io import hidden_folder; print(hidden_folder(sys.argv[1]), flush=True);"
+            "sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert Path(proc.stdout.readline().strip()).is_dir()
+    return proc
+
+
+def test_a_killed_store_build_leaves_only_a_hidden_folder_that_the_next_build_removes(tmp_path):
+    from prompt_ot.data.store import ImageStore, build_store
+    from prompt_ot.utils.io import stale_folders
+    from tests.test_store import make_images
+
+    out = tmp_path / "store"
+    pid = _kill_blocked_build("store", out)
+    assert not out.exists()  # nothing under the final name
+    left = _hidden(tmp_path, "store")
+    assert len(left) == 1 and left[0].startswith(".store.building-") and f"-{pid}-" in left[0]
+    live = _live_building_folder(out)  # must survive: its owner still runs
+    other_target = tmp_path / left[0].replace(".store.", ".other.", 1)  # stale, but of another target
+    other_target.mkdir()
+    other_host = tmp_path / left[0].replace(f"-{pid}-", f"_elsewhere-{pid}-")  # another host's: never judged
+    other_host.mkdir()
+    assert [p.name for p in stale_folders(out)] == left
+
+    build_store(make_images(tmp_path / "images"), tmp_path / "images", out, "test", 32)
+    assert len(ImageStore(out)) == 7
+    remaining = _hidden(tmp_path, "store")
+    assert left[0] not in remaining and other_host.name in remaining and other_target.exists()
+    assert len(remaining) == 2  # the live builder's folder and the other host's
+    live.stdin.close()
+    live.wait()
+    build_store(make_images(tmp_path / "images"), tmp_path / "images", out, "test", 32)  # reused, and cleans up
+    assert _hidden(tmp_path, "store") == [other_host.name]
+
+
+def test_a_killed_cache_build_leaves_only_a_hidden_folder_that_the_next_cli_build_removes(snakemake_grid, tmp_path):
+    data = snakemake_grid / "data"
+    out = tmp_path / "digits"
+    pid = _kill_blocked_build("cache", out, str(data))
+    assert not out.exists()
+    left = _hidden(tmp_path, "digits")
+    assert len(left) == 1 and f"-{pid}-" in left[0]
+    assert (tmp_path / left[0] / "store" / "index.json").exists()  # it was half-way: the store done, no features
+    run([sys.executable, "-m", "prompt_ot", "cache", "test", "digits", "--root", str(data), "--backbone", "tiny-vit",
+         "--pretrained", "none", "--out", str(out)], tmp_path)
+    assert _hidden(tmp_path, "digits") == []
+    assert (out / "index.json").exists()
+    reference = snakemake_grid / "cache/test/digits"
+    for name in ("image_features.npy", "labels.npy"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()
+
+
+def test_atomic_outputs_get_normal_permissions_and_leave_no_temporary_file(tmp_path):
+    """Outputs written under a temporary name get the permissions of any new file (mkstemp's are 0600)."""
+    from prompt_ot.utils.io import atomic_write_text, hidden_folder
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+        folder = hidden_folder(tmp_path / "cache")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name, "metrics.json"]
