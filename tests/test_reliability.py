@@ -184,9 +184,9 @@ def check_killed_mid_run(folder: Path, meta: dict) -> int:
     return epoch
 
 
-def check_resumed(folder: Path, reference: Path) -> None:
+def check_resumed(folder: Path, reference: Path, killed_at: int) -> None:
     resumed, uninterrupted = summary(folder, KILLED), summary(reference, KILLED)
-    assert resumed["resumed_from_epoch"] > 0, "the rerun started over instead of resuming from the checkpoint"
+    assert resumed["resumed_from_epoch"] == killed_at > 0, "the rerun did not resume from the checkpoint"
     assert uninterrupted["resumed_from_epoch"] == 0
     assert without_seconds(resumed["history"]) == without_seconds(uninterrupted["history"])
     assert metrics_of(folder) == metrics_of(reference), "the resumed run gave other metrics than an uninterrupted one"
@@ -196,11 +196,11 @@ def check_resumed(folder: Path, reference: Path) -> None:
 def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakemake_grid, tmp_path):
     folder = copy_without(snakemake_grid, tmp_path / "snakemake", KILLED, "reports/tables", "reports/figures")
     meta = start_and_kill_mid_training([*SNAKEMAKE, "--cores", "2"], folder)
-    check_killed_mid_run(folder, meta)
+    killed_at = check_killed_mid_run(folder, meta)
     # a SIGKILLed Snakemake cannot remove its lock; --unlock is its documented step after a kill
     run([*SNAKEMAKE, "--unlock"], folder, **OFF)
     run([*SNAKEMAKE, "--cores", "2", "--rerun-incomplete"], folder, **OFF)
-    check_resumed(folder, snakemake_grid)
+    check_resumed(folder, snakemake_grid, killed_at)
 
 
 def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, tmp_path):
@@ -210,11 +210,11 @@ def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, t
     done = [name for name in dvc_stages() if name not in redo]
     run([*DVC, "commit", "--force", *done], folder, **OFF)
     meta = start_and_kill_mid_training([*DVC, "repro"], folder)
-    check_killed_mid_run(folder, meta)
+    killed_at = check_killed_mid_run(folder, meta)
     result = run([*DVC, "repro"], folder, **OFF)
     assert sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")) \
         == sorted(redo)
-    check_resumed(folder, snakemake_grid)
+    check_resumed(folder, snakemake_grid, killed_at)
     assert "up to date" in run([*DVC, "status", "dvc.yaml"], folder, **OFF).stdout
 
 
@@ -450,3 +450,23 @@ def test_atomic_outputs_get_normal_permissions_and_leave_no_temporary_file(tmp_p
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
     assert folder.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name, "metrics.json"]
+
+
+def test_a_writer_killed_mid_write_leaves_a_hidden_temporary_file_that_the_next_write_removes(tmp_path):
+    from prompt_ot.utils.io import atomic_write_text
+
+    code = ("import sys, os; from prompt_ot.utils.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_text('half'); print(tmp, flush=True); sys.stdin.read()")
+    target = tmp_path / "metrics.json"
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(target)], env=env(), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    killed, live = [Path(w.stdout.readline().strip()) for w in writers]
+    writers[0].kill()
+    writers[0].wait()
+    assert killed.exists() and not target.exists()  # the half-written file never got the final name
+    atomic_write_text(target, "{}")
+    assert target.read_text() == "{}" and not killed.exists() and live.exists()  # a live writer's file is kept
+    writers[1].stdin.close()
+    writers[1].wait()
+    assert target.read_text() == "half" and not live.exists()
