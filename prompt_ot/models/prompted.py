@@ -8,6 +8,10 @@ prompts start as normal(0, 0.02). With a depth of 0 a modality is the frozen ope
 
 The text sequence is cut at the longest end-of-text position among the prompts: CLIP's text transformer
 is causal, so the pooled feature is exactly that of the full 77-token forward, at a fraction of the cost.
+The prompted class texts go further (:func:`shared_prefix_text`): their first 1 + n positions (start token
+and prompts) are the same for every class at every layer, again because attention is causal, so that
+prefix is computed once, and each class's own tokens are processed without padding; only the attention
+sees a padded layout. The result equals the full forward up to float rounding.
 """
 
 from __future__ import annotations
@@ -44,16 +48,36 @@ class PromptConfig:
                 raise UserError(f"prompt {key}={value} must be a positive token count when its depth is > 0")
 
 
-def _blocks_forward(transformer: nn.Module, x: torch.Tensor, attn_mask, replace) -> torch.Tensor:
-    """Run the residual blocks on a batch-first sequence, calling ``replace(i, x)`` before block i."""
+def _blocks_forward(transformer: nn.Module, x: torch.Tensor, attn_mask, replace, blocks=None) -> torch.Tensor:
+    """Run the residual blocks (default: all) on a batch-first sequence, calling ``replace(i, x)`` before block i."""
     batch_first = getattr(transformer, "batch_first", True)
-    for i, block in enumerate(transformer.resblocks):
+    for i, block in enumerate(transformer.resblocks if blocks is None else blocks):
         x = replace(i, x)
         if batch_first:
             x = block(x, attn_mask=attn_mask)
         else:
             x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     return x
+
+
+def _first_token_pooling(visual: nn.Module) -> bool:
+    """Whether the image feature is the class token after ``ln_post`` (CLIP's ViTs), with standard blocks."""
+    block = visual.transformer.resblocks[-1]
+    return (getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok"
+            and isinstance(getattr(block, "attn", None), nn.MultiheadAttention) and not hasattr(block, "ln_1_kv"))
+
+
+def _first_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of an open_clip ``ResidualAttentionBlock`` at the first position only, (B, width)."""
+    attn = block.attn
+    width = x.shape[-1]
+    h = block.ln_1(x)
+    q = F.linear(h[:, :1], attn.in_proj_weight[:width], attn.in_proj_bias[:width])
+    kv = F.linear(h, attn.in_proj_weight[width:], attn.in_proj_bias[width:])
+    k, v = kv.chunk(2, dim=-1)
+    first = x[:, :1] + block.ls_1(attn.out_proj(_attend(attn, q, k, v, None)))
+    first = first + block.ls_2(block.mlp(block.ln_2(first)))
+    return first[:, 0]
 
 
 class PromptedCLIP(nn.Module):
@@ -109,6 +133,7 @@ class PromptedCLIP(nn.Module):
         prefix = " ".join([PLACEHOLDER] * self.config.text_ctx)
         prompted = [f"{prefix} {c}." for c in classnames] if self.config.text_depth > 0 else [template.format(c) for c in classnames]
         self.class_tokens = self.tokenizer(prompted).to(device)
+        self._classes_version = getattr(self, "_classes_version", 0) + 1  # invalidates the cached text layout
         self.frozen_class_tokens = self.tokenizer([template.format(c) for c in classnames]).to(device)
 
     # ------------------------------------------------------------------ text
@@ -150,6 +175,8 @@ class PromptedCLIP(nn.Module):
         """Normalised prompted text features of every class (C, D); differentiable in the prompts."""
         if len(self.class_tokens) == 0:
             raise RuntimeError("call set_classnames() first")
+        if self.config.text_depth > 0:
+            return shared_prefix_text([self])[0]
         return F.normalize(self.encode_tokens(self.class_tokens, use_prompts=True), dim=-1)
 
     @torch.no_grad()
@@ -184,10 +211,18 @@ class PromptedCLIP(nn.Module):
                 h = torch.cat([h[:, :-n], layer_prompts[i].to(h.dtype)], dim=1)
             return h
 
-        x = _blocks_forward(visual.transformer, x, None, replace)
-        if depth > 0:
-            x = x[:, :-n]
-        pooled, _ = visual._pool(x)
+        blocks = visual.transformer.resblocks
+        if _first_token_pooling(visual):
+            # Only the class token of the last block is used: run that block for it alone (keys and values
+            # still come from every token), which skips most of the last block's work and its backward.
+            x = _blocks_forward(visual.transformer, x, None, replace, blocks=blocks[:-1])
+            x = replace(len(blocks) - 1, x)
+            pooled = visual.ln_post(_first_token_block(blocks[-1], x))
+        else:
+            x = _blocks_forward(visual.transformer, x, None, replace)
+            if depth > 0:
+                x = x[:, :-n]
+            pooled, _ = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         return pooled
@@ -257,8 +292,115 @@ def packed_class_text_features(models: list[PromptedCLIP]) -> list[torch.Tensor]
     counts = [len(m.class_tokens) for m in models]
     if min(counts) == 0:
         raise RuntimeError("call set_classnames() on every packed model first")
+    if models[0].config.text_depth > 0:
+        return shared_prefix_text(models)
     tokens = torch.cat([m.class_tokens for m in models])
-    first = models[0]
-    layers = _rows([m.text_prompts for m in models], counts) if first.config.text_depth > 0 else None
-    features = F.normalize(first.encode_tokens(tokens, use_prompts=True, layer_prompts=layers), dim=-1)
+    features = F.normalize(models[0].encode_tokens(tokens, use_prompts=True), dim=-1)
     return list(features.split(counts))
+
+
+# ---------------------------------------------------------------------- prompted class texts, shared prefix
+@dataclass
+class _TextLayout:
+    """Where each class's own tokens sit: unpadded rows for the per-token work, a padded grid for attention."""
+
+    suffix_tokens: torch.Tensor  # (N,) token ids of every class's positions P..EOT, class after class
+    suffix_positions: torch.Tensor  # (N,) their positions in the sequence
+    grid: torch.Tensor  # (rows * width,) index into the N tokens (or N: an empty slot) of each grid cell
+    width: int  # the longest class's own tokens
+    row_run: torch.Tensor  # (rows,) which packed model each class belongs to
+    eot: torch.Tensor  # (rows,) index into the N tokens of each class's end-of-text token
+
+
+def _text_layout(models: list[PromptedCLIP]) -> _TextLayout:
+    key = tuple((id(m), m._classes_version, str(m.class_tokens.device)) for m in models)
+    cached = getattr(models[0], "_layout_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    prefix = 1 + models[0].config.text_ctx
+    tokens = torch.cat([m.class_tokens for m in models]).cpu()
+    row_run = torch.cat([torch.full((len(m.class_tokens),), r, dtype=torch.long) for r, m in enumerate(models)])
+    lengths = tokens.argmax(dim=-1) + 1 - prefix  # own tokens of each class, end-of-text included
+    if int(lengths.min()) < 1:
+        raise RuntimeError("a class prompt has no tokens after its context tokens")
+    width = int(lengths.max())
+    starts = torch.cumsum(lengths, 0) - lengths
+    columns = torch.arange(width)
+    valid = columns[None, :] < lengths[:, None]
+    total = int(lengths.sum())
+    grid = torch.where(valid, starts[:, None] + columns[None, :], torch.full_like(valid, total, dtype=torch.long))
+    positions = (prefix + columns)[None, :].expand_as(valid)[valid]
+    device = models[0].class_tokens.device
+    layout = _TextLayout(
+        suffix_tokens=tokens[:, prefix : prefix + width][valid].to(device), suffix_positions=positions.to(device),
+        grid=grid.flatten().to(device), width=width, row_run=row_run.to(device),
+        eot=(starts + lengths - 1).to(device),
+    )
+    models[0]._layout_cache = (key, layout)
+    return layout
+
+
+def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """Multi-head attention of (B, Lq, D) queries over (B, Lk, D) keys/values already projected; merged heads."""
+    heads = attn.num_heads
+    b, lq, width = q.shape
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, width // heads).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, lq, width)
+
+
+def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
+    """Normalised prompted class-text features of each model (C_r, D) in one pass over the shared backbone.
+
+    Per layer, the R prefixes (start token + that model's n prompts, (R, P, width)) run through the block
+    once; every class's own tokens run unpadded through the projections and MLP as (N, width), and attend,
+    in a padded (C, width_s) grid, to their model's prefix keys and to their own earlier tokens.
+    """
+    first = models[0]
+    clip = first.clip
+    depth, n = first.config.text_depth, first.config.text_ctx
+    prefix = 1 + n
+    layout = _text_layout(models)
+    embedding = clip.token_embedding
+    positional = clip.positional_embedding
+    dtype = embedding.weight.dtype
+    start = embedding(first.class_tokens[:1, :1])  # (1, 1, width): every class starts with the same token
+    heads = torch.stack([m.text_prompts[0] for m in models]).to(dtype)  # (R, n, width)
+    x_p = torch.cat([start.expand(len(models), -1, -1), heads], dim=1) + positional[:prefix].to(dtype)
+    x_s = embedding(layout.suffix_tokens) + positional[layout.suffix_positions].to(dtype)  # (N, width)
+    rows, width_s = len(layout.row_run), layout.width
+    columns = torch.arange(prefix + width_s, device=x_s.device)
+    own = torch.arange(width_s, device=x_s.device)
+    # a class token at column j sees the prefix and its own tokens 0..j
+    suffix_mask = (columns[None, :] < prefix) | (columns[None, :] - prefix <= own[:, None])
+    prefix_mask = torch.ones(prefix, prefix, dtype=torch.bool, device=x_s.device).tril()
+    blocks = clip.transformer.resblocks
+    for i, block in enumerate(blocks):
+        if 0 < i < depth:
+            deep = torch.stack([m.text_prompts[i] for m in models]).to(x_p.dtype)
+            x_p = torch.cat([x_p[:, :1], deep, x_p[:, prefix:]], dim=1)
+        attn = block.attn
+        w_qkv, b_qkv = attn.in_proj_weight, attn.in_proj_bias
+        qkv_p = F.linear(block.ln_1(x_p), w_qkv, b_qkv)  # (R, P, 3w)
+        qkv_s = F.linear(block.ln_1(x_s), w_qkv, b_qkv)  # (N, 3w)
+        q_p, k_p, v_p = qkv_p.chunk(3, dim=-1)
+        padded = torch.cat([qkv_s, qkv_s.new_zeros(1, qkv_s.shape[1])])[layout.grid].view(rows, width_s, -1)
+        q_s, k_s, v_s = padded.chunk(3, dim=-1)
+        keys = torch.cat([k_p[layout.row_run], k_s], dim=1)
+        values = torch.cat([v_p[layout.row_run], v_s], dim=1)
+        attended_s = _attend(attn, q_s, keys, values, suffix_mask).reshape(rows * width_s, -1)
+        attended_s = attended_s[layout.grid < len(x_s)]  # back to the N real tokens, in order
+        attended_p = _attend(attn, q_p, k_p, v_p, prefix_mask)
+        x_p = x_p + block.ls_1(attn.out_proj(attended_p))
+        x_s = x_s + block.ls_1(attn.out_proj(attended_s))
+        x_p = x_p + block.ls_2(block.mlp(block.ln_2(x_p)))
+        x_s = x_s + block.ls_2(block.mlp(block.ln_2(x_s)))
+    pooled = clip.ln_final(x_s[layout.eot])
+    if clip.text_projection is not None:
+        pooled = (clip.text_projection(pooled) if isinstance(clip.text_projection, nn.Linear)
+                  else pooled @ clip.text_projection)
+    features = F.normalize(pooled, dim=-1)
+    return list(features.split([len(m.class_tokens) for m in models]))
