@@ -212,9 +212,11 @@ class PromptedCLIP(nn.Module):
             return h
 
         blocks = visual.transformer.resblocks
-        if _first_token_pooling(visual):
+        if torch.is_grad_enabled() and _first_token_pooling(visual):
             # Only the class token of the last block is used: run that block for it alone (keys and values
             # still come from every token), which skips most of the last block's work and its backward.
+            # Training only: without gradients (caches, evaluation) open_clip's blocks run unchanged, so
+            # cached features do not depend on the batch size.
             x = _blocks_forward(visual.transformer, x, None, replace, blocks=blocks[:-1])
             x = replace(len(blocks) - 1, x)
             pooled = visual.ln_post(_first_token_block(blocks[-1], x))
