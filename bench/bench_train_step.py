@@ -225,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    machine = machine_info()  # date and load average at the start
     clip, tokenizer, _ = load_backbone(BACKBONE, "none", device=str(device))
     rows = [bench_classes(clip, tokenizer, n, args.repeats, device) for n in args.classes]
     command = "python bench/bench_train_step.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    result = {"command": command.strip(), "machine": machine_info(), "rows": rows}
+    result = {"command": command.strip(), "machine": machine, "rows": rows}
     text = report(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

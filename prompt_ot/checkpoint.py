@@ -18,13 +18,30 @@ from prompt_ot.utils.io import atomic_path
 FORMAT = "prompt_ot.checkpoint/1"
 
 
-def save_prompts(path: str | Path, prompts: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Final trained prompts only (what evaluation loads), atomically."""
+def _save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, then the JSON header rewritten with sorted keys.
+
+    safetensors writes the metadata in hash-map order, which differs between processes, so two identical
+    runs would write different bytes (and DVC would see changed outputs). Sorting keys never lengthens the
+    compact header; it is padded with spaces to its old length, so the tensor offsets stay valid.
+    """
     from safetensors.torch import save_file
 
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) <= size:
+            fh.seek(8)
+            fh.write(canonical.ljust(size, b" "))
+
+
+def save_prompts(path: str | Path, prompts: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Final trained prompts only (what evaluation loads), atomically."""
     meta = {"format": "prompt_ot.prompts/1", **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in prompts.items()}, str(tmp), metadata=meta)
+        _save_canonical({k: v.detach().cpu().contiguous() for k, v in prompts.items()}, tmp, meta)
 
 
 def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -45,8 +62,6 @@ def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[dict], fingerprint: str) -> None:
-    from safetensors.torch import save_file
-
     tensors = {f"prompt/{k}": v.cpu().contiguous() for k, v in model.prompt_state().items()}
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     for group in optimizer.param_groups:
@@ -63,7 +78,7 @@ def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[di
         "scaler": json.dumps({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in scaler.state_dict().items()}),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        _save_canonical(tensors, tmp, meta)
 
 
 def _check_meta(path, meta: dict, fingerprint: str) -> None:

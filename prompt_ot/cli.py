@@ -15,6 +15,7 @@ import sys
 
 # name -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("prompt_ot.commands.validate", "check params.yaml (keys, types, ranges, dataset and method names)"),
     "download": ("prompt_ot.commands.download", "fetch a dataset's archives and split files and verify them"),
     "split": ("prompt_ot.commands.split", "write the few-shot training manifest for a dataset, shot count and seed"),
     "backbone": ("prompt_ot.commands.backbone", "make the backbone's weights available once (or pretrain the demo's tiny CLIP)"),

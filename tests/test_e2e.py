@@ -96,6 +96,14 @@ def test_shrunken_grid_through_snakemake_and_dvc(tmp_path):
     # deferred MLflow logging: without Snakemake's closing sync the runs wait on disk for `mlflow sync`
     assert len(list((dvc / "runs").rglob("mlflow_pending_*.json"))) == 2 * len(METHODS) * len(SEEDS)
     assert dvc_metrics == smk_metrics, "the same grid gave different metrics under Snakemake and DVC"
+    tables = sorted(p.relative_to(smk) for p in (smk / "reports" / "tables").glob("*.csv"))
+    assert tables and tables == sorted(p.relative_to(dvc) for p in (dvc / "reports" / "tables").glob("*.csv"))
+    for table in tables:
+        assert (smk / table).read_bytes() == (dvc / table).read_bytes(), f"{table} differs between the tools"
+    weights = sorted((smk / "runs").rglob("prompts.safetensors"))
+    assert len(weights) == len(METHODS) * len(SEEDS)
+    for prompts in weights:  # canonical safetensors headers: identical runs write identical bytes
+        assert prompts.read_bytes() == (dvc / prompts.relative_to(smk)).read_bytes(), prompts
     again = run([sys.executable, "-m", "dvc", "repro"], dvc)
     assert "Running stage" not in again.stdout
     status = run([sys.executable, "-m", "dvc", "status"], dvc)

@@ -260,12 +260,14 @@ def test_snakemake_refuses_injected_names_before_any_shell_command(tmp_path, whe
     assert not (folder / "runs").exists(), "a job ran although params.yaml was invalid"
 
 
-@pytest.mark.xfail(strict=True, reason="dvc.yaml interpolates params.yaml names into shell commands with no "
-                   "validation first; see the check-params stage proposed in the reliability report")
-@pytest.mark.parametrize("where, name", [("dataset", "$(touch PWNED)")])
+@pytest.mark.parametrize("where, name", [("dataset", "$(touch PWNED)"), ("method", "x; touch PWNED")])
 def test_dvc_refuses_injected_names_before_any_shell_command(tmp_path, where, name):
+    """dvc.yaml's first stage validates params.yaml and every other stage depends on it."""
     folder = _pipeline(tmp_path, where, name)
     result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=folder, capture_output=True, text=True,
                             env=_env(), timeout=120)
     assert result.returncode != 0
     assert not (folder / "PWNED").exists(), "dvc repro ran a shell command with the injected name"
+    output = result.stdout + result.stderr
+    assert "prompt_ot validate" in output and repr(name) in output and "not a known" in output, output
+    assert not (folder / "runs" / "stamps").exists(), "a stage after validation ran"

@@ -160,3 +160,20 @@ def test_bad_recipe_values_are_user_errors(tiny):
 def test_harmonic_mean():
     assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
     assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_prompt_and_checkpoint_files_are_byte_identical_across_processes(tmp_path):
+    """safetensors writes metadata in hash-map order; the saved header is canonical, so reruns give equal bytes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from prompt_ot.checkpoint import save_prompts, load_prompts\n"
+        "meta = {k: {'v': i} for i, k in enumerate('abcdefghij')}\n"
+        "save_prompts(sys.argv[1], {'p': torch.arange(6.0).view(2, 3), 'q': torch.ones(4)}, meta)\n"
+        "t, m = load_prompts(sys.argv[1]); assert m == meta and torch.equal(t['q'], torch.ones(4))\n"
+    )
+    outs = [tmp_path / f"{k}.safetensors" for k in range(3)]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True)
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()

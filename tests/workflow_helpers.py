@@ -70,4 +70,7 @@ def dvc_jobs(folder: Path) -> dict[str, set[str]]:
     assert result.returncode == 0, result.stderr
     import json
 
-    return {_normalise(cmd): set(outs) for cmd, outs in json.loads(result.stdout).items()}
+    # DVC's first stage validates params.yaml before any interpolated command runs; Snakemake does the
+    # same when it reads the Snakefile, so that stage has no Snakemake job to match
+    return {_normalise(cmd): set(outs) for cmd, outs in json.loads(result.stdout).items()
+            if not cmd.startswith("python -m prompt_ot validate ")}
