@@ -207,6 +207,7 @@ def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, t
     redo = ["train_base2novel@prompt_ot-digits-1", "evaluate_base2novel@prompt_ot-digits-1", "report"]
     folder = copy_without(snakemake_grid, tmp_path / "dvc", KILLED, "reports/tables", "reports/figures")
     # DVC adopts the stages that are done (as if an earlier `dvc repro` had run them); the rest is to be redone
+    run([*DVC, "repro", "validate"], folder, **OFF)  # DVC's first stage (Snakemake validates as it starts)
     done = [name for name in dvc_stages() if name not in redo]
     run([*DVC, "commit", "--force", *done], folder, **OFF)
     meta = start_and_kill_mid_training([*DVC, "repro"], folder)

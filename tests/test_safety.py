@@ -269,5 +269,5 @@ def test_dvc_refuses_injected_names_before_any_shell_command(tmp_path, where, na
     assert result.returncode != 0
     assert not (folder / "PWNED").exists(), "dvc repro ran a shell command with the injected name"
     output = result.stdout + result.stderr
-    assert "prompt_ot validate" in output and repr(name) in output and "not a known" in output, output
+    assert "prompt_ot validate" in output and repr(name) in output and "is not a valid name" in output, output
     assert not (folder / "runs" / "stamps").exists(), "a stage after validation ran"
