@@ -32,8 +32,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from machine import cpu_model, pot_version, write_report  # noqa: E402
 from prompt_ot.cache import (  # noqa: E402
     FrozenViewFeatures,
     TestFeatures,
@@ -70,25 +72,6 @@ def write_images(root: Path, count: int, offset: int) -> list[Item]:
         photo_like(offset + k).save(root / relpath, quality=90)
         items.append(Item(relpath, label, CLASSNAMES[label]))
     return items
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def pot_version() -> str | None:
-    try:
-        import ot
-
-        return ot.__version__
-    except ImportError:
-        return None
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -276,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": torch.get_num_threads(), "pot": pot_version(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(result))
-    print(f"wrote {out}")
+    write_report(args.out, report(result))
     return 0
 
 

@@ -29,31 +29,14 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import cpu_model, pot_version  # noqa: E402
 from prompt_ot.data.augment import CLIP_MEAN, CLIP_STD, TrainViews  # noqa: E402
 from prompt_ot.data.registry import Item  # noqa: E402
 from prompt_ot.data.store import build_store  # noqa: E402
 
 IMAGE_SIZE = 224
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def pot_version() -> str | None:
-    try:
-        import ot
-
-        return ot.__version__
-    except ImportError:
-        return None
 
 
 def photo_like(seed: int, width: int = 500, height: int = 375) -> Image.Image:

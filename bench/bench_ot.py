@@ -23,11 +23,8 @@ each timed solve ends with ``torch.cuda.synchronize()``; the torch backend is al
 from __future__ import annotations
 
 import argparse
-import datetime
 import inspect
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -38,8 +35,10 @@ import ot
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prompt_ot.losses.ot as ot_module  # noqa: E402
+from machine import machine_info  # noqa: E402
 from prompt_ot.losses.ot import DEFAULT_REG, DEFAULT_REG_M, transport_cost, transport_plan  # noqa: E402
 
 BATCH_SIZES = [4, 8, 16, 32, 64, 128, 256]
@@ -50,26 +49,6 @@ HAS_TORCH_BACKEND = "backend" in inspect.signature(transport_plan).parameters
 # the torch backend's exact solver enumerates assignments up to this B and hands larger ones to POT
 MAX_ENUMERATED = getattr(ot_module, "MAX_ENUMERATED_BATCH", None)
 DEVICE_ITERATIONS = getattr(ot_module, "DEFAULT_DEVICE_ITERATIONS", None)
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "torch": torch.__version__, "pot": ot.__version__,
-        "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
 
 
 def joint_rows(batch: int, generator: torch.Generator) -> torch.Tensor:

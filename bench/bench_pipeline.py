@@ -21,11 +21,7 @@ grid's size, not a check of real files. Writes reports/perf/pipeline.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
-import os
-import platform
 import re
 import shlex
 import subprocess
@@ -38,42 +34,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_info, write_report  # noqa: E402
 from workflow_helpers import make_workspace, quiet_env  # noqa: E402
 
 SNAKEMAKE = ["snakemake", "-n", "--quiet", "rules", "--cores", "1"]
 DVC_STATUS = ["dvc", "status"]
 DVC_REPRO = ["dvc", "repro", "--dry", "--ignore-errors"]
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for package in ("snakemake", "dvc", "torch", "pot"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    gpu = None
-    try:
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        pass
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), **versions, "gpu": gpu,
-    }
 
 
 def command_line(args: list[str]) -> list[str]:
@@ -223,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after which dvc repro --dry is stopped and reported as skipped")
     parser.add_argument("--out", default="reports/perf/pipeline.md")
     args = parser.parse_args(argv)
-    machine = machine_info()
+    machine = machine_info(("snakemake", "dvc"))
     print(f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, Snakemake {machine['snakemake']}, "
           f"DVC {machine['dvc']}, load {machine['load_average_at_start'][0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": f"python bench/bench_pipeline.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
         "params": "params.yaml (the paper grid)", "machine": machine, "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(result))
-    print(f"wrote {out}")
+    write_report(args.out, report(result))
     return 0
 
 

@@ -18,24 +18,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict:
-    import numpy as np
-    import torch
-
+def pot_version() -> str | None:
     try:
         import ot
 
-        pot = ot.__version__
+        return ot.__version__
     except ImportError:
-        pot = None
-    return {
+        return None
+
+
+def machine_info(packages: tuple[str, ...] = ()) -> dict:
+    """Date, CPU, cores, load, Python/torch/POT/NumPy versions, torch threads, GPU; plus ``packages``' versions."""
+    import importlib.metadata
+
+    import numpy as np
+    import torch
+
+    info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "torch": torch.__version__, "pot": pot, "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__, "pot": pot_version(),
+        "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+    for package in packages:
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = None
+    return info
+
+
+def write_report(path: str | Path, text: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 def machine_lines(info: dict) -> list[str]:

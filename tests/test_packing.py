@@ -184,6 +184,32 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
             assert hp["train_accuracy"] == ha["train_accuracy"]
         pending = json.loads((packed[k] / "mlflow_pending_train.json").read_text())
         assert f"seed{seed}" in json.dumps(pending)
+        # what MLflow gets: the resolved determinism switch, precision and device of the run, and the pack size
+        logged = pending["params"]
+        assert logged["resolved.deterministic"] == "False" and logged["resolved.precision"] == "fp32"
+        assert logged["resolved.device"] == "cpu" and logged["pack"] == "2"
     # packed runs need one value of each per run
     assert main(common + ["--seed", "1", "2", "--manifest", args["manifest"][0], "--train-cache", *args["cache"],
                           "--out", *map(str, packed)]) == 2
+
+
+@pytest.mark.gpu
+def test_a_packed_gpu_step_has_no_host_synchronisation(tiny):
+    """bf16, fused SGD, device augmentation and the device OT plan: one stream of GPU work per step."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from prompt_ot.train import _packed_step, _Run
+
+    device = torch.device("cuda")
+    specs = [spec(tiny, "prompt_ot", "colours", seed, precision="bf16", device="cuda") for seed in (1, 2)]
+    runs = [_Run(s, device) for s in specs]
+    for run in runs:
+        run.begin_epoch(0, device)
+    _packed_step(runs, 0, device, "bf16", {}, True, packed_image_features, packed_class_text_features)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _packed_step(runs, 0, device, "bf16", {}, True, packed_image_features, packed_class_text_features)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(run.sums["loss"]).item() for run in runs)

@@ -308,6 +308,31 @@ def test_skipped_protocols_logged_and_stale_outputs_removed(tmp_path, capsys):
     assert "no cross_dataset runs" in (out / "tables" / "index.md").read_text()
 
 
+def test_a_report_that_fails_midway_leaves_the_previous_folders_whole(tmp_path, monkeypatch):
+    """Tables and figures are built in a hidden folder and swapped in whole: a failure (or a kill) while
+    drawing leaves the previous report byte-identical and no half-written folder."""
+    from prompt_ot.report import plots
+
+    runs = tmp_path / "runs"
+    write_b2n(runs, b2n_values(seed=6, methods=("coop",), datasets=("dtd",)))
+    out = tmp_path / "out"
+    args = ["report", "--metrics-dir", str(runs), "--no-published", "--out", str(out)]
+    assert main(args) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert any(str(name).startswith("figures") for name in before)
+    write_b2n(runs, b2n_values(seed=7, methods=("coop", "prompt_ot"), datasets=("dtd",)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "tradeoff", broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        main(args)
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "tables"]  # no building folder left
+
+
 def test_lambda_sweep_figure_only_with_several_weights(tmp_path):
     paths = []
     for weight in (1.0, 10.0):

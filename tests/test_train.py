@@ -177,3 +177,25 @@ def test_prompt_and_checkpoint_files_are_byte_identical_across_processes(tmp_pat
     for out in outs:
         subprocess.run([sys.executable, "-c", code, str(out)], check=True)
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+
+
+def test_deterministic_option_turns_on_deterministic_algorithms_while_training(tiny):
+    import os
+
+    seen = []
+
+    def probe(record):
+        seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+
+    try:
+        run(tiny, config=small_config(epochs=2, deterministic=True), on_epoch_end=probe)
+        assert seen == [(True, ":4096:8")] * 2
+        seen.clear()
+        _, plain = run(tiny, config=small_config(epochs=2), on_epoch_end=probe)
+        assert [s[0] for s in seen] == [False, False]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    # the switch changes kernels, not the recipe: a checkpoint resumes either way (not part of the fingerprint)
+    _, deterministic = run(tiny, config=small_config(epochs=2, deterministic=True))
+    torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(plain.prompts[k], deterministic.prompts[k]) for k in plain.prompts)

@@ -113,7 +113,9 @@ def run(args) -> int:
             tags = {"method": method.name, "base_method": base_method(params, method.name),
                     "dataset": manifest.dataset, "seed": job.seed, "protocol": args.protocol, "shots": manifest.shots}
             run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],
-                          "seed": job.seed, "manifest": str(job.manifest_path), "pack": len(jobs)}
+                          "seed": job.seed, "manifest": str(job.manifest_path), "pack": len(jobs),
+                          "resolved": {"deterministic": job.config.deterministic, "precision": job.config.precision,
+                                       "device": device}}
             job.tracked = stack.enter_context(
                 tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=job.out))
             job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
