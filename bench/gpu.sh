@@ -4,7 +4,8 @@
 # Writes reports/perf/gpu.md (step throughput, one complete base-to-novel run with and without packing,
 # the 33-run projection), reports/perf/ot_solvers.md (OT solvers on the CPU and the GPU) and
 # reports/perf/train_step.md (this project's step vs the reference step, on the GPU), each stamped with the
-# date and the GPU's name; commit them.
+# date and the GPU's name; commit them. EPOCHS=10 bash bench/gpu.sh shortens the complete run (the
+# report states the epochs; the projection always prices the paper's 40).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
