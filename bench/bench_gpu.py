@@ -43,7 +43,6 @@ from prompt_ot.data.registry import get_recipe  # noqa: E402
 from prompt_ot.data.store import default_train_size  # noqa: E402
 from prompt_ot.methods import build_model, get_method  # noqa: E402
 from prompt_ot.models.backbone import load_backbone  # noqa: E402
-from prompt_ot.models.prompted import packed_class_text_features, packed_image_features  # noqa: E402
 from prompt_ot.train import RunSpec, TrainConfig, _packed_step, _Run, train_packed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +112,7 @@ def step_throughput(clip, tokenizer, n_runs: int, n_classes: int, steps: int, de
         run.begin_epoch(0, device)
 
     def step():
-        _packed_step(runs, 0, device, "bf16", {}, True, packed_image_features, packed_class_text_features)
+        _packed_step(runs, 0, device, "bf16", {}, True)
 
     for _ in range(5):
         step()

@@ -90,10 +90,8 @@ def reference_step(model, regulariser, images, labels, frozen_class_text, optimi
 
 def project_step(run, device, frozen_text) -> torch.Tensor:
     """One step of the trainer itself (the same function ``train`` runs), from the feature cache."""
-    from prompt_ot.models.prompted import packed_class_text_features, packed_image_features
-
     run.begin_epoch(0, device)
-    _packed_step([run], 0, device, "fp32", frozen_text, True, packed_image_features, packed_class_text_features)
+    _packed_step([run], 0, device, "fp32", frozen_text, True)
     return run.sums["loss"] / BATCH
 
 

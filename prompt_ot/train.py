@@ -271,8 +271,6 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
     Each run keeps its own batches (its seed), optimiser, checkpoint (so a pack resumes, or a run resumes
     alone, from the same files) and callbacks; only the backbone forwards are shared.
     """
-    from prompt_ot.models.prompted import packed_class_text_features, packed_image_features
-
     if not specs:
         return []
     for spec in specs:
@@ -300,8 +298,7 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
             run.begin_epoch(epoch, device)
         for step in range(max(len(run.batches) for run in active)):
             stepping = [run for run in active if step < len(run.batches)]
-            _packed_step(stepping, epoch, device, config.precision, fixed_text, prompts_text,
-                         packed_image_features, packed_class_text_features)
+            _packed_step(stepping, epoch, device, config.precision, fixed_text, prompts_text)
         for run in active:
             _end_epoch(run, epoch, lr)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
@@ -310,10 +307,14 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
             for run in runs]
 
 
-def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text, packed_image_features,
-                 packed_class_text_features) -> None:
-    """One optimisation step of every run in ``runs``: shared forwards, summed losses, one backward."""
+def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> None:
+    """One optimisation step of every run in ``runs``: shared forwards, summed losses, one backward.
+
+    ``fixed_text`` maps ``id(run)`` to class-text features encoded once (runs without text prompts);
+    ``prompts_text`` says the runs' class texts are prompted and re-encoded every step.
+    """
     from prompt_ot.losses import RegulariserInputs
+    from prompt_ot.models.prompted import packed_class_text_features, packed_image_features
 
     batches = [next(run.loader) for run in runs]
     images = torch.cat([b[0] for b in batches]).to(device, non_blocking=True)

@@ -205,11 +205,11 @@ def test_a_packed_gpu_step_has_no_host_synchronisation(tiny):
     runs = [_Run(s, device) for s in specs]
     for run in runs:
         run.begin_epoch(0, device)
-    _packed_step(runs, 0, device, "bf16", {}, True, packed_image_features, packed_class_text_features)  # warm-up
+    _packed_step(runs, 0, device, "bf16", {}, True)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        _packed_step(runs, 0, device, "bf16", {}, True, packed_image_features, packed_class_text_features)
+        _packed_step(runs, 0, device, "bf16", {}, True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(run.sums["loss"]).item() for run in runs)
