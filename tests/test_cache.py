@@ -112,6 +112,34 @@ def test_training_with_cached_views_gives_the_prompts_of_the_frozen_forward(digi
     assert max(float((wrong[n] - reference[n]).abs().max()) for n in reference) > 1e-4
 
 
+def test_views_augmented_on_the_device_path_train_to_the_same_prompts(digits, tiny):
+    """The trainer's device-augmentation path (``TrainViews.device_batch``, what a GPU run uses) forced on
+    the CPU gives bitwise the prompts of the DataLoader path: same views, same batches, same steps."""
+    import dataclasses
+
+    manifest = read_manifest(digits["manifest"])
+    cached = FrozenViewFeatures(digits["train"], seed=SEED, epochs=EPOCHS)
+    clip, tokenizer, _ = tiny
+    method = get_method("prompt_ot")
+    results, calls = {}, {}
+    for where in ("cpu", "device"):
+        model = build_model(method, clip, tokenizer, seed=SEED)
+        views = cached.train_views()
+        counted, calls[where] = views.device_batch, []
+
+        def device_batch(indices, device, counted=counted, log=calls[where]):
+            log.append(len(indices))
+            return counted(indices, device)
+
+        views.device_batch = device_batch
+        config = dataclasses.replace(_config(), augment_on=where)  # "cpu": the DataLoader path
+        results[where] = train(method, model, views, manifest.classnames, config,
+                               frozen_image_features=cached).prompts
+    assert calls["cpu"] == [] and len(calls["device"]) == EPOCHS * (len(views) // 4)
+    for name in results["cpu"]:
+        assert torch.equal(results["cpu"][name], results["device"][name]), name
+
+
 def test_cached_test_features_equal_the_frozen_forward(digits, tiny):
     clip, tokenizer, pre = tiny
     frozen = PromptedCLIP(clip, tokenizer, get_method("zeroshot").prompts)
