@@ -38,6 +38,53 @@ def test_truncated_text_equals_full_forward(tiny, depth):
     torch.testing.assert_close(short, full, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_shared_prefix_class_text_equals_the_full_forward_with_gradients(tiny, depth):
+    """class_text_features computes the start token and prompts once and runs class tokens unpadded: the
+    features and the prompts' gradients equal the plain 77-token forward's."""
+    import torch.nn.functional as F
+
+    clip, tokenizer, _ = tiny
+    torch.manual_seed(3)
+    model = PromptedCLIP(clip, tokenizer, PromptConfig(4, depth, 4, depth))
+    with torch.no_grad():  # prompts far from their initialisation, so that every layer matters
+        for p in model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.set_classnames(CLASSNAMES + ["x"])
+    weights = torch.randn(len(CLASSNAMES) + 1, clip.text_projection.shape[1])
+    fast = model.class_text_features()
+    full = F.normalize(model.encode_tokens(model.class_tokens, truncate=False), dim=-1)
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-6)
+    fast_grads = torch.autograd.grad((fast * weights).sum(), list(model.text_prompts))
+    full_grads = torch.autograd.grad((full * weights).sum(), list(model.text_prompts))
+    for a, b in zip(fast_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_class_token_only_last_block_equals_the_full_block(tiny):
+    """With gradients the last vision block runs for the class token alone; without, open_clip's blocks."""
+    clip, tokenizer, _ = tiny
+    torch.manual_seed(4)
+    model = PromptedCLIP(clip, tokenizer, PromptConfig(4, 2, 4, 2))
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.encode_image(images)
+    weights = torch.randn_like(plain)
+    trained = model.encode_image(images)
+    torch.testing.assert_close(trained.detach(), plain, rtol=0, atol=1e-6)
+    fast = torch.autograd.grad((trained * weights).sum(), list(model.vision_prompts))
+    import prompt_ot.models.prompted as prompted
+
+    original = prompted._first_token_pooling
+    prompted._first_token_pooling = lambda visual: False
+    try:
+        reference = torch.autograd.grad((model.encode_image(images) * weights).sum(), list(model.vision_prompts))
+    finally:
+        prompted._first_token_pooling = original
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_prompts_change_features_and_init_from_words(tiny):
     clip, tokenizer, _ = tiny
     model = PromptedCLIP(clip, tokenizer, PromptConfig(4, 2, 4, 2, ctx_init="a photo of a"))
