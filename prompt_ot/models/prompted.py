@@ -309,9 +309,12 @@ class _TextLayout:
     suffix_tokens: torch.Tensor  # (N,) token ids of every class's positions P..EOT, class after class
     suffix_positions: torch.Tensor  # (N,) their positions in the sequence
     grid: torch.Tensor  # (rows * width,) index into the N tokens (or N: an empty slot) of each grid cell
+    cells: torch.Tensor  # (N,) the grid cell of each of the N tokens, in order
     width: int  # the longest class's own tokens
     row_run: torch.Tensor  # (rows,) which packed model each class belongs to
     eot: torch.Tensor  # (rows,) index into the N tokens of each class's end-of-text token
+    prefix_mask: torch.Tensor  # (P, P) causal attention among the prefix positions
+    suffix_mask: torch.Tensor  # (width, P + width): a class token at column j sees the prefix and its tokens 0..j
 
 
 def _text_layout(models: list[PromptedCLIP]) -> _TextLayout:
@@ -332,11 +335,16 @@ def _text_layout(models: list[PromptedCLIP]) -> _TextLayout:
     total = int(lengths.sum())
     grid = torch.where(valid, starts[:, None] + columns[None, :], torch.full_like(valid, total, dtype=torch.long))
     positions = (prefix + columns)[None, :].expand_as(valid)[valid]
+    keys = torch.arange(prefix + width)
     device = models[0].class_tokens.device
+    # Everything indexed by a mask is turned into indices here, once: boolean indexing on a GPU waits for
+    # the host, and this layout is used every step.
     layout = _TextLayout(
         suffix_tokens=tokens[:, prefix : prefix + width][valid].to(device), suffix_positions=positions.to(device),
-        grid=grid.flatten().to(device), width=width, row_run=row_run.to(device),
-        eot=(starts + lengths - 1).to(device),
+        grid=grid.flatten().to(device), cells=valid.flatten().nonzero().squeeze(1).to(device), width=width,
+        row_run=row_run.to(device), eot=(starts + lengths - 1).to(device),
+        prefix_mask=torch.ones(prefix, prefix, dtype=torch.bool).tril().to(device),
+        suffix_mask=((keys[None, :] < prefix) | (keys[None, :] - prefix <= columns[:, None])).to(device),
     )
     models[0]._layout_cache = (key, layout)
     return layout
@@ -374,11 +382,6 @@ def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
     x_p = torch.cat([start.expand(len(models), -1, -1), heads], dim=1) + positional[:prefix].to(dtype)
     x_s = embedding(layout.suffix_tokens) + positional[layout.suffix_positions].to(dtype)  # (N, width)
     rows, width_s = len(layout.row_run), layout.width
-    columns = torch.arange(prefix + width_s, device=x_s.device)
-    own = torch.arange(width_s, device=x_s.device)
-    # a class token at column j sees the prefix and its own tokens 0..j
-    suffix_mask = (columns[None, :] < prefix) | (columns[None, :] - prefix <= own[:, None])
-    prefix_mask = torch.ones(prefix, prefix, dtype=torch.bool, device=x_s.device).tril()
     blocks = clip.transformer.resblocks
     for i, block in enumerate(blocks):
         if 0 < i < depth:
@@ -393,9 +396,9 @@ def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
         q_s, k_s, v_s = padded.chunk(3, dim=-1)
         keys = torch.cat([k_p[layout.row_run], k_s], dim=1)
         values = torch.cat([v_p[layout.row_run], v_s], dim=1)
-        attended_s = _attend(attn, q_s, keys, values, suffix_mask).reshape(rows * width_s, -1)
-        attended_s = attended_s[layout.grid < len(x_s)]  # back to the N real tokens, in order
-        attended_p = _attend(attn, q_p, k_p, v_p, prefix_mask)
+        attended_s = _attend(attn, q_s, keys, values, layout.suffix_mask).reshape(rows * width_s, -1)
+        attended_s = attended_s[layout.cells]  # back to the N real tokens, in order
+        attended_p = _attend(attn, q_p, k_p, v_p, layout.prefix_mask)
         x_p = x_p + block.ls_1(attn.out_proj(attended_p))
         x_s = x_s + block.ls_1(attn.out_proj(attended_s))
         x_p = x_p + block.ls_2(block.mlp(block.ln_2(x_p)))
