@@ -152,6 +152,12 @@ def _plan(out_dir: Path, kind: str, identity: dict, inputs: dict, replace: bool,
     return None
 
 
+def _reused(out_dir: Path) -> "BuildResult":
+    """The result of finding the cache up to date; a killed rebuild's leftovers beside it are removed."""
+    remove_stale_folders(out_dir)
+    return BuildResult(out_dir, built=False, reason="up to date")
+
+
 class _Building:
     """A hidden temporary folder beside ``out_dir``: installed on success, deleted on any failure; one left by a
     killed build (its owner process gone) is removed by the next build of the same target."""
@@ -284,8 +290,7 @@ def cache_test_items(
               "classnames": list(classnames), "precision": precision, "skip_bad": skip_bad}
     reason = _plan(out_dir, "test", identity, inputs, replace, None)
     if reason is None:
-        remove_stale_folders(out_dir)  # a killed rebuild may have left one
-        return BuildResult(out_dir, built=False, reason="up to date")
+        return _reused(out_dir)
     log.info("building test feature cache %s: %s", out_dir, reason)
 
     started = time.perf_counter()
@@ -373,8 +378,7 @@ def cache_train_items(
               "train_size": train_size, "skip_bad": skip_bad}
     reason = _plan(out_dir, "train", identity, inputs, replace, epochs)
     if reason is None:
-        remove_stale_folders(out_dir)  # a killed rebuild may have left one
-        return BuildResult(out_dir, built=False, reason="up to date")
+        return _reused(out_dir)
     log.info("building training-view feature cache %s: %s", out_dir, reason)
 
     started = time.perf_counter()

@@ -356,14 +356,11 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
             run.seen += n
     for run in runs:
         run.optimizer.zero_grad(set_to_none=True)
-    if len(runs) == 1:
-        runs[0].scaler.scale(total).backward()
-        runs[0].scaler.step(runs[0].optimizer)
-        runs[0].scaler.update()
-    else:  # fp16 is refused for packs, so there is no loss scaling to apply
-        total.backward()
-        for run in runs:
-            run.optimizer.step()
+    # Loss scaling is on only for fp16, which a pack refuses: a scaled loss is always a single run's.
+    runs[0].scaler.scale(total).backward()
+    for run in runs:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
 
 
 def _end_epoch(run: _Run, epoch: int, lr: float) -> None:

@@ -85,6 +85,7 @@ def run(args) -> int:
     method = resolve_method(params, args.method)
     set_deterministic(bool(params["train"].get("deterministic", False)))  # before any CUDA work
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
+    backbone_id = f"{backbone}:{pretrained}"  # what a checkpoint's fingerprint names
     epochs = params["train"]["epochs"]
     eval_epoch = params["train"].get("eval_epoch", 0) or epochs
     device = pick_device(args.device)
@@ -94,7 +95,7 @@ def run(args) -> int:
         job.cache = FrozenViewFeatures(job.cache_path, seed=job.seed, epochs=epochs, backbone=backbone)
         job.config = train_config(params, job.seed, device)
         check_resumable(job.out / CHECKPOINT_NAME, run_fingerprint(
-            method, job.config, job.manifest.classnames, f"{backbone}:{pretrained}"))
+            method, job.config, job.manifest.classnames, backbone_id))
 
     clip, tokenizer, _ = load_backbone(backbone, pretrained)
     tracker = tracker_for(params, args.params)
@@ -121,7 +122,7 @@ def run(args) -> int:
             job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
             specs.append(RunSpec(method, job.model, job.cache.train_views(), manifest.classnames, job.config,
                                  checkpoint_dir=job.out, frozen_image_features=job.cache if needs_frozen else None,
-                                 backbone=f"{backbone}:{pretrained}", on_epoch_end=_epoch_logger(job, epochs, eval_epoch)))
+                                 backbone=backbone_id, on_epoch_end=_epoch_logger(job, epochs, eval_epoch)))
         results = train_packed(specs)
         seconds = time.perf_counter() - started
         for job, result in zip(jobs, results):
@@ -135,7 +136,6 @@ def run(args) -> int:
                                   len(jobs))
             atomic_write_text(job.out / "train.json", json.dumps(summary, indent=2) + "\n")
             job.log(f"wrote {job.out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
-            job.log_file.flush()
             for artifact in ("prompts.safetensors", "train.json", "train.log"):  # weights, config + metrics, log
                 job.tracked.log_artifact(job.out / artifact)
     return 0
