@@ -140,6 +140,87 @@ def test_views_augmented_on_the_device_path_train_to_the_same_prompts(digits, ti
         assert torch.equal(results["cpu"][name], results["device"][name]), name
 
 
+DEVICE_PACKS = {  # (method, frozen image features from the cache?) of each packed run
+    "deep prompts": [("prompt_ot", True), ("prompt_ot_sinkhorn", False), ("prompt_ot_unbalanced", True),
+                     ("pointwise_l1", False)],
+    "text prompts": [("coop", False), ("kgcoop", False)],
+}
+
+
+def _device_pack(digits, tiny, precision, pack, device, backend):
+    """The runs of ``DEVICE_PACKS[pack]`` on ``device``, views augmented there, at the start of epoch 1."""
+    import dataclasses
+
+    from prompt_ot.train import RunSpec, _Run
+
+    manifest = read_manifest(digits["manifest"])
+    cached = FrozenViewFeatures(digits["train"], seed=SEED, epochs=EPOCHS)
+    clip, tokenizer, _ = tiny
+    config = dataclasses.replace(_config(), augment_on="device", precision=precision, device=str(device))
+    runs = []
+    for name, from_cache in DEVICE_PACKS[pack]:
+        method = get_method(name, {"regulariser": {"backend": backend}} if name.startswith("prompt_ot") else None)
+        model = build_model(method, clip, tokenizer, seed=SEED)
+        runs.append(_Run(RunSpec(method, model, cached.train_views(), manifest.classnames, config,
+                                 frozen_image_features=cached if from_cache else None), device))
+    for run in runs:
+        run.begin_epoch(0, device)
+    assert all(run.on_device_views for run in runs)
+    return runs
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("pack", list(DEVICE_PACKS))
+def test_a_device_training_step_reads_nothing_back_on_the_host(digits, tiny, precision, pack):
+    """A GPU step's work, forced on the CPU, reads no tensor value on the host: the CPU twin of
+    ``test_a_gpu_training_step_never_waits_for_the_device``.
+
+    Packs of runs with everything a GPU step uses: views augmented by ``device_batch``, the OT plan on
+    the torch backend (what ``auto`` picks off the CPU: exact, Sinkhorn and unbalanced), frozen image
+    features from the cache and from the shared frozen forward, autocast. The first step may read values
+    (it builds the text layout and the permutation table once); every later step must not.
+    """
+    from prompt_ot.train import _packed_step
+    from tests.helpers import HostReads
+
+    device = torch.device("cpu")
+    runs = _device_pack(digits, tiny, precision, pack, device, backend="torch")
+    _packed_step(runs, 0, device, precision, {}, True)
+    with HostReads() as reads:
+        for _ in range(2):
+            _packed_step(runs, 0, device, precision, {}, True)
+    assert reads.found == []
+    assert all(run.seen == 3 * runs[0].spec.config.batch_size for run in runs)
+    # the recorder does see a read on the host, and the step's own sums are still on the device
+    with HostReads() as reads:
+        assert torch.isfinite(runs[0].sums["loss"]).item()
+    assert len(reads.found) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pack", list(DEVICE_PACKS))
+def test_a_gpu_training_step_never_waits_for_the_device(digits, tiny, pack):
+    """On a GPU, with the default backend, a bf16 step of a pack runs under sync debug mode "error"."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from prompt_ot.train import _packed_step
+
+    device = torch.device("cuda")
+    try:
+        runs = _device_pack(digits, tiny, "bf16", pack, device, backend="auto")
+        _packed_step(runs, 0, device, "bf16", {}, True)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(2):
+                _packed_step(runs, 0, device, "bf16", {}, True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert all(torch.isfinite(run.sums["loss"]).item() for run in runs)
+    finally:
+        tiny[0].to("cpu")  # the module's shared backbone goes back for the other tests
+
+
 def test_cached_test_features_equal_the_frozen_forward(digits, tiny):
     clip, tokenizer, pre = tiny
     frozen = PromptedCLIP(clip, tokenizer, get_method("zeroshot").prompts)

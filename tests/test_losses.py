@@ -363,6 +363,24 @@ def test_plan_and_gradient_stay_on_the_gpu(solver):
     assert image.grad.device.type == "cuda" and torch.isfinite(image.grad).all()
 
 
+@pytest.mark.parametrize("batch", [4, 3])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_the_device_backend_reads_nothing_on_the_host(solver, batch):
+    """The CPU twin of the GPU test above: after a warm-up, the torch backend's loss and gradient read no
+    tensor value on the host (a single problem's argmin is a 0-dim index, which indexing would read)."""
+    from tests.helpers import HostReads
+
+    inputs = random_inputs(batch=batch, dtype=torch.float32, seed=17)
+    image = inputs.image.requires_grad_()
+    regulariser = OTRegulariser(solver=solver, backend="torch")
+    regulariser(inputs)
+    with HostReads() as reads:
+        loss = regulariser(inputs)
+        loss.backward()
+    assert reads.found == []
+    assert image.grad is not None and torch.isfinite(image.grad).all()
+
+
 def test_exact_plan_is_a_scaled_permutation_for_distinct_features():
     plan = transport_plan(transport_cost(*paired_features(random_inputs(batch=6, seed=11))), "exact")
     assert sorted(plan.flatten().tolist()).count(0.0) == 30

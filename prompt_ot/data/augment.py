@@ -61,10 +61,13 @@ def view_params(seed: int, epoch: int, index: int, height: int, width: int) -> t
 
 
 def _normalise(image_chw, mean, std):
+    """uint8 CHW to normalised float32; ``mean``/``std`` are sequences or tensors on the image's device."""
     import torch
     import torchvision.transforms.v2.functional as F
 
-    return F.normalize(F.to_dtype(image_chw, torch.float32, scale=True), list(mean), list(std))
+    if not torch.is_tensor(mean):
+        mean, std = list(mean), list(std)
+    return F.normalize(F.to_dtype(image_chw, torch.float32, scale=True), mean, std)
 
 
 def _to_chw(image: np.ndarray):
@@ -156,7 +159,16 @@ class TrainViews:
         labels = torch.as_tensor(np.asarray(self.store.labels)[rows], dtype=torch.long)
         if device.type == "cuda":
             labels = labels.pin_memory()
-        return _normalise(torch.stack(views), self.mean, self.std), labels.to(device, non_blocking=True)
+        return _normalise(torch.stack(views), *self._moments(device)), labels.to(device, non_blocking=True)
+
+    def _moments(self, device):
+        """Mean and std as tensors on ``device``, made once: from lists, normalising copies them every call."""
+        import torch
+
+        cache = self.__dict__.setdefault("_moments_on", {})
+        if device not in cache:
+            cache[device] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in (self.mean, self.std))
+        return cache[device]
 
 
 class TestImages:

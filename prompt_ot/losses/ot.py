@@ -111,7 +111,7 @@ def transport_plan(
     if backend not in BACKENDS:
         raise unknown_name("OT backend", str(backend), BACKENDS)
     if backend == "auto":
-        backend = "torch" if cost.is_cuda else "pot"
+        backend = "pot" if cost.device.type == "cpu" else "torch"
     n_rows, n_cols = cost.shape
     if backend == "torch":
         cost64 = cost.detach().to(torch.float64)
@@ -154,7 +154,8 @@ def assignment_plan(cost: Tensor) -> Tensor:
     perms = _permutations(size, str(cost.device))  # (P, B)
     rows = torch.arange(size, device=cost.device)
     totals = cost[..., rows, perms].sum(-1)  # (..., P): cost of sending row i to column perms[p, i]
-    best = perms[totals.argmin(dim=-1)]  # (..., B)
+    # index_select, not perms[argmin]: a 0-dim index tensor would be read on the host (a GPU sync)
+    best = perms.index_select(0, totals.argmin(dim=-1).reshape(-1)).reshape(*cost.shape[:-2], size)  # (..., B)
     plan = torch.zeros_like(cost)
     return plan.scatter_(-1, best.unsqueeze(-1), 1.0 / size)
 
