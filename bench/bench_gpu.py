@@ -105,6 +105,8 @@ def make_specs(clip, tokenizer, n_runs: int, n_classes: int, epochs: int, precis
 
 
 def step_throughput(clip, tokenizer, n_runs: int, n_classes: int, steps: int, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # each row's own peak, not the largest so far
     specs = make_specs(clip, tokenizer, n_runs, n_classes, epochs=2, precision="bf16", device=str(device))
     runs = [_Run(spec, device) for spec in specs]
     for run in runs:

@@ -217,7 +217,8 @@ class _Run:
             self.loader = ((*dataset.device_batch(batch, device), torch.as_tensor(batch)) for batch in self.batches)
         else:
             self.loader = iter(torch.utils.data.DataLoader(
-                _index_dataset(dataset), batch_sampler=self.batches, num_workers=config.num_workers))
+                _index_dataset(dataset), batch_sampler=self.batches, num_workers=config.num_workers,
+                pin_memory=device.type == "cuda"))
         zero = torch.zeros((), device=device, dtype=torch.float64)
         self.sums = {"loss": zero.clone(), "ce": zero.clone(), "reg": zero.clone(), "correct": zero.clone()}
         self.seen = 0
@@ -336,7 +337,7 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
                 frozen_image = None
                 if run.needs_frozen_image:
                     supplied = run.spec.frozen_image_features
-                    frozen_image = (supplied(epoch, indices).to(device, non_blocking=True) if supplied is not None
+                    frozen_image = (_to_device(supplied(epoch, indices), device) if supplied is not None
                                     else frozen_all[k])
                 reg = run.regulariser(RegulariserInputs(
                     image=image.float(),
@@ -361,6 +362,13 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
     for run in runs:
         run.scaler.step(run.optimizer)
         run.scaler.update()
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for it: pinned, then copied asynchronously."""
+    if device.type == "cuda" and not host.is_cuda:
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
