@@ -28,13 +28,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from prompt_ot.utils.io import atomic_write_text
+from prompt_ot.utils.io import atomic_write_text, owner, owner_running
 
 DEFAULT_EXPERIMENT = "prompt-ot"
 PARENT_ENV = "PROMPT_OT_MLFLOW_PARENT"  # a parent run id, or the path of a file written by `prepare`
 ENABLE_ENV = "PROMPT_OT_MLFLOW"  # "0", "off" or "false" turns tracking off entirely
 PENDING_FILE = "mlflow_pending_{kind}.json"  # one per run kind, so a train and an evaluate run can share a folder
 SYNCED_FILE = "mlflow_synced_{kind}.json"
+LIVE_FILE = "mlflow_live_{kind}.json"  # the MLflow run a process is recording now, with its owner
+ABANDONED_TAG = "prompt_ot.ended_as_killed"  # why a RUNNING run whose process is gone was ended KILLED
+
+
+def live_file(kind: str) -> str:
+    return LIVE_FILE.format(kind=kind)
 
 
 def pending_file(kind: str) -> str:
@@ -277,6 +283,8 @@ def prepare(
         with _http_limits(uri, probe=True):
             client = _client(uri)
             info["experiment_id"] = _retry(_ensure_experiment, client, experiment, uri)
+            if out is not None:
+                _end_previous_parent(client, Path(out), uri, name)
             tags = {"kind": "pipeline", **git_state(root)}
             parent = _retry(client.create_run, info["experiment_id"], tags=tags, run_name=name)
             info["parent_run_id"] = parent.info.run_id
@@ -287,6 +295,37 @@ def prepare(
     if out is not None:
         atomic_write_text(out, json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _end_abandoned(client, run_id: str, end_ms: int, why: str) -> bool:
+    """End ``run_id`` KILLED at ``end_ms`` with the reason as a tag, if it is still RUNNING; True if it was."""
+    try:
+        run = _retry(client.get_run, run_id)
+    except Exception as exc:
+        if "DOES_NOT_EXIST" in _error_code(exc):
+            return False
+        raise
+    if run.info.status != "RUNNING":
+        return False
+    _retry(client.set_tag, run_id, ABANDONED_TAG, why)
+    _retry(client.set_terminated, run_id, "KILLED", max(end_ms, run.info.start_time or 0))
+    return True
+
+
+def _end_previous_parent(client, out: Path, uri: str, name: str) -> None:
+    """The parent run of the previous pipeline invocation stays RUNNING when that invocation was killed
+    before its end handler ran; a new invocation (Snakemake locks the folder: never two at once) ends it."""
+    try:
+        previous = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return
+    run_id = previous.get("parent_run_id")
+    if not run_id or previous.get("tracking_uri") != uri:
+        return
+    ended_ms = int(out.stat().st_mtime * 1000)
+    if _end_abandoned(client, run_id, ended_ms, f"its pipeline ended without closing it; found by {name}"):
+        _warn(f"ended the previous pipeline's MLflow parent run {run_id} as KILLED: that invocation was "
+              f"interrupted before it could close it")
 
 
 def finish(parent_file: str | Path, status: str = "FINISHED") -> str | None:
@@ -412,6 +451,7 @@ class TrackedRun:
         self.run_dir = Path(run_dir).resolve() if run_dir is not None else None
         self.run_id: str | None = None
         self.online = False
+        self._live_written = False
         self.record: dict[str, Any] = {
             "format": PENDING_FORMAT, "tracking_uri": tracker.uri, "experiment": tracker.experiment,
             "run_name": name, "parent_run_id": None, "partial_run_id": None, "status": "RUNNING",
@@ -444,13 +484,55 @@ class TrackedRun:
             if parent:
                 tags["mlflow.parentRunId"] = parent
             with _http_limits(self.tracker.uri, probe=True):
+                mine = self._end_abandoned_run(client)
                 run = _retry(client.create_run, experiment_id, start_time=self.record["start_time"], tags=tags,
                              run_name=self.record["run_name"])
             self.run_id = self.record["partial_run_id"] = run.info.run_id
             self.online = True
+            if mine:
+                self._write_live()
             self._call(_log_batches, run.info.run_id, params=self.record["params"])
         except Exception as exc:
             self._fail(exc)
+
+    @property
+    def _live_path(self) -> Path | None:
+        return self.run_dir / live_file(self.kind) if self.run_dir is not None else None
+
+    def _write_live(self) -> None:
+        """Name this run and its process in the folder, so a rerun can end it if the process is killed."""
+        if self._live_path is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._live_written = True
+            atomic_write_text(self._live_path, json.dumps(
+                {"run_id": self.run_id, "run_name": self.record["run_name"], "tracking_uri": self.tracker.uri,
+                 **owner()}, indent=1) + "\n")
+
+    def _end_abandoned_run(self, client) -> bool:
+        """End the RUNNING run a killed process left for this folder and kind (KILLED, at its last sign of life).
+
+        False when a live process still records into the folder: then its record is left as it is."""
+        path = self._live_path
+        if path is None:
+            return False
+        try:
+            info, last_ms = json.loads(path.read_text()), int(path.stat().st_mtime * 1000)
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            return True
+        if owner_running(info) and info.get("pid") != os.getpid():
+            _warn(f"{path} says process {info.get('pid')} is still recording run {info.get('run_id')} for this "
+                  f"folder; two jobs are writing {self.run_dir} at once")
+            return False
+        if info.get("tracking_uri") == self.tracker.uri and info.get("run_id"):
+            if _end_abandoned(client, info["run_id"], last_ms, f"its process ({info.get('host')}, pid "
+                              f"{info.get('pid')}) ended without closing it; found by the rerun into {self.run_dir}"):
+                _warn(f"ended MLflow run {info['run_id']} ({info.get('run_name')}) as KILLED: the process that "
+                      f"recorded it was killed; this rerun records a new run")
+        path.unlink(missing_ok=True)
+        return True
 
     def _call(self, fn: Callable, *args, **kwargs) -> None:
         if not self.online:
@@ -485,6 +567,9 @@ class TrackedRun:
         self.record["metrics"].extend(batch)
         if self.run_id:
             self._call(_log_batches, self.run_id, metrics=batch)
+            if self._live_written:
+                with contextlib.suppress(OSError):  # a sign of life: a killed run is ended at its last one
+                    os.utime(self._live_path)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file (or a folder's contents under its name); the path must exist."""
@@ -503,6 +588,8 @@ class TrackedRun:
             return
         if self.run_id:
             self._call(lambda client: _retry(client.set_terminated, self.run_id, status, self.record["end_time"]))
+            if self._live_written:  # ended here, or handed to the pending record below
+                self._live_path.unlink(missing_ok=True)
         if not self.online and self.run_dir is not None:
             atomic_write_text(self.run_dir / pending_file(self.kind), json.dumps(self.record, indent=1) + "\n")
 

@@ -185,6 +185,97 @@ def test_a_failing_body_ends_the_run_failed_and_keeps_what_was_logged(store, tmp
     assert _history(client, run.run_id, "loss") == [(0, 2.5)]
 
 
+_RECORDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from prompt_ot.tracking import Tracker
+    root, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    with Tracker(root, parent_file=root / "runs" / "parent.json").run("train/killed", "train", run_dir=run_dir) as run:
+        for epoch in range(2):
+            run.log_metrics({"loss": 1.0 / (epoch + 1)}, step=epoch)
+        print(run.run_id, flush=True)
+        time.sleep(120)
+""")
+
+
+def _start_recorder(root, run_dir):
+    """A process recording a train run into ``run_dir``, stopped mid-run; returns (process, run id)."""
+    process = subprocess.Popen([sys.executable, "-c", _RECORDER, str(root), str(run_dir)], cwd=REPO,
+                               stdout=subprocess.PIPE, text=True)
+    run_id = process.stdout.readline().strip()
+    assert run_id, "the recording process did not start its run"
+    return process, run_id
+
+
+def test_a_rerun_ends_the_run_its_killed_predecessor_left_running(store, tmp_path, capfd):
+    """SIGKILL leaves the MLflow run RUNNING (no process is left to end it); the next run into the same folder
+    ends it KILLED, at its last sign of life, with the reason as a tag, and records its own run."""
+    root, info = store
+    client = _client(info["tracking_uri"])
+    run_dir = tmp_path / "seed1"
+    process, old = _start_recorder(root, run_dir)
+    live = run_dir / tracking.live_file("train")
+    assert json.loads(live.read_text())["run_id"] == old
+    last_sign = live.stat().st_mtime
+    process.kill()
+    process.wait()
+    assert client.get_run(old).info.status == "RUNNING"
+    capfd.readouterr()
+    with Tracker(root, parent_file=root / "runs" / "parent.json").run("train/rerun", "train", run_dir=run_dir) as run:
+        assert client.get_run(old).info.status == "KILLED"
+    ended = client.get_run(old)
+    assert ended.info.end_time == int(last_sign * 1000)
+    assert ended.info.end_time >= max(m.timestamp for m in client.get_metric_history(old, "loss"))
+    assert "ended without closing it" in ended.data.tags[tracking.ABANDONED_TAG]
+    assert _history(client, old, "loss") == [(0, 1.0), (1, 0.5)]  # what it logged is kept
+    assert client.get_run(run.run_id).info.status == "FINISHED" and run.run_id != old
+    assert not live.exists()  # a finished run leaves no live record
+    warned = _warnings(capfd.readouterr().err)
+    assert len(warned) == 1 and old in warned[0] and "KILLED" in warned[0]
+
+
+def test_a_run_still_recorded_by_a_live_process_is_left_alone(store, tmp_path, capfd):
+    root, info = store
+    client = _client(info["tracking_uri"])
+    run_dir = tmp_path / "seed2"
+    process, other = _start_recorder(root, run_dir)
+    try:
+        capfd.readouterr()
+        with Tracker(root).run("train/second", "train", run_dir=run_dir):
+            pass
+        assert client.get_run(other).info.status == "RUNNING"
+        warned = _warnings(capfd.readouterr().err)
+        assert len(warned) == 1 and "two jobs are writing" in warned[0]
+    finally:
+        process.kill()
+        process.wait()
+    # a record naming another store, or unreadable, is dropped without touching any run
+    live = run_dir / tracking.live_file("train")
+    assert json.loads(live.read_text())["run_id"] == other
+    live.write_text(json.dumps({"run_id": other, "tracking_uri": "sqlite:////elsewhere.db", "host": "x", "pid": 1}))
+    with Tracker(root).run("train/third", "train", run_dir=run_dir):
+        pass
+    assert client.get_run(other).info.status == "RUNNING" and not live.exists()
+
+
+def test_a_new_pipeline_ends_the_parent_run_of_a_killed_one(tmp_path, capfd):
+    out = tmp_path / "runs" / "parent.json"
+    first = tracking.prepare(tmp_path, out=out)
+    client = _client(first["tracking_uri"])
+    assert client.get_run(first["parent_run_id"]).info.status == "RUNNING"  # killed: `mlflow finish` never ran
+    capfd.readouterr()
+    second = tracking.prepare(tmp_path, out=out)
+    ended = client.get_run(first["parent_run_id"])
+    assert ended.info.status == "KILLED" and tracking.ABANDONED_TAG in ended.data.tags
+    assert client.get_run(second["parent_run_id"]).info.status == "RUNNING"
+    assert len(_warnings(capfd.readouterr().err)) == 1
+    tracking.finish(out)  # a pipeline that ended normally: the next one has nothing to end
+    assert client.get_run(second["parent_run_id"]).info.status == "FINISHED"
+    third = tracking.prepare(tmp_path, out=out)
+    assert client.get_run(second["parent_run_id"]).info.status == "FINISHED"
+    assert _warnings(capfd.readouterr().err) == [] and third["parent_run_id"] != second["parent_run_id"]
+
+
 def test_a_missing_artifact_is_a_caller_error(store, tmp_path):
     root, _ = store
     with pytest.raises(FileNotFoundError, match="nothing.bin"):

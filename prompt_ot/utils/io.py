@@ -108,6 +108,22 @@ def building_folder(out_dir: str | Path) -> Path:
     return hidden_folder(out_dir, "building")
 
 
+def owner() -> dict:
+    """This process as the owner of something it is writing: host name and process id."""
+    return {"host": _host(), "pid": os.getpid()}
+
+
+def owner_running(info: dict) -> bool:
+    """Whether the owner ``{"host", "pid"}`` (see :func:`owner`) is a process of this host that still runs.
+
+    An owner on another host cannot be checked and counts as gone: Snakemake and DVC never run two jobs
+    for one output, so an owner recorded there is a job that ended without cleaning up."""
+    try:
+        return info.get("host") == _host() and _pid_alive(int(info.get("pid", 0)))
+    except (TypeError, ValueError):
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return True  # not a process id we can judge: keep the folder
