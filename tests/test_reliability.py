@@ -141,13 +141,13 @@ def copy_without(source: Path, dest: Path, *remove: str) -> Path:
     return dest
 
 
-def start_and_kill_mid_training(cmd, folder: Path) -> dict:
+def start_and_kill_mid_training(cmd, folder: Path, **extra_env) -> dict:
     """Start the pipeline in its own process group; once the killed run's first epoch is checkpointed, SIGKILL
     the whole group (the tool and its jobs) and wait until every process of it is gone. Returns the checkpoint's
     metadata at the kill."""
     checkpoint = folder / KILLED / "checkpoint.safetensors"
     with open(folder / "killed_run.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=folder, env=env(**OFF), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=folder, env=env(**extra_env), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 600
@@ -194,13 +194,28 @@ def check_resumed(folder: Path, reference: Path, killed_at: int) -> None:
 
 
 def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakemake_grid, tmp_path):
-    folder = copy_without(snakemake_grid, tmp_path / "snakemake", KILLED, "reports/tables", "reports/figures")
+    """With MLflow recording live: the killed job's run and the killed pipeline's parent run, left RUNNING by
+    the kill, are ended KILLED by the rerun, which records complete runs of its own."""
+    folder = copy_without(snakemake_grid, tmp_path / "snakemake", KILLED, "reports/tables", "reports/figures",
+                          "mlflow.db", "mlartifacts", "runs/mlflow_parent.json")
     meta = start_and_kill_mid_training([*SNAKEMAKE, "--cores", "2"], folder)
     killed_at = check_killed_mid_run(folder, meta)
+    live = json.loads((folder / KILLED / "mlflow_live_train.json").read_text())
     # a SIGKILLed Snakemake cannot remove its lock; --unlock is its documented step after a kill
-    run([*SNAKEMAKE, "--unlock"], folder, **OFF)
-    run([*SNAKEMAKE, "--cores", "2", "--rerun-incomplete"], folder, **OFF)
+    run([*SNAKEMAKE, "--unlock"], folder)
+    run([*SNAKEMAKE, "--cores", "2", "--rerun-incomplete"], folder)
     check_resumed(folder, snakemake_grid, killed_at)
+
+    client = _client(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs(client.search_experiments()[0].experiment_id)
+    status = {(r.data.tags.get("kind"), r.info.run_name): r.info.status for r in runs if r.info.run_id != live["run_id"]}
+    killed = client.get_run(live["run_id"])
+    assert killed.info.status == "KILLED" and "ended without closing it" in killed.data.tags["prompt_ot.ended_as_killed"]
+    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"], status
+    assert [k for k, v in status.items() if v != "FINISHED" and k[0] != "pipeline"] == [], status
+    assert ("train", killed.info.run_name) in status  # the rerun recorded the run again, complete
+    assert not (folder / KILLED / "mlflow_live_train.json").exists()
 
 
 def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, tmp_path):
@@ -210,7 +225,7 @@ def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, t
     run([*DVC, "repro", "validate"], folder, **OFF)  # DVC's first stage (Snakemake validates as it starts)
     done = [name for name in dvc_stages() if name not in redo]
     run([*DVC, "commit", "--force", *done], folder, **OFF)
-    meta = start_and_kill_mid_training([*DVC, "repro"], folder)
+    meta = start_and_kill_mid_training([*DVC, "repro"], folder, **OFF)
     killed_at = check_killed_mid_run(folder, meta)
     result = run([*DVC, "repro"], folder, **OFF)
     assert sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")) \
