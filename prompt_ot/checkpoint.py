@@ -91,22 +91,26 @@ def _check_meta(path, meta: dict, fingerprint: str) -> None:
         )
 
 
-def check_resumable(path, fingerprint: str) -> None:
+def check_resumable(path, fingerprint: str) -> list[dict]:
     """Refuse, before anything is written, a run folder whose checkpoint belongs to another run (or is damaged).
 
     Reads the header only; a missing checkpoint is fine (a fresh run). Call it before opening the run's
-    tracking record or log, so that a refused run changes nothing in the folder.
+    tracking record or log, so that a refused run changes nothing in the folder. Returns the per-epoch
+    history of the epochs the checkpoint has completed (empty for a fresh run).
     """
     from safetensors import safe_open
 
     if not Path(path).exists():
-        return
+        return []
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
+        _check_meta(path, meta, fingerprint)
+        return json.loads(meta["history"])
+    except UserError:
+        raise
     except Exception as err:
         raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
-    _check_meta(path, meta, fingerprint)
 
 
 def load_checkpoint(path, model, optimizer, scaler, fingerprint: str) -> tuple[int, list[dict]]:

@@ -216,6 +216,14 @@ def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakem
     assert [k for k, v in status.items() if v != "FINISHED" and k[0] != "pipeline"] == [], status
     assert ("train", killed.info.run_name) in status  # the rerun recorded the run again, complete
     assert not (folder / KILLED / "mlflow_live_train.json").exists()
+    (rerun,) = [r for r in runs if r.info.run_name == killed.info.run_name and r.info.run_id != live["run_id"]]
+    assert rerun.data.tags["resumed_from_epoch"] == str(killed_at)
+    losses = sorted((m.step, m.value) for m in client.get_metric_history(rerun.info.run_id, "loss"))
+    history = summary(folder, KILLED)["history"]
+    assert losses == [(r["epoch"], r["loss"]) for r in history] and len(losses) == EPOCHS  # every epoch
+    log = (folder / KILLED / "train.log").read_text()
+    assert log.count("\n== ") + log.startswith("== ") == 2  # the killed attempt, then the resumed one
+    assert f"resuming from the checkpoint after epoch {killed_at} of {EPOCHS}" in log
 
 
 def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, tmp_path):

@@ -94,7 +94,7 @@ def run(args) -> int:
         job.manifest = read_manifest(job.manifest_path)
         job.cache = FrozenViewFeatures(job.cache_path, seed=job.seed, epochs=epochs, backbone=backbone)
         job.config = train_config(params, job.seed, device)
-        check_resumable(job.out / CHECKPOINT_NAME, run_fingerprint(
+        job.done = check_resumable(job.out / CHECKPOINT_NAME, run_fingerprint(
             method, job.config, job.manifest.classnames, backbone_id))
 
     clip, tokenizer, _ = load_backbone(backbone, pretrained)
@@ -110,7 +110,10 @@ def run(args) -> int:
             manifest = job.manifest
             name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{job.seed}"
             packed = f", packed with {len(jobs) - 1} other run(s)" if len(jobs) > 1 else ""
-            job.log(f"{name}: {len(manifest.train)} images, {len(manifest.classnames)} classes, device {device}{packed}")
+            job.log(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {len(manifest.train)} images, "
+                    f"{len(manifest.classnames)} classes, device {device}{packed}")
+            if job.done:
+                job.log(f"resuming from the checkpoint after epoch {len(job.done)} of {epochs}")
             tags = {"method": method.name, "base_method": base_method(params, method.name),
                     "dataset": manifest.dataset, "seed": job.seed, "protocol": args.protocol, "shots": manifest.shots}
             run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],
@@ -119,6 +122,10 @@ def run(args) -> int:
                                        "device": device}}
             job.tracked = stack.enter_context(
                 tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=job.out))
+            if job.done:  # the new run holds every epoch: those of the checkpoint, then its own
+                job.tracked.set_tags({"resumed_from_epoch": len(job.done)})
+                for record in job.done:
+                    job.tracked.log_metrics(_epoch_metrics(record), step=record["epoch"])
             job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
             specs.append(RunSpec(method, job.model, job.cache.train_views(), manifest.classnames, job.config,
                                  checkpoint_dir=job.out, frozen_image_features=job.cache if needs_frozen else None,
@@ -141,11 +148,15 @@ def run(args) -> int:
     return 0
 
 
+def _epoch_metrics(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "epoch"}
+
+
 def _epoch_logger(job: _Job, epochs: int, eval_epoch: int):
     from prompt_ot.checkpoint import save_prompts
 
     def on_epoch_end(record: dict) -> None:
-        job.tracked.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        job.tracked.log_metrics(_epoch_metrics(record), step=record["epoch"])
         job.log(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
                 f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
                 f"{record['seconds']:.1f}s")
