@@ -16,12 +16,17 @@ reports/perf/gpu.md with the date and the GPU's name.
    in the class count between the two measured counts) and the measured evaluation throughput. It is an
    estimate built from measured parts and is labelled as such in the report.
 
-    python bench/bench_gpu.py [--epochs 40] [--quick]
+Two parts, each well inside a 10-minute command: ``--part steps`` (1, the evaluation throughput and the
+projection) and ``--part complete`` (2). Each writes its raw figures to ``<out>.<part>.json``; the report
+is rebuilt from whichever parts are there, so they may run in separate sessions. ``--part all`` runs both.
+
+    python bench/bench_gpu.py [--part all|steps|complete] [--epochs 40] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -191,7 +196,8 @@ def projection(steps: list[dict], eval_per_image_s: float, epochs: int, pack: in
     return {"pack": pack, "rows": rows, "total_s": total}
 
 
-def report(result: dict) -> str:
+def report(steps_part: dict | None, complete_part: dict | None) -> str:
+    parts = [part for part in (steps_part, complete_part) if part is not None]
     lines = [
         "# GPU: training-step throughput and one complete base-to-novel run",
         "",
@@ -199,39 +205,78 @@ def report(result: dict) -> str:
         "run, bf16 autocast, fused SGD, views augmented on the GPU from uint8 images, frozen image features "
         "from host memory (as the train cache serves them).",
         "",
-        f"Command: `{result['command']}`",
-        "",
-        *machine_lines(result["machine"]),
-        "",
-        "## Training step",
-        "",
-        "| packed runs | classes | step | training images/s | no host sync in the step | peak memory |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in result["steps"]:
-        lines.append(f"| {row['runs']} | {row['classes']} | {1000 * row['step_s']:.1f} ms | {row['images_per_s']:.0f} | "
-                     f"{'yes' if row['sync_free'] is True else row['sync_free']} | {row['memory_gib']:.1f} GiB |")
-    lines += ["", "## One complete base-to-novel run (50 base classes, 16 shots, 2,500 test images)", "",
-              "| runs | epochs | steps per run | training | evaluation | total | per run |", "|---|---|---|---|---|---|---|"]
-    for row in result["full"]:
-        lines.append(f"| {row['runs']} {'packed' if row['runs'] > 1 else 'alone'} | {row['epochs']} | "
-                     f"{row['steps_per_run']} | {row['train_s']:.0f} s | {row['eval_s']:.0f} s | {row['total_s']:.0f} s | "
-                     f"{row['total_s'] / row['runs']:.0f} s |")
-    for proj in result["projections"]:
+    for part in parts:
+        lines += [f"Part `{part['part']}`: `{part['command']}`", "", *machine_lines(part["machine"]), ""]
+    if steps_part is None:
+        lines += ["## Training step", "", "Not measured yet: run `bash bench/gpu.sh steps`.", ""]
+    else:
+        lines += ["## Training step", "",
+                  "| packed runs | classes | step | training images/s | no host sync in the step | peak memory |",
+                  "|---|---|---|---|---|---|"]
+        for row in steps_part["steps"]:
+            lines.append(f"| {row['runs']} | {row['classes']} | {1000 * row['step_s']:.1f} ms | "
+                         f"{row['images_per_s']:.0f} | {'yes' if row['sync_free'] is True else row['sync_free']} | "
+                         f"{row['memory_gib']:.1f} GiB |")
+        lines += ["", f"Evaluation (prompted encoders, bf16, batch 256): {1e3 * steps_part['eval_per_image_s']:.3f} ms "
+                      "per test image.", ""]
+    lines += ["## One complete base-to-novel run (50 base classes, 16 shots, 2,500 test images)", ""]
+    if complete_part is None:
+        lines += ["Not measured yet: run `bash bench/gpu.sh complete`.", ""]
+    else:
+        lines += ["| runs | epochs | steps per run | training | evaluation | total | per run |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in complete_part["full"]:
+            lines.append(f"| {row['runs']} {'packed' if row['runs'] > 1 else 'alone'} | {row['epochs']} | "
+                         f"{row['steps_per_run']} | {row['train_s']:.0f} s | {row['eval_s']:.0f} s | "
+                         f"{row['total_s']:.0f} s | {row['total_s'] / row['runs']:.0f} s |")
+        lines.append("")
+    for proj in (steps_part or {}).get("projections", []):
         label = "3 seeds packed per process" if proj["pack"] == 3 else "one run per process"
-        lines += ["", f"## Projection: the 33-run base-to-novel table, {label} (estimate from the measured times above)",
+        lines += [f"## Projection: the 33-run base-to-novel table, {label} (estimate from the measured times above)",
                   "", "| dataset | base classes | steps per run | training (3 seeds) | evaluation (3 seeds) |",
                   "|---|---|---|---|---|"]
         for row in proj["rows"]:
             lines.append(f"| {row['dataset']} | {row['base_classes']} | {row['steps']} | {row['train_s'] / 60:.1f} min | "
                          f"{row['eval_s'] / 60:.1f} min |")
-        lines.append(f"| **all 33 runs** | | | | **{proj['total_s'] / 3600:.2f} GPU-hours** |")
-    lines += ["", "Goal: the 33-run table within 1 GPU-hour on one H200-class GPU.", ""]
+        lines += [f"| **all 33 runs** | | | | **{proj['total_s'] / 3600:.2f} GPU-hours** |", ""]
+    lines += ["Goal: the 33-run table within 1 GPU-hour on one H200-class GPU.", ""]
     return "\n".join(lines)
+
+
+def part_file(out: Path, part: str) -> Path:
+    return out.with_name(f"{out.stem}.{part}.json")
+
+
+def measure_steps(clip, tokenizer, args, device: torch.device) -> dict:
+    steps = []
+    for n_classes in args.classes:
+        for n_runs in (1, 3, 8):
+            row = step_throughput(clip, tokenizer, n_runs, n_classes, args.steps, device)
+            steps.append(row)
+            print(f"step: {n_runs} run(s), {n_classes} classes: {1000 * row['step_s']:.1f} ms, "
+                  f"{row['images_per_s']:.0f} images/s, sync-free {row['sync_free']}", flush=True)
+    model = build_model(get_method("prompt_ot"), clip, tokenizer, seed=1)
+    eval_per_image = evaluate_throughput(model, 5000, 100, device) / 5000
+    print(f"evaluation: {1e3 * eval_per_image:.3f} ms per test image", flush=True)
+    return {"steps": steps, "eval_per_image_s": eval_per_image,
+            "projections": [projection(steps, eval_per_image, 40, pack) for pack in (1, 3)]}
+
+
+def measure_complete(clip, tokenizer, args, device: torch.device) -> dict:
+    full = []
+    for n_runs in (1, 3):
+        row = full_run(clip, tokenizer, n_runs, args.epochs, device)
+        full.append(row)
+        print(f"complete run: {n_runs} run(s), {args.epochs} epochs: train {row['train_s']:.0f} s, "
+              f"eval {row['eval_s']:.0f} s", flush=True)
+    return {"full": full}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["all", "steps", "complete"], default="all",
+                        help="steps: throughput, evaluation and projection; complete: the complete runs")
     parser.add_argument("--epochs", type=int, default=40, help="epochs of the complete run (params.yaml: 40)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per throughput row")
     parser.add_argument("--quick", action="store_true", help="2 epochs for the complete run, 10 timed steps")
@@ -248,30 +293,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.epochs, args.steps = 2, 10
     torch.backends.cuda.matmul.allow_tf32 = True
-    machine = machine_info()  # date and load average at the start
-    clip, tokenizer, _ = load_backbone(args.backbone, "none", device=str(device))
-    steps = []
-    for n_classes in args.classes:
-        for n_runs in (1, 3, 8):
-            row = step_throughput(clip, tokenizer, n_runs, n_classes, args.steps, device)
-            steps.append(row)
-            print(f"step: {n_runs} run(s), {n_classes} classes: {1000 * row['step_s']:.1f} ms, "
-                  f"{row['images_per_s']:.0f} images/s, sync-free {row['sync_free']}", flush=True)
-    full = []
-    for n_runs in (1, 3):
-        row = full_run(clip, tokenizer, n_runs, args.epochs, device)
-        full.append(row)
-        print(f"complete run: {n_runs} run(s), {args.epochs} epochs: train {row['train_s']:.0f} s, "
-              f"eval {row['eval_s']:.0f} s", flush=True)
-    model = build_model(get_method("prompt_ot"), clip, tokenizer, seed=1)
-    eval_per_image = evaluate_throughput(model, 5000, 100, device) / 5000
-    projections = [projection(steps, eval_per_image, 40, pack) for pack in (1, 3)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/bench_gpu.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    result = {"command": command.strip(), "machine": machine, "steps": steps, "full": full,
-              "projections": projections}
-    text = report(result)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    clip, tokenizer, _ = load_backbone(args.backbone, "none", device=str(device))
+    measures = {"steps": measure_steps, "complete": measure_complete}
+    for part in (["steps", "complete"] if args.part == "all" else [args.part]):
+        machine = machine_info()  # date and load average at the start of each part
+        result = {"part": part, "command": command.strip(), "machine": machine,
+                  **measures[part](clip, tokenizer, args, device)}
+        part_file(out, part).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    found = {part: json.loads(part_file(out, part).read_text()) if part_file(out, part).exists() else None
+             for part in ("steps", "complete")}
+    text = report(found["steps"], found["complete"])
+    out.write_text(text)
     print(text)
     return 0
 
