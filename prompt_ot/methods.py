@@ -83,8 +83,13 @@ def get_method(name: str, overrides: dict | None = None) -> MethodConfig:
         extra = overrides["regulariser"]
         if extra is None:
             regulariser = None
+        elif not isinstance(extra, dict):
+            raise UserError(f"the regulariser override of {name} must be a mapping or null, got {extra!r}")
+        elif "kind" in extra and (regulariser is None or extra["kind"] != regulariser.get("kind")):
+            regulariser = extra  # another kind (or one added to a method without): its own arguments only
         elif regulariser is None:
-            raise UserError(f"method {name} has no regulariser to override; pick a method that has one")
+            raise UserError(f"method {name} has no regulariser to override; give the regulariser a 'kind' "
+                            f"to add one, or pick a method that has one")
         else:
             regulariser = {**regulariser, **extra}
     return replace(

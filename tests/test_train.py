@@ -151,6 +151,55 @@ def test_method_registry_has_the_papers_defaults():
     assert get_method("prompt_ot", {"regulariser": {"weight": 1.0}}).regulariser["weight"] == 1.0
 
 
+def test_a_new_regulariser_kind_is_tried_through_a_params_variant(tiny, monkeypatch):
+    """What a user does to try a regulariser: subclass ``Regulariser``, register its kind, name a variant in
+    params.yaml that puts it on a method's prompts; it is built with its own arguments, checked, and trained."""
+    from prompt_ot import losses
+    from prompt_ot.config import resolve_method
+    from prompt_ot.losses import Regulariser, RegulariserInputs, build_regulariser
+
+    calls = []
+
+    class TextAnchor(Regulariser):
+        """weight * mean squared distance of the prompted class texts to the frozen ones."""
+
+        def __init__(self, weight: float = 1.0):
+            super().__init__()
+            self.weight = losses.check_positive("weight", weight)
+
+        def forward(self, inputs: RegulariserInputs) -> torch.Tensor:
+            calls.append(inputs.class_text.shape)
+            return self.weight * (inputs.class_text - inputs.frozen_class_text).pow(2).sum(-1).mean()
+
+    monkeypatch.setitem(losses.REGULARISERS, "text_anchor", TextAnchor)
+    params = {"variants": {
+        "ivlp_anchor": {"method": "ivlp", "regulariser": {"kind": "text_anchor", "weight": 2.0},
+                        "prompts": {"text_depth": 2, "vision_depth": 2}},
+        "ot_to_l1": {"method": "prompt_ot", "regulariser": {"kind": "pointwise_l1", "image_weight": 1.0}},
+        "bad": {"method": "ivlp", "regulariser": {"kind": "text_anchor", "weight": -1}},
+    }}
+    method = resolve_method(params, "ivlp_anchor")
+    assert method.regulariser == {"kind": "text_anchor", "weight": 2.0}
+    assert isinstance(build_regulariser(method.regulariser), TextAnchor)
+    # another kind on a method that has one starts from that kind's arguments, not the old kind's
+    assert resolve_method(params, "ot_to_l1").regulariser == {"kind": "pointwise_l1", "image_weight": 1.0}
+    with pytest.raises(UserError, match="variants.bad.*weight"):
+        resolve_method(params, "bad")
+    with pytest.raises(UserError, match="give the regulariser a 'kind'"):
+        get_method("ivlp", {"regulariser": {"weight": 1.0}})
+
+    clip, tokenizer, _ = tiny
+    model = build_model(method, clip, tokenizer, seed=1)
+    result = train(method, model, ToyImages(4, 3), ["red", "green", "blue"], small_config(epochs=2))
+    assert len(calls) == 2 * (12 // 4) and all(shape == (3, calls[0][1]) for shape in calls)
+    assert all(record["regulariser"] > 0 for record in result.history)
+    alone = train(get_method("ivlp", {"prompts": {"text_depth": 2, "vision_depth": 2}}),
+                  build_model(method, clip, tokenizer, seed=1), ToyImages(4, 3), ["red", "green", "blue"],
+                  small_config(epochs=2))
+    assert alone.history[-1]["regulariser"] == 0
+    assert any(not torch.equal(result.prompts[k], alone.prompts[k]) for k in result.prompts)
+
+
 def test_bad_recipe_values_are_user_errors(tiny):
     for bad in ({"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"precision": "fp8"}, {"warmup_epochs": 5}):
         with pytest.raises(UserError):
