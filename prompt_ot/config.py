@@ -159,5 +159,5 @@ def train_config(params: dict, seed: int, device: str = "auto"):
 
     t = params["train"]
     keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "precision",
-            "num_workers", "deterministic")
+            "num_workers", "deterministic", "augment_on")
     return TrainConfig(**{k: t[k] for k in keys if k in t}, seed=seed, device=device)

@@ -98,6 +98,7 @@ def _params():
         (lambda p: p["methods"].append("maple"), r"methods\[8\] = 'maple' is not a known method"),
         (lambda p: p["datasets"].append("mnist"), r"datasets\[15\] = 'mnist' is not a known dataset"),
         (lambda p: p["train"].update(precision="fp8"), r"train.precision = 'fp8' is not allowed"),
+        (lambda p: p["train"].update(augment_on="gpu"), r"train.augment_on = 'gpu' is not allowed"),
         (lambda p: p["protocols"]["base2novel"]["datasets"].append("imagenet_a"), r"cannot be trained on"),
         (lambda p: p["datasets"].remove("dtd"), r"'dtd' is not listed under 'datasets'"),
         (lambda p: p.update(variants={"x": {"method": "prompt_ot", "regulariser": {"weight": -1}}}), r"variants.x"),
@@ -110,6 +111,17 @@ def test_bad_params_name_the_key(change, message):
     change(params)
     with pytest.raises(UserError, match=message):
         validate_params(params)
+
+
+def test_the_recipe_in_params_reaches_the_trainer():
+    from prompt_ot.config import train_config
+
+    params = _params()
+    params["train"].update(augment_on="cpu", deterministic=True, precision="bf16")
+    validate_params(params)
+    config = train_config(params, seed=3, device="cpu")
+    assert (config.augment_on, config.deterministic, config.precision, config.seed) == ("cpu", True, "bf16", 3)
+    assert (config.epochs, config.lr, config.batch_size) == (40, 0.005, 4)
 
 
 def test_snakemake_refuses_bad_params_before_running(tmp_path):
