@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Unattended GPU measurements for the performance report, on a machine with one CUDA GPU and the project's
-# environment (make setup); nothing is downloaded. Run from anywhere:
+# environment (make setup), or PyTorch plus the wheels of bench/gpu_wheels.sh in .whl/; nothing is
+# downloaded. Run from anywhere:
 #
 #   bash bench/gpu.sh            # everything (both parts below, one after the other)
 #   bash bench/gpu.sh steps      # step throughput (packs of 1/3/8, 50/500 classes, sync check), evaluation
@@ -20,6 +21,16 @@ case "$PART" in all|steps|complete) ;; *) echo "usage: bash bench/gpu.sh [all|st
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
+if ! "$PY" -c "import open_clip, ot" 2>/dev/null; then
+    # a GPU machine with PyTorch but not this project's environment: the wheels of bench/gpu_wheels.sh
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "error: $PY cannot import open_clip and ot (POT); run 'make setup', or bench/gpu_wheels.sh on a machine with PyPI and bring .whl/ along" >&2
+        exit 2
+    fi
+    site=$(mktemp -d "${TMPDIR:-/tmp}/prompt_ot_site.XXXXXX")
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 mkdir -p reports/perf
 log=reports/perf/gpu_run.log
 {
