@@ -6,7 +6,7 @@
 #   bash bench/gpu.sh            # everything (both parts below, one after the other)
 #   bash bench/gpu.sh steps      # step throughput (packs of 1/3/8, 50/500 classes, sync check), evaluation
 #                                # throughput and the 33-run projection; OT solvers on the GPU; this project's
-#                                # step vs the reference step on the GPU
+#                                # step vs the reference step on the GPU; the gpu-marked tests
 #   bash bench/gpu.sh complete   # one complete base-to-novel run, alone and with 3 seeds packed
 #
 # The parts may run in separate sessions (each is meant to fit a 10-minute job; neither has been timed on
@@ -43,5 +43,8 @@ EPOCHS=${EPOCHS:-40}
 if [ "$PART" != complete ]; then
     "$PY" bench/bench_ot.py --quick 2>&1 | tail -n 5 | tee -a "$log"
     "$PY" bench/bench_train_step.py --device cuda --repeats 10 --out reports/perf/train_step_gpu.md 2>&1 | tail -n 12 | tee -a "$log"
+    echo "== the gpu-marked tests (sync-free step and OT, device views): pytest -m gpu" | tee -a "$log"
+    "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_augment.py tests/test_losses.py tests/test_packing.py \
+        tests/test_cache.py 2>&1 | tail -n 20 | tee -a "$log" || echo "some gpu tests FAILED (above)" | tee -a "$log"
 fi
 echo "done $(date -Is) (part $PART); reports in reports/perf/ (gpu.md, ot_solvers.md, train_step_gpu.md, gpu_run.log)" | tee -a "$log"
