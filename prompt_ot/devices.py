@@ -4,6 +4,8 @@ Snakemake's ``--resources gpu=N`` only caps how many GPU jobs run at once; it do
 job gets. Each job therefore claims one itself: it walks the visible GPUs (``CUDA_VISIBLE_DEVICES`` is
 honoured, as SLURM sets it) and takes the first whose lock file it can ``flock``. The lock is held for
 the life of the process and released by the kernel when the process ends, even on SIGKILL.
+
+:func:`to_device` moves a host tensor to the training device without making the host wait for it.
 """
 
 from __future__ import annotations
@@ -64,3 +66,17 @@ def pick_device(requested: str = "auto") -> str:
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{claim_gpu(torch.cuda.device_count())}"
+
+
+def to_device(host, device):
+    """``host`` (a CPU tensor) on ``device`` without waiting for it: pinned on CUDA, then copied asynchronously.
+
+    A copy from pageable memory would stage through a driver buffer; from pinned memory it is queued on the
+    stream like a kernel, so a training step stays one stream of device work.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and not host.is_cuda:
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)

@@ -314,6 +314,7 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
     ``fixed_text`` maps ``id(run)`` to class-text features encoded once (runs without text prompts);
     ``prompts_text`` says the runs' class texts are prompted and re-encoded every step.
     """
+    from prompt_ot.devices import to_device
     from prompt_ot.losses import RegulariserInputs
     from prompt_ot.models.prompted import packed_class_text_features, packed_image_features
 
@@ -337,7 +338,7 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
                 frozen_image = None
                 if run.needs_frozen_image:
                     supplied = run.spec.frozen_image_features
-                    frozen_image = (_to_device(supplied(epoch, indices), device) if supplied is not None
+                    frozen_image = (to_device(supplied(epoch, indices), device) if supplied is not None
                                     else frozen_all[k])
                 reg = run.regulariser(RegulariserInputs(
                     image=image.float(),
@@ -362,13 +363,6 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
     for run in runs:
         run.scaler.step(run.optimizer)
         run.scaler.update()
-
-
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without waiting for it: pinned, then copied asynchronously."""
-    if device.type == "cuda" and not host.is_cuda:
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
 
 
 def _end_epoch(run: _Run, epoch: int, lr: float) -> None:

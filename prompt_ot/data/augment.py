@@ -143,12 +143,12 @@ class TrainViews:
         import torchvision.transforms.v2.functional as F
         from torchvision.transforms import InterpolationMode
 
+        from prompt_ot.devices import to_device
+
         device = torch.device(device)
         rows = [int(i) for i in indices]
-        pixels = torch.from_numpy(np.stack([self.store[i] for i in rows]))
-        if device.type == "cuda":
-            pixels = pixels.pin_memory()
-        pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+        pixels = to_device(torch.from_numpy(np.stack([self.store[i] for i in rows])), device)
+        pixels = pixels.permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         height, width = pixels.shape[-2:]
         views = []
         for k, i in enumerate(rows):
@@ -156,10 +156,8 @@ class TrainViews:
             crop = F.resized_crop(pixels[k], top, left, h, w, [self.image_size, self.image_size],
                                   interpolation=InterpolationMode.BICUBIC, antialias=True)
             views.append(F.hflip(crop) if flip else crop)
-        labels = torch.as_tensor(np.asarray(self.store.labels)[rows], dtype=torch.long)
-        if device.type == "cuda":
-            labels = labels.pin_memory()
-        return _normalise(torch.stack(views), *self._moments(device)), labels.to(device, non_blocking=True)
+        labels = to_device(torch.as_tensor(np.asarray(self.store.labels)[rows], dtype=torch.long), device)
+        return _normalise(torch.stack(views), *self._moments(device)), labels
 
     def _moments(self, device):
         """Mean and std as tensors on ``device``, made once: from lists, normalising copies them every call."""
