@@ -45,7 +45,6 @@ from machine import machine_info, machine_lines  # noqa: E402
 from prompt_ot.data.augment import TrainViews  # noqa: E402
 from prompt_ot.data.imagenet_classes import imagenet_classnames  # noqa: E402
 from prompt_ot.data.registry import get_recipe  # noqa: E402
-from prompt_ot.data.store import default_train_size  # noqa: E402
 from prompt_ot.methods import build_model, get_method  # noqa: E402
 from prompt_ot.models.backbone import load_backbone  # noqa: E402
 from prompt_ot.train import RunSpec, TrainConfig, _packed_step, _Run, train_packed  # noqa: E402
@@ -58,11 +57,12 @@ B2N_DATASETS = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowe
 
 
 class ArrayStore:
-    """The image store's interface over random uint8 images in memory (a pool of 64, reused, to save RAM)."""
+    """The image store's interface over random uint8 images in memory (a pool of 16, reused, to save RAM),
+    each 500 x 375 like a typical dataset photo: below the store's size cap, so kept at its original size."""
 
-    def __init__(self, count: int, n_classes: int, seed: int, size: int, pool: int = 64):
+    def __init__(self, count: int, n_classes: int, seed: int, height: int = 375, width: int = 500, pool: int = 16):
         rng = np.random.default_rng(seed)
-        self.images = rng.integers(0, 256, (pool, size, size, 3), dtype=np.uint8)
+        self.images = rng.integers(0, 256, (pool, height, width, 3), dtype=np.uint8)
         self.labels = np.arange(count) % n_classes
 
     def __len__(self) -> int:
@@ -70,6 +70,9 @@ class ArrayStore:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.images[i % len(self.images)]
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        return self.images.shape[1], self.images.shape[2]
 
 
 def synchronize(device: torch.device) -> None:
@@ -102,7 +105,7 @@ def make_specs(clip, tokenizer, n_runs: int, n_classes: int, epochs: int, precis
     specs = []
     for seed in range(1, n_runs + 1):
         count = SHOTS * n_classes
-        store = ArrayStore(count, n_classes, seed, default_train_size(side))
+        store = ArrayStore(count, n_classes, seed)
         config = TrainConfig(epochs=epochs, precision=precision, device=device, seed=seed)
         specs.append(RunSpec(method, build_model(method, clip, tokenizer, seed=seed), TrainViews(store, seed, side),
                              classnames, config, frozen_image_features=CachedFeatures(epochs, count, dim, seed)))

@@ -8,14 +8,17 @@ complete:
   (N, D) float32 with row i = store item i, ``labels.npy`` and ``text_features_<k>.npy`` (C, D), the
   frozen class-name features of the k-th template. Read with :class:`TestFeatures`.
 - train, once per (backbone, manifest, augmentation seed): ``store/`` (the manifest's training images,
-  "train" mode) and ``view_features.npy`` (E, N, D) float32, the frozen features of the view
-  ``train_view(store[i], seed, e, i)`` that the trainer's ``TrainViews`` yields for item i in epoch e.
-  Read (memory-mapped) with :class:`FrozenViewFeatures`, the trainer's ``frozen_image_features``.
+  "train" mode: each whole image with its aspect ratio and original size, shorter side capped at
+  ``train_short_side``) and ``view_features.npy`` (E, N, D) float32, the frozen features of the view
+  ``store_view(store, i, seed, e)`` (crop box drawn on the original image size, as the reference does)
+  that the trainer's ``TrainViews`` yields for item i in epoch e. Read (memory-mapped) with
+  :class:`FrozenViewFeatures`, the trainer's ``frozen_image_features``.
 
 Every feature is the normalised output of ``PromptedCLIP`` with prompts off, the same forward the
 trainer and ``evaluate`` run. A build is skipped when the folder holds a cache of the same identity
-(backbone, pretrained tag, dataset, manifest, seed) and inputs (weights, images, templates, precision);
-other inputs are rebuilt; another identity is refused unless ``replace``, since it means a wrong ``--out``.
+(backbone, pretrained tag, dataset, manifest, seed) and inputs (weights, images, templates, precision,
+image-store format and, for training views, the stored size cap); other inputs are rebuilt; another identity
+is refused unless ``replace``, since it means a wrong ``--out``.
 A backbone without pretrained weights gets ``load_backbone``'s seeded random initialisation.
 """
 
@@ -37,13 +40,13 @@ import torch
 
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
+from prompt_ot.precision import PRECISIONS, autocast
 from prompt_ot.utils.io import building_folder, remove_stale_folders, replace_folder
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 KINDS = ("test", "train")
 PAPER_TEMPLATE = "a photo of a {}."
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _check_templates(templates: Sequence[str]) -> list[str]:
     return templates
 
 
-def _weights(pretrained: str | None) -> tuple[str, str]:
+def weights_source(pretrained: str | None) -> tuple[str, str]:
     """(source, id): where the weights come from (identity) and what exactly they are (input)."""
     from prompt_ot.models.backbone import CHECKPOINT_SUFFIXES, RANDOM_INIT_SEED
     from prompt_ot.utils.io import sha256_file
@@ -181,21 +184,17 @@ class _Building:
 
 
 # ---------------------------------------------------------------------------------------------- encoding
-def load_frozen_encoder(backbone: str, pretrained: str | None, device: str = "auto"):
-    """The backbone as a ``PromptedCLIP`` with prompts off (the trainer's frozen forward), and its ``Preprocess``."""
+def load_frozen_encoder(backbone: str, pretrained: str | None, device: str = "auto", precision: str = "fp32"):
+    """The backbone as a ``PromptedCLIP`` with prompts off (the trainer's frozen forward), and its ``Preprocess``;
+    its weights in half for ``fp16`` (:mod:`prompt_ot.precision`), as the runs that read the features."""
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.models.prompted import PromptConfig, PromptedCLIP
     from prompt_ot.train import resolve_device
 
     target = resolve_device(device)
-    clip, tokenizer, preprocess = load_backbone(backbone, pretrained)
+    clip, tokenizer, preprocess = load_backbone(backbone, pretrained, precision=precision)
     model = PromptedCLIP(clip, tokenizer, PromptConfig(0, 0, 0, 0, ctx_init=None)).to(target).eval()
     return model, preprocess, target
-
-
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -208,7 +207,7 @@ def _encode_into(model, dataset, out: np.ndarray, batch_size: int, workers: int,
     row = 0
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, mininterval=2.0) as bar:
         for images, _ in loader:
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 features = model.frozen_image_features(images.to(device, non_blocking=True))
             out[row : row + len(features)] = features.float().cpu().numpy()
             row += len(features)
@@ -226,11 +225,11 @@ class _AllViews(torch.utils.data.Dataset):
         return self.epochs * len(self.store)
 
     def __getitem__(self, k: int):
-        from prompt_ot.data.augment import train_view
+        from prompt_ot.data.augment import store_view
 
         epoch, i = divmod(k, len(self.store))
         pre = self.preprocess
-        return train_view(self.store[i], self.seed, epoch, i, pre.image_size, pre.mean, pre.std), 0
+        return store_view(self.store, i, self.seed, epoch, pre.image_size, pre.mean, pre.std), 0
 
 
 def _feature_dim(model) -> int:
@@ -275,6 +274,7 @@ def cache_test_items(
 ) -> BuildResult:
     """The test cache of any labelled items (``build_test_cache`` for a registered dataset)."""
     from prompt_ot.data.augment import TestImages
+    from prompt_ot.data.store import FORMAT_VERSION as STORE_FORMAT
     from prompt_ot.data.store import build_store
 
     _check_positive(batch_size=batch_size)
@@ -284,10 +284,11 @@ def cache_test_items(
     if not items:
         raise UserError(f"dataset {dataset} has no test images in its split; check the split file")
     out_dir, image_root = Path(out_dir), Path(image_root)
-    source, weights_id = _weights(pretrained)
+    source, weights_id = weights_source(pretrained)
     identity = {"backbone": backbone, "pretrained": source, "dataset": dataset}
     inputs = {"weights": weights_id, "items": _items_fingerprint(items, image_root), "templates": templates,
-              "classnames": list(classnames), "precision": precision, "skip_bad": skip_bad}
+              "classnames": list(classnames), "precision": precision, "skip_bad": skip_bad,
+              "store_format": STORE_FORMAT}
     reason = _plan(out_dir, "test", identity, inputs, replace, None)
     if reason is None:
         return _reused(out_dir)
@@ -295,7 +296,7 @@ def cache_test_items(
 
     started = time.perf_counter()
     timings = {}
-    model, preprocess, target = load_frozen_encoder(backbone, pretrained, device)
+    model, preprocess, target = load_frozen_encoder(backbone, pretrained, device, precision)
     timings["load_s"] = time.perf_counter() - started
     with _Building(out_dir) as tmp:
         store = build_store(items, image_root, tmp / "store", "test", preprocess.image_size,
@@ -314,7 +315,7 @@ def cache_test_items(
         entries = []
         for k, template in enumerate(templates):
             model.set_classnames(list(classnames), template)
-            with torch.no_grad(), _autocast(target, precision):
+            with torch.no_grad(), autocast(target, precision):
                 text = model.frozen_class_text_features().float().cpu().numpy()
             np.save(tmp / f"text_features_{k}.npy", text)
             entries.append({"template": template, "file": f"text_features_{k}.npy"})
@@ -358,24 +359,32 @@ def build_train_cache(
 def cache_train_items(
     items: Sequence[Item], image_root: str | Path, classnames: Sequence[str], *, source: dict, backbone: str,
     pretrained: str | None, out_dir: str | Path, epochs: int, seed: int, batch_size: int = 256,
-    device: str = "auto", workers: int = 0, precision: str = "fp32", train_size: int | None = None,
+    device: str = "auto", workers: int = 0, precision: str = "fp32", train_short_side: int | None = None,
     replace: bool = False, skip_bad: bool = False, progress: bool = True,
 ) -> BuildResult:
-    """The training-view cache of any labelled items; ``source`` names them (dataset, manifest fields)."""
-    from prompt_ot.data.store import build_store
+    """The training-view cache of any labelled items; ``source`` names them (dataset, manifest fields).
 
-    _check_positive(epochs=epochs, batch_size=batch_size)
+    ``train_short_side`` caps the stored shorter side of the training images (None: automatic, the
+    smallest cap at which every crop is still a downscale; 0: keep them as decoded), see ``build_store``.
+    """
+    from prompt_ot.data.store import FORMAT_VERSION as STORE_FORMAT
+    from prompt_ot.data.store import build_store, check_train_short_side
+
+    _check_positive(batch_size=batch_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise UserError(f"epochs must be a non-negative integer (0: the store only, no view features), got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
     if precision not in PRECISIONS:
         raise unknown_name("precision", precision, PRECISIONS)
+    check_train_short_side(train_short_side)
     if not items:
         raise UserError(f"no training images to cache ({source}); check the manifest")
     out_dir, image_root = Path(out_dir), Path(image_root)
-    weights_source, weights_id = _weights(pretrained)
-    identity = {"backbone": backbone, "pretrained": weights_source, **source, "seed": seed}
+    weights_from, weights_id = weights_source(pretrained)
+    identity = {"backbone": backbone, "pretrained": weights_from, **source, "seed": seed}
     inputs = {"weights": weights_id, "items": _items_fingerprint(items, image_root), "precision": precision,
-              "train_size": train_size, "skip_bad": skip_bad}
+              "train_short_side": train_short_side, "skip_bad": skip_bad, "store_format": STORE_FORMAT}
     reason = _plan(out_dir, "train", identity, inputs, replace, epochs)
     if reason is None:
         return _reused(out_dir)
@@ -383,20 +392,23 @@ def cache_train_items(
 
     started = time.perf_counter()
     timings = {}
-    model, preprocess, target = load_frozen_encoder(backbone, pretrained, device)
+    model, preprocess, target = load_frozen_encoder(backbone, pretrained, device, precision)
     timings["load_s"] = time.perf_counter() - started
     with _Building(out_dir) as tmp:
-        store = build_store(items, image_root, tmp / "store", "train", preprocess.image_size, train_size=train_size,
-                            skip_bad=skip_bad, classnames=classnames)
+        store = build_store(items, image_root, tmp / "store", "train", preprocess.image_size,
+                            train_short_side=train_short_side, skip_bad=skip_bad, classnames=classnames)
         timings["store_s"] = time.perf_counter() - started - timings["load_s"]
         mark = time.perf_counter()
         dim = _feature_dim(model)
-        views = np.lib.format.open_memmap(tmp / "view_features.npy", mode="w+", dtype=np.float32,
-                                          shape=(epochs, len(store), dim))
-        _encode_into(model, _AllViews(store, seed, epochs, preprocess), views.reshape(epochs * len(store), dim),
-                     batch_size, workers, target, precision, f"training views ({epochs} epochs)", progress)
-        views.flush()
-        del views
+        if epochs == 0 or len(store) == 0:  # nothing to encode (no run of the grid reads frozen view features)
+            np.save(tmp / "view_features.npy", np.zeros((epochs, len(store), dim), dtype=np.float32))
+        else:
+            views = np.lib.format.open_memmap(tmp / "view_features.npy", mode="w+", dtype=np.float32,
+                                              shape=(epochs, len(store), dim))
+            _encode_into(model, _AllViews(store, seed, epochs, preprocess), views.reshape(epochs * len(store), dim),
+                         batch_size, workers, target, precision, f"training views ({epochs} epochs)", progress)
+            views.flush()
+            del views
         np.save(tmp / "labels.npy", store.labels)
         timings["view_features_s"] = time.perf_counter() - mark
         _write_index(tmp, {
@@ -467,8 +479,13 @@ class FrozenViewFeatures:
         counts = self.index["counts"]
         self.epochs, self.num_items, self.dim = counts["epochs"], counts["images"], counts["dim"]
         self.seed: int = self.index["identity"]["seed"]
+        self.precision: str = self.index["inputs"]["precision"]
         self.views = _load_array(self.path / "view_features.npy", (self.epochs, self.num_items, self.dim),
-                                 np.float32, mmap=True)
+                                 np.float32, mmap=self.epochs * self.num_items > 0)
+
+    def covers(self, epochs: int, precision: str) -> bool:
+        """Whether the cached views are those a run of ``epochs`` epochs at ``precision`` would compute itself."""
+        return self.epochs >= epochs and self.precision == precision
 
     def __call__(self, epoch: int, indices) -> torch.Tensor:
         if not 0 <= epoch < self.epochs:
@@ -506,6 +523,7 @@ class TestFeatures:
         n, dim, n_classes = counts["images"], counts["dim"], counts["classes"]
         self.classnames: list[str] = self.index["classnames"]
         self.templates: list[str] = [e["template"] for e in self.index["templates"]]
+        self.precision: str = self.index["inputs"]["precision"]
         self.image_features = torch.from_numpy(_load_array(self.path / "image_features.npy", (n, dim), np.float32))
         self.labels = torch.from_numpy(_load_array(self.path / "labels.npy", (n,), np.int64))
         self.rows = torch.arange(n)  # store item of each row

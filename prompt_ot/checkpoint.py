@@ -1,7 +1,7 @@
 """Training checkpoints: one safetensors file, written atomically each epoch, loaded without running code.
 
-It holds the trainable prompts, the optimiser's momentum buffers, the loss-scaler and RNG state, the
-epoch and the per-epoch history, plus a fingerprint of (method, recipe, classes, backbone) so that a
+It holds the trainable prompts, the optimiser's momentum buffers, the RNG state, the epoch and the
+per-epoch history, plus a fingerprint of (method, recipe, classes, backbone) so that a
 checkpoint from another run is refused rather than silently resumed.
 """
 
@@ -15,7 +15,7 @@ import torch
 from prompt_ot.errors import UserError
 from prompt_ot.utils.io import atomic_path
 
-FORMAT = "prompt_ot.checkpoint/1"
+FORMAT = "prompt_ot.checkpoint/2"
 
 
 def _save_canonical(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
@@ -61,7 +61,7 @@ def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {k: json.loads(v) for k, v in meta.items() if k != "format"}
 
 
-def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[dict], fingerprint: str) -> None:
+def save_checkpoint(path, model, optimizer, epoch: int, history: list[dict], fingerprint: str) -> None:
     tensors = {f"prompt/{k}": v.cpu().contiguous() for k, v in model.prompt_state().items()}
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     for group in optimizer.param_groups:
@@ -75,7 +75,6 @@ def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[di
         "epoch": str(epoch),
         "fingerprint": fingerprint,
         "history": json.dumps(history),
-        "scaler": json.dumps({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in scaler.state_dict().items()}),
     }
     with atomic_path(path) as tmp:
         _save_canonical(tensors, tmp, meta)
@@ -83,6 +82,9 @@ def save_checkpoint(path, model, optimizer, scaler, epoch: int, history: list[di
 
 def _check_meta(path, meta: dict, fingerprint: str) -> None:
     if meta.get("format") != FORMAT:
+        if str(meta.get("format", "")).startswith("prompt_ot.checkpoint/"):
+            raise UserError(f"checkpoint {path} has format {meta['format']}, this version reads {FORMAT}; delete it "
+                            "to restart the run")
         raise UserError(f"{path} is not a prompt_ot training checkpoint; delete it to restart the run")
     if meta.get("fingerprint") != fingerprint:
         raise UserError(
@@ -113,7 +115,7 @@ def check_resumable(path, fingerprint: str) -> list[dict]:
         raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
 
 
-def load_checkpoint(path, model, optimizer, scaler, fingerprint: str) -> tuple[int, list[dict]]:
+def load_checkpoint(path, model, optimizer, fingerprint: str) -> tuple[int, list[dict]]:
     """Restore state in place; returns (epochs completed, history)."""
     from safetensors import safe_open
 
@@ -131,8 +133,4 @@ def load_checkpoint(path, model, optimizer, scaler, fingerprint: str) -> tuple[i
             p = params[key[len("momentum/"):]]
             optimizer.state[p]["momentum_buffer"] = value.to(p.device, p.dtype)
     torch.set_rng_state(tensors["rng/torch_cpu"])
-    if meta.get("scaler"):
-        state = json.loads(meta["scaler"])
-        if state:
-            scaler.load_state_dict(state)
     return int(meta["epoch"]), json.loads(meta["history"])

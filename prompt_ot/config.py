@@ -15,6 +15,11 @@ from prompt_ot.errors import UserError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.json"
 PROTOCOL_NAMES = ("base2novel", "cross_dataset", "domain_generalization", "few_shot")
+# the protocol whose trained prompts each protocol evaluates, and the class subset it trains on
+TRAINED_BY = {"base2novel": "base2novel", "cross_dataset": "cross_dataset", "domain_generalization": "cross_dataset",
+              "few_shot": "few_shot"}
+SUBSET_OF = {"base2novel": "base", "cross_dataset": "all", "few_shot": "all"}
+OPERATIONAL_KEYS = ("num_workers", "pack", "deterministic", "augment_on")  # train keys that are not the recipe
 
 
 @lru_cache(maxsize=1)
@@ -108,13 +113,48 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
         if name not in cross_sources:
             raise UserError(f"{source}: protocols.domain_generalization.sources[{i}] = {name!r} must also be a "
                             "cross_dataset source (its model is reused)")
-    train = raw["train"]
-    if train.get("warmup_epochs", 1) >= train["epochs"]:
-        raise UserError(f"{source}: train.warmup_epochs = {train.get('warmup_epochs')} must be smaller than "
-                        f"train.epochs = {train['epochs']}")
-    if train.get("eval_epoch", 0) > train["epochs"]:
-        raise UserError(f"{source}: train.eval_epoch = {train['eval_epoch']} is beyond train.epochs = {train['epochs']}")
+    for name in raw["methods"]:
+        for protocol, dataset, shots in trained_runs(raw):
+            _check_run(raw, name, protocol, dataset, shots, source)
     return raw
+
+
+def trained_runs(params: dict) -> list[tuple[str, str, int]]:
+    """Every (training protocol, dataset, shots) that the grid trains each method on."""
+    protocols = params["protocols"]
+    runs = [("base2novel", d, protocols["base2novel"]["shots"]) for d in protocols["base2novel"]["datasets"]]
+    runs += [("cross_dataset", d, protocols["cross_dataset"]["shots"]) for d in protocols["cross_dataset"]["sources"]]
+    runs += [("few_shot", d, k) for d in protocols["few_shot"]["datasets"] for k in protocols["few_shot"]["shots"]]
+    return runs
+
+
+def _override_source(params: dict, name: str, key: str) -> str:
+    """Where a resolved recipe value was set: the variant's train block, params' train block, or the recipe."""
+    if key in ((params.get("variants") or {}).get(name, {}).get("train") or {}):
+        return f"variants.{name}.train.{key}"
+    if key in (params.get("train") or {}):
+        return f"train.{key}"
+    return f"the {params['recipe']} recipe"
+
+
+def _check_run(params: dict, name: str, protocol: str, dataset: str, shots: int, source: str) -> None:
+    """Refuse, before any stage runs, a resolved recipe that cannot run (named with where its values came from)."""
+    method, recipe = resolve_run(params, name, protocol, dataset, shots, source)
+    if not (method.trains and recipe.trains):
+        return
+    where = f"{source}: {name} on {protocol} ({dataset}, {shots} shots) under recipe {params['recipe']!r}"
+    if recipe.warmup_epochs >= recipe.epochs:
+        raise UserError(f"{where}: warmup_epochs = {recipe.warmup_epochs} ({_override_source(params, name, 'warmup_epochs')}) "
+                        f"must be smaller than epochs = {recipe.epochs} ({_override_source(params, name, 'epochs')})")
+    if recipe.eval_epoch > recipe.epochs:
+        raise UserError(f"{where}: tests the checkpoint after epoch {recipe.eval_epoch} "
+                        f"({_override_source(params, name, 'eval_epoch')}), but trains only {recipe.epochs} epochs "
+                        f"({_override_source(params, name, 'epochs')}); set train.eval_epoch (0 = the final epoch) "
+                        "or more epochs")
+    prompts = method.prompts
+    if prompts.text_depth > 0 and prompts.ctx_init and len(prompts.ctx_init.split()) != prompts.text_ctx:
+        raise UserError(f"{where}: ctx_init {prompts.ctx_init!r} has {len(prompts.ctx_init.split())} words but "
+                        f"text_ctx is {prompts.text_ctx}; make them agree or set ctx_init to null")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -131,33 +171,102 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 
 def resolve_method(params: dict, name: str, source: str = "params.yaml"):
-    """The MethodConfig for a built-in method or a named variant of one."""
+    """The MethodConfig of a built-in method or a named variant of one, in its ``shared`` layout (no recipe);
+    :func:`resolve_run` gives a run's method under the recipe in force."""
+    return _with_variant(params, name, None, source)
+
+
+def _with_variant(params: dict, name: str, recipe, source: str):
+    """The method ``name`` (a variant: its base method) with the recipe's layout, then the variant's overrides."""
     from dataclasses import replace
 
     from prompt_ot.losses import build_regulariser
-    from prompt_ot.methods import get_method
+    from prompt_ot.methods import apply_overrides, get_method
 
     variants = params.get("variants") or {}
+    spec = {k: v for k, v in (variants.get(name) or {}).items() if k not in ("method", "train")}
+    method = get_method(base_method(params, name))
+    if recipe is not None:
+        layered = {"prompts": recipe.prompts}
+        if recipe.regulariser and method.regulariser is not None:
+            layered["regulariser"] = recipe.regulariser
+        if recipe.frozen_template is not None:
+            layered["frozen_template"] = recipe.frozen_template
+        method = apply_overrides(method, layered)
     if name in variants:
-        spec = dict(variants[name])
-        base = spec.pop("method")
         try:
-            method = replace(get_method(base, spec), name=name, description=f"{base} variant {name}: {spec}")
+            method = replace(apply_overrides(method, spec), name=name,
+                             description=f"{method.name} variant {name}: {spec}")
             build_regulariser(method.regulariser)
         except UserError as err:
             raise UserError(f"{source}: variants.{name}: {err}") from err
-        return method
-    return get_method(name)
+    return method
+
+
+def resolve_run(params: dict, name: str, protocol: str, dataset: str, shots: int, source: str = "params.yaml"):
+    """(MethodConfig, Recipe) of one run: method or variant ``name`` trained for ``protocol`` (or evaluated by
+    it: domain generalisation uses the cross-dataset model) on ``dataset`` with ``shots`` shots.
+
+    Layers, each on top of the last: the method's layout, the recipe's values for this (method, protocol,
+    dataset, shots), the variant's own overrides, then params' ``train`` keys and the variant's ``train`` keys.
+    """
+    from prompt_ot.recipes import RECIPE_KEYS, resolve_recipe
+
+    variant = (params.get("variants") or {}).get(name) or {}
+    overrides = {k: v for k, v in (params.get("train") or {}).items() if k in RECIPE_KEYS}
+    overrides |= variant.get("train") or {}
+    recipe = resolve_recipe(params["recipe"], base_method(params, name), TRAINED_BY[protocol], dataset, shots,
+                            overrides)
+    return _with_variant(params, name, recipe, source), recipe
 
 
 def base_method(params: dict, name: str) -> str:
     return (params.get("variants") or {}).get(name, {}).get("method", name)
 
 
-def train_config(params: dict, seed: int, device: str = "auto"):
+def train_config(params: dict, recipe, seed: int, device: str = "auto"):
+    """The trainer's configuration: the resolved recipe's values plus params' operational train keys."""
     from prompt_ot.train import TrainConfig
 
-    t = params["train"]
-    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "precision",
-            "num_workers", "deterministic", "augment_on")
-    return TrainConfig(**{k: t[k] for k in keys if k in t}, seed=seed, device=device)
+    values = recipe.train_values()
+    values.pop("eval_epoch")
+    operational = {k: v for k, v in (params.get("train") or {}).items() if k in OPERATIONAL_KEYS and k != "pack"}
+    return TrainConfig(**values, **operational, seed=seed, device=device)
+
+
+def _needs_frozen_image(method) -> bool:
+    from prompt_ot.losses import build_regulariser
+
+    regulariser = build_regulariser(method.regulariser)
+    return regulariser is not None and regulariser.needs_frozen_image
+
+
+def _common_precision(precisions: set[str]) -> str:
+    return next(iter(precisions)) if len(precisions) == 1 else "fp32"
+
+
+def view_cache_settings(params: dict, dataset: str, subset: str, shots: int) -> dict:
+    """What the training-view cache of a manifest must hold for the grid: frozen features of as many epochs as the
+    longest run that reads them (0 when no method of the grid needs frozen image features), at the precision those
+    runs train in (float32 when they differ: the others then compute their frozen features while training)."""
+    runs = [resolve_run(params, name, protocol, dataset, shots) for name in params["methods"]
+            for protocol, d, k in trained_runs(params) if (d, k, SUBSET_OF[protocol]) == (dataset, shots, subset)]
+    needing = [recipe for method, recipe in runs if method.trains and _needs_frozen_image(method)]
+    return {"epochs": max((r.epochs for r in needing), default=0),
+            "precision": _common_precision({r.precision for r in needing})}
+
+
+def test_cache_precision(params: dict, dataset: str) -> str:
+    """The precision of a dataset's test cache: that of every run evaluated on it when they agree, else float32
+    (runs of another precision then compute their test features when evaluated)."""
+    protocols = params["protocols"]
+    precisions = set()
+    for protocol, source, shots in trained_runs(params):
+        targets = {source}
+        if protocol == "cross_dataset":
+            targets |= set(protocols["cross_dataset"]["evaluate"]["targets"])
+            if source in protocols["domain_generalization"]["sources"]:
+                targets |= set(protocols["domain_generalization"]["evaluate"]["targets"])
+        if dataset in targets:
+            precisions |= {resolve_run(params, name, protocol, source, shots)[1].precision for name in params["methods"]}
+    return _common_precision(precisions)

@@ -1,7 +1,9 @@
 """The methods of the benchmark, each a prompt layout plus an optional regulariser, with the paper's defaults.
 
 A method is data: ``get_method("prompt_ot", overrides)`` returns a frozen ``MethodConfig``; the trainer and
-the model builder read it. Depths are the paper's (12) and are capped at the backbone's number of layers.
+the model builder read it. The layouts here are those of the ``shared`` recipe (Prompt-OT's depth 12 for the
+deep prompts); ``prompt_ot.recipes`` holds each method's released layout and training values, and
+``prompt_ot.config.resolve_run`` combines the two. Depths are capped at the backbone's number of layers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.models.prompted import PromptConfig
+from prompt_ot.recipes import DATASET_TEMPLATE
 
 DEEP = PromptConfig(text_ctx=4, text_depth=12, vision_ctx=4, vision_depth=12, ctx_init="a photo of a")
 SHALLOW_TEXT = PromptConfig(text_ctx=4, text_depth=1, vision_ctx=0, vision_depth=0, ctx_init="a photo of a")
@@ -28,11 +31,17 @@ class MethodConfig:
     prompts: PromptConfig
     regulariser: dict | None = None
     trains: bool = True
-    frozen_template: str = "a photo of a {}."  # S_c, the pre-trained text targets of the regulariser
+    # S_c, the pre-trained text targets of the regulariser: a template with one {}, or "dataset" for the
+    # dataset's own zero-shot template (KgCoOp's)
+    frozen_template: str = "a photo of a {}."
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def frozen_template_for(self, dataset_template: str) -> str:
+        """The template of the frozen class texts S_c for a dataset whose zero-shot template is given."""
+        return dataset_template if self.frozen_template == DATASET_TEMPLATE else self.frozen_template
 
 
 METHODS: dict[str, MethodConfig] = {
@@ -41,8 +50,8 @@ METHODS: dict[str, MethodConfig] = {
         MethodConfig("zeroshot", "zero-shot CLIP with the dataset's hand-crafted template", NONE, None, trains=False),
         MethodConfig("coop", "CoOp: 4 learnable text context tokens at the input only", SHALLOW_TEXT),
         MethodConfig("ivlp", "independent deep vision-language prompts, no regulariser", DEEP),
-        MethodConfig("kgcoop", "KgCoOp: CoOp plus a pull of prompted class texts to hand-crafted ones (weight 8)",
-                     SHALLOW_TEXT, {"kind": "kgcoop", "weight": 8.0}),
+        MethodConfig("kgcoop", "KgCoOp: CoOp plus a pull of prompted class texts to the dataset's hand-crafted ones "
+                     "(weight 8)", SHALLOW_TEXT, {"kind": "kgcoop", "weight": 8.0}, frozen_template=DATASET_TEMPLATE),
         MethodConfig("pointwise_l1", "IVLP plus L1 between each fine-tuned feature and its frozen one (image 10, text 25)",
                      DEEP, {"kind": "pointwise_l1", "image_weight": 10.0, "text_weight": 25.0}),
         MethodConfig("prompt_ot", "Prompt-OT: IVLP plus exact OT between joint image+text features (lambda 10)",
@@ -63,9 +72,21 @@ def get_method(name: str, overrides: dict | None = None) -> MethodConfig:
     """The named method with optional overrides: {"prompts": {...}, "regulariser": {...}, "frozen_template": ...}."""
     if name not in METHODS:
         raise unknown_name("method", name, METHODS)
-    method = METHODS[name]
+    return apply_overrides(METHODS[name], overrides)
+
+
+def check_template(template) -> str:
+    if template != DATASET_TEMPLATE and (not isinstance(template, str) or template.count("{}") != 1):
+        raise UserError(f"frozen_template {template!r} must hold exactly one '{{}}' for the class name, or be "
+                        f"{DATASET_TEMPLATE!r} for the dataset's own template")
+    return template
+
+
+def apply_overrides(method: MethodConfig, overrides: dict | None) -> MethodConfig:
+    """``method`` with {"prompts": {...}, "regulariser": {...}, "frozen_template": ...} applied on top."""
     if not overrides:
         return method
+    name = method.name
     overrides = copy.deepcopy(overrides)
     allowed = {"prompts", "regulariser", "frozen_template"}
     for key in overrides:
@@ -96,7 +117,7 @@ def get_method(name: str, overrides: dict | None = None) -> MethodConfig:
         method,
         prompts=prompts,
         regulariser=regulariser,
-        frozen_template=overrides.get("frozen_template", method.frozen_template),
+        frozen_template=check_template(overrides.get("frozen_template", method.frozen_template)),
     )
 
 

@@ -8,7 +8,10 @@ One JSON file per (protocol, method, training dataset, shots, seed) evaluation::
      "accuracy": {"base": 97.9, "novel": 94.1},   # percent, full precision
      "n": {"base": 1549, "novel": 916},
      "hm": 95.96,                                  # base2novel only: 2BN/(B+N)
-     "base_method": "prompt_ot", "regulariser_weight": 10.0}  # for variants (e.g. a lambda sweep)
+     "base_method": "prompt_ot", "regulariser_weight": 10.0,  # for variants (e.g. a lambda sweep)
+     "recipe": "released", "epochs": 40, "precision": "fp16",  # epoch < epochs: tested before the last epoch
+     "provenance": {...},     # what produced the prompts (prompt_ot.provenance)
+     "recipe_values": {...}}  # every resolved value of the recipe in force
 
 Protocols and their ``accuracy`` keys: ``base2novel`` -> base, novel; ``cross_dataset`` and
 ``domain_generalization`` -> one key per evaluated dataset (the source included); ``few_shot`` -> all.
@@ -42,6 +45,11 @@ class RunMetrics:
     hm: float | None = None
     base_method: str | None = None  # the registry method a variant derives from (equals method otherwise)
     regulariser_weight: float | None = None  # lambda of the regulariser, None without one
+    recipe: str | None = None  # "released" | "shared" (None: written before recipes existed)
+    epochs: int | None = None  # epochs the run trained; ``epoch`` is the one tested
+    precision: str | None = None
+    provenance: dict = field(default_factory=dict)
+    recipe_values: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         payload = {"format": FORMAT, **asdict(self)}

@@ -1,10 +1,16 @@
 """Train a method's prompts on a labelled image dataset: the engine, free of any pipeline or tracker.
 
-``train(method, model, dataset, classnames, config)`` runs the paper's recipe (SGD 0.005, momentum 0.9,
-weight decay 5e-4, one constant warm-up epoch at 1e-4, then cosine over the remaining schedule, batch 4
-dropping the last partial batch) and returns the trained prompts and per-epoch metrics. The batch order
-depends only on (seed, epoch) and a dataset with ``set_epoch`` gets the epoch before its batches are
-drawn, so a run killed after epoch k resumes from its checkpoint to exactly the uninterrupted weights.
+``train(method, model, dataset, classnames, config)`` runs a recipe (``prompt_ot.recipes`` resolves which:
+SGD with momentum and weight decay, constant warm-up epochs, then Dassl's cosine schedule, batches that
+drop the last partial one as Dassl's loader does) and returns the trained prompts and per-epoch metrics.
+The batch order depends only on (seed, epoch) and a dataset with ``set_epoch`` gets the epoch before its
+batches are drawn, so a run killed after epoch k resumes from its checkpoint to exactly the uninterrupted
+weights.
+
+Precision: ``fp32``; ``bf16`` autocast (the fast GPU path); ``fp16`` as the released code runs
+(``PREC: fp16``): the backbone's weights and the prompts in half precision (open_clip's ``precision="fp16"``,
+which casts exactly the tensors OpenAI's CLIP keeps in half and computes layer norms in fp32), plain SGD on
+the half prompts, no loss scaling.
 
 ``train_packed(runs)`` trains several runs (other seeds, other datasets, or other methods with the same
 prompt layout) in one process on one shared frozen backbone: each step concatenates every run's batch
@@ -20,7 +26,6 @@ the epoch ends (the only host synchronisation).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -34,8 +39,8 @@ import torch.nn.functional as F
 
 from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.methods import MethodConfig
+from prompt_ot.precision import PRECISIONS, autocast
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 AUGMENT_ON = ("auto", "cpu", "device")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FrozenImageFeatures = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, dataset indices) -> (B, D)
@@ -88,16 +93,25 @@ def resolve_device(device: str) -> torch.device:
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """Constant warm-up, then cosine annealing from ``lr`` towards 0 over all epochs (Dassl's schedule)."""
+    """The rate of (0-based) ``epoch`` under Dassl's schedule: ``warmup_lr`` for the warm-up epochs, then
+    ``CosineAnnealingLR(T_max=epochs)`` with its count restarted when the warm-up ends (Dassl's
+    ``WARMUP_RECOUNT``): lr(e) = lr / 2 * (1 + cos(pi * (e - warmup_epochs) / epochs)). So the first epoch
+    after the warm-up runs at the full rate, and the cosine never reaches 0 within the run."""
     if epoch < config.warmup_epochs:
         return config.warmup_lr
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / config.epochs))
 
 
 def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled full batches of one epoch; depends only on (seed, epoch)."""
+    """The shuffled batches of one epoch; depends only on (seed, epoch).
+
+    As Dassl's training loader (``drop_last`` only when the set holds at least one batch): the last partial
+    batch is dropped, and a set smaller than one batch is one batch of all its items.
+    """
     generator = torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}:{epoch}".encode()).hexdigest()[:15], 16))
     order = torch.randperm(n_items, generator=generator).tolist()
+    if n_items < batch_size:
+        return [order] if order else []
     n_batches = n_items // batch_size
     return [order[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
 
@@ -112,13 +126,6 @@ def run_fingerprint(method: MethodConfig, config: TrainConfig, classnames: list[
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _index_dataset(dataset):
@@ -167,6 +174,10 @@ class RunSpec:
     frozen_image_features: FrozenImageFeatures | None = None
     backbone: str = ""
     on_epoch_end: Callable[[dict], None] | None = None
+    frozen_template: str | None = None  # the frozen class texts' template; None: the method's, or CLIP's generic
+
+
+GENERIC_TEMPLATE = "a photo of a {}."
 
 
 class _Run:
@@ -177,8 +188,13 @@ class _Run:
 
         self.spec = spec
         model = spec.model
+        half = model.dtype == torch.float16
+        if spec.method.trains and half != (spec.config.precision == "fp16"):
+            raise UserError(f"precision {spec.config.precision} needs a backbone loaded at "
+                            f"{'fp16' if not half else 'fp32'} weights, this one has {model.dtype}; load it with "
+                            f"load_backbone(..., precision={spec.config.precision!r})")
         model.to(device)
-        model.set_classnames(spec.classnames)
+        model.set_classnames(spec.classnames, spec.frozen_template or spec.method.frozen_template_for(GENERIC_TEMPLATE))
         self.regulariser = build_regulariser(spec.method.regulariser)
         if self.regulariser is not None:
             self.regulariser.to(device)
@@ -192,17 +208,14 @@ class _Run:
         self.on_device_views = False
         if not self.trains:
             return
-        if len(spec.dataset) < spec.config.batch_size:
-            raise UserError(f"the training set has {len(spec.dataset)} images, fewer than one batch of "
-                            f"{spec.config.batch_size}")
+        if len(spec.dataset) == 0:
+            raise UserError("the training set is empty; check the manifest")
         self.optimizer = make_optimizer(self.params, spec.config, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=spec.config.precision == "fp16")
         if self.ckpt_path is not None and self.ckpt_path.exists():
             from prompt_ot.checkpoint import load_checkpoint
 
-            self.start_epoch, self.history = load_checkpoint(
-                self.ckpt_path, model, self.optimizer, self.scaler, self.fingerprint)
-        with torch.no_grad(), _autocast(device, spec.config.precision):
+            self.start_epoch, self.history = load_checkpoint(self.ckpt_path, model, self.optimizer, self.fingerprint)
+        with torch.no_grad(), autocast(device, spec.config.precision):
             self.frozen_class_text = model.frozen_class_text_features().float()
         augment_on = spec.config.augment_on
         self.on_device_views = hasattr(spec.dataset, "device_batch") and (
@@ -239,8 +252,6 @@ def _check_pack(runs: Sequence[_Run]) -> None:
         theirs = {k: v for k, v in asdict(first.config).items() if k != "seed"}
         if mine != theirs:
             raise UserError(f"packed runs need the same training recipe apart from the seed: {mine} vs {theirs}")
-    if len(runs) > 1 and first.config.precision == "fp16":
-        raise UserError("fp16 cannot be packed (each run needs its own loss scaling); use bf16 or fp32")
 
 
 def train(
@@ -254,15 +265,17 @@ def train(
     backbone: str = "",
     on_epoch_end: Callable[[dict], None] | None = None,
     stop_after_epoch: int | None = None,
+    frozen_template: str | None = None,
 ) -> TrainResult:
     """Train ``model``'s prompts (a ``PromptedCLIP``) with ``method`` and return prompts and per-epoch metrics.
 
     ``frozen_image_features(epoch, indices)`` may supply the regulariser's frozen image features of the
     exact training views (the feature cache); then no frozen image forward runs during training.
-    ``stop_after_epoch`` ends the run early (as a kill would), for tests of resumption.
+    ``stop_after_epoch`` ends the run early (as a kill would), for tests of resumption. ``frozen_template`` is the
+    template of the frozen class texts S_c (the dataset's, for a method whose frozen template is "dataset").
     """
     spec = RunSpec(method, model, dataset, classnames, config, checkpoint_dir, frozen_image_features, backbone,
-                   on_epoch_end)
+                   on_epoch_end, frozen_template)
     return train_packed([spec], stop_after_epoch=stop_after_epoch)[0]
 
 
@@ -275,7 +288,8 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
     if not specs:
         return []
     for spec in specs:
-        spec.config.validate()
+        if spec.method.trains:
+            spec.config.validate()
     config = specs[0].config
     set_deterministic(config.deterministic)
     device = resolve_device(config.device)
@@ -286,7 +300,7 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
     prompts_text = bool(training) and training[0].spec.model.config.text_depth > 0
     fixed_text = {}
     if training and not prompts_text:  # without text prompts class texts never change: encode them once
-        with torch.no_grad(), _autocast(device, config.precision):
+        with torch.no_grad(), autocast(device, config.precision):
             fixed_text = {id(run): run.spec.model.class_text_features().float() for run in training}
 
     for epoch in range(min((run.start_epoch for run in training), default=config.epochs), config.epochs):
@@ -323,7 +337,7 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
     counts = [len(b[1]) for b in batches]
     models = [run.spec.model for run in runs]
     total = torch.zeros((), device=device)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         image_all = packed_image_features(models, images, counts).split(counts)
         texts = packed_class_text_features(models) if prompts_text else [fixed_text[id(run)] for run in runs]
         frozen_all = None
@@ -331,7 +345,9 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
             frozen_all = models[0].frozen_image_features(images).split(counts)  # one frozen forward for all
         for k, (run, (_, labels, indices), image, class_text) in enumerate(zip(runs, batches, image_all, texts)):
             labels = labels.to(device, non_blocking=True)
-            logits = (models[k].logit_scale * image @ class_text.t()).float()
+            logits = models[k].logit_scale * image @ class_text.t()
+            if precision != "fp16":  # bf16 autocast: the loss in float32; fp16: half logits, as the released code
+                logits = logits.float()
             ce = F.cross_entropy(logits, labels)
             reg = torch.zeros((), device=device)
             if run.regulariser is not None:
@@ -358,11 +374,9 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
             run.seen += n
     for run in runs:
         run.optimizer.zero_grad(set_to_none=True)
-    # Loss scaling is on only for fp16, which a pack refuses: a scaled loss is always a single run's.
-    runs[0].scaler.scale(total).backward()
+    total.backward()  # no loss scaling in any precision (the released fp16 training has none either)
     for run in runs:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+        run.optimizer.step()
 
 
 def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
@@ -384,7 +398,6 @@ def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
     if run.ckpt_path is not None:
         from prompt_ot.checkpoint import save_checkpoint
 
-        save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, run.scaler, epoch + 1, run.history,
-                        run.fingerprint)
+        save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, epoch + 1, run.history, run.fingerprint)
     if run.spec.on_epoch_end is not None:
         run.spec.on_epoch_end(record)

@@ -1,4 +1,5 @@
-"""Seeded augmentation: replayable views keyed by (seed, epoch, index), and open_clip-exact test images."""
+"""Seeded augmentation: replayable views keyed by (seed, epoch, index), crop boxes that are torchvision's
+RandomResizedCrop boxes on the original image, views equal to the reference's, and open_clip-exact test images."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from prompt_ot.data.augment import (
     TrainViews,
     batch_train_views,
     crop_box,
+    store_view,
+    stored_box,
     test_view,
     train_view,
     view_params,
@@ -45,7 +48,8 @@ def image() -> np.ndarray:
 
 @pytest.fixture
 def stores(tmp_path):
-    """(train store, test store, image root, items) over 6 images of several shapes."""
+    """(train store, test store, image root, items) over 6 images of several shapes; the train store's cap
+    of 36 px keeps three of them as decoded and resizes the other three."""
     root = tmp_path / "images"
     items = []
     for k, (w, h) in enumerate([(50, 37), (37, 50), (41, 41), (64, 30), (30, 64), (45, 33)]):
@@ -54,7 +58,7 @@ def stores(tmp_path):
         picture = smooth_image(k, w, h)
         (picture.convert("L") if k == 4 else picture).save(root / relpath)
         items.append(Item(relpath, k % 2, f"class{k % 2}"))
-    train = build_store(items, root, tmp_path / "train", "train", 32, train_size=40)
+    train = build_store(items, root, tmp_path / "train", "train", 32, train_short_side=36)
     test = build_store(items, root, tmp_path / "test", "test", 32)
     return train, test, root, items
 
@@ -122,6 +126,150 @@ def test_crop_box_falls_back_to_a_centre_crop():
     assert crop_box(30, 30, AlwaysHigh()) == (0, 0, 30, 30)
 
 
+class TorchDraws:
+    """The random numbers exactly as torchvision's ``RandomResizedCrop.get_params`` draws them."""
+
+    def uniform(self, low, high):
+        return torch.empty(1).uniform_(low, high).item()
+
+    def integers(self, low, high):
+        return torch.randint(low, high, size=(1,)).item()
+
+
+# (height, width): landscape, portrait, square, extreme strips (the centre-crop fallback), tiny images
+BOX_SIZES = [(375, 500), (500, 375), (224, 224), (1080, 1920), (10, 100), (100, 10), (3, 1000), (2, 3), (1, 1)]
+STRIPS = [(10, 100), (100, 10), (3, 1000)]
+
+
+def test_crop_boxes_equal_torchvisions_under_the_same_draws():
+    from torchvision import transforms
+
+    fallbacks = {}
+    for height, width in BOX_SIZES:
+        image = torch.empty(3, height, width)
+        for seed in range(150):
+            torch.manual_seed(seed)
+            expected = transforms.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
+            after_torchvision = torch.rand(1)
+            torch.manual_seed(seed)
+            assert crop_box(height, width, TorchDraws()) == tuple(expected), (height, width, seed)
+            assert torch.equal(torch.rand(1), after_torchvision)  # the same number of draws
+            if (height, width) in STRIPS:  # no box of the top of the ranges fits, so AlwaysHigh gives the fallback
+                fallbacks[height, width] = fallbacks.get((height, width), 0) + (
+                    tuple(expected) == crop_box(height, width, AlwaysHigh()))
+    assert all(count >= 50 for count in fallbacks.values()) and fallbacks[3, 1000] == 150  # the fallback was hit
+
+
+def _box_statistics(boxes, height, width) -> np.ndarray:
+    """Per box: relative area, log aspect (w / h), relative centre row and column."""
+    b = np.asarray(boxes, dtype=np.float64)
+    top, left, h, w = b.T
+    return np.stack([h * w / (height * width), np.log(w / h), (top + h / 2) / height, (left + w / 2) / width], 1)
+
+
+def test_production_boxes_follow_torchvisions_distribution():
+    """The numpy-keyed boxes of (seed, epoch, index) against torchvision's own draws on a 375 x 500 image.
+
+    Each mean may differ by at most 4.5 standard errors of the difference of two independent means,
+    sqrt(var_ours / n + var_torchvision / n): a false alarm has probability below 1e-5 per statistic.
+    Boxes drawn on the centre square instead (the previous store's layout) are caught by the same check.
+    """
+    from torchvision import transforms
+
+    n, height, width = 3000, 375, 500
+    ours = _box_statistics([view_params(0, 0, k, height, width)[:4] for k in range(n)], height, width)
+    torch.manual_seed(0)
+    image = torch.empty(3, height, width)
+    theirs = _box_statistics([transforms.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
+                              for _ in range(n)], height, width)
+
+    def within(a, b):
+        error = np.sqrt(a.var(0, ddof=1) / n + b.var(0, ddof=1) / n)
+        return np.abs(a.mean(0) - b.mean(0)) <= 4.5 * error
+
+    assert within(ours, theirs).all(), (ours.mean(0), theirs.mean(0))
+    offset = (width - height) // 2  # the old layout: boxes on the centred height x height square
+    square = [(t, l + offset, h, w) for t, l, h, w, _ in (view_params(0, 0, k, height, height) for k in range(n))]
+    assert not within(_box_statistics(square, height, width), theirs)[0]  # its relative area is 3/4 of theirs
+
+
+def _decoded_tensor(path) -> torch.Tensor:
+    """The reference's input: the file decoded by PIL, converted to RGB, as a uint8 CHW tensor."""
+    import torchvision.transforms.v2.functional as F
+
+    with Image.open(path) as picture:
+        return F.pil_to_tensor(picture.convert("RGB"))
+
+
+def _reference_crop(original: torch.Tensor, box, flip: bool, size: int) -> np.ndarray:
+    """torchvision's resized crop (bicubic, antialiased) of the original image, flipped when drawn, as uint8 HWC."""
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    crop = F.resized_crop(original, *box, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return (F.hflip(crop) if flip else crop).permute(1, 2, 0).numpy()
+
+
+def test_view_of_an_image_stored_whole_is_torchvisions_resized_crop_of_the_file(stores):
+    from torchvision import transforms
+
+    train, _, root, items = stores
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CLIP_MEAN, CLIP_STD)])
+    checked = 0
+    for i in (3, 4, 5):  # the images the store kept as decoded
+        assert train.original_size(i) == train[i].shape[:2]
+        original = _decoded_tensor(root / items[i].relpath)
+        for epoch in range(12):
+            top, left, h, w, flip = view_params(7, epoch, i, *train.original_size(i))
+            reference = _reference_crop(original, (top, left, h, w), flip, 32)
+            view = store_view(train, i, 7, epoch, 32)
+            assert torch.equal(view, test_view(reference)), (i, epoch)  # the same pixels, normalised alike
+            # the reference's own ToTensor + Normalize agree to float rounding
+            torch.testing.assert_close(view, to_tensor(reference), rtol=0, atol=2e-6)
+            checked += 1
+    assert checked == 36
+
+
+def _big_store(tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    smooth_image(5, 300, 200).save(root / "a.jpg", quality=95)
+    store = build_store([Item("a.jpg", 0, "a")], root, tmp_path / "big_store", "train", 32)
+    return store, _decoded_tensor(root / "a.jpg")
+
+
+def test_stored_box_scales_a_box_onto_the_resized_image():
+    assert stored_box((3, 4, 5, 6), (200, 300), (200, 300)) == (3, 4, 5, 6)
+    assert stored_box((0, 0, 200, 300), (200, 300), (131, 196)) == (0, 0, 131, 196)
+    assert stored_box((100, 150, 50, 60), (200, 300), (100, 150)) == (50, 75, 25, 30)
+    assert stored_box((199, 299, 1, 1), (200, 300), (100, 150)) == (99, 149, 1, 1)  # never empty, never outside
+
+
+def test_view_of_an_image_above_the_cap_is_close_to_the_reference(tmp_path):
+    """A 300 x 200 image with 32 px inputs (automatic cap 131) is stored at 196 x 131: each box is mapped to
+    within half a stored pixel per edge, and the view differs from torchvision's resized crop of the
+    original file by less than 2.5 grey levels on average per view (about 0.8 on average overall; the
+    pre-resize and the sub-pixel shift of the rounded box; more at sharp edges)."""
+    store, original = _big_store(tmp_path)
+    assert store[0].shape == (131, 196, 3) and store.original_size(0) == (200, 300)
+    sy, sx = 131 / 200, 196 / 300
+    level = 1 / 255 / max(CLIP_STD)  # one grey level after normalisation, at least
+    means, wrong = [], []
+    stored = torch.from_numpy(store[0].copy()).permute(2, 0, 1)
+    for epoch in range(40):
+        top, left, h, w, flip = view_params(2, epoch, 0, 200, 300)
+        t, l, sh, sw = stored_box((top, left, h, w), (200, 300), (131, 196))
+        assert 0 <= t and t + sh <= 131 and 0 <= l and l + sw <= 196
+        for edge, exact in [(t, top * sy), (t + sh, (top + h) * sy), (l, left * sx), (l + sw, (left + w) * sx)]:
+            assert abs(edge - exact) <= 0.5 + 1e-9
+        reference = test_view(_reference_crop(original, (top, left, h, w), flip, 32))
+        means.append(float((store_view(store, 0, 2, epoch, 32) - reference).abs().mean()) / level)
+        unmapped = test_view(_reference_crop(stored, (top, left, h, w), flip, 32))  # the box used as drawn
+        wrong.append(float((unmapped - reference).abs().mean()) / level)
+    assert max(means) < 2.5 and np.mean(means) < 1.2, (max(means), np.mean(means))
+    assert np.mean(wrong) > 4 * np.mean(means)  # an unmapped box is far off
+
+
 def test_test_store_matches_open_clip_preprocess(stores, capsys):
     import open_clip
 
@@ -143,7 +291,11 @@ def test_datasets_and_batches(stores):
     assert len(views) == 6
     view, label = views[4]
     assert label == items[4].label
-    assert torch.equal(view, train_view(train[4], 3, 0, 4, 32))
+    assert torch.equal(view, train_view(train[4], 3, 0, 4, 32))  # (64, 30): stored as decoded
+    assert train.original_size(0) == (37, 50) and train[0].shape == (36, 48, 3)  # resized by the store
+    assert torch.equal(views[0][0], train_view(train[0], 3, 0, 0, 32, original_size=(37, 50)))
+    assert torch.equal(views[0][0], store_view(train, 0, 3, 0, 32))
+    assert not torch.equal(views[0][0], train_view(train[0], 3, 0, 0, 32))  # box drawn on the wrong size
     views.set_epoch(1)
     assert torch.equal(views[4][0], train_view(train[4], 3, 1, 4, 32))
     assert not torch.equal(views[4][0], view)
@@ -200,3 +352,33 @@ def test_device_batch_on_the_gpu_is_within_one_intensity_level(stores):
     expected, _ = batch_train_views(train, range(6), seed=4, epoch=1, image_size=32)
     level = 1 / 255 / min(CLIP_STD)
     assert (batch.cpu() - expected).abs().max().item() <= level + 1e-6
+
+
+
+def test_views_are_within_a_fraction_of_a_grey_level_of_pils_bicubic():
+    """The reference resizes a crop with PIL's bicubic (RandomResizedCrop on a PIL image); ours is torchvision's
+    antialiased bicubic on uint8 tensors. On photo-like 500x375 images, over 60 views, the mean absolute
+    difference is a small fraction of one grey level (about 0.04 measured) and single pixels differ by a few
+    levels at most (docs/fidelity.md, T7)."""
+    from prompt_ot.data.augment import _resize_flip, _to_chw, view_crop
+
+    means, worst = [], 0
+    for k in range(12):
+        picture = smooth_image(k, 500, 375)
+        pixels = np.asarray(picture)
+        for epoch in range(5):
+            crop, _ = view_crop(pixels, None, 1, epoch, k)
+            ours = _resize_flip(_to_chw(crop), False, 224).permute(1, 2, 0).numpy().astype(int)
+            top, left = _offset_of(crop, pixels)
+            box = (left, top, left + crop.shape[1], top + crop.shape[0])
+            pil = np.asarray(picture.crop(box).resize((224, 224), Image.BICUBIC)).astype(int)
+            means.append(np.abs(ours - pil).mean())
+            worst = max(worst, int(np.abs(ours - pil).max()))
+    assert np.mean(means) < 0.2 and max(means) < 1.0, (np.mean(means), max(means))
+    assert worst <= 8
+
+
+def _offset_of(view: np.ndarray, base: np.ndarray) -> tuple[int, int]:
+    """(top, left) of a numpy slice ``view`` inside ``base``."""
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return divmod(offset // base.strides[1], base.shape[1])

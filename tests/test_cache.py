@@ -2,6 +2,7 @@
 prompts of training with the frozen forward, cached test and text features equal the model's, cached
 evaluation equals ``evaluate()``; plus reuse, killed builds and caches of another backbone or seed."""
 
+import math
 import os
 
 import numpy as np
@@ -412,3 +413,29 @@ def test_cli_builds_reuses_and_reports_mistakes(digits, tmp_path, capsys):
     assert main(train_args[:3] + [str(tmp_path / "missing.json")] + train_args[4:]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "missing.json")
+
+
+def test_the_training_image_size_cap_and_the_store_format_are_inputs_of_the_train_cache(digits, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "train"
+    args = ["cache", "train", "--manifest", str(digits["manifest"]), "--root", str(digits["root"]),
+            "--backbone", "tiny-vit", "--epochs", "1", "--seed", "1", "--out", str(out), "--device", "cpu"]
+    assert main(args + ["--train-short-side", "0"]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["inputs"]["train_short_side"] == 0 and index["inputs"]["store_format"] == 2
+    store_index = json.loads((out / "store" / "index.json").read_text())
+    assert store_index["preprocess"]["resize_shorter_side_above"] is None
+    capsys.readouterr()
+    assert main(args) == 0  # the automatic cap is another input
+    assert "inputs changed (train_short_side)" in capsys.readouterr().out
+    assert json.loads((out / "store" / "index.json").read_text())["preprocess"]["resize_shorter_side_above"] == \
+        math.ceil(FrozenViewFeatures(out).index["preprocess"]["image_size"] / math.sqrt(0.08 * 3 / 4))
+    # a cache written before the store format was an input (an old, square store) is rebuilt
+    index = json.loads((out / "index.json").read_text())
+    del index["inputs"]["store_format"]
+    (out / "index.json").write_text(json.dumps(index))
+    assert main(args) == 0
+    assert "inputs changed (store_format)" in capsys.readouterr().out
+    assert main(args + ["--train-short-side", "-5"]) == 2
+    assert "train_short_side must be a non-negative integer" in capsys.readouterr().err

@@ -74,7 +74,8 @@ def jpeg_bytes(size: int = 48) -> bytes:
 
 
 def small_params(**train) -> dict:
-    """The project's params.yaml shrunk to dtd with the tiny random CLIP, 2 epochs, deferred MLflow."""
+    """The project's params.yaml (the released recipes) shrunk to dtd with the tiny random CLIP, 2 epochs tested at
+    the last, in fp32, deferred MLflow."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["backbone"] = {"name": "tiny-vit", "pretrained": "none"}
     params["datasets"] = ["dtd"]
@@ -85,7 +86,7 @@ def small_params(**train) -> dict:
         "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
         "few_shot": {"datasets": [], "shots": []},
     }
-    params["train"].update(epochs=2, num_workers=0, **train)
+    params["train"].update(epochs=2, eval_epoch=0, precision="fp32", num_workers=0, **train)
     params["mlflow"] = {"experiment": "cli-errors", "defer": True}
     return params
 
@@ -180,8 +181,10 @@ def test_unknown_method_name_on_the_command_line(work, capsys, tmp_path):
      ["unknown backbone 'vit-huge-typo'", "tiny-vit"]),
     (["cache", "test", "dtd", "--backbone", "tiny-vit", "--batch-size", "0", "--out", "{tmp}/c"],
      ["batch_size", "positive integer", "0"]),
-    (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--epochs", "0", "--seed", "1",
-      "--out", "{tmp}/c"], ["epochs", "positive integer", "0"]),
+    (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--epochs", "-1", "--seed", "1",
+      "--out", "{tmp}/c"], ["epochs", "non-negative integer", "-1"]),
+    (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--seed", "1", "--out", "{tmp}/c"],
+     ["--epochs", "--params"]),
     (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--epochs", "2", "--seed", "-1",
       "--out", "{tmp}/c"], ["seed", "non-negative", "-1"]),
 ])
@@ -472,7 +475,7 @@ def test_downloaded_archive_with_an_escaping_member_is_refused(server, monkeypat
 def test_check_resumable_refuses_a_foreign_checkpoint_from_its_header(work, tmp_path):
     """The check the train command makes before it opens anything in the run folder."""
     from prompt_ot.checkpoint import check_resumable
-    from prompt_ot.config import load_params, resolve_method, train_config
+    from prompt_ot.config import load_params, resolve_run, train_config
     from prompt_ot.data.fewshot import read_manifest
     from prompt_ot.errors import UserError
     from prompt_ot.train import run_fingerprint
@@ -482,7 +485,8 @@ def test_check_resumable_refuses_a_foreign_checkpoint_from_its_header(work, tmp_
     ckpt = work["run"] / "checkpoint.safetensors"
 
     def fingerprint(method):
-        return run_fingerprint(resolve_method(params, method), train_config(params, 1, "cpu"), classes, "tiny-vit:none")
+        resolved, recipe = resolve_run(params, method, "base2novel", "dtd", 2)
+        return run_fingerprint(resolved, train_config(params, recipe, 1, "cpu"), classes, "tiny-vit:none")
 
     before = ckpt.read_bytes()
     check_resumable(ckpt, fingerprint("coop"))  # its own run: fine
@@ -493,3 +497,60 @@ def test_check_resumable_refuses_a_foreign_checkpoint_from_its_header(work, tmp_
     with pytest.raises(UserError, match="damaged"):
         check_resumable(tmp_path / "junk.safetensors", fingerprint("coop"))
     assert ckpt.read_bytes() == before
+
+
+def test_evaluate_refuses_prompts_of_another_run_naming_both(work, capsys, tmp_path):
+    """The released recipe end to end (Prompt-OT in fp16, as released): its prompts carry their provenance into the
+    metrics file, and an evaluation asked to label another run is refused, naming both, with nothing written."""
+    from prompt_ot.cache import TestFeatures
+    from prompt_ot.checkpoint import load_prompts, save_prompts
+
+    raw = small_params()
+    del raw["train"]["precision"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    rc, out, err = cli(capsys, *train_args(work, "prompt_ot", run, params))
+    assert rc == 0, err
+    summary = json.loads((run / "train.json").read_text())
+    recipe = summary["recipe"]
+    assert (recipe["name"], recipe["precision"], recipe["lr"], recipe["batch_size"]) == ("released", "fp16", 0.005, 4)
+    assert recipe["overridden"] == ["epochs", "eval_epoch"] and "released" in (run / "train.log").read_text()
+    assert summary["frozen_image_features"] == "computed while training"  # the shared cache holds fp32 views
+    assert summary["provenance"]["sampler"] == "dassl" and len(summary["provenance"]["manifest_sha256"]) == 64
+    tests = tmp_path / "test"
+    assert main(["cache", "test", "dtd", "--params", str(params), "--root", str(work["root"]), "--backbone",
+                 "tiny-vit", "--pretrained", "none", "--out", str(tests / "dtd"), "--device", "cpu"]) == 0
+    assert TestFeatures(tests / "dtd").precision == "fp16"  # every run of the grid evaluates in fp16
+    prompts = run / "prompts.safetensors"
+
+    def evaluate(params_file=params, prompts_file=prompts, **changes):
+        values = {"method": "prompt_ot", "dataset": "dtd", "shots": "2", "seed": "1"} | changes
+        args = ["evaluate", "--params", params_file, "--protocol", "base2novel", "--prompts", prompts_file,
+                "--test-cache-root", tests, "--out", tmp_path / "metrics.json", "--device", "cpu"]
+        for key, value in values.items():
+            args += [f"--{key}", value]
+        return cli(capsys, *args)
+
+    rc, _, err = evaluate()
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["provenance"] == summary["provenance"]
+    assert (metrics["recipe"], metrics["precision"], metrics["epoch"], metrics["epochs"]) == ("released", "fp16", 2, 2)
+    (tmp_path / "metrics.json").unlink()
+    (tmp_path / "predictions.npz").unlink()
+    for change, have, want in [({"seed": "2"}, "seed 1", "seed 2"), ({"shots": "4"}, "shots 2", "shots 4"),
+                               ({"method": "ivlp"}, "method 'prompt_ot'", "method 'ivlp'"),
+                               ({"dataset": "eurosat"}, "dataset 'dtd'", "dataset 'eurosat'")]:
+        rc, _, err = evaluate(**change)
+        assert_one_clear_error(rc, err, str(prompts), have, want, "asked to label")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(yaml.safe_dump(raw | {"recipe": "shared"}))
+    rc, _, err = evaluate(params_file=shared)
+    assert_one_clear_error(rc, err, "recipe 'released'", "recipe 'shared'")
+    tensors, meta = load_prompts(prompts)
+    old = tmp_path / "old.safetensors"
+    save_prompts(old, tensors, {k: v for k, v in meta.items() if k != "provenance"})
+    rc, _, err = evaluate(prompts_file=old)
+    assert_one_clear_error(rc, err, "holds no provenance record", "train the run again")
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "predictions.npz").exists()

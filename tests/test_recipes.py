@@ -191,3 +191,19 @@ def test_check_with_sample_checks_that_many_files(tmp_path):
     report = check_dataset(get_recipe("eurosat"), tmp_path, sample=4)
     assert report.ok and report.checked_files == 4
     assert check_dataset(get_recipe("eurosat"), tmp_path, sample=1000).checked_files == 40
+
+
+def test_imagenet_training_files_are_listed_in_sorted_order(tmp_path):
+    """CoOp lists each class folder with os.listdir, whose order depends on the file system; sorted by name is the
+    one reproducible order, and it decides which 16 images the few-shot sampler picks."""
+    from prompt_ot.data.imagenet_classes import IMAGENET_WNIDS
+
+    make_fixture("imagenet", tmp_path)
+    folder = get_recipe("imagenet").image_root(tmp_path) / "train" / IMAGENET_WNIDS[3]
+    names = ["n_9.JPEG", "n_10.JPEG", "a_2.JPEG", "Z_1.JPEG", ".hidden.JPEG"]
+    for name in names:  # created in an order that is not sorted
+        (folder / name).write_bytes(b"x")
+    split = get_recipe("imagenet").load_split(tmp_path)
+    listed = [it.relpath.rsplit("/", 1)[1] for it in split["train"] if it.label == 3]
+    assert listed == sorted([n for n in names if not n.startswith(".")] + [f"{IMAGENET_WNIDS[3]}_0.JPEG"])
+    assert split["val"] == []  # as CoOp: ImageNet's val set is its test set, no few-shot validation images

@@ -464,3 +464,36 @@ def test_methods_on_different_datasets_are_flagged_and_ablation_uses_common_data
     ablation = {r.key: r for r in tables["ablation"].rows}
     assert ablation["prompt_ot"].cells["base"].mean == pytest.approx(70.0)  # dtd only, the datasets ivlp has
     assert ablation["prompt_ot"].extra["n_datasets"] == 1
+
+
+def test_tables_say_which_recipe_and_mark_rows_tested_before_their_last_epoch(tmp_path):
+    """Captions name the recipe the rows used; rows whose runs were tested before their last epoch (Prompt-OT's
+    released base-to-novel recipe tests epoch 31 of 40) carry ‡ and a note naming the epoch."""
+    paths = []
+    for row_ in b2n_values(methods=("ivlp", "prompt_ot")).itertuples():
+        epoch, epochs = (31, 40) if row_.method == "prompt_ot" else (20, 20)
+        path = tmp_path / f"{row_.method}-{row_.dataset}-{row_.seed}.json"
+        write_metrics(path, RunMetrics("base2novel", row_.method, row_.dataset, int(row_.seed), 16, BACKBONE,
+                                       {"base": row_.base, "novel": row_.novel}, base_method=row_.method,
+                                       epoch=epoch, epochs=epochs, recipe="released"))
+        paths.append(path)
+    out = report(tmp_path, paths, published=False)
+    markdown = (out / "tables" / "base2novel_average.md").read_text()
+    assert "Recipe: released, each method trained with its authors' released recipe" in markdown
+    assert "| Prompt-OT (ours) ‡ |" in markdown and "| IVLP |" in markdown
+    assert "‡ Tested before the last epoch, as the released scripts do (train.eval_epoch): Prompt-OT (ours): epoch " \
+           "31 of 40." in markdown
+    latex = (out / "tables" / "base2novel_average.tex").read_text()
+    assert r"Prompt-OT (ours)$^\ddagger$" in latex and r"$^\ddagger$ Tested before the last epoch" in latex
+    frame = csv(out, "base2novel_average")
+    assert row(frame, "prompt_ot")["tested_early"] and not row(frame, "ivlp")["tested_early"]
+    per_dataset = (out / "tables" / "base2novel_per_dataset.md").read_text()
+    assert "Recipe: released" in per_dataset and "Prompt-OT (ours) ‡" in per_dataset
+    # runs of the shared recipe, tested at their last epoch: no marks, the other sentence
+    for path in paths:
+        text = path.read_text().replace('"epoch": 31', '"epoch": 40').replace('"recipe": "released"',
+                                                                              '"recipe": "shared"')
+        path.write_text(text)
+    out = report(tmp_path / "shared", paths, published=False)
+    markdown = (out / "tables" / "base2novel_average.md").read_text()
+    assert "Recipe: shared, every method trained with Prompt-OT's recipe" in markdown and "‡" not in markdown

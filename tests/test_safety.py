@@ -129,7 +129,7 @@ def test_a_training_checkpoint_that_is_a_pickle_is_refused_without_running_it(tm
     path = tmp_path / "checkpoint.safetensors"
     torch.save({"w": _RunsCode(marker)}, path)
     with pytest.raises(UserError, match="damaged"):
-        load_checkpoint(path, None, None, None, "fingerprint")
+        load_checkpoint(path, None, None, "fingerprint")
     with pytest.raises(UserError, match="damaged or not a safetensors file"):
         load_prompts(path)
     assert not marker.exists()

@@ -22,7 +22,7 @@ from prompt_ot.data.fewshot import (
     sample_fewshot,
     write_manifest,
 )
-from prompt_ot.data.registry import DatasetRecipe, Item, write_coop_split
+from prompt_ot.data.registry import DatasetRecipe, Item, read_coop_split, write_coop_split
 from prompt_ot.data.splits import subsample_classes
 from prompt_ot.errors import UserError
 
@@ -85,7 +85,124 @@ def test_subsets_with_gaps_in_labels_follow_sorted_labels():
 # ----------------------------------------------------------------------------- few-shot sampling
 
 
-def test_exactly_k_per_class_or_all_when_fewer():
+def dassl_restated(split_file: Path, subset: str, shots: int, seed: int) -> dict[str, list[tuple[str, int, str]]]:
+    """The released code's few-shot images, restated from its description (not from our module): Dassl seeds
+    Python's global ``random`` with the run's seed, groups each list by label in a defaultdict (order of first
+    appearance), takes random.sample(items, K) per label (all items when fewer), first for train with K, then
+    for val with min(K, 4); CoOp's subsample_classes then keeps the first ceil(n/2) sorted labels (base) or the
+    rest (novel) and relabels them from 0."""
+    import math
+    from collections import defaultdict
+
+    raw = json.loads(split_file.read_text())
+    random.seed(seed)
+    picked = {}
+    for part, k in (("train", shots), ("val", min(shots, 4))):
+        tracker = defaultdict(list)
+        for relpath, label, classname in raw[part]:
+            tracker[label].append((relpath, label, classname))
+        picked[part] = []
+        for items in tracker.values():
+            picked[part].extend(random.sample(items, k) if len(items) >= k else items)
+    if subset == "all":
+        return picked
+    labels = sorted({label for _, label, _ in picked["train"]})
+    kept = labels[: math.ceil(len(labels) / 2)] if subset == "base" else labels[math.ceil(len(labels) / 2):]
+    relabel = {old: new for new, old in enumerate(kept)}
+    return {part: [(p, relabel[y], c) for p, y, c in items if y in relabel] for part, items in picked.items()}
+
+
+def interleaved_split(sizes: dict[str, int], seed: int = 0) -> dict[str, list[Item]]:
+    """A split whose classes have the given training sizes, with labels interleaved in an order that is not
+    sorted (the first item's label is not 0) and a validation list of other sizes."""
+    rng = random.Random(seed)
+    split = {"train": [], "val": [], "test": []}
+    for label, (name, n) in enumerate(sizes.items()):
+        split["train"] += [Item(f"{name}/tr_{k:03d}.jpg", label, name) for k in range(n)]
+        split["val"] += [Item(f"{name}/va_{k:03d}.jpg", label, name) for k in range(2 + label % 5)]
+        split["test"] += [Item(f"{name}/te_{k:03d}.jpg", label, name) for k in range(2)]
+    for part in ("train", "val"):
+        rng.shuffle(split[part])
+    return split
+
+
+# unequal sizes, one class with fewer than most K (3 images), one with exactly 16
+SIZES = {"ant": 23, "bee": 3, "cat": 40, "dog": 16, "eel": 9, "fox": 31, "gnu": 17}
+
+
+def test_the_synthetic_split_interleaves_labels_out_of_order():
+    labels = [it.label for it in interleaved_split(SIZES)["train"]]
+    first_seen = list(dict.fromkeys(labels))
+    assert first_seen != sorted(first_seen)
+    assert sum(a != b for a, b in zip(labels, labels[1:])) > len(labels) / 2  # labels alternate, not in runs
+
+
+@pytest.mark.parametrize("subset", ["all", "base", "novel"])
+@pytest.mark.parametrize("shots", [1, 2, 4, 8, 16])
+def test_the_dassl_sampler_selects_the_released_codes_images(tmp_path, subset, shots):
+    split = interleaved_split(SIZES)
+    write_files(tmp_path / "img", split)
+    write_coop_split(tmp_path / "split.json", split)
+    for seed in (1, 2, 3):
+        random.seed(12345)  # our sampler owns its stream: global state must not matter
+        manifest = build_manifest(read_coop_split(tmp_path / "split.json"), tmp_path / "img", "toy", subset, shots, seed)
+        want = dassl_restated(tmp_path / "split.json", subset, shots, seed)
+        assert manifest.sampler == "dassl"
+        for part in ("train", "val"):
+            got = [(e.relpath, e.label, e.classname) for e in getattr(manifest, part)]
+            assert got == want[part], (part, seed)  # the same files, labels and order
+        counts = Counter(e.classname for e in manifest.train)
+        assert counts == {c: min(shots, n) for c, n in SIZES.items() if c in set(manifest.classnames)}
+
+
+def test_base_and_novel_images_are_those_of_the_all_classes_selection(tmp_path):
+    """Sampling runs over all classes first: the base images of a seed are the all-classes images of the base
+    classes (as CoOp's few-shot cache file, keyed by shots and seed only, makes them)."""
+    split = interleaved_split(SIZES)
+    write_files(tmp_path / "img", split)
+    every = build_manifest(split, tmp_path / "img", "toy", "all", 4, 2)
+    base = build_manifest(split, tmp_path / "img", "toy", "base", 4, 2)
+    novel = build_manifest(split, tmp_path / "img", "toy", "novel", 4, 2)
+    base_names, novel_names = set(base.classnames), set(novel.classnames)
+    assert [e.relpath for e in every.train if e.classname in base_names] == [e.relpath for e in base.train]
+    assert [e.relpath for e in every.train if e.classname in novel_names] == [e.relpath for e in novel.train]
+
+
+def test_the_dassl_sampler_follows_the_split_files_order(tmp_path):
+    """Dassl's selection depends on the file's item order (a shuffled file gives other images), so the split
+    file is read in order; the per_class sampler does not depend on it."""
+    split = interleaved_split(SIZES)
+    write_files(tmp_path / "img", split)
+    shuffled = {k: random.Random(3).sample(v, len(v)) for k, v in split.items()}
+    a = build_manifest(split, tmp_path / "img", "toy", "all", 4, 1)
+    b = build_manifest(shuffled, tmp_path / "img", "toy", "all", 4, 1)
+    assert {e.relpath for e in a.train} != {e.relpath for e in b.train}
+    c = build_manifest(split, tmp_path / "img", "toy", "all", 4, 1, sampler="per_class")
+    d = build_manifest(shuffled, tmp_path / "img", "toy", "all", 4, 1, sampler="per_class")
+    assert c.train == d.train and c.sampler == "per_class"
+
+
+def test_the_split_command_on_the_demos_digits_selects_the_released_codes_images(tmp_path, capsys):
+    """Through the CLI, on the demo's real digits split (labels interleaved as scikit-learn orders them)."""
+    from prompt_ot.data.registry import get_recipe
+
+    recipe = get_recipe("digits")
+    root = tmp_path / "data"
+    recipe.prepare_fn(recipe.dataset_dir(root))
+    split_file = recipe.dataset_dir(root) / recipe.split_file
+    for subset, shots, seed in (("base", 16, 1), ("novel", 4, 2), ("all", 1, 3)):
+        out = tmp_path / f"{subset}_{shots}_{seed}.json"
+        argv = ["split", "digits", "--root", str(root), "--subset", subset, "--shots", str(shots), "--seed", str(seed),
+                "--out", str(out)]
+        assert main(argv) == 0
+        assert "sampler dassl" in capsys.readouterr().out
+        manifest = read_manifest(out)
+        want = dassl_restated(split_file, subset, shots, seed)
+        for part in ("train", "val"):
+            assert [(e.relpath, e.label, e.classname) for e in getattr(manifest, part)] == want[part]
+
+
+def test_per_class_sampler_exactly_k_per_class_or_all_when_fewer():
     split = make_split({"many": 40, "exact": 16, "few": 3, "one": 1})
     chosen = sample_fewshot(split["train"], 16, seed=1)
     counts = Counter(it.classname for it in chosen)
@@ -94,7 +211,7 @@ def test_exactly_k_per_class_or_all_when_fewer():
     assert len(set(chosen)) == len(chosen)
 
 
-def test_sampling_ignores_input_order_and_global_random_state():
+def test_per_class_sampling_ignores_input_order_and_global_random_state():
     items = make_split({f"c{i}": 30 for i in range(5)})["train"]
     random.seed(0)
     first = sample_fewshot(items, 4, seed=3)
@@ -106,15 +223,24 @@ def test_sampling_ignores_input_order_and_global_random_state():
 
 
 def test_sampling_is_spread_over_the_class_not_its_first_items():
-    items = make_split({"c": 200})["train"]
-    picked = {it.relpath for seed in range(20) for it in sample_fewshot(items, 4, seed)}
-    assert len(picked) > 40  # 20 seeds x 4 shots drawn from 200 items
+    items = make_split({"c": 200})
+    for sampler in ("dassl", "per_class"):
+        picked = {e.relpath for seed in range(20)
+                  for e in fewshot.select_fewshot(items, "all", 4, seed, sampler)["train"]}
+        assert len(picked) > 40, sampler  # 20 seeds x 4 shots drawn from 200 items
 
 
 @pytest.mark.parametrize("shots, seed", [(0, 1), (-2, 1), (4, -1)])
 def test_bad_shots_or_seed(shots, seed):
     with pytest.raises(UserError, match="shots|seed"):
         sample_fewshot([Item("a", 0, "a")], shots, seed)
+    with pytest.raises(UserError, match="shots|seed"):
+        fewshot.select_fewshot({"train": [Item("a", 0, "a")], "val": [], "test": []}, "all", shots, seed)
+
+
+def test_unknown_sampler_lists_the_known():
+    with pytest.raises(UserError, match="unknown few-shot sampler 'random'.*dassl, per_class"):
+        fewshot.select_fewshot(make_split({"a": 3}), "all", 1, 1, sampler="random")
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -125,8 +251,7 @@ def test_manifest_is_byte_identical_for_the_same_parameters(tmp_path):
     write_files(tmp_path / "img", split)
     write_manifest(tmp_path / "a.json", build_manifest(split, tmp_path / "img", "toy", "base", 8, 1))
     random.seed(99)
-    shuffled = {key: random.sample(items, len(items)) for key, items in split.items()}
-    write_manifest(tmp_path / "b.json", build_manifest(shuffled, tmp_path / "img", "toy", "base", 8, 1))
+    write_manifest(tmp_path / "b.json", build_manifest(split, tmp_path / "img", "toy", "base", 8, 1))
     write_manifest(tmp_path / "c.json", build_manifest(split, tmp_path / "img", "toy", "base", 8, 2))
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert (tmp_path / "a.json").read_bytes() != (tmp_path / "c.json").read_bytes()
@@ -142,9 +267,10 @@ def test_manifest_does_not_depend_on_the_hash_seed(tmp_path):
         "from prompt_ot.data.registry import read_coop_split\n"
         "root = Path(sys.argv[1])\n"
         "split = read_coop_split(root / 'split.json')\n"
-        "# a set-ordered copy of the input: its order depends on the hash seed\n"
-        "split = {k: list(set(v)) for k, v in split.items()}\n"
         "sys.stdout.write(manifest_text(build_manifest(split, root / 'img', 'toy', 'all', 5, 3)))\n"
+        "# per_class: even a set-ordered copy of the input (its order depends on the hash seed) gives one manifest\n"
+        "split = {k: list(set(v)) for k, v in split.items()}\n"
+        "sys.stdout.write(manifest_text(build_manifest(split, root / 'img', 'toy', 'all', 5, 3, 'per_class')))\n"
     )
     outputs = []
     for hash_seed in ("1", "2"):
@@ -170,8 +296,8 @@ def test_manifest_contents(tmp_path):
 
     write_manifest(tmp_path / "m.json", manifest)
     raw = json.loads((tmp_path / "m.json").read_text())
-    assert {k: raw[k] for k in ("format_version", "dataset", "subset", "shots", "seed")} == {
-        "format_version": 1, "dataset": "toy", "subset": "base", "shots": 8, "seed": 1,
+    assert {k: raw[k] for k in ("format_version", "dataset", "subset", "shots", "seed", "sampler")} == {
+        "format_version": 2, "dataset": "toy", "subset": "base", "shots": 8, "seed": 1, "sampler": "dassl",
     }
     assert raw["train"][0] == manifest.train[0]._asdict()
     assert read_manifest(tmp_path / "m.json") == manifest
@@ -192,11 +318,13 @@ def test_existing_manifest_is_reused_and_checked(tmp_path, monkeypatch):
     manifest, created = ensure_manifest(path, split, tmp_path / "img", "toy", "all", 4, 1)
     assert created
     # the second call must not sample again
-    monkeypatch.setattr(fewshot, "sample_fewshot", lambda *a, **k: pytest.fail("resampled"))
+    monkeypatch.setattr(fewshot, "select_fewshot", lambda *a, **k: pytest.fail("resampled"))
     again, created = ensure_manifest(path, split, tmp_path / "img", "toy", "all", 4, 1)
     assert not created and again == manifest
-    with pytest.raises(UserError, match="written for .*'toy', 'all', 4, 1.*not.*'toy', 'all', 4, 2"):
+    with pytest.raises(UserError, match="written for .*'toy', 'all', 4, 1, 'dassl'.*not.*'toy', 'all', 4, 2"):
         ensure_manifest(path, split, tmp_path / "img", "toy", "all", 4, 2)
+    with pytest.raises(UserError, match="written for .*'dassl'.*not.*'per_class'"):
+        ensure_manifest(path, split, tmp_path / "img", "toy", "all", 4, 1, sampler="per_class")
     changed = tmp_path / "img" / manifest.train[0].relpath
     changed.write_bytes(b"different length")
     with pytest.raises(UserError, match=f"{changed.name}.*changed"):
@@ -207,7 +335,9 @@ def test_existing_manifest_is_reused_and_checked(tmp_path, monkeypatch):
     "corrupt, message",
     [
         (lambda text: text[: len(text) // 2], "not valid JSON"),
-        (lambda text: text.replace('"format_version": 1', '"format_version": 99'), "format version 99"),
+        (lambda text: text.replace('"format_version": 2', '"format_version": 99'), "format version 99"),
+        (lambda text: text.replace('"format_version": 2', '"format_version": 1'), "format version 1"),
+        (lambda text: text.replace('"sampler": "dassl"', '"sampler": "coin"'), "'sampler'"),
         (lambda text: text.replace('"shots": 4', '"shots": "4"'), "'shots'"),
         (lambda text: text.replace('"subset": "all"', '"subset": "every"'), "'subset'"),
         (lambda text: text.replace('"label": 1', '"label": 7'), "bad train entry"),

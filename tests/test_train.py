@@ -32,12 +32,46 @@ def run(tiny, method_name="prompt_ot", config=None, **kw):
     return model, train(method, model, data, CLASSES, config or small_config(), **kw)
 
 
-def test_schedule_is_the_papers_recipe():
-    config = TrainConfig()
+def dassl_rates(epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> list[float]:
+    """The rate of each epoch as Dassl's loop makes it, restated with torch's own CosineAnnealingLR: the optimiser
+    runs at the constant warm-up rate for the warm-up epochs; when they end the wrapped cosine schedule (T_max =
+    all epochs, built before the warm-up, its count restarted) takes over at the full rate and steps once per
+    epoch after that."""
+    optimiser = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=float(epochs))
+    if warmup_epochs:
+        optimiser.param_groups[0]["lr"] = warmup_lr
+    rates = []
+    for epoch in range(epochs):
+        rates.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        if epoch + 1 == warmup_epochs:
+            optimiser.param_groups[0]["lr"] = cosine.get_last_lr()[0]
+        elif epoch + 1 > warmup_epochs:
+            cosine.step()
+    return rates
+
+
+@pytest.mark.parametrize("epochs", [40, 20, 5, 2])
+@pytest.mark.parametrize("lr, warmup_lr", [(0.005, 1e-4), (0.002, 1e-5)])  # Prompt-OT's and the other recipes'
+@pytest.mark.parametrize("warmup_epochs", [1, 0])
+def test_the_schedule_is_dassls_warm_up_then_cosine(epochs, lr, warmup_lr, warmup_epochs):
+    config = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
+    ours = [learning_rate(config, e) for e in range(epochs)]
+    # the formula: lr(e) = warm-up rate in the warm-up, then lr/2 (1 + cos(pi (e - warm-up epochs) / epochs))
+    formula = [warmup_lr if e < warmup_epochs else 0.5 * lr * (1 + math.cos(math.pi * (e - warmup_epochs) / epochs))
+               for e in range(epochs)]
+    assert ours == pytest.approx(formula, rel=1e-12, abs=0)
+    assert ours == pytest.approx(dassl_rates(epochs, lr, warmup_epochs, warmup_lr), rel=1e-9, abs=0)
+
+
+def test_the_papers_schedule_in_numbers():
+    config = TrainConfig()  # Prompt-OT's: 40 epochs, lr 0.005, one warm-up epoch at 1e-4
     assert (config.lr, config.momentum, config.weight_decay, config.batch_size, config.epochs) == (0.005, 0.9, 5e-4, 4, 40)
     assert learning_rate(config, 0) == 1e-4
-    assert learning_rate(config, 1) == pytest.approx(0.5 * 0.005 * (1 + math.cos(math.pi / 40)))
-    assert learning_rate(config, 20) == pytest.approx(0.0025)
+    assert learning_rate(config, 1) == 0.005  # the epoch after the warm-up runs at the full rate
+    assert learning_rate(config, 2) == pytest.approx(0.5 * 0.005 * (1 + math.cos(math.pi / 40)))
+    assert learning_rate(config, 39) == pytest.approx(3.08e-5, rel=1e-3)  # the cosine never reaches 0
     lrs = [learning_rate(config, e) for e in range(1, 40)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
@@ -49,6 +83,14 @@ def test_batches_drop_the_last_partial_batch_and_depend_on_seed_and_epoch():
     assert batches == epoch_batches(18, 4, seed=1, epoch=0)
     assert batches != epoch_batches(18, 4, seed=1, epoch=1)
     assert batches != epoch_batches(18, 4, seed=2, epoch=0)
+
+
+def test_a_set_smaller_than_one_batch_is_one_batch_as_in_dassl():
+    """Dassl's training loader drops the last batch only when the set holds at least one full batch (e.g. KgCoOp's
+    batch of 128 on EuroSAT's 80 base images trains one batch of 80 per epoch)."""
+    batches = epoch_batches(80, 128, seed=1, epoch=3)
+    assert len(batches) == 1 and sorted(batches[0]) == list(range(80))
+    assert epoch_batches(128, 128, seed=1, epoch=3)[0] != list(range(128)) and len(epoch_batches(129, 128, 1, 0)) == 1
 
 
 def test_resume_after_kill_gives_exactly_the_uninterrupted_weights(tiny, tmp_path):
@@ -106,11 +148,82 @@ def test_supplied_frozen_features_skip_the_frozen_forward(tiny):
         torch.testing.assert_close(supplied.prompts[k], reference.prompts[k], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_runs_and_stays_finite(tiny, precision):
-    _, result = run(tiny, config=small_config(epochs=2, precision=precision))
+def test_bf16_autocast_runs_and_stays_finite(tiny):
+    model, result = run(tiny, config=small_config(epochs=2, precision="bf16"))
     assert all(math.isfinite(h["loss"]) for h in result.history)
-    assert all(torch.isfinite(v).all() for v in result.prompts.values())
+    assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in result.prompts.values())
+    assert all(p.dtype == torch.float32 for p in model.clip.parameters())  # autocast leaves the weights alone
+
+
+@pytest.fixture(scope="module")
+def tiny_half():
+    from prompt_ot.models.backbone import load_backbone
+
+    return load_backbone("tiny-vit", precision="fp16")
+
+
+def test_fp16_is_the_released_half_precision(tiny_half, tmp_path, monkeypatch):
+    """PREC fp16 as the released code runs it: CLIP's weights in half as OpenAI's clip.load casts them (linear,
+    convolution, attention and projection weights; embeddings, layer norms and the logit scale stay float32),
+    half prompts, plain SGD on them (half momentum buffers) and no loss scaling."""
+    clip, _, _ = tiny_half
+    for name, module in clip.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            assert module.weight.dtype == torch.float16, name
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding)):
+            assert module.weight.dtype == torch.float32, name
+    assert clip.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.float16
+    assert clip.visual.proj.dtype == clip.text_projection.dtype == torch.float16
+    assert clip.logit_scale.dtype == clip.positional_embedding.dtype == torch.float32
+
+    def no_scaler(*args, **kwargs):
+        raise AssertionError("fp16 training made a loss scaler")
+
+    monkeypatch.setattr(torch.amp, "GradScaler", no_scaler)
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", no_scaler, raising=False)
+    model, result = run(tiny_half, config=small_config(epochs=2, precision="fp16"), checkpoint_dir=tmp_path)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert {p.dtype for p in model.trainable_parameters()} == {torch.float16}
+    assert all(v.dtype == torch.float16 and torch.isfinite(v).all() for v in result.prompts.values())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as fh:
+        momentum = [fh.get_tensor(k) for k in fh.keys() if k.startswith("momentum/")]
+        assert momentum and all(m.dtype == torch.float16 for m in momentum)
+        assert "scaler" not in (fh.metadata() or {})
+    # and it resumes exactly, in half precision too
+    _, first = run(tiny_half, config=small_config(epochs=2, precision="fp16"), checkpoint_dir=tmp_path / "b",
+                   stop_after_epoch=1)
+    _, resumed = run(tiny_half, config=small_config(epochs=2, precision="fp16"), checkpoint_dir=tmp_path / "b")
+    assert resumed.resumed_from_epoch == 1
+    assert all(torch.equal(resumed.prompts[k], result.prompts[k]) for k in result.prompts)
+
+
+def test_a_precision_that_does_not_match_the_backbone_is_refused(tiny, tiny_half):
+    with pytest.raises(UserError, match="precision fp16 needs a backbone loaded at fp16"):
+        run(tiny, config=small_config(precision="fp16"))
+    with pytest.raises(UserError, match="precision fp32 needs a backbone loaded at fp32"):
+        run(tiny_half, config=small_config(precision="fp32"))
+
+
+def test_the_frozen_template_of_a_method_or_variant_takes_effect(tiny):
+    """The frozen class texts S_c are encoded from the template a method, recipe or variant names (KgCoOp's is the
+    dataset's); another template gives other targets and so other prompts."""
+    clip, tokenizer, _ = tiny
+    method = get_method("kgcoop")
+    assert method.frozen_template == "dataset"
+    results = {}
+    for template in ("a photo of a {}.", "a blurry photo of a {}, a type of thing."):
+        model = build_model(method, clip, tokenizer, seed=1)
+        results[template] = train(method, model, ToyImages(4, 3), CLASSES, small_config(epochs=1, warmup_epochs=0),
+                                  frozen_template=template)
+        assert torch.equal(model.frozen_class_tokens, tokenizer([template.format(c) for c in CLASSES]))
+    first, second = results.values()
+    assert first.history[0]["regulariser"] != second.history[0]["regulariser"]
+    variant = get_method("prompt_ot", {"frozen_template": "itap of a {}."})
+    model = build_model(variant, clip, tokenizer)
+    train(variant, model, ToyImages(4, 3), CLASSES, small_config(epochs=1, warmup_epochs=0))  # no template given: the method's own
+    assert torch.equal(model.frozen_class_tokens, tokenizer([f"itap of a {c}." for c in CLASSES]))
 
 
 def test_training_learns_and_evaluation_counts_correctly(tiny):

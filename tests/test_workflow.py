@@ -114,14 +114,18 @@ def test_bad_params_name_the_key(change, message):
 
 
 def test_the_recipe_in_params_reaches_the_trainer():
-    from prompt_ot.config import train_config
+    from prompt_ot.config import resolve_run, train_config
 
     params = _params()
+    assert params["recipe"] == "released"  # the paper grid's default
     params["train"].update(augment_on="cpu", deterministic=True, precision="bf16")
     validate_params(params)
-    config = train_config(params, seed=3, device="cpu")
+    method, recipe = resolve_run(params, "ivlp", "base2novel", "dtd", 16)
+    config = train_config(params, recipe, seed=3, device="cpu")
     assert (config.augment_on, config.deterministic, config.precision, config.seed) == ("cpu", True, "bf16", 3)
-    assert (config.epochs, config.lr, config.batch_size) == (40, 0.005, 4)
+    # IVLP as PromptSRC's config trains it, with the precision set in params.yaml on top
+    assert (config.epochs, config.lr, config.batch_size, config.warmup_lr) == (20, 0.0025, 4, 1e-5)
+    assert (method.prompts.text_depth, method.prompts.vision_depth) == (9, 9) and recipe.overridden == ("precision",)
 
 
 def test_snakemake_refuses_bad_params_before_running(tmp_path):

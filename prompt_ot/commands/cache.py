@@ -2,6 +2,9 @@
 
     python -m prompt_ot cache test digits --root data --backbone tiny-vit --out cache/tiny-vit/digits/test
     python -m prompt_ot cache train --manifest m.json --root data --backbone tiny-vit --epochs 40 --seed 1 --out DIR
+
+With ``--params``, what the grid's runs need is derived from params.yaml (``prompt_ot.config``): the test cache's
+precision, and the train cache's epochs of views, precision and stored image size; explicit options win.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="images per frozen forward (default 256)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="autocast precision of the frozen forward; match the training run (default fp32)")
+    parser.add_argument("--params", default=None,
+                        help="params.yaml whose grid decides what the cache holds (precision; for train also the "
+                             "epochs and the stored image size)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                        help="precision of the frozen forward; match the runs that read it (default: from --params, "
+                             "else fp32)")
     parser.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be decoded")
     parser.add_argument("--replace", action="store_true",
                         help="overwrite a cache of another backbone, dataset or seed at --out")
@@ -34,14 +41,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(test)
     train = sides.add_parser("train", help="features of every training view of a few-shot manifest")
     train.add_argument("--manifest", required=True, help="few-shot manifest written by 'split'")
-    train.add_argument("--epochs", type=int, required=True, help="training epochs whose views are cached")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="training epochs whose views are cached (default: from --params; 0 caches the store only)")
     train.add_argument("--seed", type=int, required=True, help="augmentation seed of the training run")
+    train.add_argument("--train-short-side", type=int, default=None, metavar="PIXELS",
+                       help="cap on the stored shorter side of the training images; larger ones are resized, "
+                            "aspect kept (default: automatic, 915 for 224 px inputs, the smallest cap at which "
+                            "every random crop is still a downscale); 0 keeps every image as decoded")
     _common(train)
+
+
+def _from_params(args: argparse.Namespace) -> None:
+    """Fill the options left unset from the grid of ``--params``; without it, the defaults (or a clear error)."""
+    from prompt_ot.errors import UserError
+
+    params = None
+    if args.params:
+        from prompt_ot.config import load_params
+
+        params = load_params(args.params)
+    if args.side == "test":
+        if args.precision is None:
+            from prompt_ot.config import test_cache_precision
+
+            args.precision = test_cache_precision(params, args.dataset) if params else "fp32"
+        return
+    if params is None:
+        if args.epochs is None:
+            raise UserError("give --epochs (the training epochs whose views are cached) or --params params.yaml")
+        args.precision = args.precision or "fp32"
+        return
+    from prompt_ot.config import view_cache_settings
+    from prompt_ot.data.fewshot import read_manifest
+
+    manifest = read_manifest(args.manifest)
+    settings = view_cache_settings(params, manifest.dataset, manifest.subset, manifest.shots)
+    args.epochs = settings["epochs"] if args.epochs is None else args.epochs
+    args.precision = args.precision or settings["precision"]
+    if args.train_short_side is None and params["cache"]["train_short_side"] != "auto":
+        args.train_short_side = params["cache"]["train_short_side"]
 
 
 def run(args: argparse.Namespace) -> int:
     from prompt_ot.cache import build_test_cache, build_train_cache
 
+    _from_params(args)
     options = {"batch_size": args.batch_size, "device": args.device, "workers": args.workers,
                "precision": args.precision, "skip_bad": args.skip_bad, "replace": args.replace, "progress": True}
     if args.side == "test":
@@ -50,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
         unit = "test images"
     else:
         result = build_train_cache(args.manifest, args.root, args.backbone, args.pretrained, args.out,
-                                   epochs=args.epochs, seed=args.seed, **options)
-        unit = "training views"
+                                   epochs=args.epochs, seed=args.seed, train_short_side=args.train_short_side,
+                                   **options)
+        unit = f"training views ({args.epochs} epochs, {args.precision})"
     if not result.built:
         print(f"reused {result.path}: up to date")
         return 0

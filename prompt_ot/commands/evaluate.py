@@ -2,9 +2,12 @@
 
 base2novel: base and novel test classes of the dataset, each relabelled from 0, and their harmonic mean;
 cross_dataset / domain_generalization: the source and every ``--targets`` dataset with all classes;
-few_shot: all classes. Methods whose image encoder is unprompted (zero-shot, CoOp, KgCoOp) are evaluated
-as a matrix product over the cached frozen image features; the others run the prompted image encoder on
-the cached, already preprocessed test images. Writes the metrics file and ``predictions.npz`` beside it.
+few_shot: all classes. The backbone runs at the precision of the run's recipe. Methods whose image encoder is
+unprompted (zero-shot, CoOp, KgCoOp) are evaluated as a matrix product over the cached frozen image features
+when the cache has the run's precision; the others (and those of another precision) run the encoder on the
+cached, already preprocessed test images. The prompts' provenance record must name the run being labelled
+(method, recipe, backbone and weights, dataset, subset, shots, seed), else nothing is written. Writes the
+metrics file (with the provenance and the recipe) and ``predictions.npz`` beside it.
 """
 
 from __future__ import annotations
@@ -45,31 +48,36 @@ class _CachedTestImages:
         return self.images[self.rows[i]][0], self.labels[i]
 
 
-def evaluate_part(model, method, part, template: str, batch_size: int, device: str):
-    """One test set: cached features when the image encoder is frozen, else a prompted forward."""
+def evaluate_part(model, method, part, template: str, batch_size: int, device: str, precision: str = "fp32"):
+    """One test set: cached features when the image encoder is frozen and the cache has the run's precision, else
+    a forward of the (prompted) encoder over the cached test images."""
     import torch
 
     from prompt_ot.cache import evaluate_cached, uses_frozen_image_encoder
     from prompt_ot.evaluate import evaluate
+    from prompt_ot.precision import autocast
 
-    if not uses_frozen_image_encoder(method):
-        return evaluate(model, _CachedTestImages(part), part.classnames, template, batch_size=batch_size, device=device)
+    if not uses_frozen_image_encoder(method) or part.precision != precision:
+        with autocast(device, precision):
+            return evaluate(model, _CachedTestImages(part), part.classnames, template, batch_size=batch_size,
+                            device=device)
     if model.config.text_depth == 0 and template in part.templates:
         class_text = part.text_features(template)
     else:
         model.to(device).eval()
         model.set_classnames(part.classnames, template)
-        with torch.no_grad():
-            class_text = model.class_text_features()
+        with torch.no_grad(), autocast(device, precision):
+            class_text = model.class_text_features().float()
     return evaluate_cached(part, class_text)
 
 
 def run(args) -> int:
     import numpy as np
 
+    from prompt_ot import provenance
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts
-    from prompt_ot.config import base_method, load_params, resolve_method
+    from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_run
     from prompt_ot.data.registry import get_recipe
     from prompt_ot.devices import pick_device
     from prompt_ot.errors import UserError
@@ -81,14 +89,15 @@ def run(args) -> int:
     from prompt_ot.utils.io import atomic_path
 
     params = load_params(args.params)
-    method = resolve_method(params, args.method)
+    method, recipe = resolve_run(params, args.method, args.protocol, args.dataset, args.shots, args.params)
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
     prompts, meta = load_prompts(args.prompts)
-    if meta.get("method") != method.name or meta.get("backbone") != backbone:
-        raise UserError(f"{args.prompts} holds prompts of method {meta.get('method')!r} on {meta.get('backbone')!r}, "
-                        f"not {method.name!r} on {backbone!r}; evaluate the matching run")
+    provenance.check(meta.get("provenance"), {
+        "method": method.name, "recipe": recipe.name, "backbone": backbone,
+        "weights": provenance.weights_identity(pretrained), "dataset": args.dataset,
+        "subset": SUBSET_OF[TRAINED_BY[args.protocol]], "shots": args.shots, "seed": args.seed}, str(args.prompts))
     device = pick_device(args.device)
-    clip, tokenizer, _ = load_backbone(backbone, pretrained)
+    clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
     model = build_model(method, clip, tokenizer, seed=args.seed)
     model.load_prompt_state(prompts)
     model.to(device).eval()
@@ -106,7 +115,7 @@ def run(args) -> int:
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
     accuracy, counts, predictions = {}, {}, {}
     for key, (part, dataset) in parts.items():
-        result = evaluate_part(model, method, part, get_recipe(dataset).template, batch_size, device)
+        result = evaluate_part(model, method, part, get_recipe(dataset).template, batch_size, device, recipe.precision)
         accuracy[key], counts[key] = result.accuracy, result.n
         predictions[f"{key}/predictions"] = result.predictions.numpy()
         predictions[f"{key}/labels"] = result.labels.numpy()
@@ -117,6 +126,8 @@ def run(args) -> int:
         protocol=args.protocol, method=method.name, dataset=args.dataset, seed=args.seed, shots=args.shots,
         backbone=backbone, pretrained=pretrained, accuracy=accuracy, n=counts, epoch=meta.get("epoch"), hm=hm,
         base_method=base_method(params, method.name), regulariser_weight=regulariser.get("weight"),
+        recipe=recipe.name, epochs=recipe.epochs, precision=recipe.precision, provenance=meta["provenance"],
+        recipe_values=recipe.to_dict(),
     )
     out = Path(args.out)
     predictions_path = out.with_name("predictions.npz")
@@ -125,11 +136,12 @@ def run(args) -> int:
             np.savez_compressed(fh, **predictions)
     write_metrics(out, metrics)
     tracker = tracker_for(params, args.params)
-    tags = {"method": method.name, "base_method": metrics.base_method, "dataset": args.dataset, "seed": args.seed,
-            "protocol": args.protocol, "shots": args.shots}
+    tags = {"method": method.name, "base_method": metrics.base_method, "recipe": recipe.name, "dataset": args.dataset,
+            "seed": args.seed, "protocol": args.protocol, "shots": args.shots}
     name = f"evaluate/{args.protocol}/{method.name}/{args.dataset}_{args.shots}shot/seed{args.seed}"
-    with tracker.run(name=name, kind="evaluate", params={"prompts": args.prompts, "targets": list(parts)},
-                     tags=tags, run_dir=out.parent) as tracked:
+    run_params = {"prompts": args.prompts, "targets": list(parts), "recipe": recipe.to_dict(),
+                  "provenance": meta["provenance"], "tested_epoch": meta.get("epoch")}
+    with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
         values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
         tracked.log_metrics(values)
         tracked.log_artifact(out)

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shots", type=int, default=16, help="training images per class (default 16)")
     parser.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
+    parser.add_argument("--sampler", default="dassl", choices=["dassl", "per_class"],
+                        help="dassl: the released code's few-shot images (default); per_class: one generator per "
+                             "class, independent of the split file's order (see prompt_ot/data/fewshot.py)")
     parser.add_argument("--out", required=True, help="manifest path to write (JSON)")
 
 
@@ -23,12 +26,12 @@ def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.dataset)
     split = recipe.load_split(args.root)
     manifest, created = ensure_manifest(
-        args.out, split, recipe.image_root(args.root), recipe.name, args.subset, args.shots, args.seed
+        args.out, split, recipe.image_root(args.root), recipe.name, args.subset, args.shots, args.seed, args.sampler
     )
     verb = "wrote" if created else "reused"
     print(
         f"{verb} {args.out}: {recipe.name} {args.subset}, {len(manifest.classnames)} classes, "
         f"{len(manifest.train)} training and {len(manifest.val)} validation images "
-        f"(shots {args.shots}, seed {args.seed})"
+        f"(shots {args.shots}, seed {args.seed}, sampler {args.sampler})"
     )
     return 0

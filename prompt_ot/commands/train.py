@@ -1,10 +1,12 @@
 """`python -m prompt_ot train`: train one method's prompts on few-shot manifests, from their feature caches.
 
 Inputs are explicit: the params file (backbone, recipe, variants), the manifest and the train cache (image
-store plus the frozen features of every training view). Outputs go to ``--out``: ``prompts.safetensors``
-(the epoch that evaluation uses), ``train.json`` (per-epoch metrics and the resolved configuration) and
-``checkpoint.safetensors`` (rewritten every epoch; an interrupted job resumes from it). Every run is
-also an MLflow run.
+store plus the frozen features of every training view). The run's method and recipe are resolved from the
+params for its protocol, dataset and shots (``prompt_ot.config.resolve_run``). Outputs go to ``--out``:
+``prompts.safetensors`` (the epoch that evaluation uses, with the run's provenance record),
+``train.json`` (per-epoch metrics, the recipe in force with every resolved value, the provenance) and
+``checkpoint.safetensors`` (rewritten every epoch; an interrupted job resumes from it). Every run is also
+an MLflow run.
 
 Several runs (e.g. all seeds of one method and dataset) are trained packed in one process, sharing each
 frozen-backbone forward, when ``--seed``, ``--manifest``, ``--train-cache`` and ``--out`` each list one
@@ -31,16 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a free GPU, else the CPU), cpu, cuda:N")
 
 
-def run_summary(method, config, result, params, args, job, device: str, seconds: float, eval_epoch: int,
-                pack: int) -> dict:
+def run_summary(method, recipe, config, result, params, args, job, device: str, seconds: float, pack: int) -> dict:
     from dataclasses import asdict
 
     return {
         "protocol": args.protocol, "method": method.name, "seed": job.seed, "manifest": str(job.manifest_path),
-        "backbone": params["backbone"], "method_config": method.to_dict(),
-        "train_config": asdict(config) | {"device": device}, "eval_epoch": eval_epoch,
-        "resumed_from_epoch": result.resumed_from_epoch, "history": result.history, "seconds": seconds,
-        "packed_with": pack - 1,
+        "backbone": params["backbone"], "recipe": recipe.to_dict(), "provenance": job.provenance,
+        "method_config": method.to_dict(), "train_config": asdict(config) | {"device": device},
+        "eval_epoch": recipe.tested_epoch, "frozen_template": job.frozen_template,
+        "frozen_image_features": job.frozen_source, "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history, "seconds": seconds, "packed_with": pack - 1,
     }
 
 
@@ -68,11 +70,34 @@ def _jobs(args) -> list[_Job]:
     return [_Job(*values) for values in zip(args.seed, args.manifest, args.train_cache, args.out)]
 
 
+def _resolve(params, args, jobs):
+    """The method and recipe of the pack (one dataset and shot count for all its runs), checked before any work."""
+    from prompt_ot.config import SUBSET_OF, resolve_method, resolve_run
+    from prompt_ot.data.fewshot import read_manifest
+    from prompt_ot.errors import UserError
+
+    resolve_method(params, args.method, args.params)  # an unknown method is named before any file is read
+    for job in jobs:
+        job.manifest = read_manifest(job.manifest_path)
+    first = jobs[0].manifest
+    for job in jobs[1:]:
+        if (job.manifest.dataset, job.manifest.shots) != (first.dataset, first.shots):
+            raise UserError(f"packed runs must share a dataset and shot count: {job.manifest_path} is "
+                            f"{job.manifest.dataset} {job.manifest.shots}-shot, {jobs[0].manifest_path} is "
+                            f"{first.dataset} {first.shots}-shot")
+    for job in jobs:
+        if job.manifest.subset != SUBSET_OF[args.protocol]:
+            raise UserError(f"manifest {job.manifest_path} lists the {job.manifest.subset!r} classes, but "
+                            f"{args.protocol} trains on {SUBSET_OF[args.protocol]!r}; give the matching manifest")
+    return resolve_run(params, args.method, args.protocol, first.dataset, first.shots, args.params)
+
+
 def run(args) -> int:
+    from prompt_ot import provenance
     from prompt_ot.cache import FrozenViewFeatures
     from prompt_ot.checkpoint import check_resumable, load_prompts, save_prompts
-    from prompt_ot.config import base_method, load_params, resolve_method, train_config
-    from prompt_ot.data.fewshot import read_manifest
+    from prompt_ot.config import base_method, load_params, train_config
+    from prompt_ot.data.registry import get_recipe
     from prompt_ot.devices import pick_device
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
@@ -82,24 +107,33 @@ def run(args) -> int:
 
     jobs = _jobs(args)
     params = load_params(args.params)
-    method = resolve_method(params, args.method)
+    method, recipe = _resolve(params, args, jobs)
     set_deterministic(bool(params["train"].get("deterministic", False)))  # before any CUDA work
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
     backbone_id = f"{backbone}:{pretrained}"  # what a checkpoint's fingerprint names
-    epochs = params["train"]["epochs"]
-    eval_epoch = params["train"].get("eval_epoch", 0) or epochs
+    epochs, eval_epoch = recipe.epochs, recipe.tested_epoch
     device = pick_device(args.device)
+    dataset = jobs[0].manifest.dataset
+    frozen_template = method.frozen_template_for(get_recipe(dataset).template)
+    needs_frozen = method.regulariser is not None
     # Everything is checked before anything is written: a refused run changes nothing in any run folder.
     for job in jobs:
-        job.manifest = read_manifest(job.manifest_path)
-        job.cache = FrozenViewFeatures(job.cache_path, seed=job.seed, epochs=epochs, backbone=backbone)
-        job.config = train_config(params, job.seed, device)
+        job.cache = FrozenViewFeatures(job.cache_path, seed=job.seed, backbone=backbone)
+        job.config = train_config(params, recipe, job.seed, device)
+        job.frozen_template = frozen_template
+        # cached frozen view features stand in for the frozen forward only when they are those of this run
+        job.frozen_source = "cache" if needs_frozen and job.cache.covers(epochs, recipe.precision) else (
+            "computed while training" if needs_frozen else None)
         job.done = check_resumable(job.out / CHECKPOINT_NAME, run_fingerprint(
             method, job.config, job.manifest.classnames, backbone_id))
+        job.provenance = provenance.record(
+            method=method.name, base_method=base_method(params, method.name), recipe=recipe.name,
+            protocol=args.protocol, backbone=backbone, pretrained=pretrained, dataset=dataset,
+            subset=job.manifest.subset, shots=job.manifest.shots, seed=job.seed, manifest=job.manifest_path,
+            sampler=job.manifest.sampler)
 
-    clip, tokenizer, _ = load_backbone(backbone, pretrained)
+    clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
     tracker = tracker_for(params, args.params)
-    needs_frozen = method.regulariser is not None
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         specs = []
@@ -112,14 +146,20 @@ def run(args) -> int:
             packed = f", packed with {len(jobs) - 1} other run(s)" if len(jobs) > 1 else ""
             job.log(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {len(manifest.train)} images, "
                     f"{len(manifest.classnames)} classes, device {device}{packed}")
+            job.log(f"recipe {recipe.name} ({recipe.source}{'; ' + recipe.choice if recipe.choice else ''}): "
+                    f"lr {recipe.lr}, batch {recipe.batch_size}, {epochs} epochs (warm-up {recipe.warmup_epochs} at "
+                    f"{recipe.warmup_lr}), {recipe.precision}, tests epoch {eval_epoch}"
+                    + (f"; set here: {', '.join(recipe.overridden)}" if recipe.overridden else ""))
             if job.done:
                 job.log(f"resuming from the checkpoint after epoch {len(job.done)} of {epochs}")
-            tags = {"method": method.name, "base_method": base_method(params, method.name),
+            tags = {"method": method.name, "base_method": base_method(params, method.name), "recipe": recipe.name,
                     "dataset": manifest.dataset, "seed": job.seed, "protocol": args.protocol, "shots": manifest.shots}
-            run_params = {"method": method.to_dict(), "train": params["train"], "backbone": params["backbone"],
+            run_params = {"method": method.to_dict(), "recipe": recipe.to_dict(), "backbone": params["backbone"],
                           "seed": job.seed, "manifest": str(job.manifest_path), "pack": len(jobs),
+                          "provenance": job.provenance,
                           "resolved": {"deterministic": job.config.deterministic, "precision": job.config.precision,
-                                       "device": device}}
+                                       "device": device, "frozen_template": frozen_template,
+                                       "frozen_image_features": job.frozen_source, **recipe.train_values()}}
             job.tracked = stack.enter_context(
                 tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=job.out))
             if job.done:  # the new run holds every epoch: those of the checkpoint, then its own
@@ -128,8 +168,10 @@ def run(args) -> int:
                     job.tracked.log_metrics(_epoch_metrics(record), step=record["epoch"])
             job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
             specs.append(RunSpec(method, job.model, job.cache.train_views(), manifest.classnames, job.config,
-                                 checkpoint_dir=job.out, frozen_image_features=job.cache if needs_frozen else None,
-                                 backbone=backbone_id, on_epoch_end=_epoch_logger(job, epochs, eval_epoch)))
+                                 checkpoint_dir=job.out,
+                                 frozen_image_features=job.cache if job.frozen_source == "cache" else None,
+                                 backbone=backbone_id, on_epoch_end=_epoch_logger(job, epochs, eval_epoch),
+                                 frozen_template=frozen_template))
         results = train_packed(specs)
         seconds = time.perf_counter() - started
         for job, result in zip(jobs, results):
@@ -138,9 +180,9 @@ def run(args) -> int:
                 prompts, _ = load_prompts(job.snapshot)
             save_prompts(job.out / "prompts.safetensors", prompts,
                          {"method": method.name, "backbone": backbone, "pretrained": pretrained, "epoch": eval_epoch,
-                          "prompts": method.to_dict()["prompts"]})
-            summary = run_summary(method, job.config, result, params, args, job, device, seconds, eval_epoch,
-                                  len(jobs))
+                          "epochs": epochs, "prompts": method.to_dict()["prompts"], "provenance": job.provenance,
+                          "recipe": recipe.to_dict()})
+            summary = run_summary(method, recipe, job.config, result, params, args, job, device, seconds, len(jobs))
             atomic_write_text(job.out / "train.json", json.dumps(summary, indent=2) + "\n")
             job.log(f"wrote {job.out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
             for artifact in ("prompts.safetensors", "train.json", "train.log"):  # weights, config + metrics, log

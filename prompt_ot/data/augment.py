@@ -2,15 +2,20 @@
 
 Every random number of a training view comes from a generator keyed by (seed, epoch, image index),
 ``numpy.random.default_rng([seed, epoch, index])``, never from global RNG state, so any view can be
-recomputed exactly later (the frozen-feature cache relies on this). The crop box follows torchvision's
-RandomResizedCrop: up to 10 tries of an area fraction in ``scale`` and a log-uniform aspect ratio in
-``ratio``, then a centre crop fallback; the pixel work is torchvision's (bicubic, antialiased).
+recomputed exactly later (the frozen-feature cache relies on this). The crop box is torchvision's
+``RandomResizedCrop.get_params`` (up to 10 tries of an area fraction in ``scale`` and a log-uniform aspect
+ratio in ``ratio``, then a centre crop fallback), drawn on the image's ORIGINAL (H, W), the whole image
+as decoded, like the reference pipeline (Dassl); the same draws give the same box as torchvision. The
+box is then mapped to the stored pixels (the same box when the store kept the image at its original
+size, else scaled and rounded; see ``prompt_ot.data.store``), cut out on the host and resized to the
+input size by torchvision (bicubic, antialiased), flipped when drawn, and normalised.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -23,15 +28,36 @@ SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 
 
+class Draws(Protocol):
+    """Where ``crop_box`` takes its random numbers from; a ``numpy.random.Generator`` is one."""
+
+    def uniform(self, low: float, high: float) -> float: ...
+
+    def integers(self, low: int, high: int) -> int: ...  # high exclusive
+
+
 def view_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one training view; the same key always yields the same numbers."""
     return np.random.default_rng([seed, epoch, index])
 
 
-def crop_box(height: int, width: int, rng: np.random.Generator, scale=SCALE, ratio=RATIO) -> tuple[int, int, int, int]:
-    """(top, left, crop height, crop width) of a random resized crop, drawn from ``rng``."""
+@functools.lru_cache(maxsize=8)
+def _log_ratio_bounds(ratio: tuple[float, float]) -> tuple[float, float]:
+    """log of the aspect-ratio bounds as torchvision computes them: ``torch.log`` of a float32 tensor."""
+    import torch
+
+    low, high = torch.log(torch.tensor(ratio, dtype=torch.float32)).tolist()
+    return low, high
+
+
+def crop_box(height: int, width: int, rng: Draws, scale=SCALE, ratio=RATIO) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a random resized crop of a height x width image.
+
+    torchvision's ``RandomResizedCrop.get_params``, step for step: given the same uniform and integer
+    draws from ``rng`` it returns the same box.
+    """
     area = height * width
-    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    log_low, log_high = _log_ratio_bounds(tuple(float(r) for r in ratio))
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_low, log_high))
@@ -53,11 +79,47 @@ def crop_box(height: int, width: int, rng: np.random.Generator, scale=SCALE, rat
 
 
 def view_params(seed: int, epoch: int, index: int, height: int, width: int) -> tuple[int, int, int, int, bool]:
-    """Crop box and flip decision of the view of image ``index`` in ``epoch``."""
+    """Crop box (on a height x width image: the original size) and flip decision of view (seed, epoch, index)."""
     rng = view_rng(seed, epoch, index)
     top, left, h, w = crop_box(height, width, rng)
     flip = bool(rng.random() < 0.5)
     return top, left, h, w, flip
+
+
+def stored_box(box: tuple[int, int, int, int], original: tuple[int, int],
+               stored: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A (top, left, h, w) box on the original (H, W) mapped onto the stored (h, w) pixels.
+
+    The same box when the image is stored at its original size; else its edges scaled and rounded to
+    whole pixels, at least one pixel wide and inside the image.
+    """
+    if tuple(original) == tuple(stored):
+        return box
+    top, left, h, w = box
+    rows = _scaled_span(top, h, stored[0] / original[0], stored[0])
+    cols = _scaled_span(left, w, stored[1] / original[1], stored[1])
+    return rows[0], cols[0], rows[1], cols[1]
+
+
+def _scaled_span(start: int, length: int, factor: float, limit: int) -> tuple[int, int]:
+    """(start, length) of the span [start, start + length) scaled by ``factor``, rounded, within [0, limit)."""
+    first = min(max(round(start * factor), 0), limit - 1)
+    last = min(max(round((start + length) * factor), first + 1), limit)
+    return first, last - first
+
+
+def view_crop(image: np.ndarray, original_size: tuple[int, int] | None, seed: int, epoch: int,
+              index: int) -> tuple[np.ndarray, bool]:
+    """The crop (a numpy view into ``image``) and flip decision of view (seed, epoch, index).
+
+    ``original_size`` is the (H, W) the image had before the store resized it (None: its own size);
+    the box is drawn on it and then mapped onto ``image``.
+    """
+    stored = (int(image.shape[0]), int(image.shape[1]))
+    original = stored if original_size is None else (int(original_size[0]), int(original_size[1]))
+    top, left, h, w, flip = view_params(seed, epoch, index, *original)
+    top, left, h, w = stored_box((top, left, h, w), original, stored)
+    return image[top : top + h, left : left + w], flip
 
 
 def _normalise(image_chw, mean, std):
@@ -79,21 +141,34 @@ def _to_chw(image: np.ndarray):
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def train_view(
-    image: np.ndarray, seed: int, epoch: int, index: int, image_size: int, mean=CLIP_MEAN, std=CLIP_STD
-):
-    """The augmented view (float32 CHW tensor, normalised) of a uint8 HxWx3 image under key (seed, epoch, index)."""
+def _resize_flip(crop_chw, flip: bool, image_size: int):
+    """A uint8 CHW crop resized to image_size x image_size (bicubic, antialiased) and flipped when drawn."""
     import torchvision.transforms.v2.functional as F
     from torchvision.transforms import InterpolationMode
 
-    top, left, h, w, flip = view_params(seed, epoch, index, image.shape[0], image.shape[1])
-    crop = F.resized_crop(
-        _to_chw(image), top, left, h, w, [image_size, image_size],
-        interpolation=InterpolationMode.BICUBIC, antialias=True,
-    )
-    if flip:
-        crop = F.hflip(crop)
-    return _normalise(crop, mean, std)
+    view = F.resize(crop_chw, [image_size, image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return F.hflip(view) if flip else view
+
+
+def train_view(
+    image: np.ndarray, seed: int, epoch: int, index: int, image_size: int, mean=CLIP_MEAN, std=CLIP_STD,
+    original_size: tuple[int, int] | None = None,
+):
+    """The augmented view (float32 CHW tensor, normalised) of a uint8 HxWx3 image under key (seed, epoch, index).
+
+    ``original_size``: the (H, W) the image had before the store resized it, on which the crop box is
+    drawn; None when ``image`` is at its original size. :func:`store_view` passes it for a store's item.
+    """
+    crop, flip = view_crop(image, original_size, seed, epoch, index)
+    return _normalise(_resize_flip(_to_chw(crop), flip, image_size), mean, std)
+
+
+def store_view(store: ImageStore, index: int, seed: int, epoch: int, image_size: int, mean=CLIP_MEAN,
+               std=CLIP_STD):
+    """View (seed, epoch, index) of a store's image, its box drawn on the image's original size: what
+    ``TrainViews`` yields and what the feature cache encodes."""
+    return train_view(store[index], seed, epoch, index, image_size, mean, std,
+                      original_size=store.original_size(index))
 
 
 def test_view(image: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD):
@@ -128,34 +203,38 @@ class TrainViews:
         return len(self.store)
 
     def __getitem__(self, i: int):
-        view = train_view(self.store[i], self.seed, self.epoch, i, self.image_size, self.mean, self.std)
+        view = store_view(self.store, i, self.seed, self.epoch, self.image_size, self.mean, self.std)
         return view, int(self.store.labels[i])
 
     def device_batch(self, indices: Sequence[int], device):
         """The views of ``indices`` in the current epoch, augmented on ``device`` from the uint8 store.
 
-        Only uint8 pixels cross to the device (pinned, asynchronous); the crop boxes come from the same
-        keyed generators as ``__getitem__``, and the crop, resize, flip and normalisation run there as one
-        stream of work. On the CPU this is exactly ``__getitem__``; on a GPU the bicubic resize rounds to
-        uint8 like the CPU kernel but may differ from it by one intensity level in some pixels.
+        The crop boxes come from the same keyed generators as ``__getitem__``; the crops are cut out on
+        the host (numpy slices of the memory map), packed into one pinned buffer and copied to the device
+        at once (asynchronously), where the resize, flip and normalisation run as one stream of work. On
+        the CPU this is exactly ``__getitem__``; on a GPU the bicubic resize rounds to uint8 like the CPU
+        kernel but may differ from it by one intensity level in some pixels.
         """
         import torch
-        import torchvision.transforms.v2.functional as F
-        from torchvision.transforms import InterpolationMode
 
         from prompt_ot.devices import to_device
 
         device = torch.device(device)
         rows = [int(i) for i in indices]
-        pixels = to_device(torch.from_numpy(np.stack([self.store[i] for i in rows])), device)
-        pixels = pixels.permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
-        height, width = pixels.shape[-2:]
-        views = []
-        for k, i in enumerate(rows):
-            top, left, h, w, flip = view_params(self.seed, self.epoch, i, height, width)
-            crop = F.resized_crop(pixels[k], top, left, h, w, [self.image_size, self.image_size],
-                                  interpolation=InterpolationMode.BICUBIC, antialias=True)
-            views.append(F.hflip(crop) if flip else crop)
+        crops, flips = [], []
+        for i in rows:
+            crop, flip = view_crop(self.store[i], self.store.original_size(i), self.seed, self.epoch, i)
+            crops.append(crop)
+            flips.append(flip)
+        sizes = [crop.size for crop in crops]
+        host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=device.type == "cuda")
+        packed, start = host.numpy(), 0
+        for crop, size in zip(crops, sizes):
+            packed[start : start + size].reshape(crop.shape)[...] = crop
+            start += size
+        pieces = to_device(host, device).split(sizes)
+        views = [_resize_flip(piece.view(crop.shape).permute(2, 0, 1), flip, self.image_size)
+                 for piece, crop, flip in zip(pieces, crops, flips)]
         labels = to_device(torch.as_tensor(np.asarray(self.store.labels)[rows], dtype=torch.long), device)
         return _normalise(torch.stack(views), *self._moments(device)), labels
 
@@ -193,6 +272,6 @@ def batch_train_views(
     import torch
 
     _check_key(seed, epoch)
-    views = [train_view(store[int(i)], seed, epoch, int(i), image_size, mean, std) for i in indices]
+    views = [store_view(store, int(i), seed, epoch, image_size, mean, std) for i in indices]
     labels = torch.as_tensor([int(store.labels[int(i)]) for i in indices], dtype=torch.long)
     return torch.stack(views), labels

@@ -2,14 +2,25 @@
 
 A manifest for (dataset, subset, shots, seed) lists the training images (``shots`` per class) and a
 small validation set (min(shots, 4) per class), each with its size in bytes, so every later stage
-reads the same images. Sampling depends only on the seed and on the set of items: items are sorted
-by (label, relpath) and each class draws from its own generator keyed by (seed, label), so neither
-Python's global ``random`` state, the hash seed nor the order of the input changes the result.
+reads the same images. It names the sampler that chose them:
+
+- ``dassl`` (the default): exactly the images that the released code's few-shot sampling selects
+  (Dassl.pytorch's ``DatasetBase.generate_fewshot_dataset``, as CoOp's datasets call it). One Python
+  ``random.Random(seed)`` stream, as the run's ``random.seed(seed)`` at start-up leaves it; the split's
+  train list is grouped by label in order of first appearance, each group keeping file order, and each
+  group gets ``rng.sample(group, shots)`` (the whole group when it has fewer items); then the val list
+  the same way with min(shots, 4), from the same stream. Sampling runs over all classes; the base or
+  novel classes are taken afterwards, so seed s gives the same base images under every subset.
+- ``per_class``: one numpy generator per (seed, label) over the subset's items sorted by (label,
+  relpath). Kept for a split whose item order means nothing (a class's images then depend only on its
+  own items and the seed, not on the file's order or on the other classes); it is what this suite
+  sampled before the ``dassl`` sampler existed, so it reproduces those selections.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -18,11 +29,13 @@ import numpy as np
 
 from prompt_ot.data.registry import Item, Split, classnames_of
 from prompt_ot.data.splits import SUBSETS, subsample_classes
-from prompt_ot.errors import UserError
+from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.utils.io import atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_VAL_SHOTS = 4
+SAMPLERS = ("dassl", "per_class")
+DEFAULT_SAMPLER = "dassl"
 
 
 class ManifestEntry(NamedTuple):
@@ -43,6 +56,7 @@ class Manifest:
     classnames: list[str]
     train: list[ManifestEntry]
     val: list[ManifestEntry]
+    sampler: str = DEFAULT_SAMPLER
     format_version: int = FORMAT_VERSION
 
     def items(self, part: str = "train") -> list[Item]:
@@ -57,8 +71,26 @@ def _check_shots_seed(shots: int, seed: int) -> None:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise unknown_name("few-shot sampler", str(sampler), SAMPLERS)
+
+
+def sample_dassl(items: list[Item], shots: int, rng: random.Random) -> list[Item]:
+    """Dassl's rule on one list: per label (in order of first appearance) ``rng.sample`` of ``shots`` items,
+    or all of them when the label has fewer; the result keeps that label order and the sampled order."""
+    by_label: dict[int, list[Item]] = {}
+    for item in items:
+        by_label.setdefault(item.label, []).append(item)
+    chosen: list[Item] = []
+    for members in by_label.values():
+        chosen.extend(rng.sample(members, shots) if len(members) >= shots else members)
+    return chosen
+
+
 def sample_fewshot(items: list[Item], shots: int, seed: int) -> list[Item]:
-    """Exactly ``shots`` items per class (all of a class's items when it has fewer), sorted by (label, relpath)."""
+    """The ``per_class`` sampler: exactly ``shots`` items per class (all of a class's items when it has fewer),
+    each class from its own generator keyed by (seed, label); sorted by (label, relpath)."""
     _check_shots_seed(shots, seed)
     by_class: dict[int, list[Item]] = {}
     for item in sorted(items, key=lambda it: (it.label, it.relpath)):
@@ -75,6 +107,22 @@ def sample_fewshot(items: list[Item], shots: int, seed: int) -> list[Item]:
     return chosen
 
 
+def select_fewshot(split: Split, subset: str, shots: int, seed: int, sampler: str = DEFAULT_SAMPLER) -> Split:
+    """The few-shot training and validation items of ``subset`` (relabelled from 0), plus its test items."""
+    _check_shots_seed(shots, seed)
+    _check_sampler(sampler)
+    val_shots = min(shots, MAX_VAL_SHOTS)
+    if sampler == "per_class":
+        sub = subsample_classes(split, subset)
+        return {"train": sample_fewshot(sub["train"], shots, seed), "val": sample_fewshot(sub["val"], val_shots, seed),
+                "test": sub["test"]}
+    rng = random.Random(seed)  # the stream random.seed(seed) starts; train is drawn before val
+    train = sample_dassl(split["train"], shots, rng)
+    val = sample_dassl(split["val"], val_shots, rng)
+    # the labels of the subset come from the whole split (the test list holds every class)
+    return subsample_classes({"train": train, "val": val, "test": split["test"]}, subset)
+
+
 def _entries(items: list[Item], image_root: Path) -> list[ManifestEntry]:
     entries = []
     for it in items:
@@ -89,21 +137,20 @@ def _entries(items: list[Item], image_root: Path) -> list[ManifestEntry]:
     return entries
 
 
-def build_manifest(split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int) -> Manifest:
+def build_manifest(split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int,
+                   sampler: str = DEFAULT_SAMPLER) -> Manifest:
     """Sample the few-shot training and validation images of one (dataset, subset, shots, seed)."""
-    _check_shots_seed(shots, seed)
-    sub = subsample_classes(split, subset)
+    sub = select_fewshot(split, subset, shots, seed, sampler)
     image_root = Path(image_root)
-    train = sample_fewshot(sub["train"], shots, seed)
-    val = sample_fewshot(sub["val"], min(shots, MAX_VAL_SHOTS), seed)
     return Manifest(
         dataset=dataset,
         subset=subset,
         shots=shots,
         seed=seed,
         classnames=classnames_of(sub),
-        train=_entries(train, image_root),
-        val=_entries(val, image_root),
+        train=_entries(sub["train"], image_root),
+        val=_entries(sub["val"], image_root),
+        sampler=sampler,
     )
 
 
@@ -115,6 +162,7 @@ def manifest_text(manifest: Manifest) -> str:
         "subset": manifest.subset,
         "shots": manifest.shots,
         "seed": manifest.seed,
+        "sampler": manifest.sampler,
         "classnames": manifest.classnames,
     }
     fields = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items()]
@@ -169,6 +217,7 @@ def read_manifest(path: str | Path) -> Manifest:
         "subset": lambda v: v in SUBSETS,
         "shots": lambda v: _is_int(v) and v >= 1,
         "seed": lambda v: _is_int(v) and v >= 0,
+        "sampler": lambda v: v in SAMPLERS,
         "classnames": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
         "train": lambda v: isinstance(v, list),
         "val": lambda v: isinstance(v, list),
@@ -185,6 +234,7 @@ def read_manifest(path: str | Path) -> Manifest:
         classnames=classnames,
         train=[_entry(path, "train", e, classnames) for e in raw["train"]],
         val=[_entry(path, "val", e, classnames) for e in raw["val"]],
+        sampler=raw["sampler"],
     )
 
 
@@ -205,7 +255,8 @@ def verify_files(manifest: Manifest, image_root: str | Path) -> None:
 
 
 def ensure_manifest(
-    path: str | Path, split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int
+    path: str | Path, split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int,
+    sampler: str = DEFAULT_SAMPLER,
 ) -> tuple[Manifest, bool]:
     """Reuse the manifest at ``path`` if it exists (checked against the parameters and files), else write it.
 
@@ -214,15 +265,15 @@ def ensure_manifest(
     path = Path(path)
     if path.exists():
         manifest = read_manifest(path)
-        have = (manifest.dataset, manifest.subset, manifest.shots, manifest.seed)
-        want = (dataset, subset, shots, seed)
+        have = (manifest.dataset, manifest.subset, manifest.shots, manifest.seed, manifest.sampler)
+        want = (dataset, subset, shots, seed, sampler)
         if have != want:
-            names = "(dataset, subset, shots, seed)"
+            names = "(dataset, subset, shots, seed, sampler)"
             raise UserError(
                 f"manifest {path} was written for {names} = {have}, not {want}; choose another output path or delete it"
             )
         verify_files(manifest, image_root)
         return manifest, False
-    manifest = build_manifest(split, image_root, dataset, subset, shots, seed)
+    manifest = build_manifest(split, image_root, dataset, subset, shots, seed, sampler)
     write_manifest(path, manifest)
     return manifest, True

@@ -116,12 +116,16 @@ def _quiet_random_init_warning():
         root.removeFilter(drop)
 
 
-def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu"):
+def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu",
+                  precision: str = "fp32"):
     """Build an open_clip CLIP in eval mode with every parameter frozen.
 
-    Returns ``(model, tokenizer, preprocess)``.
+    ``precision`` "fp16" casts the weights to half as the released code's ``PREC: fp16`` does
+    (:mod:`prompt_ot.precision`); "fp32" and "bf16" keep float32 weights. Returns ``(model, tokenizer, preprocess)``.
     """
     import open_clip
+
+    from prompt_ot.precision import weights_precision
 
     register_shipped_configs()
     if name not in open_clip.list_models():
@@ -133,7 +137,8 @@ def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | Non
         # random weights are seeded, so every stage that builds the same untrained backbone gets the same one
         with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
             torch.manual_seed(RANDOM_INIT_SEED)
-            model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir)
+            model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir,
+                                           precision=weights_precision(precision))
     except (RuntimeError, KeyError, ValueError) as err:
         if weights is None:
             raise

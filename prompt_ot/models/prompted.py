@@ -100,7 +100,7 @@ class PromptedCLIP(nn.Module):
             p.requires_grad_(False)
         text_width = clip.token_embedding.weight.shape[1]
         vision_width = clip.visual.conv1.out_channels
-        dtype = clip.token_embedding.weight.dtype
+        dtype = self.dtype
         self.text_prompts = nn.ParameterList(
             nn.Parameter(torch.randn(config.text_ctx, text_width, dtype=dtype) * config.init_std)
             for _ in range(config.text_depth)
@@ -119,10 +119,16 @@ class PromptedCLIP(nn.Module):
                 )
             with torch.no_grad():
                 embedded = clip.token_embedding(init_tokens.to(clip.token_embedding.weight.device))
-                self.text_prompts[0].copy_(embedded[1 : 1 + n_words])
+                self.text_prompts[0].copy_(embedded[1 : 1 + n_words].to(dtype))
         self.register_buffer("class_tokens", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("frozen_class_tokens", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.classnames: list[str] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: half for a backbone loaded at fp16 (its embeddings stay float32 and are cast, as
+        CoOp casts them), else float32."""
+        return self.clip.visual.conv1.weight.dtype
 
     # ------------------------------------------------------------------ classes
     def set_classnames(self, classnames: list[str], template: str = "a photo of a {}.") -> None:
@@ -148,7 +154,7 @@ class PromptedCLIP(nn.Module):
         eot = tokens.argmax(dim=-1)
         length = int(eot.max()) + 1 if truncate else tokens.shape[1]
         tokens = tokens[:, :length]
-        x = clip.token_embedding(tokens)
+        x = clip.token_embedding(tokens).to(self.dtype)
         depth = self.config.text_depth if use_prompts else 0
         n = self.config.text_ctx
         batch = x.shape[0]
@@ -376,11 +382,11 @@ def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
     layout = _text_layout(models)
     embedding = clip.token_embedding
     positional = clip.positional_embedding
-    dtype = embedding.weight.dtype
-    start = embedding(first.class_tokens[:1, :1])  # (1, 1, width): every class starts with the same token
+    dtype = first.dtype
+    start = embedding(first.class_tokens[:1, :1]).to(dtype)  # (1, 1, width): every class starts with the same token
     heads = torch.stack([m.text_prompts[0] for m in models]).to(dtype)  # (R, n, width)
     x_p = torch.cat([start.expand(len(models), -1, -1), heads], dim=1) + positional[:prefix].to(dtype)
-    x_s = embedding(layout.suffix_tokens) + positional[layout.suffix_positions].to(dtype)  # (N, width)
+    x_s = embedding(layout.suffix_tokens).to(dtype) + positional[layout.suffix_positions].to(dtype)  # (N, width)
     rows, width_s = len(layout.row_run), layout.width
     blocks = clip.transformer.resblocks
     for i, block in enumerate(blocks):

@@ -11,6 +11,8 @@ from prompt_ot.errors import UserError
 from prompt_ot.results import FORMAT, read_metrics
 
 RUN_KEYS = ["protocol", "method", "dataset", "shots", "seed"]  # what identifies one run
+# every column of a run that is not an accuracy (the wide frame's other columns are accuracy keys)
+RUN_COLUMNS = RUN_KEYS + ["base_method", "weight", "backbone", "path", "recipe", "tested_epoch", "epochs"]
 
 
 def metrics_paths(files=None, list_file=None, directory=None, pattern: str = "*.json") -> list[Path]:
@@ -57,7 +59,7 @@ def _check(metrics, path: Path) -> None:
 
 
 def load_runs(paths: list[Path]) -> pd.DataFrame:
-    """One row per run: RUN_KEYS, base_method, weight, backbone, path and ``accuracy`` (a dict).
+    """One row per run: RUN_COLUMNS (recipe, the epoch tested and the epochs trained among them) and ``accuracy``.
 
     A base2novel run's accuracy also gets ``hm`` = 2BN/(B+N), computed here from its base and novel.
     """
@@ -80,7 +82,8 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
         weight = metrics.regulariser_weight
         rows.append({**dict(zip(RUN_KEYS, run)), "base_method": metrics.base_method or metrics.method,
                      "weight": float("nan") if weight is None else float(weight), "backbone": metrics.backbone,
-                     "path": str(path), "accuracy": accuracy})
+                     "path": str(path), "recipe": metrics.recipe, "tested_epoch": metrics.epoch,
+                     "epochs": metrics.epochs, "accuracy": accuracy})
     if len(backbones) > 1:
         listed = "; ".join(f"{b} (e.g. {p})" for b, p in backbones.items())
         raise UserError(f"the metrics files mix backbones: {listed}; report one backbone at a time")

@@ -27,6 +27,7 @@ class Row:
     group: str | None = "all"  # rows that compete for bold; None: never bold (published rows)
     published: bool = False
     extra: dict = field(default_factory=dict)  # further CSV columns (n_datasets, source, lambda, ...)
+    early: bool = False  # tested before its last epoch (marked ‡, with a note saying at which epoch)
 
 
 @dataclass

@@ -25,7 +25,7 @@ def format_cell(cell: Cell, latex: bool) -> str:
 
 
 def _latex_text(text: str) -> str:
-    return latex_escape(text).replace("±", r"$\pm$").replace("λ", r"$\lambda$")
+    return latex_escape(text).replace("±", r"$\pm$").replace("λ", r"$\lambda$").replace("‡", r"$^\ddagger$")
 
 
 def _caption(table: Table, latex: bool) -> str:
@@ -41,7 +41,8 @@ def _caption(table: Table, latex: bool) -> str:
 def to_latex(table: Table) -> str:
     """A ``table`` float with a booktabs tabular, scaled down only when wider than the line."""
     mask = best_mask(table)
-    labels = [r.latex_label + (r"$^\dagger$" if r.published else "") for r in table.rows]
+    labels = [r.latex_label + (r"$^\dagger$" if r.published else "") + (r"$^\ddagger$" if r.early else "")
+              for r in table.rows]
     if table.multi_block():
         index = pd.MultiIndex.from_tuples([(latex_escape(r.block), label) for r, label in zip(table.rows, labels)])
     else:
@@ -72,7 +73,8 @@ def to_frame(table: Table) -> pd.DataFrame:
     """One row per table row: block, method, name, published, then mean/std/n_seeds per column, then extras."""
     records = []
     for row in table.rows:
-        record = {"block": row.block, "method": row.key, "name": row.label, "published": row.published}
+        record = {"block": row.block, "method": row.key, "name": row.label, "published": row.published,
+                  "tested_early": row.early}
         for column in table.columns:
             cell = row.cells.get(column, Cell())
             record |= {f"{column}_mean": cell.mean, f"{column}_std": cell.std,
@@ -106,6 +108,6 @@ def to_markdown(table: Table) -> str:
         cells = [f"**{v}**" if mask.get((i, c)) else v for v, c in zip(cells, table.columns)]
         first = ([row.block if row.block != previous else ""] if multi else [])
         previous = row.block
-        label = row.label + (" †" if row.published else "")
+        label = row.label + (" †" if row.published else "") + (" ‡" if row.early else "")
         lines.append("| " + " | ".join(map(_md, first + [label] + cells)) + " |")
     return f"**{_md(table.name)}**: {_caption(table, latex=False)}\n\n" + "\n".join(lines) + "\n"

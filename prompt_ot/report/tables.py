@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from prompt_ot.report.collect import RUN_COLUMNS
 from prompt_ot.report.model import Cell, Row, Table
 from prompt_ot.report.names import dataset_name, dataset_order, latex_escape, method_name, method_order
 from prompt_ot.report.published import Published
@@ -32,10 +33,39 @@ def _methods(frame: pd.DataFrame):
     return sorted(out, key=lambda m: method_order(m[0], m[1], m[2]))
 
 
-def _our_row(method, base_method, weight, cells, **kw) -> Row:
+def _tested_epochs(runs: pd.DataFrame) -> str | None:
+    """'31 of 40' when the runs were tested before their last epoch (as Prompt-OT's released scripts do), else None."""
+    if "tested_epoch" not in runs or "epochs" not in runs:
+        return None
+    pairs = {(int(t), int(e)) for t, e in zip(runs["tested_epoch"], runs["epochs"])
+             if pd.notna(t) and pd.notna(e) and 0 < t < e}
+    return ", ".join(f"{t} of {e}" for t, e in sorted(pairs)) or None
+
+
+def _our_row(method, base_method, weight, cells, runs=None, **kw) -> Row:
     extra = {"base_method": base_method, "lambda": weight, **kw.pop("extra", {})}
+    early = _tested_epochs(runs) if runs is not None else None
+    if early:
+        extra["tested_epoch"] = early
     return Row(method, method_name(method, base_method, weight), method_name(method, base_method, weight, latex=True),
-               cells, extra=extra, **kw)
+               cells, extra=extra, early=early is not None, **kw)
+
+
+def recipe_notes(frame: pd.DataFrame, rows: list[Row]) -> list[str]:
+    """Caption sentences: which recipe the rows used, and at which epoch the marked rows were tested."""
+    from prompt_ot.recipes import describe
+
+    notes = []
+    recipes = sorted({r for r in frame.get("recipe", pd.Series(dtype=object)) if isinstance(r, str)})
+    if len(recipes) == 1:
+        notes.append(f"Recipe: {recipes[0]}, {describe(recipes[0])}.")
+    elif recipes:
+        notes.append(f"Recipes: the rows mix {' and '.join(recipes)} runs.")
+    early = {f"{row.label}: epoch {row.extra['tested_epoch']}" for row in rows if row.early}
+    if early:
+        notes.append("‡ Tested before the last epoch, as the released scripts do (train.eval_epoch): "
+                     + "; ".join(sorted(early)) + ".")
+    return notes
 
 
 def _published_row(method: str, source: str, cells: dict[str, float]) -> Row:
@@ -70,7 +100,7 @@ def base2novel_average(frame: pd.DataFrame, published: Published) -> tuple[Table
     for method, base_method, weight, runs in _methods(frame):
         cells, n_datasets = average_cells(runs)
         covered[method] = frozenset(runs["dataset"])
-        rows.append(_our_row(method, base_method, weight, cells, extra={"n_datasets": n_datasets}))
+        rows.append(_our_row(method, base_method, weight, cells, runs, extra={"n_datasets": n_datasets}))
     warnings = missing_seed_warnings(frame, "base2novel", ["method"])
     if len(set(covered.values())) > 1:
         warnings.append("base2novel: methods average over different datasets ("
@@ -80,7 +110,7 @@ def base2novel_average(frame: pd.DataFrame, published: Published) -> tuple[Table
         rows.append(_published_row(pub["method"], pub["source"],
                                    {"base": pub["base"], "novel": pub["novel"], "hm_of_avg": pub["hm"]}))
     n = sorted(set(counts.values()))
-    notes = [HM_NOTE]
+    notes = [HM_NOTE] + recipe_notes(frame, rows)
     if published.base2novel.size:
         notes.append("Published rows average 11 datasets and 3 seeds as their sources report them; their HM is the "
                      "HM of the averages.")
@@ -93,11 +123,11 @@ def base2novel_per_dataset(frame: pd.DataFrame) -> Table:
     rows = []
     for dataset in sorted(frame["dataset"].unique(), key=dataset_order):
         for method, base_method, weight, runs in _methods(frame[frame["dataset"] == dataset]):
-            rows.append(_our_row(method, base_method, weight, seed_cells(runs, ["base", "novel", "hm"]),
+            rows.append(_our_row(method, base_method, weight, seed_cells(runs, ["base", "novel", "hm"]), runs,
                                  block=dataset_name(dataset), group=dataset, extra={"dataset": dataset}))
     title = "Base-to-novel generalisation per dataset: accuracy (%), mean ± std over seeds; HM = 2BN/(B+N) per run."
     return Table("base2novel_per_dataset", title, {"base": "Base", "novel": "Novel", "hm": "HM"}, _dedupe(rows),
-                 long=True, show_blocks=True)
+                 recipe_notes(frame, rows), long=True, show_blocks=True)
 
 
 def ablation(frame: pd.DataFrame) -> Table | None:
@@ -115,20 +145,21 @@ def ablation(frame: pd.DataFrame) -> Table | None:
         notes.append(f"{group}: {len(common)} datasets.")
         for method, base_method, weight, runs in _methods(part):
             cells, n_datasets = average_cells(runs)
-            rows.append(_our_row(method, base_method, weight, cells, block=group, group=group,
+            rows.append(_our_row(method, base_method, weight, cells, runs, block=group, group=group,
                                  extra={"n_datasets": n_datasets}))
     if not rows:
         return None
     notes = ["Each block averages over the datasets that all its methods ran on: " + " ".join(notes),
-             "Prompt-OT (ours) is OT on joint image and text features with an exact plan.", HM_NOTE]
+             "Prompt-OT (ours) is OT on joint image and text features with an exact plan.", HM_NOTE,
+             *recipe_notes(frame, rows)]
     title = "Ablations of Prompt-OT on base-to-novel generalisation: average accuracy (%), mean ± std over seeds."
     return Table("ablation", title, dict(AVERAGE_COLUMNS), _dedupe(rows), notes, show_blocks=True)
 
 
 def _transfer_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per run: 'source' (accuracy on the training dataset), each target, and 'target_avg' over its targets."""
-    meta = ["method", "base_method", "weight", "dataset", "seed", "shots"]
-    keys = [c for c in frame.columns if c not in meta + ["protocol", "backbone", "path"]]
+    meta = ["method", "base_method", "weight", "dataset", "seed", "shots", "recipe", "tested_epoch", "epochs"]
+    keys = [c for c in frame.columns if c not in RUN_COLUMNS]
     records = []
     for _, run in frame.iterrows():
         targets = {k: run[k] for k in keys if k != run["dataset"] and pd.notna(run[k])}
@@ -155,13 +186,13 @@ def transfer(frame: pd.DataFrame, protocol: str, published: Published) -> tuple[
             if part["targets"].nunique() > 1:
                 warnings.append(f"{protocol} {method} from {source}: its runs evaluate different targets, "
                                 f"so their target averages cover different datasets")
-            row = _our_row(method, base_method, weight, seed_cells(part, list(columns)),
+            row = _our_row(method, base_method, weight, seed_cells(part, list(columns)), part,
                            extra={"source_dataset": source})
             if len(sources) > 1:
                 row.label += f" ({dataset_name(source)})"
                 row.latex_label += f" ({dataset_name(source, latex=True)})"
             rows.append(row)
-    notes = []
+    notes = recipe_notes(runs, rows)
     if sources == ["imagenet"]:
         rows += _published_transfer(protocol, published, targets)
         if any(r.published for r in rows):
@@ -202,9 +233,9 @@ def few_shot(frame: pd.DataFrame) -> tuple[Table, list[str]]:
                 avg = dataset_average(part, ["all"])
                 cells[str(k)] = avg.cell("all")
                 counts.add(avg.n_datasets)
-        rows.append(_our_row(method, base_method, weight, cells))
+        rows.append(_our_row(method, base_method, weight, cells, runs))
     warnings = missing_seed_warnings(frame, "few_shot", ["method", "shots"])
     title = (f"Few-shot classification: accuracy (%) on all classes averaged over {'/'.join(map(str, sorted(counts)))} "
              f"datasets, by shots per class, mean ± std over seeds.")
     columns = {str(k): f"{k} shot{'s' if k != 1 else ''}" for k in shots}
-    return Table("few_shot", title, columns, _dedupe(rows)), warnings
+    return Table("few_shot", title, columns, _dedupe(rows), recipe_notes(frame, rows)), warnings

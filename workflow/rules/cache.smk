@@ -1,4 +1,6 @@
 # Frozen-backbone features, computed once: test images and class texts per dataset, training views per manifest.
+# How many epochs of views and at which precision follow from params.yaml (the grid's recipes), which the
+# commands read themselves (--params) so that Snakemake and DVC run the same command.
 
 
 rule cache_test:
@@ -11,6 +13,7 @@ rule cache_test:
         data=DATA,
         backbone=BACKBONE,
         pretrained=PRETRAINED,
+        precision=lambda w: test_cache_precision(config, w.dataset),  # derived from --params; a change rebuilds
     resources:
         gpu=1,
     log:
@@ -18,8 +21,8 @@ rule cache_test:
     conda:
         ENV
     shell:
-        "python -m prompt_ot cache test {wildcards.dataset} --root {params.data} --backbone {params.backbone}"
-        " --pretrained {params.pretrained} --out {output} > {log} 2>&1"
+        "python -m prompt_ot cache test {wildcards.dataset} --params params.yaml --root {params.data}"
+        " --backbone {params.backbone} --pretrained {params.pretrained} --out {output} > {log} 2>&1"
 
 
 rule cache_train:
@@ -32,7 +35,7 @@ rule cache_train:
         data=DATA,
         backbone=BACKBONE,
         pretrained=PRETRAINED,
-        epochs=EPOCHS,
+        settings=cache_settings,  # derived from --params (epochs, precision); a change rebuilds the cache
     resources:
         gpu=1,
     log:
@@ -40,6 +43,6 @@ rule cache_train:
     conda:
         ENV
     shell:
-        "python -m prompt_ot cache train --manifest {input.manifest} --root {params.data} --backbone {params.backbone}"
-        " --pretrained {params.pretrained} --epochs {params.epochs} --seed {wildcards.seed} --out {output}"
+        "python -m prompt_ot cache train --params params.yaml --manifest {input.manifest} --root {params.data}"
+        " --backbone {params.backbone} --pretrained {params.pretrained} --seed {wildcards.seed} --out {output}"
         " > {log} 2>&1"

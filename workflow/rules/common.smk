@@ -1,7 +1,7 @@
 # Shared configuration: validation, the experiment grid, path patterns and wildcard constraints.
 import os
 
-from prompt_ot.config import validate_params
+from prompt_ot.config import SUBSET_OF, TRAINED_BY, test_cache_precision, validate_params, view_cache_settings
 
 validate_params(config, "params.yaml")
 
@@ -16,7 +16,7 @@ PRETRAIN_DATASETS = (config.get("pretrain") or {}).get("datasets", [])
 PRETRAIN_THREADS = (config.get("pretrain") or {}).get("threads", 0) or 1
 BACKBONE = config["backbone"]["name"]
 PRETRAINED = config["backbone"]["pretrained"]
-EPOCHS = config["train"]["epochs"]
+SAMPLER = config["split"]["sampler"]
 METHODS = config["methods"]
 DATASETS = config["datasets"]
 SEEDS = config["seeds"]
@@ -64,7 +64,13 @@ def run_dir(protocol, method, dataset, shots, seed):
     return f"{RUNS}/{protocol}/{method}/{dataset}_{shots}shot/seed{seed}"
 
 
-SUBSET = {"base2novel": "base", "cross_dataset": "all", "few_shot": "all"}
+SUBSET = SUBSET_OF  # the class subset each training protocol trains on
+
+
+def cache_settings(w):
+    """What a training-view cache holds for this grid (epochs, precision; see prompt_ot.config); the command derives
+    the same from --params, so this only makes Snakemake rebuild a cache when it changes."""
+    return view_cache_settings(config, w.dataset, w.subset, int(w.shots)) | config["cache"]
 
 # `train: {pack: true}`: one train job per (protocol, method, dataset, shots) trains all seeds packed
 PACK = bool(config["train"].get("pack", False))
@@ -91,9 +97,8 @@ def metrics_files():
 
 REPORT_INDEX = f"{REPORTS}/tables"
 
-# evaluation: which protocol's model each protocol evaluates, and its target datasets
-TRAINED_BY = {"base2novel": "base2novel", "cross_dataset": "cross_dataset",
-              "domain_generalization": "cross_dataset", "few_shot": "few_shot"}
+# evaluation: which protocol's model each protocol evaluates (TRAINED_BY, from prompt_ot.config), and its
+# target datasets
 TARGETS = {"cross_dataset": XD["evaluate"]["targets"], "domain_generalization": DG["evaluate"]["targets"]}
 
 

@@ -21,13 +21,14 @@ rule split:
         manifest("{dataset}", "{subset}", "{shots}", "{seed}"),
     params:
         data=DATA,
+        sampler=SAMPLER,
     log:
         f"{RUNS}/logs/split/{{dataset}}_{{subset}}_{{shots}}shot_seed{{seed}}.log",
     conda:
         ENV
     shell:
         "python -m prompt_ot split {wildcards.dataset} --root {params.data} --subset {wildcards.subset}"
-        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        " --shots {wildcards.shots} --seed {wildcards.seed} --sampler {params.sampler} --out {output} > {log} 2>&1"
 
 
 rule backbone:
