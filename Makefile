@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-compile -r requirements.lock  # modules compile when first imported
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

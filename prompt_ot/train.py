@@ -152,7 +152,8 @@ def set_deterministic(enabled: bool) -> None:
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(enabled)
+    if torch.are_deterministic_algorithms_enabled() != enabled:  # the call imports torch._inductor: seconds
+        torch.use_deterministic_algorithms(enabled)
 
 
 def make_optimizer(params, config: TrainConfig, device: torch.device) -> torch.optim.SGD:

@@ -459,6 +459,23 @@ def test_torch_and_pot_backends_give_the_same_loss_and_gradient(solver):
     assert torch.allclose(torch_grad, pot_grad, rtol=tolerance, atol=tolerance * 1e-2)
 
 
+def test_auto_solves_enumerable_exact_plans_on_the_cpu_with_the_torch_backend(monkeypatch):
+    """On the CPU, ``auto`` gives exact plans of square batches up to 8 to the enumeration (the same plan as POT's),
+    and the rest (entropic plans, larger or non-square batches) to POT."""
+    from prompt_ot.losses import ot as module
+
+    calls = []
+    enumerate_all = module.assignment_plan
+    monkeypatch.setattr(module, "assignment_plan", lambda cost: calls.append(cost.shape) or enumerate_all(cost))
+    cost = drifted_cost(4, 1.0, seed=7)
+    assert torch.equal(transport_plan(cost, "exact"), ot.emd(uniform(4), uniform(4), cost)) and calls == [(4, 4)]
+    transport_plan(drifted_cost(12, 1.0, seed=7), "exact")
+    transport_plan(cost, "sinkhorn")
+    assert calls == [(4, 4)]
+    # the entropic CPU plan is POT's converged one, not the torch backend's fixed iterations
+    assert not torch.equal(transport_plan(cost, "sinkhorn"), transport_plan(cost, "sinkhorn", backend="torch"))
+
+
 def test_torch_backend_falls_back_to_pot_for_exact_plans_it_cannot_enumerate():
     cost = drifted_cost(12, 1.0, seed=4)
     assert torch.equal(transport_plan(cost, "exact", backend="torch"), ot.emd(uniform(12), uniform(12), cost))

@@ -143,3 +143,17 @@ def test_unknown_recipe_and_keys_are_refused():
     with pytest.raises(UserError, match="unknown recipe key"):
         resolve_recipe("shared", "ivlp", "base2novel", "dtd", 16, {"learning_rate": 1})
     assert set(RECIPE_KEYS) <= set(resolve_recipe("shared", "ivlp", "base2novel", "dtd", 16).to_dict())
+
+
+def test_a_variants_frozen_template_reaches_the_run():
+    """Today's variant ``frozen_template`` is what the run's frozen class texts use (the train command resolves it
+    with the dataset's template; tests/test_train.py shows the trainer encodes it)."""
+    raw = params()
+    raw["variants"] = {"ot_itap": {"method": "prompt_ot", "frozen_template": "itap of a {}."},
+                       "kg_generic": {"method": "kgcoop", "frozen_template": "a photo of a {}."}}
+    raw["methods"] = ["ot_itap", "kg_generic", "kgcoop"]
+    validate_params(raw)
+    pets = "a photo of a {}, a type of pet."
+    for name, want in (("ot_itap", "itap of a {}."), ("kg_generic", "a photo of a {}."), ("kgcoop", pets)):
+        method, _ = resolve_run(raw, name, "base2novel", "oxford_pets", 16)
+        assert method.frozen_template_for(pets) == want, name

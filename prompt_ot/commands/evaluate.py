@@ -50,7 +50,8 @@ class _CachedTestImages:
 
 def evaluate_part(model, method, part, template: str, batch_size: int, device: str, precision: str = "fp32"):
     """One test set: cached features when the image encoder is frozen and the cache has the run's precision, else
-    a forward of the (prompted) encoder over the cached test images."""
+    a forward of the (prompted) encoder over the cached test images. ``model()`` builds the prompted model (once):
+    zero-shot CLIP on cached features needs none."""
     import torch
 
     from prompt_ot.cache import evaluate_cached, uses_frozen_image_encoder
@@ -59,19 +60,21 @@ def evaluate_part(model, method, part, template: str, batch_size: int, device: s
 
     if not uses_frozen_image_encoder(method) or part.precision != precision:
         with autocast(device, precision):
-            return evaluate(model, _CachedTestImages(part), part.classnames, template, batch_size=batch_size,
+            return evaluate(model(), _CachedTestImages(part), part.classnames, template, batch_size=batch_size,
                             device=device)
-    if model.config.text_depth == 0 and template in part.templates:
+    if method.prompts.text_depth == 0 and template in part.templates:
         class_text = part.text_features(template)
     else:
-        model.to(device).eval()
-        model.set_classnames(part.classnames, template)
+        prompted = model()
+        prompted.set_classnames(part.classnames, template)
         with torch.no_grad(), autocast(device, precision):
-            class_text = model.class_text_features().float()
+            class_text = prompted.class_text_features().float()
     return evaluate_cached(part, class_text)
 
 
 def run(args) -> int:
+    import functools
+
     import numpy as np
 
     from prompt_ot import provenance
@@ -97,10 +100,14 @@ def run(args) -> int:
         "weights": provenance.weights_identity(pretrained), "dataset": args.dataset,
         "subset": SUBSET_OF[TRAINED_BY[args.protocol]], "shots": args.shots, "seed": args.seed}, str(args.prompts))
     device = pick_device(args.device)
-    clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
-    model = build_model(method, clip, tokenizer, seed=args.seed)
-    model.load_prompt_state(prompts)
-    model.to(device).eval()
+
+    @functools.cache
+    def model():
+        clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
+        prompted = build_model(method, clip, tokenizer, seed=args.seed)
+        prompted.load_prompt_state(prompts)
+        return prompted.to(device).eval()
+
     root = Path(args.test_cache_root)
     if args.protocol == "base2novel":
         test = TestFeatures(root / args.dataset, backbone=backbone)

@@ -102,7 +102,7 @@ def run(args) -> int:
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.tracking import tracker_for
-    from prompt_ot.train import CHECKPOINT_NAME, RunSpec, run_fingerprint, set_deterministic, train_packed
+    from prompt_ot.train import CHECKPOINT_NAME, RunSpec, TrainResult, run_fingerprint, set_deterministic, train_packed
     from prompt_ot.utils.io import atomic_write_text
 
     jobs = _jobs(args)
@@ -132,7 +132,8 @@ def run(args) -> int:
             subset=job.manifest.subset, shots=job.manifest.shots, seed=job.seed, manifest=job.manifest_path,
             sampler=job.manifest.sampler)
 
-    clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
+    trains = method.trains and recipe.trains  # zero-shot CLIP trains nothing: no backbone to load
+    clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision) if trains else (None,) * 3
     tracker = tracker_for(params, args.params)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -140,7 +141,7 @@ def run(args) -> int:
         for job in jobs:
             job.out.mkdir(parents=True, exist_ok=True)
             job.log_file = stack.enter_context(open(job.out / "train.log", "a"))
-            job.model = build_model(method, clip, tokenizer, seed=job.seed)
+            job.model = build_model(method, clip, tokenizer, seed=job.seed) if trains else None
             manifest = job.manifest
             name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{job.seed}"
             packed = f", packed with {len(jobs) - 1} other run(s)" if len(jobs) > 1 else ""
@@ -167,12 +168,14 @@ def run(args) -> int:
                 for record in job.done:
                     job.tracked.log_metrics(_epoch_metrics(record), step=record["epoch"])
             job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
+            if not trains:
+                continue
             specs.append(RunSpec(method, job.model, job.cache.train_views(), manifest.classnames, job.config,
                                  checkpoint_dir=job.out,
                                  frozen_image_features=job.cache if job.frozen_source == "cache" else None,
                                  backbone=backbone_id, on_epoch_end=_epoch_logger(job, epochs, eval_epoch),
                                  frozen_template=frozen_template))
-        results = train_packed(specs)
+        results = train_packed(specs) if trains else [TrainResult(prompts={}) for _ in jobs]
         seconds = time.perf_counter() - started
         for job, result in zip(jobs, results):
             prompts = result.prompts

@@ -18,8 +18,10 @@ synchronisation, so a GPU training step stays one stream of work: the exact plan
 uniform marginals is a permutation matrix / B (Birkhoff), found by scoring all B! assignments at once
 (B <= 8, the paper's batch of 4 has 24); the entropic plans run a fixed number of log-domain Sinkhorn
 iterations (no convergence test, which would need the host). ``auto`` (the default) is ``torch`` for a
-cost on a GPU and ``pot`` on the CPU. An exact plan the torch backend cannot enumerate (B > 8 or a
-non-square batch) is solved by POT.
+cost on an accelerator and, on the CPU, for the exact plans it enumerates (the same plan as POT's whenever
+the optimum is unique, and it spares a CPU job POT's import); entropic plans on the CPU go to POT, which
+iterates to convergence. An exact plan the torch backend cannot enumerate (B > 8 or a non-square batch) is
+solved by POT.
 """
 
 from __future__ import annotations
@@ -110,12 +112,13 @@ def transport_plan(
         raise unknown_name("OT solver", solver, SOLVERS)
     if backend not in BACKENDS:
         raise unknown_name("OT backend", str(backend), BACKENDS)
-    if backend == "auto":
-        backend = "pot" if cost.device.type == "cpu" else "torch"
     n_rows, n_cols = cost.shape
+    enumerable = solver == "exact" and n_rows == n_cols and n_rows <= MAX_ENUMERATED_BATCH
+    if backend == "auto":
+        backend = "torch" if cost.device.type != "cpu" or enumerable else "pot"
     if backend == "torch":
         cost64 = cost.detach().to(torch.float64)
-        if solver == "exact" and n_rows == n_cols and n_rows <= MAX_ENUMERATED_BATCH:
+        if enumerable:
             return assignment_plan(cost64).to(cost.dtype)
         if solver != "exact":
             fraction = 1.0 if solver == "sinkhorn" else reg_m / (reg_m + reg)
