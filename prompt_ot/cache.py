@@ -574,9 +574,6 @@ def uses_frozen_image_encoder(method) -> bool:
 
 def evaluate_cached(test: TestFeatures, class_text: torch.Tensor):
     """``evaluate()``'s result for a model whose image encoder is frozen: a matrix product over cached features."""
-    from prompt_ot.evaluate import Evaluation, classify_features
+    from prompt_ot.evaluate import classify_features, evaluated
 
-    predictions = classify_features(test.image_features, class_text.detach().float().cpu())
-    n = len(test.labels)
-    accuracy = 100.0 * float((predictions == test.labels).sum()) / n if n else float("nan")
-    return Evaluation(accuracy=accuracy, predictions=predictions, labels=test.labels.clone(), n=n)
+    return evaluated(classify_features(test.image_features, class_text.detach().float().cpu()), test.labels)

@@ -1,7 +1,7 @@
 """Training checkpoints: one safetensors file, written atomically each epoch, loaded without running code.
 
 It holds the trainable prompts, the optimiser's momentum buffers, the RNG state, the epoch and the
-per-epoch history, plus a fingerprint of (method, recipe, classes, backbone) so that a
+per-epoch history, the running sum of prompt aggregation (PromptSRC's GPA) where the method has one, plus a fingerprint of (method, recipe, classes, backbone) so that a
 checkpoint from another run is refused rather than silently resumed.
 """
 
@@ -61,8 +61,11 @@ def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {k: json.loads(v) for k, v in meta.items() if k != "format"}
 
 
-def save_checkpoint(path, model, optimizer, epoch: int, history: list[dict], fingerprint: str) -> None:
+def save_checkpoint(path, model, optimizer, epoch: int, history: list[dict], fingerprint: str,
+                    aggregate: dict[str, torch.Tensor] | None = None) -> None:
+    """``aggregate``: the running weighted sum of prompt aggregation (PromptSRC's GPA), when the method has one."""
     tensors = {f"prompt/{k}": v.cpu().contiguous() for k, v in model.prompt_state().items()}
+    tensors |= {f"aggregate/{k}": v.detach().cpu().contiguous() for k, v in (aggregate or {}).items()}
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -115,8 +118,10 @@ def check_resumable(path, fingerprint: str) -> list[dict]:
         raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
 
 
-def load_checkpoint(path, model, optimizer, fingerprint: str) -> tuple[int, list[dict]]:
-    """Restore state in place; returns (epochs completed, history)."""
+def load_checkpoint(path, model, optimizer, fingerprint: str,
+                    aggregate: dict[str, torch.Tensor] | None = None) -> tuple[int, list[dict]]:
+    """Restore state in place; returns (epochs completed, history). ``aggregate`` (a dict) receives the
+    running sum of prompt aggregation, when the checkpoint holds one."""
     from safetensors import safe_open
 
     try:
@@ -133,4 +138,6 @@ def load_checkpoint(path, model, optimizer, fingerprint: str) -> tuple[int, list
             p = params[key[len("momentum/"):]]
             optimizer.state[p]["momentum_buffer"] = value.to(p.device, p.dtype)
     torch.set_rng_state(tensors["rng/torch_cpu"])
+    if aggregate is not None:
+        aggregate.update({k[len("aggregate/"):]: v for k, v in tensors.items() if k.startswith("aggregate/")})
     return int(meta["epoch"]), json.loads(meta["history"])

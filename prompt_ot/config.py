@@ -151,6 +151,14 @@ def _check_run(params: dict, name: str, protocol: str, dataset: str, shots: int,
                         f"({_override_source(params, name, 'eval_epoch')}), but trains only {recipe.epochs} epochs "
                         f"({_override_source(params, name, 'epochs')}); set train.eval_epoch (0 = the final epoch) "
                         "or more epochs")
+    if method.aggregate is not None and recipe.eval_epoch not in (0, recipe.epochs):
+        raise UserError(f"{where}: aggregates its prompts over all {recipe.epochs} epochs, so it can only be tested "
+                        f"after the last one, not after epoch {recipe.eval_epoch} "
+                        f"({_override_source(params, name, 'eval_epoch')}); set train.eval_epoch to 0")
+    try:
+        method.gpa_weights(recipe.epochs)  # an aggregation that weighs no epoch is refused here
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from err
     prompts = method.prompts
     if prompts.text_depth > 0 and prompts.ctx_init and len(prompts.ctx_init.split()) != prompts.text_ctx:
         raise UserError(f"{where}: ctx_init {prompts.ctx_init!r} has {len(prompts.ctx_init.split())} words but "
@@ -192,6 +200,8 @@ def _with_variant(params: dict, name: str, recipe, source: str):
             layered["regulariser"] = recipe.regulariser
         if recipe.frozen_template is not None:
             layered["frozen_template"] = recipe.frozen_template
+        if recipe.aggregate is not None and method.aggregate is not None:
+            layered["aggregate"] = recipe.aggregate
         method = apply_overrides(method, layered)
     if name in variants:
         try:

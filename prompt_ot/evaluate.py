@@ -35,15 +35,24 @@ def evaluate(model, dataset, classnames: list[str], template: str = "a photo of 
         device = next(model.parameters()).device
     model.to(device).eval()
     model.set_classnames(classnames, template)
-    class_text = model.class_text_features()
+    class_text = None if model.conditional else model.class_text_features()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     preds, labels = [], []
     for batch in loader:
         images, y = batch[0], batch[1]
-        preds.append(classify_features(model.image_features(images.to(device)), class_text).cpu())
+        features = model.image_features(images.to(device))
+        if class_text is None:  # each image its own class prompts (CoCoOp)
+            preds.append(model.conditional_logits(features).argmax(-1).cpu())
+        else:
+            preds.append(classify_features(features, class_text).cpu())
         labels.append(torch.as_tensor(y))
     preds_t = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    n = int(labels_t.numel())
-    accuracy = 100.0 * float((preds_t == labels_t).sum()) / n if n else float("nan")
-    return Evaluation(accuracy=accuracy, predictions=preds_t, labels=labels_t, n=n)
+    return evaluated(preds_t, labels_t)
+
+
+def evaluated(predictions: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    """The Evaluation of predicted against true labels (accuracy NaN for an empty set)."""
+    n = int(labels.numel())
+    accuracy = 100.0 * float((predictions == labels).sum()) / n if n else float("nan")
+    return Evaluation(accuracy=accuracy, predictions=predictions, labels=labels.clone(), n=n)

@@ -48,7 +48,9 @@ class Entry:
     prompts: dict = field(default_factory=dict)  # overrides of the method's prompt layout
     regulariser: dict = field(default_factory=dict)  # overrides of the regulariser's arguments
     frozen_template: str | None = None
-    by_dataset: dict = field(default_factory=dict)  # dataset -> train overrides (e.g. CoOp's ImageNet epochs)
+    aggregate: dict | None = None  # Gaussian prompt aggregation (PromptSRC): {"mean", "std"} in epochs
+    # dataset -> train overrides (e.g. CoOp's ImageNet epochs), and "aggregate" for a dataset's own aggregation
+    by_dataset: dict = field(default_factory=dict)
     by_shots: tuple = ()  # ((smallest K, largest K, train overrides), ...)
     choice: str = ""  # where no recipe was released: what this suite uses and why
     trains: bool = True  # False: nothing is trained (zero-shot), only the precision applies
@@ -69,6 +71,17 @@ _IVLP_B2N = _entry({"lr": 0.0025, "batch_size": 4, "epochs": 20},
                    _PROMPTSRC + "IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
                    prompts={"text_depth": 9, "vision_depth": 9})
 _PROMPTSRC_TERMS = {"image_weight": 10.0, "text_weight": 25.0}
+_COCOOP = _entry({"lr": 0.002, "batch_size": 1, "epochs": 10},
+                 "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (meta-net 512-32-512)")
+_MAPLE_REPO = "muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/"
+_MAPLE_B2N = _entry({"lr": 0.0035, "batch_size": 4, "epochs": 5}, _MAPLE_REPO + "vit_b16_c2_ep5_batch4_2ctx.yaml",
+                    prompts={"text_depth": 9, "vision_depth": 9})
+_PROMPTSRC_B2N = _entry({"lr": 0.0025, "batch_size": 4, "epochs": 20},
+                        _PROMPTSRC + "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (GPA mean 15, std 1)",
+                        prompts={"text_depth": 9, "vision_depth": 9}, regulariser=_PROMPTSRC_TERMS,
+                        aggregate={"mean": 15, "std": 1})
+# few-shot GPA: mean 30, std 30 on these datasets, mean 45, std 5 on the others (PromptSRC's few-shot configs)
+_PROMPTSRC_FEW_SHOT_WIDE = ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397")
 _PROMPT_OT = {
     "base2novel": _entry({**PROMPT_OT_B2N, "eval_epoch": 31}, _PROMPT_OT_SOURCE),
     "cross_dataset": _entry({**PROMPT_OT_B2N, "eval_epoch": 11}, "ChongQingNoSubway/Prompt-OT: cross-dataset test "
@@ -119,6 +132,26 @@ RELEASED: dict[tuple[str, str], Entry] = {
         _PROMPTSRC + "PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
         prompts={"text_depth": 9, "vision_depth": 9}, regulariser=_PROMPTSRC_TERMS,
         choice="a baseline of this suite (PromptSRC's L1 terms alone): PromptSRC's recipe"),
+    ("cocoop", "base2novel"): _COCOOP,
+    ("cocoop", "cross_dataset"): replace(_COCOOP, source=_COCOOP.source + "; scripts/cocoop/xd_train.sh (ImageNet, "
+                                         "all classes)"),
+    ("cocoop", "few_shot"): replace(_COCOOP, choice=_NONE_RELEASED.format(protocol="few-shot", method="CoCoOp")),
+    ("maple", "base2novel"): _MAPLE_B2N,
+    ("maple", "cross_dataset"): _entry({"lr": 0.0026, "batch_size": 4, "epochs": 2},
+                                       _MAPLE_REPO + "vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml",
+                                       prompts={"text_depth": 3, "vision_depth": 3}),
+    ("maple", "few_shot"): replace(_MAPLE_B2N, choice=_NONE_RELEASED.format(protocol="few-shot", method="MaPLe")),
+    ("promptsrc", "base2novel"): _PROMPTSRC_B2N,
+    ("promptsrc", "cross_dataset"): _entry(
+        {"lr": 0.0025, "batch_size": 4, "epochs": 20},
+        _PROMPTSRC + "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml (GPA mean 6, std 10)",
+        prompts={"text_depth": 3, "vision_depth": 3}, regulariser=_PROMPTSRC_TERMS, aggregate={"mean": 6, "std": 10}),
+    ("promptsrc", "few_shot"): _entry(
+        {"lr": 0.0025, "batch_size": 4, "epochs": 50},
+        _PROMPTSRC + "PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml and scripts/promptsrc/few_shot.sh (GPA "
+        "mean 30, std 30 on ImageNet, Caltech101, OxfordPets, Food101, UCF101, SUN397; mean 45, std 5 on the others)",
+        prompts={"text_depth": 9, "vision_depth": 9}, regulariser=_PROMPTSRC_TERMS, aggregate={"mean": 45, "std": 5},
+        by_dataset={d: {"aggregate": {"mean": 30, "std": 30}} for d in _PROMPTSRC_FEW_SHOT_WIDE}),
     # Prompt-OT and the ablations the paper reports with it share its config.
     **{(m, p): e for m in ("prompt_ot", "prompt_ot_vision", "prompt_ot_text", "prompt_ot_sinkhorn",
                            "prompt_ot_unbalanced") for p, e in _PROMPT_OT.items()},
@@ -147,6 +180,7 @@ class Recipe:
     prompts: dict = field(default_factory=dict)
     regulariser: dict = field(default_factory=dict)
     frozen_template: str | None = None
+    aggregate: dict | None = None
     source: str = ""
     choice: str = ""
     overridden: tuple = ()  # the keys params.yaml set on top of the table
@@ -193,7 +227,9 @@ def resolve_recipe(name: str, method: str, protocol: str, dataset: str, shots: i
     for low, high, values in entry.by_shots:
         if low <= shots <= high:
             train.update(values)
-    train.update(entry.by_dataset.get(dataset, {}))
+    by_dataset = dict(entry.by_dataset.get(dataset, {}))
+    aggregate = by_dataset.pop("aggregate", entry.aggregate)
+    train.update(by_dataset)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(RECIPE_KEYS))
     if unknown:
@@ -202,7 +238,8 @@ def resolve_recipe(name: str, method: str, protocol: str, dataset: str, shots: i
         overrides = {k: v for k, v in overrides.items() if k == "precision"}
     train.update(overrides)
     return Recipe(name=name, method=method, protocol=protocol, prompts=dict(entry.prompts),
-                  regulariser=dict(entry.regulariser), frozen_template=entry.frozen_template, source=entry.source,
+                  regulariser=dict(entry.regulariser), frozen_template=entry.frozen_template,
+                  aggregate=None if aggregate is None else dict(aggregate), source=entry.source,
                   choice=entry.choice, overridden=tuple(sorted(overrides)), **train)
 
 

@@ -195,7 +195,11 @@ class _Run:
                             f"{'fp16' if not half else 'fp32'} weights, this one has {model.dtype}; load it with "
                             f"load_backbone(..., precision={spec.config.precision!r})")
         model.to(device)
-        model.set_classnames(spec.classnames, spec.frozen_template or spec.method.frozen_template_for(GENERIC_TEMPLATE))
+        from prompt_ot.templates import is_template_set, template_set
+
+        frozen_template = spec.frozen_template or spec.method.frozen_template_for(GENERIC_TEMPLATE)
+        ensemble = template_set(frozen_template) if is_template_set(frozen_template) else None
+        model.set_classnames(spec.classnames, GENERIC_TEMPLATE if ensemble else frozen_template)
         self.regulariser = build_regulariser(spec.method.regulariser)
         if self.regulariser is not None:
             self.regulariser.to(device)
@@ -212,12 +216,19 @@ class _Run:
         if len(spec.dataset) == 0:
             raise UserError("the training set is empty; check the manifest")
         self.optimizer = make_optimizer(self.params, spec.config, device)
+        # Gaussian prompt aggregation: after epoch e the prompts, weighted by gpa[e - 1], join a running sum that
+        # replaces the prompts after the last epoch (and is checkpointed, so a resumed run ends identically)
+        self.gpa = spec.method.gpa_weights(spec.config.epochs)
+        self.aggregate: dict[str, torch.Tensor] = {}
         if self.ckpt_path is not None and self.ckpt_path.exists():
             from prompt_ot.checkpoint import load_checkpoint
 
-            self.start_epoch, self.history = load_checkpoint(self.ckpt_path, model, self.optimizer, self.fingerprint)
+            self.start_epoch, self.history = load_checkpoint(self.ckpt_path, model, self.optimizer, self.fingerprint,
+                                                             aggregate=self.aggregate)
+            self.aggregate = {k: v.to(device) for k, v in self.aggregate.items()}
         with torch.no_grad(), autocast(device, spec.config.precision):
-            self.frozen_class_text = model.frozen_class_text_features().float()
+            self.frozen_class_text = (model.frozen_ensemble_text_features(ensemble) if ensemble
+                                      else model.frozen_class_text_features()).float()
         augment_on = spec.config.augment_on
         self.on_device_views = hasattr(spec.dataset, "device_batch") and (
             augment_on == "device" or (augment_on == "auto" and device.type == "cuda"))
@@ -338,15 +349,22 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
     counts = [len(b[1]) for b in batches]
     models = [run.spec.model for run in runs]
     total = torch.zeros((), device=device)
+    conditional = models[0].conditional
     with autocast(device, precision):
         image_all = packed_image_features(models, images, counts).split(counts)
-        texts = packed_class_text_features(models) if prompts_text else [fixed_text[id(run)] for run in runs]
+        if conditional:  # each image its own class prompts (CoCoOp): B x C sequences per run, one forward each
+            texts = [model.conditional_class_text(image) for model, image in zip(models, image_all)]
+        else:
+            texts = packed_class_text_features(models) if prompts_text else [fixed_text[id(run)] for run in runs]
         frozen_all = None
         if any(run.needs_frozen_image and run.spec.frozen_image_features is None for run in runs):
             frozen_all = models[0].frozen_image_features(images).split(counts)  # one frozen forward for all
         for k, (run, (_, labels, indices), image, class_text) in enumerate(zip(runs, batches, image_all, texts)):
             labels = labels.to(device, non_blocking=True)
-            logits = models[k].logit_scale * image @ class_text.t()
+            if conditional:
+                logits = models[k].logit_scale * torch.einsum("bd,bcd->bc", image, class_text.to(image.dtype))
+            else:
+                logits = models[k].logit_scale * image @ class_text.t()
             if precision != "fp16":  # bf16 autocast: the loss in float32; fp16: half logits, as the released code
                 logits = logits.float()
             ce = F.cross_entropy(logits, labels)
@@ -363,6 +381,8 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
                     class_text=class_text.float(),
                     frozen_class_text=run.frozen_class_text,
                     labels=labels,
+                    logits=logits.float(),
+                    logit_scale=models[k].logit_scale.float(),
                 ))
             loss = ce + reg
             total = total + loss
@@ -396,9 +416,25 @@ def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
     if not math.isfinite(record["loss"]):
         raise FloatingPointError(f"loss became {record['loss']} in epoch {epoch + 1}; lower the lr or use fp32")
     run.history.append(record)
+    if run.gpa is not None:
+        _aggregate(run, epoch)
     if run.ckpt_path is not None:
         from prompt_ot.checkpoint import save_checkpoint
 
-        save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, epoch + 1, run.history, run.fingerprint)
+        save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, epoch + 1, run.history, run.fingerprint,
+                        aggregate=run.aggregate)
     if run.spec.on_epoch_end is not None:
         run.spec.on_epoch_end(record)
+
+
+def _aggregate(run: _Run, epoch: int) -> None:
+    """Add the prompts after (0-based) ``epoch``, weighted by its Gaussian weight, to the running sum; after the
+    last epoch the sum replaces the prompts (what is saved, evaluated and checkpointed)."""
+    weight = run.gpa[epoch]
+    with torch.no_grad():
+        for name, p in run.spec.model.named_parameters():
+            if p.requires_grad:
+                term = p.detach() * weight
+                run.aggregate[name] = run.aggregate[name] + term if name in run.aggregate else term.clone()
+        if epoch + 1 == run.spec.config.epochs:
+            run.spec.model.load_prompt_state(run.aggregate)

@@ -126,7 +126,7 @@ BAD_PARAMS = {
     "negative shots": (lambda p: p["protocols"]["base2novel"].update(shots=-1),
                        ["protocols.base2novel.shots", "-1", "minimum of 1"]),
     "unknown key": (lambda p: p["train"].update(learning_rate=0.1), ["unknown key 'learning_rate'", "allowed keys", "lr"]),
-    "unknown method": (lambda p: p["methods"].append("maple"), ["methods[8]", "'maple'", "not a known method", "coop"]),
+    "unknown method": (lambda p: p["methods"].append("coprompt"), ["methods[11]", "'coprompt'", "not a known method", "coop"]),
     "unknown dataset": (lambda p: p["datasets"].append("mnist"), ["datasets[1]", "'mnist'", "not a known dataset", "dtd"]),
 }
 
@@ -165,8 +165,8 @@ def test_bad_params_in_a_real_process_exit_2_without_traceback(work, tmp_path):
 
 
 def test_unknown_method_name_on_the_command_line(work, capsys, tmp_path):
-    rc, _, err = cli(capsys, *train_args(work, "maple", tmp_path / "run"))
-    assert_one_clear_error(rc, err, "unknown method 'maple'", "known methods", "prompt_ot")
+    rc, _, err = cli(capsys, *train_args(work, "coprompt", tmp_path / "run"))
+    assert_one_clear_error(rc, err, "unknown method 'coprompt'", "known methods", "prompt_ot")
     assert not (tmp_path / "run").exists()
 
 

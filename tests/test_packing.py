@@ -35,7 +35,7 @@ def config(seed, **kw):
 
 def spec(tiny, method_name, dataset, seed, tmp=None, **kw):
     clip, tokenizer, _ = tiny
-    method = get_method(method_name, SHALLOW if method_name not in ("coop", "kgcoop", "zeroshot") else None)
+    method = get_method(method_name, SHALLOW if method_name not in ("coop", "kgcoop", "zeroshot", "cocoop") else None)
     classes, per_class, data_seed = DATASETS[dataset]
     return RunSpec(method, build_model(method, clip, tokenizer, seed=seed), ToyImages(per_class, len(classes),
                    seed=data_seed), classes, config(seed, **kw), checkpoint_dir=tmp)
@@ -61,6 +61,9 @@ PACKS = {
     "methods": [("ivlp", "shapes", 2), ("prompt_ot", "shapes", 2), ("pointwise_l1", "colours", 1),
                 ("prompt_ot_sinkhorn", "colours", 1)],
     "text-only prompts": [("coop", "colours", 1), ("kgcoop", "shapes", 1)],
+    "cocoop (per-image prompts)": [("cocoop", "colours", 1), ("cocoop", "shapes", 2)],
+    "maple (coupled prompts)": [("maple", "colours", 1), ("maple", "shapes", 2)],
+    "promptsrc (aggregated prompts)": [("promptsrc", "colours", 1), ("promptsrc", "colours", 2)],
 }
 
 

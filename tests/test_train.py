@@ -249,16 +249,19 @@ def test_zeroshot_does_not_train(tiny):
 
 
 def test_method_registry_has_the_papers_defaults():
-    assert list(METHODS)[:8] == ["zeroshot", "coop", "ivlp", "kgcoop", "pointwise_l1", "prompt_ot",
-                                 "prompt_ot_vision", "prompt_ot_text"]
+    assert list(METHODS)[:11] == ["zeroshot", "coop", "cocoop", "ivlp", "maple", "promptsrc", "kgcoop", "pointwise_l1",
+                                  "prompt_ot", "prompt_ot_vision", "prompt_ot_text"]
+    assert get_method("promptsrc").regulariser == {"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0,
+                                                   "logit_weight": 1.0}
+    assert get_method("maple").prompts.coupled and get_method("cocoop").prompts.meta_net == 16
     ot = get_method("prompt_ot").regulariser
     assert ot == {"kind": "ot", "modality": "joint", "solver": "exact", "weight": 10.0, "eta": 0.5}
     assert get_method("prompt_ot_vision").regulariser["modality"] == "vision"
     assert get_method("kgcoop").regulariser == {"kind": "kgcoop", "weight": 8.0}
     p = get_method("prompt_ot").prompts
     assert (p.text_ctx, p.text_depth, p.vision_ctx, p.vision_depth, p.ctx_init) == (4, 12, 4, 12, "a photo of a")
-    with pytest.raises(UserError, match="unknown method 'maple'.*prompt_ot"):
-        get_method("maple")
+    with pytest.raises(UserError, match="unknown method 'coprompt'.*prompt_ot"):
+        get_method("coprompt")
     with pytest.raises(UserError, match="unknown prompt setting"):
         get_method("ivlp", {"prompts": {"depth": 3}})
     assert get_method("prompt_ot", {"regulariser": {"weight": 1.0}}).regulariser["weight"] == 1.0

@@ -26,9 +26,13 @@ def _same_jobs(folder):
 
 def test_paper_grid_is_the_same_in_snakemake_and_dvc(tmp_path):
     jobs = _same_jobs(make_workspace(tmp_path))
+    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
+    assert {"cocoop", "maple", "promptsrc", "prompt_ot"} <= set(methods) and len(methods) == 11
     # 15 downloads + 1 backbone + 15 test caches + (11 + 1) x 3 splits and train caches
-    # + 8 methods x (11 + 1) x 3 trainings + 8 x 3 x (11 + 1 + 1) evaluations + 1 report
-    assert len(jobs) == 15 + 1 + 15 + 36 + 36 + 288 + 8 * 3 * 13 + 1
+    # + 11 methods x (11 + 1) x 3 trainings + 11 x 3 x (11 + 1 + 1) evaluations + 1 report
+    assert len(jobs) == 15 + 1 + 15 + 36 + 36 + 11 * 12 * 3 + 11 * 3 * 13 + 1
+    for method in ("cocoop", "maple", "promptsrc"):  # the new methods' jobs are in both, with the same outputs
+        assert sum(f" --method {method} " in cmd for cmd in jobs) == 12 * 3 + 3 * 13
 
 
 def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
@@ -95,7 +99,7 @@ def _params():
         (lambda p: p["protocols"]["base2novel"].update(shots=-2), r"protocols.base2novel.shots = -2"),
         (lambda p: p["train"].update(lr_typo=1), r"unknown key 'lr_typo' under train"),
         (lambda p: p.update(extra=1), r"unknown key 'extra' at the top level"),
-        (lambda p: p["methods"].append("maple"), r"methods\[8\] = 'maple' is not a known method"),
+        (lambda p: p["methods"].append("coprompt"), r"methods\[11\] = 'coprompt' is not a known method"),
         (lambda p: p["datasets"].append("mnist"), r"datasets\[15\] = 'mnist' is not a known dataset"),
         (lambda p: p["train"].update(precision="fp8"), r"train.precision = 'fp8' is not allowed"),
         (lambda p: p["train"].update(augment_on="gpu"), r"train.augment_on = 'gpu' is not allowed"),

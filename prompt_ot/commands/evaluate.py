@@ -55,13 +55,21 @@ def evaluate_part(model, method, part, template: str, batch_size: int, device: s
     import torch
 
     from prompt_ot.cache import evaluate_cached, uses_frozen_image_encoder
-    from prompt_ot.evaluate import evaluate
+    from prompt_ot.evaluate import evaluate, evaluated
     from prompt_ot.precision import autocast
 
     if not uses_frozen_image_encoder(method) or part.precision != precision:
         with autocast(device, precision):
             return evaluate(model(), _CachedTestImages(part), part.classnames, template, batch_size=batch_size,
                             device=device)
+    if method.prompts.conditional:  # each image its own class prompts, from its (cached) frozen image feature
+        prompted = model()
+        prompted.set_classnames(part.classnames, template)
+        with torch.no_grad(), autocast(device, precision):
+            features = part.image_features.to(device, prompted.dtype)
+            predictions = torch.cat([prompted.conditional_logits(chunk).argmax(-1).cpu()
+                                     for chunk in features.split(batch_size)])
+        return evaluated(predictions, part.labels)
     if method.prompts.text_depth == 0 and template in part.templates:
         class_text = part.text_features(template)
     else:

@@ -26,6 +26,8 @@ class RegulariserInputs:
     class_text: Tensor  # (C, D) prompted text features T_c of every class
     frozen_class_text: Tensor  # (C, D) frozen features S_c of "a photo of a {c}."
     labels: Tensor  # (B,) int64 class of each image
+    logits: Tensor | None = None  # (B, C) the prompted logits the cross-entropy reads
+    logit_scale: Tensor | float | None = None  # exp(CLIP's logit scale), for zero-shot logits
 
 
 class Regulariser(nn.Module):
@@ -59,12 +61,13 @@ from prompt_ot.losses.ot import (  # noqa: E402
     transport_cost,
     transport_plan,
 )
-from prompt_ot.losses.pointwise import KgCoOpLoss, PointwiseL1  # noqa: E402
+from prompt_ot.losses.pointwise import KgCoOpLoss, PointwiseL1, PromptSRCLoss  # noqa: E402
 
 REGULARISERS: dict[str, type[Regulariser]] = {
     "ot": OTRegulariser,
     "pointwise_l1": PointwiseL1,
     "kgcoop": KgCoOpLoss,
+    "promptsrc": PromptSRCLoss,
 }
 
 
@@ -100,6 +103,7 @@ __all__ = [
     "KgCoOpLoss",
     "OTRegulariser",
     "PointwiseL1",
+    "PromptSRCLoss",
     "Regulariser",
     "assignment_plan",
     "log_sinkhorn_plan",

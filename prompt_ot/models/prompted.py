@@ -16,6 +16,7 @@ sees a padded layout. The result equals the full forward up to float rounding.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,12 @@ class PromptConfig:
     vision_depth: int = 12
     ctx_init: str | None = "a photo of a"
     init_std: float = 0.02
+    # fixed words between the context tokens and the class name ("of a" for MaPLe's 2 tokens from "a photo")
+    fixed_words: str = ""
+    # MaPLe: the vision prompts of each depth are a linear map of that depth's text prompts (no free ones)
+    coupled: bool = False
+    # CoCoOp: a meta-net of hidden width (image feature width) / meta_net shifts the context per image; 0: off
+    meta_net: int = 0
 
     def validate(self, text_layers: int, vision_layers: int) -> None:
         for key, value, limit in (
@@ -46,6 +53,21 @@ class PromptConfig:
         for key, value, depth in (("text_ctx", self.text_ctx, self.text_depth), ("vision_ctx", self.vision_ctx, self.vision_depth)):
             if value < 0 or (depth > 0 and value == 0):
                 raise UserError(f"prompt {key}={value} must be a positive token count when its depth is > 0")
+        if self.coupled and (self.vision_ctx, self.vision_depth) != (self.text_ctx, self.text_depth):
+            raise UserError(f"coupled prompts map each text prompt to a vision prompt: vision_ctx/vision_depth "
+                            f"({self.vision_ctx}/{self.vision_depth}) must equal text_ctx/text_depth "
+                            f"({self.text_ctx}/{self.text_depth})")
+        if self.coupled and self.text_depth == 0:
+            raise UserError("coupled prompts need text_depth > 0")
+        if self.meta_net < 0 or (self.meta_net and self.text_depth != 1):
+            raise UserError(f"meta_net={self.meta_net} must be 0 (off) or a positive width divisor, and the "
+                            f"conditional context needs text prompts at the input only (text_depth 1, got "
+                            f"{self.text_depth})")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the class prompts depend on the image (CoCoOp)."""
+        return self.meta_net > 0
 
 
 def _blocks_forward(transformer: nn.Module, x: torch.Tensor, attn_mask, replace, blocks=None) -> torch.Tensor:
@@ -58,6 +80,12 @@ def _blocks_forward(transformer: nn.Module, x: torch.Tensor, attn_mask, replace,
         else:
             x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     return x
+
+
+def _image_feature_width(visual: nn.Module) -> int:
+    """The width of the image tower's output feature (after the projection)."""
+    proj = getattr(visual, "proj", None)
+    return int(proj.shape[1]) if proj is not None else int(visual.conv1.out_channels)
 
 
 def _first_token_pooling(visual: nn.Module) -> bool:
@@ -107,7 +135,7 @@ class PromptedCLIP(nn.Module):
         )
         self.vision_prompts = nn.ParameterList(
             nn.Parameter(torch.randn(config.vision_ctx, vision_width, dtype=dtype) * config.init_std)
-            for _ in range(config.vision_depth)
+            for _ in range(0 if config.coupled else config.vision_depth)  # coupled: mapped from the text prompts
         )
         if config.text_depth > 0 and config.ctx_init:
             init_tokens = tokenizer([config.ctx_init])[0]
@@ -120,6 +148,17 @@ class PromptedCLIP(nn.Module):
             with torch.no_grad():
                 embedded = clip.token_embedding(init_tokens.to(clip.token_embedding.weight.device))
                 self.text_prompts[0].copy_(embedded[1 : 1 + n_words].to(dtype))
+        if config.coupled:
+            # MaPLe: F_0 on its own, F_1 ... F_{d-1} start as copies of one layer (as its released code builds them)
+            first = nn.Linear(text_width, vision_width)
+            shared = nn.Linear(text_width, vision_width)
+            deeper = [copy.deepcopy(shared) for _ in range(config.text_depth - 1)]
+            self.couplings = nn.ModuleList([first, *deeper]).to(dtype)
+        if config.meta_net:
+            image_width = _image_feature_width(clip.visual)
+            hidden = max(1, image_width // config.meta_net)
+            self.meta_net = nn.Sequential(nn.Linear(image_width, hidden), nn.ReLU(inplace=True),
+                                          nn.Linear(hidden, text_width)).to(dtype)
         self.register_buffer("class_tokens", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("frozen_class_tokens", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.classnames: list[str] = []
@@ -136,7 +175,7 @@ class PromptedCLIP(nn.Module):
         device = self.clip.token_embedding.weight.device
         classnames = [c.replace("_", " ") for c in classnames]  # CoOp's split files keep underscores
         self.classnames = list(classnames)
-        prefix = " ".join([PLACEHOLDER] * self.config.text_ctx)
+        prefix = " ".join([PLACEHOLDER] * self.config.text_ctx + ([self.config.fixed_words] if self.config.fixed_words else []))
         prompted = [f"{prefix} {c}." for c in classnames] if self.config.text_depth > 0 else [template.format(c) for c in classnames]
         self.class_tokens = self.tokenizer(prompted).to(device)
         self._classes_version = getattr(self, "_classes_version", 0) + 1  # invalidates the cached text layout
@@ -177,18 +216,59 @@ class PromptedCLIP(nn.Module):
             x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
         return x
 
+    @property
+    def conditional(self) -> bool:
+        """Whether each image has its own class prompts (CoCoOp's meta-net)."""
+        return self.config.conditional
+
     def class_text_features(self) -> torch.Tensor:
         """Normalised prompted text features of every class (C, D); differentiable in the prompts."""
         if len(self.class_tokens) == 0:
             raise RuntimeError("call set_classnames() first")
+        if self.conditional:
+            raise RuntimeError("the class prompts of a conditional model depend on the image: use "
+                               "conditional_class_text(image_features)")
         if self.config.text_depth > 0:
             return shared_prefix_text([self])[0]
         return F.normalize(self.encode_tokens(self.class_tokens, use_prompts=True), dim=-1)
+
+    def conditional_context(self, image_features: torch.Tensor) -> torch.Tensor:
+        """CoCoOp's per-image context (B, n, width): the shared context plus the meta-net's shift of each
+        (normalised) image feature, added to every context token."""
+        shift = self.meta_net(image_features.to(self.dtype))
+        return self.text_prompts[0].unsqueeze(0) + shift.unsqueeze(1)
+
+    def conditional_class_text(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Normalised class-text features of each image's own prompts (B, C, D), all B x C prompt sequences in one
+        batched forward (each image's start token and context computed once for its C classes)."""
+        if len(self.class_tokens) == 0:
+            raise RuntimeError("call set_classnames() first")
+        heads = self.conditional_context(image_features)
+        batch = heads.shape[0]
+        layout = _text_layout([self.class_tokens] * batch, self, ("conditional", batch))
+        return _prefix_forward(self, layout, [heads]).view(batch, len(self.class_tokens), -1)
+
+    def conditional_logits(self, image_features: torch.Tensor, max_rows: int = 8192) -> torch.Tensor:
+        """Logits (B, C) of normalised image features against each image's own class prompts, in chunks of at
+        most ``max_rows`` prompt sequences."""
+        chunk = max(1, max_rows // max(1, len(self.class_tokens)))
+        logits = [self.logit_scale * torch.einsum("bd,bcd->bc", part, self.conditional_class_text(part).to(part.dtype))
+                  for part in image_features.split(chunk)]
+        return torch.cat(logits)
 
     @torch.no_grad()
     def frozen_class_text_features(self) -> torch.Tensor:
         """Normalised frozen text features of the hand-crafted prompts (C, D)."""
         return F.normalize(self.encode_tokens(self.frozen_class_tokens, use_prompts=False), dim=-1)
+
+    @torch.no_grad()
+    def frozen_ensemble_text_features(self, templates: list[str]) -> torch.Tensor:
+        """Normalised frozen class texts averaged over ``templates`` (C, D): per class the mean of the
+        unnormalised frozen features of every template, then normalised (PromptSRC's frozen text target)."""
+        device = self.clip.token_embedding.weight.device
+        tokens = self.tokenizer([t.format(c) for t in templates for c in self.classnames]).to(device)
+        features = torch.cat([self.encode_tokens(part, use_prompts=False) for part in tokens.split(1024)])
+        return F.normalize(features.view(len(templates), len(self.classnames), -1).float().mean(0), dim=-1)
 
     # ------------------------------------------------------------------ vision
     def encode_image(self, images: torch.Tensor, use_prompts: bool = True,
@@ -207,7 +287,7 @@ class PromptedCLIP(nn.Module):
         n = self.config.vision_ctx
         batch = x.shape[0]
         if depth > 0 and layer_prompts is None:
-            layer_prompts = [p.unsqueeze(0).expand(batch, -1, -1) for p in self.vision_prompts]
+            layer_prompts = [p.unsqueeze(0).expand(batch, -1, -1) for p in self.vision_prompt_tensors()]
         if depth > 0:
             x = torch.cat([x, layer_prompts[0].to(x.dtype)], dim=1)
         x = visual.ln_pre(x)
@@ -235,6 +315,13 @@ class PromptedCLIP(nn.Module):
             pooled = pooled @ visual.proj
         return pooled
 
+    def vision_prompt_tensors(self) -> list[torch.Tensor]:
+        """The vision prompts of each prompted layer, (n, width) each: the free ones, or for coupled prompts
+        (MaPLe) each depth's coupling layer applied to that depth's text prompts."""
+        if self.config.coupled:
+            return [f(p) for f, p in zip(self.couplings, self.text_prompts)]
+        return list(self.vision_prompts)
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encode_image(images, use_prompts=True), dim=-1)
 
@@ -249,6 +336,8 @@ class PromptedCLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, class_text: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, C) of images against the current classes."""
+        if self.conditional:
+            return self.conditional_logits(self.image_features(images))
         if class_text is None:
             class_text = self.class_text_features()
         return self.logit_scale * self.image_features(images) @ class_text.t()
@@ -288,7 +377,7 @@ def packed_image_features(models: list[PromptedCLIP], images: torch.Tensor, coun
     if len(models) == 1:
         return models[0].image_features(images)
     first = models[0]
-    layers = _rows([m.vision_prompts for m in models], counts) if first.config.vision_depth > 0 else None
+    layers = _rows([m.vision_prompt_tensors() for m in models], counts) if first.config.vision_depth > 0 else None
     return F.normalize(first.encode_image(images, use_prompts=True, layer_prompts=layers), dim=-1)
 
 
@@ -323,14 +412,16 @@ class _TextLayout:
     suffix_mask: torch.Tensor  # (width, P + width): a class token at column j sees the prefix and its tokens 0..j
 
 
-def _text_layout(models: list[PromptedCLIP]) -> _TextLayout:
-    key = tuple((id(m), m._classes_version, str(m.class_tokens.device)) for m in models)
-    cached = getattr(models[0], "_layout_cache", None)
+def _text_layout(groups: list[torch.Tensor], owner: PromptedCLIP, key) -> _TextLayout:
+    """The layout of ``groups`` (one (C_r, 77) token tensor per prefix: a packed model's classes, or one image's
+    classes under conditional prompts), cached on ``owner`` under ``key`` (with the tokens' version)."""
+    key = (key, owner._classes_version, str(owner.class_tokens.device))
+    cached = getattr(owner, "_layout_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    prefix = 1 + models[0].config.text_ctx
-    tokens = torch.cat([m.class_tokens for m in models]).cpu()
-    row_run = torch.cat([torch.full((len(m.class_tokens),), r, dtype=torch.long) for r, m in enumerate(models)])
+    prefix = 1 + owner.config.text_ctx
+    tokens = torch.cat(groups).cpu()
+    row_run = torch.cat([torch.full((len(g),), r, dtype=torch.long) for r, g in enumerate(groups)])
     lengths = tokens.argmax(dim=-1) + 1 - prefix  # own tokens of each class, end-of-text included
     if int(lengths.min()) < 1:
         raise RuntimeError("a class prompt has no tokens after its context tokens")
@@ -342,7 +433,7 @@ def _text_layout(models: list[PromptedCLIP]) -> _TextLayout:
     grid = torch.where(valid, starts[:, None] + columns[None, :], torch.full_like(valid, total, dtype=torch.long))
     positions = (prefix + columns)[None, :].expand_as(valid)[valid]
     keys = torch.arange(prefix + width)
-    device = models[0].class_tokens.device
+    device = owner.class_tokens.device
     # Everything indexed by a mask is turned into indices here, once: boolean indexing on a GPU waits for
     # the host, and this layout is used every step.
     layout = _TextLayout(
@@ -352,7 +443,7 @@ def _text_layout(models: list[PromptedCLIP]) -> _TextLayout:
         prefix_mask=torch.ones(prefix, prefix, dtype=torch.bool).tril().to(device),
         suffix_mask=((keys[None, :] < prefix) | (keys[None, :] - prefix <= columns[:, None])).to(device),
     )
-    models[0]._layout_cache = (key, layout)
+    owner._layout_cache = (key, layout)
     return layout
 
 
@@ -376,23 +467,31 @@ def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
     in a padded (C, width_s) grid, to their model's prefix keys and to their own earlier tokens.
     """
     first = models[0]
+    key = ("packed", tuple((id(m), m._classes_version) for m in models))
+    layout = _text_layout([m.class_tokens for m in models], first, key)
+    heads = [torch.stack([m.text_prompts[i] for m in models]) for i in range(first.config.text_depth)]
+    features = _prefix_forward(first, layout, heads)
+    return list(features.split([len(m.class_tokens) for m in models]))
+
+
+def _prefix_forward(first: PromptedCLIP, layout: _TextLayout, heads: list[torch.Tensor]) -> torch.Tensor:
+    """Normalised features (rows, D) of the prompted class texts of ``layout``, whose R prefixes (start token +
+    n prompts) get, at each prompted depth i, the prompts ``heads[i]`` (R, n, width)."""
     clip = first.clip
-    depth, n = first.config.text_depth, first.config.text_ctx
+    depth, n = len(heads), first.config.text_ctx
     prefix = 1 + n
-    layout = _text_layout(models)
     embedding = clip.token_embedding
     positional = clip.positional_embedding
     dtype = first.dtype
+    groups = heads[0].shape[0]
     start = embedding(first.class_tokens[:1, :1]).to(dtype)  # (1, 1, width): every class starts with the same token
-    heads = torch.stack([m.text_prompts[0] for m in models]).to(dtype)  # (R, n, width)
-    x_p = torch.cat([start.expand(len(models), -1, -1), heads], dim=1) + positional[:prefix].to(dtype)
+    x_p = torch.cat([start.expand(groups, -1, -1), heads[0].to(dtype)], dim=1) + positional[:prefix].to(dtype)
     x_s = embedding(layout.suffix_tokens).to(dtype) + positional[layout.suffix_positions].to(dtype)  # (N, width)
     rows, width_s = len(layout.row_run), layout.width
     blocks = clip.transformer.resblocks
     for i, block in enumerate(blocks):
         if 0 < i < depth:
-            deep = torch.stack([m.text_prompts[i] for m in models]).to(x_p.dtype)
-            x_p = torch.cat([x_p[:, :1], deep, x_p[:, prefix:]], dim=1)
+            x_p = torch.cat([x_p[:, :1], heads[i].to(x_p.dtype), x_p[:, prefix:]], dim=1)
         attn = block.attn
         w_qkv, b_qkv = attn.in_proj_weight, attn.in_proj_bias
         qkv_p = F.linear(block.ln_1(x_p), w_qkv, b_qkv)  # (R, P, 3w)
@@ -413,5 +512,4 @@ def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
     if clip.text_projection is not None:
         pooled = (clip.text_projection(pooled) if isinstance(clip.text_projection, nn.Linear)
                   else pooled @ clip.text_projection)
-    features = F.normalize(pooled, dim=-1)
-    return list(features.split([len(m.class_tokens) for m in models]))
+    return F.normalize(pooled, dim=-1)

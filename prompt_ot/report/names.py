@@ -12,9 +12,12 @@ import re
 METHOD_NAMES: dict[str, str] = {
     "zeroshot": "CLIP (zero-shot)",
     "coop": "CoOp",
+    "cocoop": "CoCoOp",
     "kgcoop": "KgCoOp",
     "ivlp": "IVLP",
+    "maple": "MaPLe",
     "pointwise_l1": "Point-wise L1",
+    "promptsrc": "PromptSRC",
     "prompt_ot_vision": "Prompt-OT, vision only",
     "prompt_ot_text": "Prompt-OT, text only",
     "prompt_ot_sinkhorn": "Prompt-OT, Sinkhorn",

@@ -19,7 +19,8 @@ PUBLISHED_BLOCK = "Published"
 ABLATIONS = [
     ("Modality", ["prompt_ot_vision", "prompt_ot_text", "prompt_ot"]),
     ("Solver", ["prompt_ot", "prompt_ot_sinkhorn", "prompt_ot_unbalanced"]),
-    ("OT vs point-wise", ["prompt_ot", "pointwise_l1", "ivlp"]),
+    ("OT vs point-wise", ["prompt_ot", "promptsrc", "pointwise_l1", "ivlp"]),
+    ("Against the compared methods", ["prompt_ot", "promptsrc", "maple", "cocoop", "kgcoop", "coop"]),
 ]
 
 
