@@ -31,8 +31,11 @@ demo-data:
 	@if [ ! -d $(FASHION_MNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; fi
 
+# every job of the demo starts as a fork of one process that has imported torch and open_clip (prompt_ot/forkserver.py;
+# the same results as jobs in their own processes, seconds sooner each)
 demo: setup demo-data
-	cd demo && snakemake -s ../Snakefile --cores $(CORES) --resources gpu=$(CORES) --rerun-incomplete --quiet rules
+	cd demo && $(abspath $(PY)) -m prompt_ot forkserver -- snakemake -s ../Snakefile --cores $(CORES) \
+		--resources gpu=$(CORES) --rerun-incomplete --quiet rules
 	@echo
 	@cat demo/reports/tables/base2novel_average.md
 	@echo

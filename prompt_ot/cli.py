@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mlflow": ("prompt_ot.commands.mlflow_cmd", "create the tracking store and parent run; re-log results recorded while MLflow was unreachable"),
     "report": ("prompt_ot.commands.report", "collect metrics files into LaTeX/CSV/Markdown tables and plots"),
     "smoke": ("prompt_ot.commands.smoke", "CPU smoke run: train and evaluate a method on a tiny CLIP with real digits"),
+    "forkserver": ("prompt_ot.commands.forkserver", "import torch and open_clip once and start each command that "
+                   "finds $PROMPT_OT_FORKSERVER as a fork of this process (a CPU grid's many jobs start at once)"),
 }
 
 
@@ -84,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     name = argv[0]
+    if name in COMMANDS and name != "forkserver":
+        from prompt_ot.forkserver import run_through_server
+
+        status = run_through_server(argv)  # None: no fork server named or answering; run here
+        if status is not None:
+            return status
     # One CPU thread per job unless the caller says otherwise: results then do not depend on which tool ran
     # the job (Snakemake exports OMP_NUM_THREADS=<rule threads>, DVC exports nothing), and parallel jobs do
     # not oversubscribe the cores. Stages that want more threads (pretraining) set them from their params.

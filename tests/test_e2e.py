@@ -1,8 +1,11 @@
 """End to end: the offline demo's configuration, shrunken (the pipeline pretrains its small CLIP on the real
-digits only, then two methods, two seeds, two epochs), through `snakemake` and through `dvc repro`, each in a
-temporary copy of the pipeline. Both produce the same metrics files, the tables and the MLflow runs; the
-pretrained backbone is far above chance; a second `dvc repro` has nothing to do."""
+digits only, then five methods, two seeds, two epochs), through `snakemake` with every job its own process and
+through `dvc repro` with every stage a fork of the fork server (`prompt_ot.forkserver`), each in a temporary copy
+of the pipeline. Both produce byte-identical metrics files, prompts and tables (so the tools agree and a forked
+job equals its own process); the MLflow runs are complete; the pretrained backbone is far above chance; a second
+`dvc repro` has nothing to do."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import yaml
 
 from tests.workflow_helpers import ROOT, make_workspace, quiet_env
 
-METHODS = ["zeroshot", "prompt_ot"]
+METHODS = ["zeroshot", "cocoop", "maple", "promptsrc", "prompt_ot"]
 SEEDS = [1, 2]
 CHANCE = 100 / 10  # digits: 10 classes
 
@@ -28,8 +31,8 @@ def tiny_params() -> str:
     return yaml.safe_dump(params, sort_keys=False)
 
 
-def run(cmd, cwd):
-    env = quiet_env() | {"HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": ""}
+def run(cmd, cwd, **extra_env):
+    env = quiet_env() | {"HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": ""} | extra_env
     env.pop("MLFLOW_TRACKING_URI")
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -91,7 +94,9 @@ def test_shrunken_grid_through_snakemake_and_dvc(tmp_path):
     assert {(r["tags"]["method"], r["tags"]["seed"]) for r in trained} == {(m, str(s)) for m in METHODS for s in SEEDS}
 
     dvc = make_workspace(tmp_path / "dvc", tiny_params())
-    run([sys.executable, "-m", "dvc", "repro"], dvc)
+    with fork_server(tmp_path) as (socket_path, children):
+        run([sys.executable, "-m", "dvc", "repro"], dvc, PROMPT_OT_FORKSERVER=str(socket_path))
+        assert children() == 0  # every stage's child has ended
     dvc_metrics = check_outputs(dvc)
     # deferred MLflow logging: without Snakemake's closing sync the runs wait on disk for `mlflow sync`
     assert len(list((dvc / "runs").rglob("mlflow_pending_*.json"))) == 2 * len(METHODS) * len(SEEDS)
@@ -108,3 +113,34 @@ def test_shrunken_grid_through_snakemake_and_dvc(tmp_path):
     assert "Running stage" not in again.stdout
     status = run([sys.executable, "-m", "dvc", "status"], dvc)
     assert "up to date" in status.stdout
+
+
+@contextlib.contextmanager
+def fork_server(folder):
+    """A running `python -m prompt_ot forkserver` (stopped by pid), its socket and a count of its live children."""
+    import os
+    import signal
+    import time
+
+    socket_path, pidfile = folder / "fork.sock", folder / "fork.pid"
+    server = subprocess.Popen([sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path),
+                               "--pidfile", str(pidfile)], env=quiet_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists():
+            assert server.poll() is None, f"the fork server did not start:\n{server.stdout.read()}"
+            assert time.monotonic() < deadline, "the fork server did not listen within 120 s"
+            time.sleep(0.2)
+
+        def children():
+            return len(subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split())
+
+        yield socket_path, children
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()

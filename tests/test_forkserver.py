@@ -1,0 +1,103 @@
+"""The fork server (`python -m prompt_ot forkserver`): a job run through it behaves as its own process would
+(exit status, stdout and stderr, outputs: the byte-for-byte comparison of a whole grid is in test_e2e.py);
+signals sent to a job reach its child; a job killed outright takes its child with it; without a server the
+command runs in its own process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_e2e import fork_server
+from tests.workflow_helpers import ROOT, quiet_env
+
+
+def _prompt_ot(*args, socket_path=None, **kw):
+    env = quiet_env() | ({"PROMPT_OT_FORKSERVER": str(socket_path)} if socket_path else {})
+    return subprocess.Popen([sys.executable, "-m", "prompt_ot", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(condition, what, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with fork_server(tmp_path_factory.mktemp("fork")) as running:
+        yield running
+
+
+def test_a_job_through_the_server_has_its_own_status_streams_and_folder(server, tmp_path):
+    socket_path, children = server
+    (tmp_path / "params.yaml").write_text((ROOT / "demo" / "params.yaml").read_text())
+    ok = _prompt_ot("validate", "--params", "params.yaml", socket_path=socket_path, cwd=tmp_path)
+    out, err = ok.communicate(timeout=60)
+    assert ok.returncode == 0 and "params.yaml is valid" in out and err == ""
+    bad = _prompt_ot("validate", "--params", "missing.yaml", socket_path=socket_path, cwd=tmp_path)
+    out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "error: parameter file missing.yaml does not exist" in err and "Traceback" not in err
+    alone = _prompt_ot("validate", "--params", "missing.yaml", cwd=tmp_path)  # the same job as its own process
+    assert alone.communicate(timeout=120) == (out, err) and alone.returncode == 2
+    assert children() == 0
+
+
+def test_without_an_answering_server_the_command_runs_in_its_own_process(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "demo" / "params.yaml").read_text())
+    job = _prompt_ot("validate", "--params", "params.yaml", socket_path=tmp_path / "nobody.sock", cwd=tmp_path)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 0 and "is valid" in out
+
+
+def _long_job(socket_path, tmp_path):
+    return _prompt_ot("smoke", "--method", "prompt_ot", "--epochs", "500", "--shots", "2", "--out", tmp_path / "smoke",
+                      socket_path=socket_path, cwd=tmp_path)
+
+
+def test_sigterm_to_a_job_ends_its_child_and_the_job_dies_by_it(server, tmp_path):
+    socket_path, children = server
+    job = _long_job(socket_path, tmp_path)
+    _wait_for(lambda: children() == 1, "the job's child")
+    time.sleep(1.0)
+    job.send_signal(signal.SIGTERM)
+    job.communicate(timeout=60)
+    assert job.returncode == -signal.SIGTERM
+    _wait_for(lambda: children() == 0, "the child to end")
+
+
+def test_a_job_killed_outright_takes_its_child_with_it(server, tmp_path):
+    socket_path, children = server
+    job = _long_job(socket_path, tmp_path)
+    _wait_for(lambda: children() == 1, "the job's child")
+    job.kill()  # SIGKILL: the job cannot pass anything on; its closed connection must end the child
+    job.communicate(timeout=60)
+    _wait_for(lambda: children() == 0, "the orphaned child to be killed")
+
+
+def test_a_socket_in_a_missing_folder_is_refused(tmp_path):
+    job = _prompt_ot("forkserver", "--socket", tmp_path / "no" / "such" / "s.sock")
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_the_wrapper_form_serves_while_its_command_runs_and_then_stops(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "demo" / "params.yaml").read_text())
+    job = _prompt_ot("forkserver", "--", sys.executable, "-m", "prompt_ot", "validate", "--params", "params.yaml",
+                     cwd=tmp_path)
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 0 and "is valid" in out
+    failing = _prompt_ot("forkserver", "--", "false", cwd=tmp_path)
+    failing.communicate(timeout=180)
+    assert failing.returncode == 1  # the command's own status
+    leftover = subprocess.run(["pgrep", "-f", "forkserver --socket .*prompt_ot_fork_"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "a fork server outlived its command"
+    missing = _prompt_ot("forkserver", "--", "no-such-command-here", cwd=tmp_path)
+    out, err = missing.communicate(timeout=60)
+    assert missing.returncode == 2 and "not found on PATH" in err
