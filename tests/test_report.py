@@ -497,3 +497,18 @@ def test_tables_say_which_recipe_and_mark_rows_tested_before_their_last_epoch(tm
     out = report(tmp_path / "shared", paths, published=False)
     markdown = (out / "tables" / "base2novel_average.md").read_text()
     assert "Recipe: shared, every method trained with Prompt-OT's recipe" in markdown and "‡" not in markdown
+
+
+def test_the_compared_methods_are_named_beside_their_published_rows_and_in_the_ablation(tmp_path):
+    values = b2n_values(seed=8, methods=("coop", "cocoop", "maple", "promptsrc", "prompt_ot"))
+    out = report(tmp_path, write_b2n(tmp_path / "runs", values), figures=True)
+    average = csv(out, "base2novel_average")
+    ours = average[~average.published]
+    assert {"CoCoOp", "MaPLe", "PromptSRC", "Prompt-OT (ours)"} <= set(ours.name)
+    published = set(average[average.published].method)
+    assert {"CoCoOp", "MaPLe", "PromptSRC"} <= published  # reports/published, quoted from the PromptSRC README
+    ablation = csv(out, "ablation")
+    compared = ablation[ablation.block == "Against the compared methods"]
+    assert set(compared.method) == {"prompt_ot", "promptsrc", "maple", "cocoop", "coop"}
+    assert row(compared, "maple")["hm_of_avg_mean"] == pytest.approx(row(average, "maple")["hm_of_avg_mean"])
+    assert (out / "figures" / "base2novel_tradeoff.png").is_file()

@@ -56,6 +56,44 @@ def test_released_base_to_novel_recipes_are_the_authors(method):
     assert resolved.prompts.ctx_init == "a photo of a" and resolved.prompts.text_ctx == 4
 
 
+def test_released_recipes_of_cocoop_maple_and_promptsrc_are_the_authors():
+    raw = params()
+    cocoop, recipe = resolve_run(raw, "cocoop", "base2novel", "dtd", 16)
+    assert (recipe.lr, recipe.batch_size, recipe.epochs, recipe.warmup_lr, recipe.precision) == (0.002, 1, 10, 1e-5,
+                                                                                                 "fp16")
+    assert (cocoop.prompts.text_ctx, cocoop.prompts.text_depth, cocoop.prompts.meta_net) == (4, 1, 16)
+    assert resolve_run(raw, "cocoop", "cross_dataset", "imagenet", 16)[1].epochs == 10  # the same config on ImageNet
+    maple, recipe = resolve_run(raw, "maple", "base2novel", "dtd", 16)
+    assert (recipe.lr, recipe.batch_size, recipe.epochs) == (0.0035, 4, 5)
+    p = maple.prompts
+    assert (p.text_ctx, p.text_depth, p.vision_ctx, p.vision_depth, p.coupled) == (2, 9, 2, 9, True)
+    assert (p.ctx_init, p.fixed_words) == ("a photo", "of a")  # "a photo of a" with 2 learnable tokens
+    maple_xd, recipe = resolve_run(raw, "maple", "cross_dataset", "imagenet", 16)
+    assert (recipe.lr, recipe.epochs, maple_xd.prompts.text_depth, maple_xd.prompts.vision_depth) == (0.0026, 2, 3, 3)
+    src, recipe = resolve_run(raw, "promptsrc", "base2novel", "dtd", 16)
+    assert (recipe.lr, recipe.batch_size, recipe.epochs, src.prompts.text_depth, src.prompts.vision_depth) == (
+        0.0025, 4, 20, 9, 9)
+    assert src.aggregate == {"mean": 15, "std": 1} and src.frozen_template == "templates:imagenet_60"
+    assert src.regulariser == {"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0, "logit_weight": 1.0}
+    src_xd, recipe = resolve_run(raw, "promptsrc", "cross_dataset", "imagenet", 16)
+    assert (src_xd.prompts.text_depth, recipe.epochs, src_xd.aggregate) == (3, 20, {"mean": 6, "std": 10})
+    few = {d: resolve_run(raw, "promptsrc", "few_shot", d, 4) for d in ("imagenet", "sun397", "dtd", "eurosat")}
+    assert {d: m.aggregate for d, (m, _) in few.items()} == {
+        "imagenet": {"mean": 30, "std": 30}, "sun397": {"mean": 30, "std": 30}, "dtd": {"mean": 45, "std": 5},
+        "eurosat": {"mean": 45, "std": 5}}
+    assert all(r.epochs == 50 for _, r in few.values())
+    shared, recipe = resolve_run(params(recipe="shared"), "promptsrc", "base2novel", "dtd", 16)
+    assert shared.aggregate == {"mean": 0.75, "std": 0.05, "relative": True} and recipe.epochs == 40
+    assert max(range(40), key=shared.gpa_weights(40).__getitem__) + 1 == 30  # mean at 3/4 of the run
+
+
+def test_an_aggregated_method_tested_before_its_last_epoch_is_refused():
+    raw = params(variants={"src_early": {"method": "promptsrc", "train": {"eval_epoch": 10}}},
+                 methods=["src_early"])
+    with pytest.raises(UserError, match="aggregates its prompts.*eval_epoch to 0"):
+        validate_params(raw)
+
+
 def test_released_recipes_by_dataset_shots_and_protocol():
     raw = params()
     assert resolve_run(raw, "coop", "base2novel", "imagenet", 16)[1].epochs == 50  # CoOp on ImageNet

@@ -38,7 +38,7 @@ def test_paper_grid_is_the_same_in_snakemake_and_dvc(tmp_path):
 def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"] = ["caltech101", "dtd", "eurosat"]
-    params["methods"] = ["coop", "prompt_ot", "prompt_ot_l1"]
+    params["methods"] = ["coop", "cocoop", "maple", "promptsrc", "prompt_ot", "prompt_ot_l1"]
     params["variants"] = {"prompt_ot_l1": {"method": "prompt_ot", "regulariser": {"weight": 1.0}}}
     params["seeds"] = [1, 2]
     params["protocols"] = {
@@ -50,7 +50,7 @@ def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
     validate_params(params)
     jobs = _same_jobs(make_workspace(tmp_path, yaml.safe_dump(params)))
     assert any("--targets dtd eurosat" in cmd for cmd in jobs)
-    assert sum(cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 3 * 2 * (1 + 1 + 2)
+    assert sum(cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 6 * 2 * (1 + 1 + 2)
 
 
 def test_pack_trains_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_path):
