@@ -314,3 +314,65 @@ def test_trainable_parameters_for_vit_b16_under_the_released_recipe():
         method, _ = resolve_run(params, name, "base2novel", "caltech101", 16)
         model = build_model(method, clip, tokenizer)
         assert sum(p.numel() for p in model.trainable_parameters()) == count, name
+
+
+# ---------------------------------------------------------------------------------------------- through the CLI
+@pytest.fixture(scope="module")
+def cli_work(tmp_path_factory):
+    """dtd and eurosat fixtures, the released recipes shortened to 2 fp32 epochs, cross-dataset dtd -> eurosat and
+    2-shot few-shot on dtd: manifests and caches made through the CLI."""
+    import yaml
+    from fixtures_data import make_fixture
+    from test_cli_errors import small_params
+
+    from prompt_ot.cli import main
+
+    base = tmp_path_factory.mktemp("new_methods_cli")
+    root = base / "data"
+    for name in ("dtd", "eurosat"):
+        make_fixture(name, root, num_classes=4, per_split=(4, 1, 2))
+    params = small_params()
+    params["datasets"] = ["dtd", "eurosat"]
+    params["methods"] = ["cocoop", "maple", "promptsrc"]
+    params["protocols"]["cross_dataset"] = {"sources": ["dtd"], "shots": 2, "evaluate": {"targets": ["eurosat"]}}
+    params["protocols"]["few_shot"] = {"datasets": ["dtd"], "shots": [2]}
+    (base / "params.yaml").write_text(yaml.safe_dump(params))
+    work = {"base": base, "params": base / "params.yaml", "main": main}
+    assert main(["split", "dtd", "--root", str(root), "--subset", "all", "--shots", "2", "--seed", "1",
+                 "--out", str(base / "manifest.json")]) == 0
+    assert main(["cache", "train", "--params", str(work["params"]), "--manifest", str(base / "manifest.json"),
+                 "--root", str(root), "--backbone", "tiny-vit", "--pretrained", "none", "--seed", "1",
+                 "--out", str(base / "train_cache"), "--device", "cpu"]) == 0
+    for name in ("dtd", "eurosat"):
+        assert main(["cache", "test", name, "--params", str(work["params"]), "--root", str(root),
+                     "--backbone", "tiny-vit", "--pretrained", "none", "--out", str(base / "test" / name),
+                     "--device", "cpu"]) == 0
+    return work
+
+
+@pytest.mark.parametrize("protocol", ["cross_dataset", "few_shot"])
+@pytest.mark.parametrize("method", ["cocoop", "maple", "promptsrc"])
+def test_the_new_methods_train_and_evaluate_under_their_released_recipes(cli_work, method, protocol):
+    import json
+
+    base, main = cli_work["base"], cli_work["main"]
+    out = base / "runs" / protocol / method
+    assert main(["train", "--params", str(cli_work["params"]), "--protocol", protocol, "--method", method,
+                 "--seed", "1", "--manifest", str(base / "manifest.json"), "--train-cache", str(base / "train_cache"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["recipe"]["name"] == "released" and summary["recipe"]["method"] == method
+    assert summary["recipe"]["overridden"] == ["epochs", "eval_epoch", "precision"]
+    if method == "promptsrc":  # its own aggregation for the protocol: cross-dataset mean 6 std 10, few-shot 45 / 5
+        expected = {"cross_dataset": {"mean": 6, "std": 10}, "few_shot": {"mean": 45, "std": 5}}[protocol]
+        assert summary["method_config"]["aggregate"] == expected
+        assert summary["frozen_image_features"] == "cache"
+    targets = ["--targets", "eurosat"] if protocol == "cross_dataset" else []
+    metrics_path = out / "metrics.json"
+    assert main(["evaluate", "--params", str(cli_work["params"]), "--protocol", protocol, "--method", method,
+                 "--dataset", "dtd", "--shots", "2", "--seed", "1", "--prompts", str(out / "prompts.safetensors"),
+                 "--test-cache-root", str(base / "test"), *targets, "--out", str(metrics_path),
+                 "--device", "cpu"]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics["accuracy"]) == ({"dtd", "eurosat"} if protocol == "cross_dataset" else {"all"})
+    assert all(0 <= a <= 100 for a in metrics["accuracy"].values()) and metrics["provenance"]["method"] == method
