@@ -77,12 +77,9 @@ def run_through_server(argv: list[str]) -> int | None:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        reply = conn.recv(5)
-        while len(reply) < 5:
-            more = conn.recv(5 - len(reply))
-            if not more:
-                break
-            reply += more
+        reply = _recv_exact(conn, 5)
+    except ConnectionError:
+        reply = b""
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
