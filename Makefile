@@ -1,6 +1,7 @@
 # Set-up and entry points. Every target creates the virtual environment first if it is missing.
 #   make demo   the main job: the offline demo, the whole pipeline on the CPU (demo/params.yaml)
 #   make test   the default test suite (CPU, offline)
+#   make paper  reports/paper.tex around the demo's tables, compiled into demo/reports/paper.pdf (pdflatex)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 CORES ?= 2
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo demo-data smoke test test-all bench clean
+.PHONY: setup demo demo-data paper smoke test test-all bench clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,16 @@ demo: setup demo-data
 	@echo "Tables (LaTeX, CSV, Markdown): demo/reports/tables/   figures: demo/reports/figures/"
 	@echo "Pretrained backbone and its zero-shot accuracy: demo/runs/backbone/backbone.json"
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath demo)/mlflow.db --workers 1"
+
+# reports/paper.tex compiled around the demo's tables and figures (run `make demo` first) into
+# $(PAPER_REPORTS)/paper.pdf; pdflatex runs in a temporary folder, so no aux or log file lands in the tree
+# (prompt_ot/report/pdf.py; TeX from Debian: texlive-latex-base texlive-latex-recommended, as .ci/run installs)
+PAPER_REPORTS ?= demo/reports
+paper:
+	@test -f $(PAPER_REPORTS)/tables/all.tex || \
+		{ echo "make paper: no demo tables in $(PAPER_REPORTS)/tables: run \`make demo\` first" >&2; exit 1; }
+	@$(MAKE) -s --no-print-directory setup
+	$(PY) -m prompt_ot.report.pdf $(PAPER_REPORTS) --out $(PAPER_REPORTS)/paper.pdf
 
 smoke: setup
 	$(PY) -m prompt_ot smoke --method prompt_ot --epochs 3 --out smoke_out

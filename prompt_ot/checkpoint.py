@@ -1,8 +1,9 @@
 """Training checkpoints: one safetensors file, written atomically each epoch, loaded without running code.
 
 It holds the trainable prompts, the optimiser's momentum buffers, the RNG state, the epoch and the
-per-epoch history, the running sum of prompt aggregation (PromptSRC's GPA) where the method has one, plus a fingerprint of (method, recipe, classes, backbone) so that a
-checkpoint from another run is refused rather than silently resumed.
+per-epoch history, the running sum of prompt aggregation (PromptSRC's GPA) where the method has one, the
+regulariser's adaptive state (lambda and its budget's reference) where it has one, plus a fingerprint of
+(method, recipe, classes, backbone) so that a checkpoint from another run is refused rather than silently resumed.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_checkpoint(path, model, optimizer, epoch: int, history: list[dict], fingerprint: str,
-                    aggregate: dict[str, torch.Tensor] | None = None) -> None:
-    """``aggregate``: the running weighted sum of prompt aggregation (PromptSRC's GPA), when the method has one."""
+                    aggregate: dict[str, torch.Tensor] | None = None,
+                    regulariser: dict[str, torch.Tensor] | None = None) -> None:
+    """``aggregate``: the running weighted sum of prompt aggregation (PromptSRC's GPA), when the method has one;
+    ``regulariser``: the regulariser's adaptive state (an adaptive lambda's value and reference), when it has one."""
     tensors = {f"prompt/{k}": v.cpu().contiguous() for k, v in model.prompt_state().items()}
     tensors |= {f"aggregate/{k}": v.detach().cpu().contiguous() for k, v in (aggregate or {}).items()}
+    tensors |= {f"regulariser/{k}": v.detach().cpu().contiguous() for k, v in (regulariser or {}).items()}
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -119,9 +123,11 @@ def check_resumable(path, fingerprint: str) -> list[dict]:
 
 
 def load_checkpoint(path, model, optimizer, fingerprint: str,
-                    aggregate: dict[str, torch.Tensor] | None = None) -> tuple[int, list[dict]]:
+                    aggregate: dict[str, torch.Tensor] | None = None,
+                    regulariser: dict[str, torch.Tensor] | None = None) -> tuple[int, list[dict]]:
     """Restore state in place; returns (epochs completed, history). ``aggregate`` (a dict) receives the
-    running sum of prompt aggregation, when the checkpoint holds one."""
+    running sum of prompt aggregation, ``regulariser`` (a dict) the regulariser's adaptive state, when the
+    checkpoint holds them."""
     from safetensors import safe_open
 
     try:
@@ -140,4 +146,6 @@ def load_checkpoint(path, model, optimizer, fingerprint: str,
     torch.set_rng_state(tensors["rng/torch_cpu"])
     if aggregate is not None:
         aggregate.update({k[len("aggregate/"):]: v for k, v in tensors.items() if k.startswith("aggregate/")})
+    if regulariser is not None:
+        regulariser.update({k[len("regulariser/"):]: v for k, v in tensors.items() if k.startswith("regulariser/")})
     return int(meta["epoch"]), json.loads(meta["history"])

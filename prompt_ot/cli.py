@@ -30,6 +30,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose errors (a bad value, a missing or unknown option) are one ``UserError`` line, not argparse's
+    usage text and ``SystemExit``: ``main`` prints every mistake a user can make the same way."""
+
+    def error(self, message: str):
+        from prompt_ot.errors import UserError
+
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def command_parser(name: str):
+    """(module, parser) of one stage command, its options added (what ``main`` parses, and tests introspect)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = CommandParser(prog=f"python -m prompt_ot {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return module, parser
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<12} {text}" for name, (_, text) in COMMANDS.items())
     return argparse.ArgumentParser(
@@ -100,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"python -m prompt_ot {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
     from prompt_ot.errors import UserError
 
+    module, parser = command_parser(name)
+    args = None
     try:
+        # every option is checked here (types, then the command's own cross-checks) before any work starts
+        args = parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

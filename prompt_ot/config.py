@@ -8,6 +8,7 @@ and what is allowed.
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +29,11 @@ def _schema() -> dict:
 
 
 def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
+    """``train.lr``, ``protocols.few_shot.shots[2]``: mapping keys joined by dots, list positions in brackets."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
 
 
 def _schema_message(error, source: str) -> str:
@@ -56,12 +61,30 @@ def _check_names(source: str, key: str, names, known, what: str) -> None:
             raise UserError(f"{source}: {key}[{i}] = {name!r} is not a known {what}; known: {', '.join(sorted(known))}")
 
 
+def _check_finite(value, path: tuple, source: str) -> None:
+    """Refuse NaN and infinity anywhere in the params (YAML spells them .nan, .inf, -.inf), naming the key.
+
+    One rule for every number, in mappings and lists at any depth, so that a key added to the schema later (or a
+    number inside a variant's free-form regulariser block) is covered without a check of its own. The schema's
+    ``minimum``/``maximum`` cannot do this: every comparison with NaN is false, and infinity passes a minimum.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: {_key(path)}: must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, (*path, key), source)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, (*path, i), source)
+
+
 def validate_params(raw: dict, source: str = "params.yaml") -> dict:
     """Check types and ranges against the JSON schema, then names and cross-references; return ``raw``."""
     import jsonschema
 
     if not isinstance(raw, dict):
         raise UserError(f"{source} must be a mapping of keys to values, got {type(raw).__name__}")
+    _check_finite(raw, (), source)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
     if errors:
@@ -169,12 +192,16 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"parameter file {path} is a folder; pass the params.yaml file itself with --params")
     if not path.is_file():
         raise UserError(f"parameter file {path} does not exist; run from the project folder or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {err}") from err
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not a YAML text file ({err}); pass a params.yaml with --params") from err
     return validate_params(raw, str(path))
 
 

@@ -9,6 +9,7 @@ One JSON file per (protocol, method, training dataset, shots, seed) evaluation::
      "n": {"base": 1549, "novel": 916},
      "hm": 95.96,                                  # base2novel only: 2BN/(B+N)
      "base_method": "prompt_ot", "regulariser_weight": 10.0,  # for variants (e.g. a lambda sweep)
+     "regulariser_adaptive": true,  # only for an adaptive lambda: then the weight is lambda after the tested epoch
      "recipe": "released", "epochs": 40, "precision": "fp16",  # epoch < epochs: tested before the last epoch
      "provenance": {...},     # what produced the prompts (prompt_ot.provenance)
      "recipe_values": {...}}  # every resolved value of the recipe in force
@@ -45,6 +46,7 @@ class RunMetrics:
     hm: float | None = None
     base_method: str | None = None  # the registry method a variant derives from (equals method otherwise)
     regulariser_weight: float | None = None  # lambda of the regulariser, None without one
+    regulariser_adaptive: bool = False  # lambda adapted while training (regulariser_weight: its tested-epoch value)
     recipe: str | None = None  # "released" | "shared" (None: written before recipes existed)
     epochs: int | None = None  # epochs the run trained; ``epoch`` is the one tested
     precision: str | None = None
@@ -55,6 +57,8 @@ class RunMetrics:
         payload = {"format": FORMAT, **asdict(self)}
         if payload["hm"] is None:
             del payload["hm"]
+        if not payload["regulariser_adaptive"]:  # written only when true: fixed-lambda files stay as they were
+            del payload["regulariser_adaptive"]
         return json.dumps(payload, indent=2, sort_keys=False) + "\n"
 
 

@@ -117,15 +117,19 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[
 
 
 def run_fingerprint(method: MethodConfig, config: TrainConfig, classnames: list[str], backbone: str) -> str:
-    """Identifies what a checkpoint belongs to; resuming from another method or backbone is refused."""
-    payload = json.dumps(
-        {"method": method.to_dict(),
-         "train": {k: v for k, v in asdict(config).items() if k not in ("device", "num_workers", "deterministic",
-                                                                          "augment_on")},
-         "classes": classnames, "backbone": backbone},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """Identifies what a checkpoint belongs to; resuming from another method or backbone is refused.
+
+    An adaptive lambda's settings enter with their defaults filled in, so a changed default is another run too."""
+    payload = {"method": method.to_dict(),
+               "train": {k: v for k, v in asdict(config).items() if k not in ("device", "num_workers", "deterministic",
+                                                                                "augment_on")},
+               "classes": classnames, "backbone": backbone}
+    regulariser = method.regulariser or {}
+    if regulariser.get("adaptive") not in (None, False):
+        from prompt_ot.losses.adaptive import check_adaptive
+
+        payload["adaptive"] = check_adaptive(regulariser["adaptive"], float(regulariser.get("weight", 10.0))).to_dict()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _index_dataset(dataset):
@@ -210,6 +214,8 @@ class _Run:
         self.fingerprint = run_fingerprint(spec.method, spec.config, spec.classnames, spec.backbone)
         self.ckpt_path = Path(spec.checkpoint_dir) / CHECKPOINT_NAME if spec.checkpoint_dir else None
         self.needs_frozen_image = self.regulariser is not None and self.regulariser.needs_frozen_image
+        # an adaptive lambda (prompt_ot.losses.adaptive): this run's own, checkpointed with its prompts
+        self.dual = getattr(self.regulariser, "dual", None)
         self.on_device_views = False
         if not self.trains:
             return
@@ -223,9 +229,12 @@ class _Run:
         if self.ckpt_path is not None and self.ckpt_path.exists():
             from prompt_ot.checkpoint import load_checkpoint
 
+            regulariser_state: dict[str, torch.Tensor] = {}
             self.start_epoch, self.history = load_checkpoint(self.ckpt_path, model, self.optimizer, self.fingerprint,
-                                                             aggregate=self.aggregate)
+                                                             aggregate=self.aggregate, regulariser=regulariser_state)
             self.aggregate = {k: v.to(device) for k, v in self.aggregate.items()}
+            if self.dual is not None:
+                self.dual.load_state(regulariser_state)
         with torch.no_grad(), autocast(device, spec.config.precision):
             self.frozen_class_text = (model.frozen_ensemble_text_features(ensemble) if ensemble
                                       else model.frozen_class_text_features()).float()
@@ -246,6 +255,8 @@ class _Run:
                 pin_memory=device.type == "cuda"))
         zero = torch.zeros((), device=device, dtype=torch.float64)
         self.sums = {"loss": zero.clone(), "ce": zero.clone(), "reg": zero.clone(), "correct": zero.clone()}
+        if self.dual is not None:
+            self.sums["ot"] = zero.clone()  # the unweighted term, which the budget bounds
         self.seen = 0
         self.started = time.perf_counter()
 
@@ -392,17 +403,23 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
                 run.sums["ce"] += ce.detach().double() * n
                 run.sums["reg"] += reg.detach().double() * n
                 run.sums["correct"] += (logits.argmax(-1) == labels).sum()
+                if run.dual is not None:
+                    run.sums["ot"] += run.dual.pending * n
             run.seen += n
     for run in runs:
         run.optimizer.zero_grad(set_to_none=True)
     total.backward()  # no loss scaling in any precision (the released fp16 training has none either)
     for run in runs:
         run.optimizer.step()
+        if run.regulariser is not None:
+            run.regulariser.after_step()  # an adaptive lambda's dual update, on the device
 
 
 def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
     """Turn the device sums into the epoch's record (the one host synchronisation), checkpoint, report."""
     seen = max(run.seen, 1)
+    if run.dual is not None:
+        run.dual.end_epoch()  # a relative budget's reference is set after the first epoch
     sums = {k: v.item() for k, v in run.sums.items()}
     record = {
         "epoch": epoch + 1,
@@ -413,6 +430,12 @@ def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
         "train_accuracy": int(sums["correct"]) / seen,
         "seconds": time.perf_counter() - run.started,
     }
+    if run.dual is not None:  # lambda after the epoch's last update, the epoch's mean OT term and its budget
+        record["lambda"] = run.dual.value.item()
+        record["ot_term"] = sums["ot"] / seen
+        budget = run.dual.budget()
+        if budget is not None:
+            record["ot_budget"] = float(budget.item() if isinstance(budget, torch.Tensor) else budget)
     if not math.isfinite(record["loss"]):
         raise FloatingPointError(f"loss became {record['loss']} in epoch {epoch + 1}; lower the lr or use fp32")
     run.history.append(record)
@@ -422,7 +445,7 @@ def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
         from prompt_ot.checkpoint import save_checkpoint
 
         save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, epoch + 1, run.history, run.fingerprint,
-                        aggregate=run.aggregate)
+                        aggregate=run.aggregate, regulariser=run.dual.state() if run.dual is not None else None)
     if run.spec.on_epoch_end is not None:
         run.spec.on_epoch_end(record)
 

@@ -554,3 +554,76 @@ def test_evaluate_refuses_prompts_of_another_run_naming_both(work, capsys, tmp_p
     rc, _, err = evaluate(prompts_file=old)
     assert_one_clear_error(rc, err, "holds no provenance record", "train the run again")
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "predictions.npz").exists()
+
+
+# ------------------------------------------------------------------ NaN and infinity in params.yaml
+
+
+SHIPPED_PARAMS = [ROOT / "params.yaml", ROOT / "demo" / "params.yaml"]
+
+
+def _numeric_leaves(value, path=()):
+    """The path of every number in a loaded params file (booleans are not numbers here), lists included."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numeric_leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _numeric_leaves(item, (*path, i))
+
+
+def _key_text(path) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _set(raw: dict, path, value) -> None:
+    for part in path[:-1]:
+        raw = raw[part]
+    raw[path[-1]] = value
+
+
+NUMERIC_LEAVES = [(f, path) for f in SHIPPED_PARAMS for path in _numeric_leaves(yaml.safe_load(f.read_text()))]
+
+
+def test_the_shipped_params_have_numbers_to_break_and_are_valid():
+    from prompt_ot.config import load_params
+
+    for f in SHIPPED_PARAMS:
+        load_params(f)
+        leaves = [p for g, p in NUMERIC_LEAVES if g == f]
+        assert len(leaves) >= 10, leaves
+        assert any(isinstance(p[-1], int) for p in leaves), "no number inside a list was found"
+
+
+@pytest.mark.parametrize("file, path", NUMERIC_LEAVES, ids=[f"{f.parent.name}/{f.name}:{'.'.join(map(str, p))}"
+                                                             for f, p in NUMERIC_LEAVES])
+def test_nan_and_infinity_are_refused_for_every_number_of_the_shipped_params(tmp_path, file, path):
+    """Every number of params.yaml and demo/params.yaml set to .nan, .inf and -.inf (as YAML spells them, written to
+    a file and loaded the way every stage loads it) is refused with one message naming the key."""
+    from prompt_ot.config import load_params
+    from prompt_ot.errors import UserError
+
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        raw = yaml.safe_load(file.read_text())
+        _set(raw, path, bad)
+        bad_file = tmp_path / "params.yaml"
+        bad_file.write_text(yaml.safe_dump(raw))
+        assert {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[str(bad)] in bad_file.read_text()
+        with pytest.raises(UserError) as refused:
+            load_params(bad_file)
+        assert str(refused.value) == f"{bad_file}: {_key_text(path)}: must be a finite number, got {bad}"
+
+
+def test_nan_in_a_free_form_block_and_through_the_cli(capsys, tmp_path):
+    """A variant's regulariser block has no schema of its own: the finite rule covers it all the same."""
+    params = small_params()
+    params["variants"] = {"prompt_ot_nan": {"method": "prompt_ot", "regulariser": {"weight": float("nan")}}}
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    rc, _, err = cli(capsys, "validate", "--params", bad, "--out", tmp_path / "valid.json")
+    assert_one_clear_error(rc, err, str(bad), "variants.prompt_ot_nan.regulariser.weight", "finite number", "nan")
+    assert rc == 2 and not (tmp_path / "valid.json").exists()

@@ -282,13 +282,59 @@ def test_index_all_tex_and_figures(full_report):
     assert "## base2novel_average" in index and "figures/base2novel_tradeoff.png" in index
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
-def test_paper_compiles_with_pdflatex(full_report):
-    shutil.copy(REPO / "reports" / "paper.tex", full_report / "paper.tex")
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
-                            cwd=full_report, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert (full_report / "paper.pdf").read_bytes()[:4] == b"%PDF"
+needs_tex = pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.which("pdftotext") is None,
+                               reason="pdflatex or pdftotext is not installed (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def paper_pdf(full_report, tmp_path_factory) -> Path:
+    """reports/paper.tex compiled around the full report by the code `make paper` runs."""
+    from prompt_ot.report.pdf import compile_paper
+
+    before = sorted((REPO / "reports").glob("paper.*"))
+    pdf = compile_paper(full_report, tmp_path_factory.mktemp("paper") / "paper.pdf")
+    assert sorted((REPO / "reports").glob("paper.*")) == before  # no aux/log file beside paper.tex
+    assert sorted(p.name for p in full_report.iterdir()) == ["figures", "metrics.json", "tables"]
+    return pdf
+
+
+@needs_tex
+def test_paper_compiles_with_pdflatex(paper_pdf):
+    assert paper_pdf.read_bytes()[:4] == b"%PDF"
+    assert sorted(p.name for p in paper_pdf.parent.iterdir()) == ["paper.pdf"]  # nothing else, no temporary left
+
+
+@needs_tex
+def test_paper_pdf_text_holds_every_number_of_the_tables_csv(full_report, paper_pdf):
+    text = subprocess.run(["pdftotext", "-layout", str(paper_pdf), "-"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+    lines = text.splitlines()
+    assert "base accuracy (%), average over datasets" in text  # the figure, found in the report folder too
+    # every results table of the paper (the reproduction gap is a check beside them, not in all.tex)
+    names = [p.stem for p in sorted((full_report / "tables").glob("*.csv")) if p.stem != "reproduction_gap"]
+    assert len(names) == 6
+    for name in names:
+        frame = csv(full_report, name)
+        columns = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
+        for _, record in frame.iterrows():
+            means, stds = (record[f"{c}_mean"] for c in columns), (record[f"{c}_std"] for c in columns)
+            cells = ["–" if pd.isna(m) else f"{m:.2f}" + ("" if pd.isna(s) else f" ± {s:.2f}")
+                     for m, s in zip(means, stds)]
+            # the row's cells on one line of the PDF, in the table's column order ("--", an en dash, where none)
+            pattern = re.compile(r"(?<![\d.])" + r"\s+".join(re.escape(c) for c in cells) + r"(?![\d.])")
+            assert any(pattern.search(line) for line in lines), (name, record["name"], cells)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_paper_without_the_demo_says_to_run_make_demo(tmp_path):
+    result = subprocess.run(["make", "-s", "paper", f"PAPER_REPORTS={tmp_path / 'reports'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    # the message, then only make's own "*** [Makefile:N: paper] Error 1"
+    message, *rest = result.stderr.strip().splitlines()
+    assert message == f"make paper: no demo tables in {tmp_path / 'reports'}/tables: run `make demo` first"
+    assert len(rest) <= 1 and "Error" in "".join(rest)
+    assert not (tmp_path / "reports").exists()
 
 
 def test_skipped_protocols_logged_and_stale_outputs_removed(tmp_path, capsys):
@@ -330,7 +376,7 @@ def test_a_report_that_fails_midway_leaves_the_previous_folders_whole(tmp_path, 
         main(args)
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "tables"]  # no building folder left
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "metrics.json", "tables"]  # no building folder left
 
 
 def test_lambda_sweep_figure_only_with_several_weights(tmp_path):
@@ -512,3 +558,195 @@ def test_the_compared_methods_are_named_beside_their_published_rows_and_in_the_a
     assert set(compared.method) == {"prompt_ot", "promptsrc", "maple", "cocoop", "coop"}
     assert row(compared, "maple")["hm_of_avg_mean"] == pytest.approx(row(average, "maple")["hm_of_avg_mean"])
     assert (out / "figures" / "base2novel_tradeoff.png").is_file()
+
+
+# ---------------------------------------------------------------- reproduction gap
+
+BENCHMARK = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft",
+             "sun397", "dtd", "eurosat", "ucf101"]
+DOMAIN_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+SPECIAL_SOURCE = "Prompt-OT paper, Tables 1 & 2 (50% of runs_x)"
+
+
+def gap_fixture(tmp_path: Path):
+    """Runs of coop and prompt_ot (published rows) and kgcoop (none) on every protocol, and a published folder:
+    the repository's transfer CSVs plus test-only base-to-novel and few-shot numbers."""
+    rng = np.random.default_rng(11)
+    values = b2n_values(seed=11, methods=("coop", "prompt_ot", "kgcoop"), datasets=BENCHMARK)
+    values = values[~((values.method == "prompt_ot") & (values.dataset == "eurosat") & (values.seed == 3))]
+    paths = write_b2n(tmp_path / "runs", values)
+    transfer = []
+    for method in ("coop", "prompt_ot"):
+        for seed in (1, 2):
+            accuracy = {d: float(rng.uniform(20, 90)) for d in BENCHMARK}
+            paths.append(write_run(tmp_path / "runs", "cross_dataset", method, "imagenet", seed, accuracy))
+            transfer.append({"protocol": "cross_dataset", "method": method, "seed": seed, **accuracy})
+    for seed in (1, 2, 3):
+        accuracy = {d: float(rng.uniform(20, 90)) for d in ["imagenet", *DOMAIN_TARGETS]}
+        paths.append(write_run(tmp_path / "runs", "domain_generalization", "coop", "imagenet", seed, accuracy))
+        transfer.append({"protocol": "domain_generalization", "method": "coop", "seed": seed, **accuracy})
+    paths.append(write_run(tmp_path / "runs", "few_shot", "coop", "dtd", 1, {"all": 55.5}, shots=4))  # one seed
+    published = tmp_path / "published"
+    published.mkdir()
+    for name in ("published_cross_dataset_per_dataset.csv", "published_other_protocols.csv"):
+        shutil.copy(PUBLISHED / name, published / name)
+    (published / "published_base2novel.csv").write_text(
+        "method,base,novel,hm,source\nCoOp,82.69,63.22,71.66,PromptSRC README\n"
+        f"Prompt-OT,70.00,65.00,,\"{SPECIAL_SOURCE}\"\n")
+    (published / "published_base2novel_per_dataset.csv").write_text(
+        "method,dataset,base,novel,hm,source\nCoOp,dtd,79.44,41.18,54.24,CoOp paper\n"
+        "CoOp,eurosat,92.19,54.74,68.69,CoOp paper\nPrompt-OT,dtd,72.5,60.0,,test\n")
+    (published / "published_few_shot.csv").write_text(
+        "method,dataset,shots,accuracy,source\nCoOp,dtd,4,56.0,CoOp paper\nCoOp,average,4,68.7,CoOp paper\n")
+    return paths, values, pd.DataFrame(transfer), published
+
+
+def gap_reference(values: pd.DataFrame, transfer: pd.DataFrame, published: Path) -> pd.DataFrame:
+    """The expected gap rows, computed here with pandas from the generated accuracies and the published CSVs."""
+    names = {"coop": "CoOp", "prompt_ot": "Prompt-OT"}  # the published names of our methods in these files
+    values = values.assign(hm=hm(values["base"], values["novel"]))
+    ours = []  # protocol, method, dataset, shots, metric, mean, std, n
+    for (method, dataset), runs in values.groupby(["method", "dataset"]):
+        for metric in ("base", "novel", "hm"):
+            ours.append(("base2novel", method, dataset, 16, metric, runs[metric].mean(), runs[metric].std(ddof=1),
+                         len(runs)))
+    for method, runs in values.groupby("method"):
+        per_dataset = runs.groupby("dataset")[["base", "novel"]].mean()
+        complete = runs.groupby("seed")["dataset"].nunique() == runs["dataset"].nunique()
+        per_seed = runs[runs["seed"].isin(complete[complete].index)].groupby("seed")[["base", "novel"]].mean()
+        for metric in ("base", "novel"):
+            ours.append(("base2novel", method, "average", 16, metric, per_dataset[metric].mean(),
+                         per_seed[metric].std(ddof=1), len(per_seed)))
+        ours.append(("base2novel", method, "average", 16, "hm", hm(per_dataset.base.mean(), per_dataset.novel.mean()),
+                     hm(per_seed.base, per_seed.novel).std(ddof=1), len(per_seed)))
+    for (protocol, method), runs in transfer.groupby(["protocol", "method"]):
+        targets = [d for d in (BENCHMARK[1:] if protocol == "cross_dataset" else DOMAIN_TARGETS)]
+        runs = runs.assign(average=runs[targets].mean(axis=1))
+        for dataset in ["imagenet", *targets, "average"]:
+            ours.append((protocol, method, dataset, 16, "accuracy", runs[dataset].mean(), runs[dataset].std(ddof=1),
+                         len(runs)))
+    ours.append(("few_shot", "coop", "dtd", 4, "accuracy", 55.5, np.nan, 1))
+    ours.append(("few_shot", "coop", "average", 4, "accuracy", 55.5, np.nan, 1))  # over dtd only
+    ours = pd.DataFrame(ours, columns=["protocol", "method", "dataset", "shots", "metric", "ours_mean", "ours_std",
+                                       "n_seeds"])
+    # the published numbers, long
+    pub = []
+    b2n = pd.read_csv(published / "published_base2novel.csv").assign(dataset="average")
+    b2n = pd.concat([b2n, pd.read_csv(published / "published_base2novel_per_dataset.csv")])
+    for metric in ("base", "novel", "hm"):
+        pub.append(b2n.assign(protocol="base2novel", shots=16, metric=metric, published=b2n[metric]))
+    cross = pd.read_csv(published / "published_cross_dataset_per_dataset.csv").rename(columns={"target_avg": "average"})
+    cross = cross.melt(id_vars=["method", "source"], var_name="dataset", value_name="published")
+    pub.append(cross.assign(protocol="cross_dataset", shots=16, metric="accuracy"))
+    other = pd.read_csv(published / "published_other_protocols.csv")
+    other = other[other.protocol == "domain_generalization"].rename(columns={"source_acc": "imagenet",
+                                                                             "target_avg": "average"})
+    other = other.melt(id_vars=["protocol", "method", "source"], var_name="dataset", value_name="published")
+    pub.append(other.assign(shots=16, metric="accuracy"))
+    few = pd.read_csv(published / "published_few_shot.csv")
+    pub.append(few.assign(protocol="few_shot", metric="accuracy", published=few["accuracy"]))
+    pub = pd.concat(pub)[["protocol", "method", "dataset", "shots", "metric", "published", "source"]].dropna(
+        subset=["published"]).rename(columns={"method": "published_method"})
+    ours["published_method"] = ours["method"].map(names)
+    expected = ours.merge(pub, on=["protocol", "published_method", "dataset", "shots", "metric"])
+    # a published average covers the benchmark's datasets: ours over dtd only is not compared
+    expected = expected[~((expected.protocol == "few_shot") & (expected.dataset == "average"))]
+    expected["difference"] = expected["ours_mean"] - expected["published"]
+    expected["within_spread"] = [pd.NA if n < 2 else bool(abs(d) <= 2 * s)
+                                 for d, s, n in zip(expected.difference, expected.ours_std, expected.n_seeds)]
+    return expected, ours
+
+
+def test_reproduction_gap_matches_a_pandas_reference_and_counts_what_it_leaves_out(tmp_path, capsys):
+    paths, values, transfer, published = gap_fixture(tmp_path)
+    out = tmp_path / "out"
+    assert main(["report", "--metrics", *map(str, paths), "--published", str(published), "--no-figures",
+                 "--out", str(out)]) == 0
+    got = pd.read_csv(out / "tables" / "reproduction_gap.csv")
+    expected, ours = gap_reference(values, transfer, published)
+    keys = ["protocol", "method", "dataset", "shots", "metric"]
+    assert sorted(map(tuple, got[keys].values.tolist())) == sorted(map(tuple, expected[keys].values.tolist()))
+    assert "kgcoop" not in set(got.method)  # no published row
+    merged = expected.merge(got, on=keys, suffixes=("_ref", ""))
+    for column in ("ours_mean", "ours_std", "published", "difference"):
+        assert np.allclose(merged[column], merged[f"{column}_ref"], atol=1e-10, equal_nan=True), column
+    assert (merged["n_seeds"] == merged["n_seeds_ref"]).all()
+    assert np.allclose(merged["spread_limit"], 2 * merged["ours_std_ref"], atol=1e-10, equal_nan=True)
+    for flag, reference in zip(merged["within_spread"], merged["within_spread_ref"]):
+        assert (pd.isna(flag) and pd.isna(reference)) or bool(flag) == reference
+    assert merged["within_spread"].isna().sum() == 1  # the few-shot run with one seed
+    assert set(merged["within_spread"].dropna()) == {True, False}  # the data exercise both outcomes
+    assert (merged["source"] == merged["source_ref"]).all()
+    # every (method, protocol, dataset) of ours that no published number matched is left out and counted
+    combos = set(map(tuple, ours[["protocol", "method", "dataset", "shots"]].values.tolist()))
+    compared = set(map(tuple, expected[["protocol", "method", "dataset", "shots"]].values.tolist()))
+    left_out = len(combos - compared) - 1  # the few-shot average over other datasets is counted apart
+    assert left_out == 47
+    sentence = f"Left out: {left_out} (method, protocol, dataset) combinations of ours without a published number"
+    markdown = (out / "tables" / "reproduction_gap.md").read_text()
+    tex = (out / "tables" / "reproduction_gap.tex").read_text()
+    assert sentence + ", and 1 average of ours over other datasets than the published average's." in markdown
+    assert sentence in tex and "2 times our standard deviation over seeds (sample std, ddof=1" in tex
+    printed = capsys.readouterr().out
+    assert f"left out {left_out} (method, protocol, dataset) combinations" in printed
+    assert f"reproduction gap: {len(expected)} numbers compared" in printed
+    assert "## reproduction_gap" in (out / "tables" / "index.md").read_text()
+    assert "reproduction_gap" not in (out / "tables" / "all.tex").read_text()
+    # LaTeX: specials of the source escaped; the numbers are the CSV's, at the printed precision
+    assert latex_escape(SPECIAL_SOURCE) in tex and SPECIAL_SOURCE not in tex and SPECIAL_SOURCE in markdown
+    rows = latex_rows(tex, 4)
+    assert len(rows) == len(got)
+    for cells, record in zip(rows, got.itertuples()):
+        ours_cell = f"{record.ours_mean:.2f}" + ("" if pd.isna(record.ours_std) else f" $\\pm$ {record.ours_std:.2f}")
+        within = "n/a" if pd.isna(record.within_spread) else ("yes" if record.within_spread else "no")
+        assert cells == [ours_cell, f"{record.published:.2f}", f"${record.difference:+.2f}$", within]
+
+
+def test_reproduction_gap_spread_factor_is_a_parameter(tmp_path):
+    from prompt_ot.report.collect import load_runs
+    from prompt_ot.report.gap import SPREAD_K, reproduction_gap
+
+    paths, values, transfer, published = gap_fixture(tmp_path)
+    expected, _ = gap_reference(values, transfer, published)
+    runs, numbers = load_runs(paths), read_published(published)
+    assert SPREAD_K == 2
+    for k in (0.5, 1.0, 3.0):
+        got = reproduction_gap(runs, numbers, k=k).frame
+        merged = expected.merge(got, on=["protocol", "method", "dataset", "shots", "metric"], suffixes=("_ref", ""))
+        assert len(merged) == len(expected)
+        reference = [pd.NA if n < 2 else bool(abs(d) <= k * s)
+                     for d, s, n in zip(merged.difference_ref, merged.ours_std_ref, merged.n_seeds_ref)]
+        assert [None if pd.isna(f) else bool(f) for f in merged.within_spread] == \
+               [None if pd.isna(r) else r for r in reference]
+
+
+def test_reproduction_gap_escapes_names_and_without_published_numbers_writes_empty_files(tmp_path, capsys):
+    paths = [write_run(tmp_path / "runs", "base2novel", "my_method&co%", "my_data", seed,
+                       {"base": 50.0 + seed, "novel": 60.0}) for seed in (1, 2)]
+    # a lambda variant of Prompt-OT: the paper's Prompt-OT row is not its number
+    paths.append(write_run(tmp_path / "runs", "base2novel", "prompt_ot_lambda1", "my_data", 1,
+                           {"base": 50.0, "novel": 60.0}, base_method="prompt_ot", weight=1.0))
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "published_base2novel_per_dataset.csv").write_text(
+        "method,dataset,base,novel,hm,source\nmy_method&co%,my_data,51.0,61.0,,a_b #1\n"
+        "Prompt-OT,my_data,50.0,60.0,54.5,paper\n")
+    out = tmp_path / "out"
+    args = ["report", "--metrics", *map(str, paths), "--no-figures", "--out", str(out)]
+    assert main([*args, "--published", str(published)]) == 0
+    got = pd.read_csv(out / "tables" / "reproduction_gap.csv")
+    assert list(got.method) == ["my_method&co%"] * 2  # not the variant
+    assert list(got.metric) == ["base", "novel"] and list(got.difference) == pytest.approx([0.5, -1.0])
+    assert list(got.within_spread) == [True, False]  # std of (51, 52) is 0.707: |0.5| <= 1.41, |-1| > 0
+    tex = (out / "tables" / "reproduction_gap.tex").read_text()
+    assert r"my\_method\&co\%" in tex and r"my\_data" in tex and r"a\_b \#1" in tex and "my_method&co%" not in tex
+    assert "Left out: 3 (method, protocol, dataset) combinations of ours" in tex  # the averages, the variant
+    # no published folder (paths.published: none in the demo): the files are still written, with no rows
+    assert main([*args, "--published", "none"]) == 0
+    assert "left out 4 (method, protocol, dataset) combinations" in capsys.readouterr().out
+    empty = pd.read_csv(out / "tables" / "reproduction_gap.csv")
+    assert empty.empty and "within_spread" in empty.columns
+    for suffix in ("md", "tex"):
+        text = (out / "tables" / f"reproduction_gap.{suffix}").read_text()
+        assert "No published numbers were read" in text and "Left out: 4 (method, protocol, dataset)" in text
+    assert "\\begin{longtable}" not in (out / "tables" / "reproduction_gap.tex").read_text()

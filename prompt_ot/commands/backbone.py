@@ -13,11 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
+from prompt_ot.utils import args as check
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--root", default="data", help="data root (pretraining reads the demo datasets there)")
-    parser.add_argument("--out", required=True, help="folder for backbone.json (and the pretrained checkpoint)")
+    parser.add_argument("--root", default="data", type=check.dir_path,
+                        help="data root (pretraining reads the demo datasets there)")
+    parser.add_argument("--out", required=True, type=check.out_dir,
+                        help="folder for backbone.json (and the pretrained checkpoint)")
 
 
 def run(args) -> int:

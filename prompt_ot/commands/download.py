@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import argparse
 
+from prompt_ot.utils import args as check
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("datasets", nargs="*", metavar="dataset",
                         help="registry names (see --list); 'all' means the 15 benchmark datasets")
-    parser.add_argument("--root", default="data", help="data root; dataset X goes to ROOT/<X's folder> (default: data)")
+    parser.add_argument("--root", default="data", type=check.dir_path,
+                        help="data root; dataset X goes to ROOT/<X's folder> (default: data)")
     parser.add_argument("--check", action="store_true",
                         help="fetch nothing: validate the folder (split readable, listed images present) and mark it complete")
-    parser.add_argument("--sample", type=int, default=None, metavar="N",
+    parser.add_argument("--sample", type=check.positive_int, default=None, metavar="N",
                         help="with --check, check N random listed images instead of all of them")
     parser.add_argument("--force", action="store_true", help="fetch again even if the dataset is marked complete")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after unpacking")
     parser.add_argument("--no-verify", action="store_true",
                         help="accept files whose sha256 differs from the pinned one (the computed sha256 is still recorded)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before an attempt fails")
-    parser.add_argument("--retries", type=int, default=4, help="attempts per URL for transient failures")
+    parser.add_argument("--timeout", type=check.positive_float, default=60.0,
+                        help="seconds without data before an attempt fails")
+    parser.add_argument("--retries", type=check.positive_int, default=4, help="attempts per URL for transient failures")
     parser.add_argument("--list", action="store_true", help="list the datasets, their folders and whether they are complete")
-    parser.add_argument("--stamp", default=None, metavar="FILE",
+    parser.add_argument("--stamp", default=None, type=check.out_file, metavar="FILE",
                         help="after success, write a small JSON stamp here (the pipeline's output for this stage)")
 
 
@@ -51,10 +55,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.datasets:
         raise UserError(f"name at least one dataset (or 'all'); known datasets: {', '.join(dataset_names())}")
-    if args.sample is not None and args.sample < 1:
-        raise UserError(f"--sample must be at least 1, got {args.sample}")
-    if args.retries < 1 or args.timeout <= 0:
-        raise UserError("--retries must be at least 1 and --timeout positive")
     names = [n for arg in args.datasets for n in (
         dataset_names("benchmark") + dataset_names("target_only") if arg == "all" else [arg])]
     recipes = [get_recipe(name) for name in names]  # every name checked before anything is fetched

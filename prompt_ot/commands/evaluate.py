@@ -15,20 +15,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prompt_ot.utils import args as check
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--protocol", required=True,
                         choices=["base2novel", "cross_dataset", "domain_generalization", "few_shot"])
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--dataset", required=True, help="the dataset the prompts were trained on")
-    parser.add_argument("--shots", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--prompts", required=True, help="prompts.safetensors written by 'train'")
-    parser.add_argument("--test-cache-root", required=True, help="folder holding one test cache per dataset")
-    parser.add_argument("--targets", nargs="*", default=[], help="further datasets to test on (all classes)")
-    parser.add_argument("--out", required=True, help="metrics file to write (JSON)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--method", required=True, type=check.non_empty)
+    parser.add_argument("--dataset", required=True, type=check.dataset_name,
+                        help="the dataset the prompts were trained on")
+    parser.add_argument("--shots", type=check.positive_int, required=True)
+    parser.add_argument("--seed", type=check.non_negative_int, required=True)
+    parser.add_argument("--prompts", required=True, type=check.existing_file,
+                        help="prompts.safetensors written by 'train'")
+    parser.add_argument("--test-cache-root", required=True, type=check.existing_dir,
+                        help="folder holding one test cache per dataset")
+    parser.add_argument("--targets", nargs="*", default=[], type=check.dataset_name,
+                        help="further datasets to test on (all classes)")
+    parser.add_argument("--out", required=True, type=check.out_file, help="metrics file to write (JSON)")
+    parser.add_argument("--device", default="auto", type=check.device_name,
+                        help="auto (a free GPU, else the CPU), cpu, cuda:N")
 
 
 class _CachedTestImages:
@@ -80,6 +87,17 @@ def evaluate_part(model, method, part, template: str, batch_size: int, device: s
     return evaluate_cached(part, class_text)
 
 
+def _check_targets(args) -> None:
+    """--targets goes with the protocols that test on other datasets, and only with them."""
+    from prompt_ot.errors import UserError
+
+    if args.protocol in ("cross_dataset", "domain_generalization") and not args.targets:
+        raise UserError(f"--targets is required for the {args.protocol} protocol; name the datasets to test on")
+    if args.protocol in ("base2novel", "few_shot") and args.targets:
+        raise UserError(f"--targets {' '.join(args.targets)}: the {args.protocol} protocol tests on --dataset only; "
+                        "drop --targets, or use --protocol cross_dataset or domain_generalization")
+
+
 def run(args) -> int:
     import functools
 
@@ -88,7 +106,7 @@ def run(args) -> int:
     from prompt_ot import provenance
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts
-    from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_run
+    from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_method, resolve_run
     from prompt_ot.data.registry import get_recipe
     from prompt_ot.devices import pick_device
     from prompt_ot.errors import UserError
@@ -99,7 +117,10 @@ def run(args) -> int:
     from prompt_ot.tracking import tracker_for
     from prompt_ot.utils.io import atomic_path
 
+    check.check_device(args.device)
+    _check_targets(args)
     params = load_params(args.params)
+    resolve_method(params, args.method, args.params)  # an unknown method is named as such, not as a recipe gap
     method, recipe = resolve_run(params, args.method, args.protocol, args.dataset, args.shots, args.params)
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
     prompts, meta = load_prompts(args.prompts)
@@ -123,8 +144,6 @@ def run(args) -> int:
     elif args.protocol == "few_shot":
         parts = {"all": (TestFeatures(root / args.dataset, backbone=backbone), args.dataset)}
     else:
-        if not args.targets:
-            raise UserError(f"--targets is required for the {args.protocol} protocol")
         names = [args.dataset] + [t for t in args.targets if t != args.dataset]
         parts = {name: (TestFeatures(root / name, backbone=backbone), name) for name in names}
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
@@ -137,10 +156,13 @@ def run(args) -> int:
         print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}", flush=True)
     hm = harmonic_mean(accuracy["base"], accuracy["novel"]) if args.protocol == "base2novel" else None
     regulariser = method.regulariser or {}
+    adaptive = regulariser.get("adaptive") not in (None, False)
+    # an adaptive lambda is reported at its value after the tested epoch (written by the train stage)
+    weight = meta.get("lambda", regulariser.get("weight")) if adaptive else regulariser.get("weight")
     metrics = RunMetrics(
         protocol=args.protocol, method=method.name, dataset=args.dataset, seed=args.seed, shots=args.shots,
         backbone=backbone, pretrained=pretrained, accuracy=accuracy, n=counts, epoch=meta.get("epoch"), hm=hm,
-        base_method=base_method(params, method.name), regulariser_weight=regulariser.get("weight"),
+        base_method=base_method(params, method.name), regulariser_weight=weight, regulariser_adaptive=adaptive,
         recipe=recipe.name, epochs=recipe.epochs, precision=recipe.precision, provenance=meta["provenance"],
         recipe_values=recipe.to_dict(),
     )

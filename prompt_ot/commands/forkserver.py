@@ -13,25 +13,47 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from pathlib import Path
+
+from prompt_ot.utils import args as check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", help="UNIX socket to listen on (jobs name it in $PROMPT_OT_FORKSERVER); with a "
+    parser.add_argument("--socket", type=_socket_path,
+                        help="UNIX socket to listen on (jobs name it in $PROMPT_OT_FORKSERVER); with a "
                         "command, a fresh one in the temporary folder by default")
-    parser.add_argument("--pidfile", help="write the server's pid here once it listens (removed when it stops)")
+    parser.add_argument("--pidfile", type=check.out_file,
+                        help="write the server's pid here once it listens (removed when it stops)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="after '--': a command to run with the server (its exit status is this command's)")
+
+
+def _socket_path(text: str) -> str:
+    """A path the server can bind: in an existing folder, short enough, and not an existing file (which the server
+    would delete to bind there; a stale socket of an earlier server is replaced)."""
+    problem = _socket_problem(Path(text))
+    if problem:
+        raise check.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+def _socket_problem(path: Path) -> str | None:
+    if not path.parent.is_dir():
+        return f"folder {path.parent} does not exist; create it or pick another path"
+    if len(os.fsencode(str(path.resolve()))) > 100:
+        return "a UNIX socket path must be shorter than about 100 bytes; use a shorter one (e.g. under /tmp)"
+    if (path.exists() or path.is_symlink()) and not stat.S_ISSOCK(path.lstat().st_mode):
+        return "exists and is not a socket; pick a new path (the server replaces what is there)"
+    return None
 
 
 def _check_socket(path: Path) -> None:
     from prompt_ot.errors import UserError
 
-    if not path.parent.is_dir():
-        raise UserError(f"--socket {path}: folder {path.parent} does not exist; create it or pick another path")
-    if len(os.fsencode(str(path.resolve()))) > 100:
-        raise UserError(f"--socket {path}: a UNIX socket path must be shorter than about 100 bytes; use a shorter "
-                        "one (e.g. under /tmp)")
+    problem = _socket_problem(path)
+    if problem:
+        raise UserError(f"--socket {path}: {problem}")
 
 
 def run(args) -> int:

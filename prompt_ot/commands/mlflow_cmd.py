@@ -10,32 +10,56 @@ The store is ``MLFLOW_TRACKING_URI`` when set, else ``<project root>/mlflow.db``
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from prompt_ot.utils import args as check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="{init,finish,sync}")
     init = actions.add_parser("init", help="create the store and experiment and start the pipeline's parent run")
-    init.add_argument("--project-root", default=".", help="project root that holds mlflow.db (default: .)")
-    init.add_argument("--experiment", default="prompt-ot", help="MLflow experiment name (default: prompt-ot)")
-    init.add_argument("--parent-name", default=None, help="name of the parent run (default: pipeline/<UTC time>)")
-    init.add_argument("--out", required=True, help="JSON file to write with the tracking URI and parent run id")
+    init.add_argument("--project-root", default=".", type=check.existing_dir,
+                      help="project root that holds mlflow.db (default: .)")
+    init.add_argument("--experiment", default="prompt-ot", type=check.non_empty,
+                      help="MLflow experiment name (default: prompt-ot)")
+    init.add_argument("--parent-name", default=None, type=check.non_empty,
+                      help="name of the parent run (default: pipeline/<UTC time>)")
+    init.add_argument("--out", required=True, type=check.out_file,
+                      help="JSON file to write with the tracking URI and parent run id")
     finish = actions.add_parser("finish", help="end the pipeline's parent run (FINISHED, or FAILED with --failed)")
-    finish.add_argument("parent_file", help="the JSON file written by 'mlflow init'")
+    finish.add_argument("parent_file", type=check.existing_file, help="the JSON file written by 'mlflow init'")
     finish.add_argument("--failed", action="store_true", help="mark the parent run FAILED")
     sync = actions.add_parser("sync", help="log the runs recorded in mlflow_pending.json files under RUNS_DIR")
-    sync.add_argument("runs_dir", help="folder searched (recursively) for mlflow_pending.json files")
-    sync.add_argument("--project-root", default=".", help="project root that holds mlflow.db (default: .)")
+    sync.add_argument("runs_dir", type=check.existing_dir,
+                      help="folder searched (recursively) for mlflow_pending.json files")
+    sync.add_argument("--project-root", default=".", type=check.out_dir,  # mlflow.db may be the first file there
+                      help="project root that holds mlflow.db (default: .)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "finish":
         from prompt_ot.tracking import finish
 
+        _check_parent_file(args.parent_file)
         run_id = finish(args.parent_file, "FAILED" if args.failed else "FINISHED")
         print(f"ended parent run {run_id}" if run_id else f"no parent run to end in {args.parent_file}")
         return 0
     return _init(args) if args.action == "init" else _sync(args)
+
+
+def _check_parent_file(path: str) -> None:
+    """The file must be what 'mlflow init' wrote (a JSON object naming the store), else nothing is ended."""
+    from prompt_ot.errors import UserError
+
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"parent_file {path} is not valid JSON ({err}); give the file written by 'mlflow init'") \
+            from None
+    if not isinstance(record, dict) or not {"tracking_uri", "parent_run_id"} <= set(record):
+        raise UserError(f"parent_file {path} is not a parent-run record (no tracking_uri and parent_run_id); "
+                        "give the file written by 'mlflow init'")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -51,12 +75,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from prompt_ot.errors import UserError
     from prompt_ot.tracking import sync_pending
 
-    runs_dir = Path(args.runs_dir)
-    if not runs_dir.is_dir():
-        raise UserError(f"runs folder {runs_dir} does not exist; give the folder that holds the run folders")
+    runs_dir = Path(args.runs_dir)  # an existing folder: checked when the command line was parsed
     outcomes = sync_pending(runs_dir, args.project_root)
     if not outcomes:
         print(f"no pending MLflow runs under {runs_dir}")

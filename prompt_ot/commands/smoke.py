@@ -8,16 +8,19 @@ import json
 import time
 from pathlib import Path
 
+from prompt_ot.utils import args as check
+
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--method", default="prompt_ot", help="method name (default: prompt_ot)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--backbone", default="tiny-vit")
-    parser.add_argument("--out", default="smoke_out", help="folder for prompts.safetensors and metrics.json")
+    parser.add_argument("--method", default="prompt_ot", type=check.non_empty, help="method name (default: prompt_ot)")
+    parser.add_argument("--epochs", type=check.positive_int, default=3)
+    parser.add_argument("--shots", type=check.positive_int, default=16)
+    parser.add_argument("--seed", type=check.non_negative_int, default=1)
+    parser.add_argument("--backbone", default="tiny-vit", type=check.non_empty)
+    parser.add_argument("--out", default="smoke_out", type=check.out_dir,
+                        help="folder for prompts.safetensors and metrics.json")
 
 
 def _digits_tensors(image_size: int):

@@ -18,19 +18,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
+
+from prompt_ot.utils import args as check
+
+SCHEDULER_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_STEP_GPUS")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="experiment parameters (default: params.yaml)")
     parser.add_argument("--protocol", required=True, choices=["base2novel", "cross_dataset", "few_shot"])
-    parser.add_argument("--method", required=True, help="a method of the registry or a variant from params.yaml")
-    parser.add_argument("--seed", type=int, nargs="+", required=True, help="one seed per run (several: a pack)")
-    parser.add_argument("--manifest", nargs="+", required=True, help="few-shot manifest written by 'split', per run")
-    parser.add_argument("--train-cache", nargs="+", required=True, help="train cache written by 'cache train', per run")
-    parser.add_argument("--out", nargs="+", required=True, help="run folder for prompts, metrics and checkpoint, per run")
-    parser.add_argument("--device", default="auto", help="auto (a free GPU, else the CPU), cpu, cuda:N")
+    parser.add_argument("--method", required=True, type=check.non_empty,
+                        help="a method of the registry or a variant from params.yaml")
+    parser.add_argument("--seed", type=check.non_negative_int, nargs="+", required=True,
+                        help="one seed per run (several: a pack)")
+    parser.add_argument("--manifest", nargs="+", required=True,
+                        help="few-shot manifest written by 'split', per run")
+    parser.add_argument("--train-cache", nargs="+", required=True,
+                        help="train cache written by 'cache train', per run")
+    parser.add_argument("--out", nargs="+", required=True, type=check.out_dir,
+                        help="run folder for prompts, metrics and checkpoint, per run")
+    parser.add_argument("--device", default="auto", type=check.device_name,
+                        help="auto (a free GPU, else the CPU), cpu, cuda:N")
 
 
 def run_summary(method, recipe, config, result, params, args, job, device: str, seconds: float, pack: int) -> dict:
@@ -43,6 +54,8 @@ def run_summary(method, recipe, config, result, params, args, job, device: str, 
         "eval_epoch": recipe.tested_epoch, "frozen_template": job.frozen_template,
         "frozen_image_features": job.frozen_source, "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history, "seconds": seconds, "packed_with": pack - 1,
+        # what the scheduler gave this job: the GPUs it may use and, under SLURM, the job and its allocation
+        "scheduler": {name.lower(): os.environ.get(name) for name in SCHEDULER_VARIABLES},
     }
 
 
@@ -58,6 +71,27 @@ class _Job:
         self.log_file.flush()
 
 
+def _stale_checkpoint(out: Path, fingerprint: str) -> bool:
+    """True for the checkpoint of another run in a folder whose outputs are gone: what a workflow leaves when it
+    reruns a job whose settings changed (`dvc exp run -S ...`, an edited params.yaml). DVC and Snakemake delete a
+    job's outputs (prompts.safetensors, train.json) before they rerun it; the checkpoint is none of theirs (it is
+    kept so that a killed job resumes), so it stays behind. A checkpoint of another run next to its outputs is
+    refused and kept (``check_resumable``), as is a damaged one."""
+    from safetensors import safe_open
+
+    from prompt_ot.train import CHECKPOINT_NAME
+
+    path = out / CHECKPOINT_NAME
+    if not path.is_file() or (out / "prompts.safetensors").exists() or (out / "train.json").exists():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: check_resumable says so
+        return False
+    return str(meta.get("format", "")).startswith("prompt_ot.checkpoint/") and meta.get("fingerprint") != fingerprint
+
+
 def _jobs(args) -> list[_Job]:
     from prompt_ot.errors import UserError
 
@@ -65,8 +99,9 @@ def _jobs(args) -> list[_Job]:
     if len(lengths) != 1:
         raise UserError(f"--seed, --manifest, --train-cache and --out need one value per packed run; got "
                         f"{len(args.seed)}, {len(args.manifest)}, {len(args.train_cache)} and {len(args.out)}")
-    if len(set(args.out)) != len(args.out):
+    if len({Path(out).resolve() for out in args.out}) != len(args.out):
         raise UserError(f"packed runs need distinct --out folders, got {args.out}")
+    check.check_device(args.device)
     return [_Job(*values) for values in zip(args.seed, args.manifest, args.train_cache, args.out)]
 
 
@@ -77,6 +112,8 @@ def _resolve(params, args, jobs):
     from prompt_ot.errors import UserError
 
     resolve_method(params, args.method, args.params)  # an unknown method is named before any file is read
+    check.require("--manifest", args.manifest, check.existing_file)
+    check.require("--train-cache", args.train_cache, check.existing_dir)
     for job in jobs:
         job.manifest = read_manifest(job.manifest_path)
     first = jobs[0].manifest
@@ -93,6 +130,7 @@ def _resolve(params, args, jobs):
 
 
 def run(args) -> int:
+    jobs = _jobs(args)  # the options agree with each other: checked before anything is imported or read
     from prompt_ot import provenance
     from prompt_ot.cache import FrozenViewFeatures
     from prompt_ot.checkpoint import check_resumable, load_prompts, save_prompts
@@ -105,7 +143,6 @@ def run(args) -> int:
     from prompt_ot.train import CHECKPOINT_NAME, RunSpec, TrainResult, run_fingerprint, set_deterministic, train_packed
     from prompt_ot.utils.io import atomic_write_text
 
-    jobs = _jobs(args)
     params = load_params(args.params)
     method, recipe = _resolve(params, args, jobs)
     set_deterministic(bool(params["train"].get("deterministic", False)))  # before any CUDA work
@@ -124,14 +161,18 @@ def run(args) -> int:
         # cached frozen view features stand in for the frozen forward only when they are those of this run
         job.frozen_source = "cache" if needs_frozen and job.cache.covers(epochs, recipe.precision) else (
             "computed while training" if needs_frozen else None)
-        job.done = check_resumable(job.out / CHECKPOINT_NAME, run_fingerprint(
-            method, job.config, job.manifest.classnames, backbone_id))
+        fingerprint = run_fingerprint(method, job.config, job.manifest.classnames, backbone_id)
+        job.stale = _stale_checkpoint(job.out, fingerprint)  # removed below, once every check has passed
+        job.done = [] if job.stale else check_resumable(job.out / CHECKPOINT_NAME, fingerprint)
         job.provenance = provenance.record(
             method=method.name, base_method=base_method(params, method.name), recipe=recipe.name,
             protocol=args.protocol, backbone=backbone, pretrained=pretrained, dataset=dataset,
             subset=job.manifest.subset, shots=job.manifest.shots, seed=job.seed, manifest=job.manifest_path,
             sampler=job.manifest.sampler)
 
+    for job in jobs:
+        if job.stale:
+            (job.out / CHECKPOINT_NAME).unlink()
     trains = method.trains and recipe.trains  # zero-shot CLIP trains nothing: no backbone to load
     clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision) if trains else (None,) * 3
     tracker = tracker_for(params, args.params)
@@ -151,6 +192,9 @@ def run(args) -> int:
                     f"lr {recipe.lr}, batch {recipe.batch_size}, {epochs} epochs (warm-up {recipe.warmup_epochs} at "
                     f"{recipe.warmup_lr}), {recipe.precision}, tests epoch {eval_epoch}"
                     + (f"; set here: {', '.join(recipe.overridden)}" if recipe.overridden else ""))
+            if job.stale:
+                job.log("removed the checkpoint of an earlier run of this folder with other settings (its outputs "
+                        "were gone: the job is rerun); training from scratch")
             if job.done:
                 job.log(f"resuming from the checkpoint after epoch {len(job.done)} of {epochs}")
             tags = {"method": method.name, "base_method": base_method(params, method.name), "recipe": recipe.name,
@@ -181,10 +225,13 @@ def run(args) -> int:
             prompts = result.prompts
             if eval_epoch != epochs:
                 prompts, _ = load_prompts(job.snapshot)
-            save_prompts(job.out / "prompts.safetensors", prompts,
-                         {"method": method.name, "backbone": backbone, "pretrained": pretrained, "epoch": eval_epoch,
-                          "epochs": epochs, "prompts": method.to_dict()["prompts"], "provenance": job.provenance,
-                          "recipe": recipe.to_dict()})
+            meta = {"method": method.name, "backbone": backbone, "pretrained": pretrained, "epoch": eval_epoch,
+                    "epochs": epochs, "prompts": method.to_dict()["prompts"], "provenance": job.provenance,
+                    "recipe": recipe.to_dict()}
+            tested = [r for r in result.history if r["epoch"] == eval_epoch and "lambda" in r]
+            if tested:  # an adaptive lambda: its value after the tested epoch, for the metrics and the report
+                meta["lambda"] = tested[0]["lambda"]
+            save_prompts(job.out / "prompts.safetensors", prompts, meta)
             summary = run_summary(method, recipe, job.config, result, params, args, job, device, seconds, len(jobs))
             atomic_write_text(job.out / "train.json", json.dumps(summary, indent=2) + "\n")
             job.log(f"wrote {job.out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
@@ -204,7 +251,8 @@ def _epoch_logger(job: _Job, epochs: int, eval_epoch: int):
         job.tracked.log_metrics(_epoch_metrics(record), step=record["epoch"])
         job.log(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
                 f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
-                f"{record['seconds']:.1f}s")
+                + (f"lambda {record['lambda']:.4g}  " if "lambda" in record else "")
+                + f"{record['seconds']:.1f}s")
         if record["epoch"] == eval_epoch and eval_epoch != epochs:
             save_prompts(job.snapshot, job.model.prompt_state(), {"epoch": eval_epoch})
 

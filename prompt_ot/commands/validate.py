@@ -12,18 +12,28 @@ from __future__ import annotations
 import argparse
 import json
 
+from prompt_ot.utils import args as check
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="experiment parameters (default: params.yaml)")
-    parser.add_argument("--out", help="marker written when the file is valid (what the next stages depend on)")
+    parser.add_argument("--out", type=check.out_file,
+                        help="marker written when the file is valid (what the next stages depend on)")
+    parser.add_argument("--resolved", type=check.out_file, metavar="FILE",
+                        help="also write the resolved values each DVC stage declares as params "
+                             "(prompt_ot.stage_params)")
 
 
 def run(args) -> int:
     from prompt_ot.config import load_params
     from prompt_ot.utils.io import atomic_write_text
 
-    load_params(args.params)  # raises UserError naming the key, the value and what is allowed
+    params = load_params(args.params)  # raises UserError naming the key, the value and what is allowed
     print(f"{args.params} is valid")
+    if args.resolved:
+        from prompt_ot.stage_params import resolved_params_json
+
+        atomic_write_text(args.resolved, resolved_params_json(params))
     if args.out:
         atomic_write_text(args.out, json.dumps({"valid": True}) + "\n")
     return 0

@@ -38,6 +38,9 @@ class Regulariser(nn.Module):
     def forward(self, inputs: RegulariserInputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """Called by the trainer after each optimiser step (an adaptive weight updates here); device work only."""
+
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
     """``value`` as a float, or a UserError naming the parameter when it is not a finite positive number."""
@@ -61,6 +64,7 @@ from prompt_ot.losses.ot import (  # noqa: E402
     transport_cost,
     transport_plan,
 )
+from prompt_ot.losses.adaptive import AdaptiveSettings, DualWeight, check_adaptive  # noqa: E402
 from prompt_ot.losses.pointwise import KgCoOpLoss, PointwiseL1, PromptSRCLoss  # noqa: E402
 
 REGULARISERS: dict[str, type[Regulariser]] = {
@@ -96,7 +100,9 @@ def build_regulariser(spec: dict | None) -> Regulariser | None:
 
 
 __all__ = [
+    "AdaptiveSettings",
     "BACKENDS",
+    "DualWeight",
     "MODALITIES",
     "REGULARISERS",
     "SOLVERS",
@@ -109,6 +115,7 @@ __all__ = [
     "log_sinkhorn_plan",
     "RegulariserInputs",
     "build_regulariser",
+    "check_adaptive",
     "check_positive",
     "paired_features",
     "transport_cost",

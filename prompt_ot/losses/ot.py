@@ -36,6 +36,7 @@ from torch import Tensor
 
 from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.losses import Regulariser, RegulariserInputs, check_positive
+from prompt_ot.losses.adaptive import DualWeight, check_adaptive
 
 MODALITIES = ("joint", "vision", "text")
 SOLVERS = ("exact", "sinkhorn", "unbalanced")
@@ -207,7 +208,9 @@ def _unbalanced_plan(source, target, cost64, reg, reg_m, stop_threshold, max_ite
 class OTRegulariser(Regulariser):
     """lambda * sum_ij P_ij C_ij between fine-tuned and frozen features (Prompt-OT's L_OT, weighted).
 
-    ``last_plan`` keeps the most recent plan for diagnostics and tests.
+    ``weight`` is lambda, or with ``adaptive`` (:mod:`prompt_ot.losses.adaptive`) lambda's initial value: then
+    :attr:`dual` holds lambda as device state, updated after each step by projected dual ascent towards a
+    budget on the unweighted term. ``last_plan`` keeps the most recent plan for diagnostics and tests.
     """
 
     def __init__(
@@ -222,6 +225,7 @@ class OTRegulariser(Regulariser):
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
         backend: str = "auto",
         device_iterations: int = DEFAULT_DEVICE_ITERATIONS,
+        adaptive: dict | bool | None = None,
     ):
         super().__init__()
         if modality not in MODALITIES:
@@ -231,7 +235,8 @@ class OTRegulariser(Regulariser):
         self.modality = modality
         self.solver = solver
         self.eta = check_positive("eta", eta)
-        self.weight = check_positive("weight", weight)
+        # an adaptive lambda may start at 0 (no regularisation until the term exceeds its budget)
+        self.weight = check_positive("weight", weight, allow_zero=adaptive not in (None, False))
         self.reg = check_positive("reg", reg)
         self.reg_m = check_positive("reg_m", reg_m)
         self.stop_threshold = check_positive("stop_threshold", stop_threshold)
@@ -240,6 +245,8 @@ class OTRegulariser(Regulariser):
             raise unknown_name("OT backend", str(backend), BACKENDS)
         self.backend = backend
         self.device_iterations = int(check_positive("device_iterations", device_iterations))
+        settings = check_adaptive(adaptive, self.weight)
+        self.dual = DualWeight(settings, self.weight) if settings is not None else None
         self.last_plan: Tensor | None = None
 
     @property
@@ -252,7 +259,15 @@ class OTRegulariser(Regulariser):
         plan = transport_plan(cost, self.solver, self.reg, self.reg_m, self.stop_threshold, self.max_iterations,
                               self.backend, self.device_iterations)
         self.last_plan = plan
-        return self.weight * (plan * cost).sum()
+        term = (plan * cost).sum()
+        if self.dual is None:
+            return self.weight * term
+        self.dual.observe(term)
+        return self.dual.value.to(term.dtype) * term
+
+    def after_step(self) -> None:
+        if self.dual is not None:
+            self.dual.step()
 
     def forward(self, inputs: RegulariserInputs) -> Tensor:
         return self.transport_loss(*paired_features(inputs, self.modality))
@@ -260,7 +275,8 @@ class OTRegulariser(Regulariser):
     def extra_repr(self) -> str:
         entropic = f", reg={self.reg}" if self.solver != "exact" else ""
         marginal = f", reg_m={self.reg_m}" if self.solver == "unbalanced" else ""
+        adaptive = ", adaptive" if self.dual is not None else ""
         return (
             f"modality={self.modality!r}, solver={self.solver!r}, eta={self.eta}, weight={self.weight}"
-            f"{entropic}{marginal}"
+            f"{entropic}{marginal}{adaptive}"
         )

@@ -12,7 +12,8 @@ from prompt_ot.results import FORMAT, read_metrics
 
 RUN_KEYS = ["protocol", "method", "dataset", "shots", "seed"]  # what identifies one run
 # every column of a run that is not an accuracy (the wide frame's other columns are accuracy keys)
-RUN_COLUMNS = RUN_KEYS + ["base_method", "weight", "backbone", "path", "recipe", "tested_epoch", "epochs"]
+RUN_COLUMNS = RUN_KEYS + ["base_method", "weight", "adaptive", "backbone", "path", "recipe", "tested_epoch",
+                          "epochs"]
 
 
 def metrics_paths(files=None, list_file=None, directory=None, pattern: str = "*.json") -> list[Path]:
@@ -81,7 +82,8 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
             accuracy["hm"] = 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
         weight = metrics.regulariser_weight
         rows.append({**dict(zip(RUN_KEYS, run)), "base_method": metrics.base_method or metrics.method,
-                     "weight": float("nan") if weight is None else float(weight), "backbone": metrics.backbone,
+                     "weight": float("nan") if weight is None else float(weight),
+                     "adaptive": bool(metrics.regulariser_adaptive), "backbone": metrics.backbone,
                      "path": str(path), "recipe": metrics.recipe, "tested_epoch": metrics.epoch,
                      "epochs": metrics.epochs, "accuracy": accuracy})
     if len(backbones) > 1:

@@ -64,8 +64,12 @@ def dataset_name(dataset: str, latex: bool = False) -> str:
 
 
 def method_name(method: str, base_method: str | None = None, weight: float | None = None,
-                latex: bool = False) -> str:
-    """Display name of a method; a variant (``method != base_method``) is its base's name plus its lambda."""
+                latex: bool = False, adaptive: bool = False) -> str:
+    """Display name of a method; a variant (``method != base_method``) is its base's name plus its lambda, or
+    plus "adaptive λ" when its lambda adapted while training (``adaptive``)."""
+    if base_method and base_method != method and adaptive:
+        base = method_name(base_method, latex=latex)
+        return f"{base}, adaptive $\\lambda$" if latex else f"{base}, adaptive λ"
     if base_method and base_method != method and weight is not None:
         base = method_name(base_method, latex=latex)
         return f"{base}, $\\lambda={weight:g}$" if latex else f"{base}, λ={weight:g}"

@@ -58,23 +58,49 @@ def tradeoff(average: Table, out: Path) -> list[Path]:
 
 
 def lambda_sweeps(average: Table) -> dict[str, list]:
-    """base_method -> its rows sorted by lambda, for every method run with at least two distinct lambdas."""
+    """base_method -> its rows sorted by lambda, for every method run with at least two distinct fixed lambdas;
+    rows of an adaptive lambda (``extra["adaptive"]``) of the same base follow, to be marked on the figure."""
     sweeps: dict[str, list] = {}
+    adaptive: dict[str, list] = {}
     for row in average.rows:
-        if not row.published and row.extra.get("lambda") is not None:
+        if row.published:
+            continue
+        if row.extra.get("adaptive"):
+            adaptive.setdefault(row.extra["base_method"], []).append(row)
+        elif row.extra.get("lambda") is not None:
             sweeps.setdefault(row.extra["base_method"], []).append(row)
-    return {base: sorted(rows, key=lambda r: r.extra["lambda"]) for base, rows in sweeps.items()
-            if len({r.extra["lambda"] for r in rows}) >= 2}
+    return {base: sorted(rows, key=lambda r: r.extra["lambda"]) + adaptive.get(base, [])
+            for base, rows in sweeps.items() if len({r.extra["lambda"] for r in rows}) >= 2}
+
+
+ADAPTIVE_MARKERS = "*Xp"
 
 
 def lambda_sweep(base_method: str, rows: list, out: Path) -> list[Path]:
-    """Base, novel and HM (of the averages) against the regulariser weight lambda."""
+    """Base, novel and HM (of the averages) against the regulariser weight lambda.
+
+    A row of an adaptive lambda is not a point of the curves: it is marked on each curve (in the curve's colour,
+    a star for the first such row) at the mean of its runs' lambda when tested (``extra["adaptive_lambda"]``),
+    with a dotted vertical line there and a legend entry giving that value."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
+    adaptive = [r for r in rows if r.extra.get("adaptive")]
+    rows = [r for r in rows if not r.extra.get("adaptive")]
     weights = [r.extra["lambda"] for r in rows]
     for column, label in (("base", "base"), ("novel", "novel"), ("hm_of_avg", "HM of averages")):
-        ax.errorbar(weights, [r.cells[column].mean for r in rows], yerr=[_std(r.cells[column].std) for r in rows],
-                    marker="o", capsize=3, label=label)
+        line = ax.errorbar(weights, [r.cells[column].mean for r in rows],
+                           yerr=[_std(r.cells[column].std) for r in rows], marker="o", capsize=3, label=label)
+        colour = line.lines[0].get_color()
+        for k, row in enumerate(adaptive):
+            ax.errorbar([row.extra["adaptive_lambda"]], [row.cells[column].mean], yerr=[_std(row.cells[column].std)],
+                        marker=ADAPTIVE_MARKERS[k % len(ADAPTIVE_MARKERS)], markersize=11, color=colour,
+                        markeredgecolor="black", capsize=3, linestyle="none")
+    for k, row in enumerate(adaptive):  # a dotted line at its lambda; the legend shows its marker
+        ax.axvline(row.extra["adaptive_lambda"], color="0.5", linestyle=":", linewidth=1)
+        ax.plot([], [], marker=ADAPTIVE_MARKERS[k % len(ADAPTIVE_MARKERS)], markersize=9, color="0.5",
+                markeredgecolor="black", linestyle=":",
+                label=f"{row.label}: mean λ when tested {row.extra['adaptive_lambda']:.3g}")
+    weights = weights + [r.extra["adaptive_lambda"] for r in adaptive]
     positive = [w for w in weights if w > 0]
     if positive and max(weights) / min(positive) >= 10:
         ax.set_xscale("log" if len(positive) == len(weights) else "symlog", **(
@@ -82,7 +108,7 @@ def lambda_sweep(base_method: str, rows: list, out: Path) -> list[Path]:
     ax.set_xlabel("regulariser weight λ")
     ax.set_ylabel("accuracy (%), average over datasets")
     ax.set_title(f"{method_name(base_method)}: accuracy against λ (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if not adaptive else 7)
     return _save(fig, out, f"lambda_sweep_{base_method}")
 
 

@@ -21,15 +21,24 @@ ABLATIONS = [
     ("Solver", ["prompt_ot", "prompt_ot_sinkhorn", "prompt_ot_unbalanced"]),
     ("OT vs point-wise", ["prompt_ot", "promptsrc", "pointwise_l1", "ivlp"]),
     ("Against the compared methods", ["prompt_ot", "promptsrc", "maple", "cocoop", "kgcoop", "coop"]),
+    # lambda fixed (the demo's lambda-sweep grid, demo/lambda_sweep.yaml) against lambda adapted to an OT budget
+    ("Regularisation strength", ["prompt_ot_lambda1", "prompt_ot_lambda3", "prompt_ot", "prompt_ot_lambda30",
+                                 "prompt_ot_adaptive"]),
 ]
 
 
+def _adaptive(runs: pd.DataFrame | None) -> bool:
+    """True for the runs of a method whose lambda adapted while training (their weight: lambda when tested)."""
+    return runs is not None and "adaptive" in runs and bool(runs["adaptive"].fillna(False).astype(bool).any())
+
+
 def _methods(frame: pd.DataFrame):
-    """(method, base_method, weight, runs) for each method in the frame, in display order."""
+    """(method, base_method, weight, runs) for each method in the frame, in display order; an adaptive lambda has
+    no one weight (None: it sorts after its base's fixed weights)."""
     out = []
     for method, runs in frame.groupby("method", sort=False):
         base_method, weight = runs["base_method"].iloc[0], runs["weight"].iloc[0]
-        weight = None if pd.isna(weight) else float(weight)
+        weight = None if pd.isna(weight) or _adaptive(runs) else float(weight)
         out.append((method, base_method, weight, runs))
     return sorted(out, key=lambda m: method_order(m[0], m[1], m[2]))
 
@@ -45,10 +54,14 @@ def _tested_epochs(runs: pd.DataFrame) -> str | None:
 
 def _our_row(method, base_method, weight, cells, runs=None, **kw) -> Row:
     extra = {"base_method": base_method, "lambda": weight, **kw.pop("extra", {})}
+    adaptive = _adaptive(runs)
+    if adaptive:  # the mean over the row's runs of lambda when tested
+        extra |= {"adaptive": True, "adaptive_lambda": float(runs["weight"].mean())}
     early = _tested_epochs(runs) if runs is not None else None
     if early:
         extra["tested_epoch"] = early
-    return Row(method, method_name(method, base_method, weight), method_name(method, base_method, weight, latex=True),
+    return Row(method, method_name(method, base_method, weight, adaptive=adaptive),
+               method_name(method, base_method, weight, latex=True, adaptive=adaptive),
                cells, extra=extra, early=early is not None, **kw)
 
 
@@ -159,7 +172,8 @@ def ablation(frame: pd.DataFrame) -> Table | None:
 
 def _transfer_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per run: 'source' (accuracy on the training dataset), each target, and 'target_avg' over its targets."""
-    meta = ["method", "base_method", "weight", "dataset", "seed", "shots", "recipe", "tested_epoch", "epochs"]
+    meta = ["method", "base_method", "weight", "adaptive", "dataset", "seed", "shots", "recipe", "tested_epoch",
+            "epochs"]
     keys = [c for c in frame.columns if c not in RUN_COLUMNS]
     records = []
     for _, run in frame.iterrows():

@@ -8,6 +8,7 @@ rule report:
     output:
         tables=directory(f"{REPORTS}/tables"),
         figures=directory(f"{REPORTS}/figures"),
+        metrics=f"{REPORTS}/metrics.json",  # the headline numbers (prompt_ot/report/summary.py), DVC's metrics
     params:
         runs=lambda w: RUNS,
         published=PUBLISHED,
