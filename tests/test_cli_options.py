@@ -22,6 +22,7 @@ import yaml
 
 from fixtures_data import make_fixture
 from prompt_ot.cli import COMMANDS, command_parser, main
+from tests.test_cli_errors import small_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PREVIOUS = b"a result computed earlier\n"
@@ -264,17 +265,7 @@ def test_the_table_covers_every_option_of_every_stage():
 
 # ------------------------------------------------------------------ the fixture: every base line, run once
 def _small_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["backbone"] = {"name": "tiny-vit", "pretrained": "none"}
-    params["datasets"] = ["dtd"]
-    params["seeds"] = [1]
-    params["protocols"] = {
-        "base2novel": {"datasets": ["dtd"], "shots": 2},
-        "cross_dataset": {"sources": [], "shots": 2, "evaluate": {"targets": []}},
-        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-        "few_shot": {"datasets": [], "shots": []},
-    }
-    params["train"].update(epochs=2, eval_epoch=0, precision="fp32", num_workers=0)
+    params = small_params()  # tests/test_cli_errors.py's: dtd, the tiny random CLIP, 2 epochs
     params["mlflow"] = {"experiment": "cli-options", "defer": True}
     return params
 

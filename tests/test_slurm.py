@@ -85,32 +85,28 @@ def rule_of(job: dict) -> str:
     return comment.removeprefix("rule_").split("_wildcards_")[0]
 
 
-def _started(folder: Path, accounting: bool):
+def _running(folder: Path, accounting: bool):
+    """A started cluster, stopped by pid when the class's tests end (whatever their outcome)."""
     cluster = Cluster(folder, accounting=accounting)
     try:
         cluster.start()
     except (ClusterUnavailable, RuntimeError, subprocess.SubprocessError) as error:
         pytest.skip(f"SLURM test cluster did not start: {str(error).splitlines()[0]}")
-    return cluster
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="class")
 def cluster(tmp_path_factory):
-    """A cluster with accounting (slurmdbd on MariaDB), for the tests of one class."""
-    cluster = _started(tmp_path_factory.mktemp("slurm"), accounting=True)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    """A cluster with accounting (slurmdbd on MariaDB)."""
+    yield from _running(tmp_path_factory.mktemp("slurm"), accounting=True)
 
 
 @pytest.fixture(scope="class")
 def cluster_without_accounting(tmp_path_factory):
-    cluster = _started(tmp_path_factory.mktemp("slurm-noacct"), accounting=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(tmp_path_factory.mktemp("slurm-noacct"), accounting=False)
 
 
 @pytest.fixture(scope="class")
