@@ -438,4 +438,4 @@ def test_the_training_image_size_cap_and_the_store_format_are_inputs_of_the_trai
     assert main(args) == 0
     assert "inputs changed (store_format)" in capsys.readouterr().out
     assert main(args + ["--train-short-side", "-5"]) == 2
-    assert "train_short_side must be a non-negative integer" in capsys.readouterr().err
+    assert "--train-short-side: must be a non-negative integer" in capsys.readouterr().err  # refused when parsed
