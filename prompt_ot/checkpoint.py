@@ -100,6 +100,23 @@ def _check_meta(path, meta: dict, fingerprint: str) -> None:
         )
 
 
+def _header(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
+
+
+def written_by_another_run(path, fingerprint: str) -> bool:
+    """True for a readable training checkpoint (any format version) whose fingerprint is not ``fingerprint``;
+    False for a missing, damaged or foreign file (``check_resumable`` says what is wrong with those)."""
+    try:
+        meta = _header(path)
+    except Exception:  # noqa: BLE001 - missing or damaged
+        return False
+    return str(meta.get("format", "")).startswith("prompt_ot.checkpoint/") and meta.get("fingerprint") != fingerprint
+
+
 def check_resumable(path, fingerprint: str) -> list[dict]:
     """Refuse, before anything is written, a run folder whose checkpoint belongs to another run (or is damaged).
 
@@ -107,13 +124,10 @@ def check_resumable(path, fingerprint: str) -> list[dict]:
     tracking record or log, so that a refused run changes nothing in the folder. Returns the per-epoch
     history of the epochs the checkpoint has completed (empty for a fresh run).
     """
-    from safetensors import safe_open
-
     if not Path(path).exists():
         return []
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        meta = _header(path)
         _check_meta(path, meta, fingerprint)
         return json.loads(meta["history"])
     except UserError:

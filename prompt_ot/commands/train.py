@@ -77,19 +77,13 @@ def _stale_checkpoint(out: Path, fingerprint: str) -> bool:
     job's outputs (prompts.safetensors, train.json) before they rerun it; the checkpoint is none of theirs (it is
     kept so that a killed job resumes), so it stays behind. A checkpoint of another run next to its outputs is
     refused and kept (``check_resumable``), as is a damaged one."""
-    from safetensors import safe_open
-
+    from prompt_ot.checkpoint import written_by_another_run
     from prompt_ot.train import CHECKPOINT_NAME
 
     path = out / CHECKPOINT_NAME
     if not path.is_file() or (out / "prompts.safetensors").exists() or (out / "train.json").exists():
         return False
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception:  # noqa: BLE001 - a damaged checkpoint: check_resumable says so
-        return False
-    return str(meta.get("format", "")).startswith("prompt_ot.checkpoint/") and meta.get("fingerprint") != fingerprint
+    return written_by_another_run(path, fingerprint)
 
 
 def _jobs(args) -> list[_Job]:
