@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from machine import machine_info, machine_lines  # noqa: E402
 from prompt_ot.data.augment import TrainViews  # noqa: E402
 from prompt_ot.data.imagenet_classes import imagenet_classnames  # noqa: E402
-from prompt_ot.data.registry import get_recipe  # noqa: E402
+from prompt_ot.data.registry import dataset_spec  # noqa: E402
 from prompt_ot.methods import build_model, get_method  # noqa: E402
 from prompt_ot.models.backbone import load_backbone  # noqa: E402
 from prompt_ot.train import RunSpec, TrainConfig, _packed_step, _Run, train_packed  # noqa: E402
@@ -187,7 +187,7 @@ def projection(steps: list[dict], eval_per_image_s: float, epochs: int, pack: in
     slope = (t1 - t0) / (c1 - c0) if c1 != c0 else 0.0
     rows, total = [], 0.0
     for name in B2N_DATASETS:
-        extra = get_recipe(name).extra
+        extra = dataset_spec(name).extra
         base = math.ceil(extra["num_classes"] / 2)
         steps_per_epoch = SHOTS * base // BATCH
         step_s = max(t0 + slope * (base - c0), 1e-9)

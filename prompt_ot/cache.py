@@ -41,7 +41,7 @@ import torch
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.precision import PRECISIONS, autocast
-from prompt_ot.utils.io import building_folder, remove_stale_folders, replace_folder
+from prompt_ot.utils.io import building_folder, read_json, remove_stale_folders, replace_folder
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -255,13 +255,13 @@ def build_test_cache(
     ``templates`` default to the dataset's template and "a photo of a {}.". ``options`` are those of
     :func:`cache_test_items` (workers, precision, replace, skip_bad, progress).
     """
-    from prompt_ot.data.registry import classnames_of, get_recipe
+    from prompt_ot.data.registry import classnames_of, dataset_spec
 
-    recipe = get_recipe(dataset)
-    split = recipe.load_split(data_root)
+    spec = dataset_spec(dataset)
+    split = spec.load_split(data_root)
     return cache_test_items(
-        split["test"], recipe.image_root(data_root), classnames_of(split), dataset=recipe.name, backbone=backbone,
-        pretrained=pretrained, out_dir=out_dir, templates=templates or default_templates(recipe.template),
+        split["test"], spec.image_root(data_root), classnames_of(split), dataset=spec.name, backbone=backbone,
+        pretrained=pretrained, out_dir=out_dir, templates=templates or default_templates(spec.template),
         batch_size=batch_size, device=device, **options,
     )
 
@@ -342,10 +342,10 @@ def build_train_cache(
     ``options`` are those of :func:`cache_train_items` (workers, precision, replace, skip_bad, progress).
     """
     from prompt_ot.data.fewshot import read_manifest, verify_files
-    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.data.registry import dataset_spec
 
     manifest = read_manifest(manifest_path)
-    image_root = get_recipe(manifest.dataset).image_root(data_root)
+    image_root = dataset_spec(manifest.dataset).image_root(data_root)
     verify_files(manifest, image_root)
     source = {"dataset": manifest.dataset, "subset": manifest.subset, "shots": manifest.shots,
               "manifest_seed": manifest.seed}
@@ -427,12 +427,8 @@ def cache_train_items(
 def _read_index(path: Path, kind: str) -> dict:
     fix = f"build it with 'python -m prompt_ot cache {kind} ...'"
     index_path = path / INDEX_NAME
-    if not index_path.is_file():
-        raise UserError(f"no complete {kind} feature cache at {path} (no {INDEX_NAME}); {fix}")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"feature cache index {index_path} is not valid JSON ({err}); {fix}") from None
+    index = read_json(index_path, what="feature cache index", fix=fix,
+                      missing=f"no complete {kind} feature cache at {path} (no {INDEX_NAME}); {fix}")
     if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
         raise UserError(f"feature cache {path} has another format version than {FORMAT_VERSION}; {fix}")
     if index.get("kind") != kind:

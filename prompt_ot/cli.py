@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name in COMMANDS and name != "forkserver":
-        from prompt_ot.forkserver import run_through_server
+        from prompt_ot.forkclient import run_through_server
 
         status = run_through_server(argv)  # None: no fork server named or answering; run here
         if status is not None:

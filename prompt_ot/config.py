@@ -92,7 +92,7 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
         error = max(errors, key=lambda e: len(e.absolute_path))
         raise UserError(_schema_message(error, source))
 
-    from prompt_ot.data.registry import dataset_names, get_recipe
+    from prompt_ot.data.registry import dataset_names, dataset_spec
     from prompt_ot.methods import METHODS
 
     known_datasets = dataset_names()
@@ -119,7 +119,7 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
                 if name not in in_grid:
                     raise UserError(f"{source}: {where} = {name!r} is not listed under 'datasets'; add it there "
                                     "so that it is downloaded and cached")
-                if key != "evaluate.targets" and get_recipe(name).kind == "target_only":
+                if key != "evaluate.targets" and dataset_spec(name).kind == "target_only":
                     raise UserError(f"{source}: {where} = {name!r} has a test split only and cannot be trained on")
     for protocol in ("cross_dataset", "domain_generalization"):
         block = protocols[protocol]

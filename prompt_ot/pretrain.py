@@ -72,7 +72,7 @@ def _balanced(items, per_class: int | None, seed: int):
     return sample_fewshot(list(items), per_class, seed)
 
 
-def _load_images(recipe, root: Path, part: str, work: Path, image_size: int, per_class: int | None, seed: int):
+def _load_images(spec, root: Path, part: str, work: Path, image_size: int, per_class: int | None, seed: int):
     """uint8 images (N, H, W, 3) at the backbone's input size, their labels and the class names, via the
     image store."""
     import numpy as np
@@ -80,9 +80,9 @@ def _load_images(recipe, root: Path, part: str, work: Path, image_size: int, per
     from prompt_ot.data.registry import classnames_of
     from prompt_ot.data.store import build_store
 
-    split = recipe.load_split(root)
+    split = spec.load_split(root)
     items = _balanced(split[part], per_class, seed)
-    store = build_store(items, recipe.image_root(root), work / f"{recipe.name}_{part}", mode="test",
+    store = build_store(items, spec.image_root(root), work / f"{spec.name}_{part}", mode="test",
                         image_size=image_size)
     images = torch.from_numpy(np.stack([store[i] for i in range(len(store))]))
     return images, torch.as_tensor(store.labels, dtype=torch.long), classnames_of(split)
@@ -119,7 +119,7 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     """Train ``backbone`` (an open_clip architecture) from scratch; returns its state dict and a report."""
     import open_clip
 
-    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.data.registry import dataset_spec
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.models.prompted import PromptConfig, PromptedCLIP
 
@@ -131,10 +131,10 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     for p in clip.parameters():
         p.requires_grad_(True)
     root, work = Path(data_root), Path(work_dir)
-    images, labels, classnames, recipes, offsets = [], [], [], [], []
+    images, labels, classnames, specs, offsets = [], [], [], [], []
     for name in config.datasets:
-        recipe = get_recipe(name)
-        x, y, split_names = _load_images(recipe, root, "train", work, preprocess.image_size,
+        spec = dataset_spec(name)
+        x, y, split_names = _load_images(spec, root, "train", work, preprocess.image_size,
                                          config.images_per_class.get(name), config.seed)
         repeat = int(config.repeat.get(name, 1))
         offsets.append(len(classnames))
@@ -142,7 +142,7 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
         labels.append(y.repeat(repeat) + len(classnames))
         names = [c.replace("_", " ") for c in split_names]
         classnames += names
-        recipes.append(recipe)
+        specs.append(spec)
         log(f"pretrain data: {name}: {len(y)} images x {repeat}, {len(names)} classes")
     images, labels = torch.cat(images), torch.cat(labels)
     # every caption (class x template) tokenised once; a batch picks one per image
@@ -187,11 +187,11 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     for p in clip.parameters():
         p.requires_grad_(False)
     accuracy = {}
-    for recipe in recipes:
-        x, y, names = _load_images(recipe, root, "test", work, preprocess.image_size, None, config.seed)
-        accuracy[recipe.name] = zero_shot_accuracy(model, x, y, names, recipe.template, preprocess)
-        log(f"zero-shot accuracy of the pretrained backbone on {recipe.name} test ({len(y)} images, "
-            f"{len(names)} classes, template {recipe.template!r}): {accuracy[recipe.name]:.2f}%")
+    for spec in specs:
+        x, y, names = _load_images(spec, root, "test", work, preprocess.image_size, None, config.seed)
+        accuracy[spec.name] = zero_shot_accuracy(model, x, y, names, spec.template, preprocess)
+        log(f"zero-shot accuracy of the pretrained backbone on {spec.name} test ({len(y)} images, "
+            f"{len(names)} classes, template {spec.template!r}): {accuracy[spec.name]:.2f}%")
     report = {"backbone": backbone, "config": asdict(config), "zero_shot_accuracy": accuracy, "steps": total,
               "images_per_epoch": len(labels), "seconds": time.perf_counter() - started}
     state = {k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}

@@ -71,13 +71,11 @@ def write_metrics(path: str | Path, metrics: RunMetrics) -> None:
 
 
 def read_metrics(path: str | Path) -> RunMetrics:
+    from prompt_ot.utils.io import read_json
+
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UserError(f"metrics file {path} does not exist; run the evaluate stage first") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"metrics file {path} is not valid JSON ({err}); delete it and rerun the evaluate stage") from err
+    raw = read_json(path, what="metrics file", fix="delete it and rerun the evaluate stage",
+                    missing=f"metrics file {path} does not exist; run the evaluate stage first")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path} is not a prompt_ot metrics file (format {FORMAT!r} expected)")
     raw.pop("format")

@@ -3,7 +3,7 @@
 ``make_fixture(name, root)`` writes a few tiny PNG images (under the real file names and
 extensions) and the split source of dataset ``name`` below ``root`` and returns the split that a
 correct loader must read back. The layouts are written down here from CoOp's instructions, apart
-from the recipes, so that a recipe with a wrong folder or file name fails the tests.
+from the dataset definitions, so that a definition with a wrong folder or file name fails the tests.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def make_imagenet_family(name: str, root: Path, *, per_class: int = 1) -> Split:
     image_root = root / layout.folder / layout.image_dir
     split: Split = {"train": [], "val": [], "test": []}
     if name == "imagenet_a" or name == "imagenet_r":
-        module = __import__(f"prompt_ot.data.recipes.{name}", fromlist=["x"])
+        module = __import__(f"prompt_ot.data.datasets.{name}", fromlist=["x"])
         wnids = getattr(module, f"IMAGENET_{name[-1].upper()}_WNIDS")
         (image_root / "README.txt").parent.mkdir(parents=True, exist_ok=True)
         (image_root / "README.txt").write_text("not a class folder\n")

@@ -21,7 +21,7 @@ from prompt_ot.cache import (
 from prompt_ot.cli import main
 from prompt_ot.data.augment import TestImages, TrainViews, batch_train_views
 from prompt_ot.data.fewshot import build_manifest, read_manifest, write_manifest
-from prompt_ot.data.registry import classnames_of, get_recipe
+from prompt_ot.data.registry import classnames_of, dataset_spec
 from prompt_ot.data.store import build_store
 from prompt_ot.errors import UserError
 from prompt_ot.evaluate import evaluate
@@ -39,17 +39,17 @@ QUIET = {"device": "cpu", "progress": False}
 def digits(tmp_path_factory):
     """Digits prepared in the real layout, a 2-shot manifest, and a test and a train cache built from them."""
     base = tmp_path_factory.mktemp("cache")
-    recipe = get_recipe("digits")
+    spec = dataset_spec("digits")
     root = base / "data"
-    recipe.prepare_fn(recipe.dataset_dir(root))
-    split = recipe.load_split(root)
+    spec.prepare_fn(spec.dataset_dir(root))
+    split = spec.load_split(root)
     manifest_path = base / "manifest.json"
-    write_manifest(manifest_path, build_manifest(split, recipe.image_root(root), "digits", "all", shots=2, seed=1))
+    write_manifest(manifest_path, build_manifest(split, spec.image_root(root), "digits", "all", shots=2, seed=1))
     test_dir, train_dir = base / "test_cache", base / "train_cache"
     build_test_cache("digits", root, "tiny-vit", None, test_dir, batch_size=64, **QUIET)
     build_train_cache(manifest_path, root, "tiny-vit", None, train_dir, epochs=EPOCHS, seed=SEED, batch_size=16,
                       **QUIET)
-    return {"root": root, "recipe": recipe, "split": split, "manifest": manifest_path,
+    return {"root": root, "spec": spec, "split": split, "manifest": manifest_path,
             "test": test_dir, "train": train_dir, "base": base}
 
 
@@ -95,7 +95,7 @@ def test_cached_views_are_the_frozen_features_of_the_trainers_views(digits, tiny
 
 def test_training_with_cached_views_gives_the_prompts_of_the_frozen_forward(digits, tiny):
     manifest = read_manifest(digits["manifest"])
-    image_root = digits["recipe"].image_root(digits["root"])
+    image_root = digits["spec"].image_root(digits["root"])
     _, _, pre = tiny
     # the reference reads its own store of the manifest, so the cache's item order is checked too
     own_store = build_store(manifest.items("train"), image_root, digits["base"] / "own_store", "train", pre.image_size)
@@ -264,7 +264,7 @@ def test_cached_evaluation_equals_a_full_forward(digits, tiny, method_name, subs
     assert not uses_frozen_image_encoder(get_method("prompt_ot"))
     model = build_model(method, clip, tokenizer, seed=3)  # coop: seeded random context, not trained
     test = TestFeatures(digits["test"]).subset(subset)
-    template = digits["recipe"].template
+    template = digits["spec"].template
     full = evaluate(model, _Relabelled(TestImages(test.store, pre.mean, pre.std), test.rows, test.labels),
                     test.classnames, template)
     if method_name == "zeroshot":

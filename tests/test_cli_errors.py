@@ -29,7 +29,7 @@ from fixtures_data import LAYOUTS, archive_folder, make_fixture
 from prompt_ot.cli import main
 from prompt_ot.data import registry
 from prompt_ot.data.download import dataset_is_complete
-from prompt_ot.data.registry import get_recipe
+from prompt_ot.data.registry import dataset_spec
 from test_download import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_split_file_naming_missing_images(dtd, capsys, tmp_path):
 
 def test_truncated_jpeg_stops_the_cache_build_and_keeps_the_old_cache(dtd, capsys, tmp_path):
     root, split, _ = dtd
-    image_root = get_recipe("dtd").image_root(root)
+    image_root = dataset_spec("dtd").image_root(root)
     out = tmp_path / "cache"
     args = ["cache", "test", "dtd", "--root", root, "--backbone", "tiny-vit", "--out", out, "--device", "cpu"]
     assert cli(capsys, *args)[0] == 0
@@ -400,7 +400,7 @@ def server():
 
 def _serve(server, monkeypatch, archive: bytes, split: bytes, sha256: str | None):
     server.files["/EuroSAT.zip"], server.files["/split.json"] = archive, split
-    real = get_recipe("eurosat")
+    real = dataset_spec("eurosat")
     recipe = dataclasses.replace(real, sources=(
         dataclasses.replace(real.sources[0], url=server.url("/EuroSAT.zip"), mirrors=(), sha256=sha256),
         dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),

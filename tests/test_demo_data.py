@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from prompt_ot.data.demo import class_folder, prepare_demo, read_idx
-from prompt_ot.data.recipes import digits, fashion_mnist
-from prompt_ot.data.registry import classnames_of, dataset_names, get_recipe
+from prompt_ot.data.datasets import digits, fashion_mnist
+from prompt_ot.data.registry import classnames_of, dataset_names, dataset_spec
 from prompt_ot.errors import UserError
 
 FASHION_CLASSES = ["T-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -30,22 +30,22 @@ def png_pixels(path) -> np.ndarray:
         return np.asarray(image)
 
 
-def test_recipes_are_registered_as_demo_datasets():
+def test_the_demo_datasets_are_registered():
     assert {"digits", "fashion_mnist"} <= set(dataset_names("demo"))
     for name, split_file in (("digits", "split_zhou_Digits.json"), ("fashion_mnist", "split_zhou_FashionMNIST.json")):
-        recipe = get_recipe(name)
-        assert recipe.kind == "demo" and recipe.prepare_fn is not None
-        assert recipe.folder == name and recipe.split_file == split_file and recipe.image_dir == "images"
-        assert recipe.template.count("{}") == 1
+        spec = dataset_spec(name)
+        assert spec.kind == "demo" and spec.prepare_fn is not None
+        assert spec.folder == name and spec.split_file == split_file and spec.image_dir == "images"
+        assert spec.template.count("{}") == 1
 
 
 def test_digits_conversion(tmp_path):
     from sklearn.datasets import load_digits
 
-    recipe = get_recipe("digits")
-    folder = recipe.dataset_dir(tmp_path)
-    recipe.prepare_fn(folder)
-    split = recipe.load_split(tmp_path)
+    spec = dataset_spec("digits")
+    folder = spec.dataset_dir(tmp_path)
+    spec.prepare_fn(folder)
+    split = spec.load_split(tmp_path)
     assert sum(len(items) for items in split.values()) == 1797
     assert len({it.relpath for items in split.values() for it in items}) == 1797
     assert classnames_of(split) == DIGIT_CLASSES
@@ -60,7 +60,7 @@ def test_digits_conversion(tmp_path):
         index = int(it.relpath.split("_")[-1].removesuffix(".png"))
         assert source.target[index] == it.label and it.classname == DIGIT_CLASSES[it.label]
         assert it.relpath.startswith(class_folder(it.classname) + "/")
-        pixels = png_pixels(recipe.image_root(tmp_path) / it.relpath)
+        pixels = png_pixels(spec.image_root(tmp_path) / it.relpath)
         assert pixels.shape == (8, 8, 3)
         assert np.array_equal(pixels[..., 0], pixels[..., 2])
         np.testing.assert_array_equal(pixels[..., 1], digits.to_uint8(source.images[index]))
@@ -105,9 +105,9 @@ def tiny_fashion(tmp_path, monkeypatch):
 
 
 def test_fashion_conversion_of_idx_files(tmp_path, tiny_fashion):
-    recipe = get_recipe("fashion_mnist")
-    recipe.prepare_fn(recipe.dataset_dir(tmp_path / "data"))
-    split = recipe.load_split(tmp_path / "data")
+    spec = dataset_spec("fashion_mnist")
+    spec.prepare_fn(spec.dataset_dir(tmp_path / "data"))
+    split = spec.load_split(tmp_path / "data")
     assert {part: len(items) for part, items in split.items()} == {"train": 180, "val": 20, "test": 20}
     assert classnames_of(split) == FASHION_CLASSES
     train_x, train_y = tiny_fashion["train"]
@@ -123,10 +123,10 @@ def test_fashion_conversion_of_idx_files(tmp_path, tiny_fashion):
         for it in split[part][::7]:
             index = int(it.relpath.rsplit("_", 1)[1].removesuffix(".png"))
             assert it.label == source_y[index]
-            pixels = png_pixels(recipe.image_root(tmp_path / "data") / it.relpath)
+            pixels = png_pixels(spec.image_root(tmp_path / "data") / it.relpath)
             for channel in range(3):
                 np.testing.assert_array_equal(pixels[..., channel], source_x[index])
-    assert (recipe.image_root(tmp_path / "data") / "t_shirt_top").is_dir()
+    assert (spec.image_root(tmp_path / "data") / "t_shirt_top").is_dir()
 
 
 def test_fashion_falls_back_to_torchvision(tmp_path, monkeypatch):
@@ -172,9 +172,9 @@ def test_debian_fashion_mnist_arrays(tmp_path):
 @needs_debian
 @pytest.mark.slow
 def test_debian_fashion_mnist_full_prepare(tmp_path):
-    recipe = get_recipe("fashion_mnist")
-    recipe.prepare_fn(recipe.dataset_dir(tmp_path))
-    split = recipe.load_split(tmp_path)
+    spec = dataset_spec("fashion_mnist")
+    spec.prepare_fn(spec.dataset_dir(tmp_path))
+    split = spec.load_split(tmp_path)
     assert {part: len(items) for part, items in split.items()} == {"train": 54000, "val": 6000, "test": 10000}
     assert classnames_of(split) == FASHION_CLASSES
     train_x = read_idx(fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz")
@@ -182,5 +182,5 @@ def test_debian_fashion_mnist_full_prepare(tmp_path):
     for it in split["train"][::9000] + split["test"][::3000]:
         stem = it.relpath.rsplit("/", 1)[1].removesuffix(".png")
         source = train_x if stem.startswith("train") else test_x
-        pixels = png_pixels(recipe.image_root(tmp_path) / it.relpath)
+        pixels = png_pixels(spec.image_root(tmp_path) / it.relpath)
         np.testing.assert_array_equal(pixels[..., 0], source[int(stem.split("_")[1])])

@@ -22,7 +22,7 @@ from prompt_ot.data import registry
 from prompt_ot.data.download import (
     FetchSettings, SourceFile, dataset_is_complete, download_dataset, extract_archive, fetch,
 )
-from prompt_ot.data.registry import get_recipe
+from prompt_ot.data.registry import dataset_spec
 from prompt_ot.errors import UserError
 
 FAST = FetchSettings(timeout=5, retries=3, backoff=0)
@@ -312,14 +312,14 @@ def test_links_inside_the_folder_are_kept(tmp_path):
 # ------------------------------------------------------------------ whole datasets
 
 
-def _serve_eurosat(server: LocalServer, tmp_path: Path) -> registry.DatasetRecipe:
-    """EuroSAT's real recipe with its sources pointed at the local server (zip + split file)."""
+def _serve_eurosat(server: LocalServer, tmp_path: Path) -> registry.DatasetSpec:
+    """EuroSAT's real definition with its sources pointed at the local server (zip + split file)."""
     staging = tmp_path / "staging"
     make_fixture("eurosat", staging, num_classes=10)
     zip_path = archive_folder(staging / "eurosat" / "2750", tmp_path / "EuroSAT.zip", prefix="2750/")
     server.files["/EuroSAT.zip"] = zip_path.read_bytes()
     server.files["/split.json"] = (staging / "eurosat" / "split_zhou_EuroSAT.json").read_bytes()
-    real = get_recipe("eurosat")
+    real = dataset_spec("eurosat")
     return dataclasses.replace(real, sources=(
         dataclasses.replace(real.sources[0], url=server.url("/EuroSAT.zip"), mirrors=(),
                             sha256=_sha(server.files["/EuroSAT.zip"])),
@@ -328,13 +328,13 @@ def _serve_eurosat(server: LocalServer, tmp_path: Path) -> registry.DatasetRecip
 
 
 def test_download_fetches_unpacks_checks_and_marks(server, tmp_path, monkeypatch):
-    recipe = _serve_eurosat(server, tmp_path)
+    spec = _serve_eurosat(server, tmp_path)
     root = tmp_path / "data"
-    report = download_dataset(recipe, root, settings=FAST, log=_quiet)
+    report = download_dataset(spec, root, settings=FAST, log=_quiet)
     assert report.ok and report.num_classes == 10 and report.counts == {"train": 20, "val": 10, "test": 10}
-    assert dataset_is_complete(recipe, root)
-    split = recipe.load_split(root)
-    assert all((recipe.image_root(root) / it.relpath).read_bytes() == png_bytes() for it in split["test"])
+    assert dataset_is_complete(spec, root)
+    split = spec.load_split(root)
+    assert all((spec.image_root(root) / it.relpath).read_bytes() == png_bytes() for it in split["test"])
     checksums = json.loads((root / "eurosat/.prompt_ot/checksums.json").read_text())
     assert checksums["split_zhou_EuroSAT.json"]["sha256"] == _sha(server.files["/split.json"])
     assert checksums["split_zhou_EuroSAT.json"]["pinned"] is False and checksums["EuroSAT.zip"]["done"]
@@ -345,22 +345,22 @@ def test_download_fetches_unpacks_checks_and_marks(server, tmp_path, monkeypatch
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     lines: list[str] = []
-    assert download_dataset(recipe, root, settings=FAST, log=lines.append) is None
+    assert download_dataset(spec, root, settings=FAST, log=lines.append) is None
     assert "already complete" in lines[0]
 
 
 def test_failed_download_leaves_no_marker_and_resumes_later(server, tmp_path):
-    recipe = _serve_eurosat(server, tmp_path)
+    spec = _serve_eurosat(server, tmp_path)
     split_bytes = server.files.pop("/split.json")
     root = tmp_path / "data"
     with pytest.raises(UserError, match="split_zhou_EuroSAT.json.*HTTP 404"):
-        download_dataset(recipe, root, settings=FAST, log=_quiet)
-    assert not dataset_is_complete(recipe, root)
+        download_dataset(spec, root, settings=FAST, log=_quiet)
+    assert not dataset_is_complete(spec, root)
     assert not (root / "eurosat/.prompt_ot/complete.json").exists()
     server.files["/split.json"] = split_bytes
     server.requests.clear()
-    download_dataset(recipe, root, settings=FAST, log=_quiet)
-    assert dataset_is_complete(recipe, root)
+    download_dataset(spec, root, settings=FAST, log=_quiet)
+    assert dataset_is_complete(spec, root)
     assert [path for path, _ in server.requests] == ["/split.json"]  # the unpacked zip is not fetched again
 
 
@@ -375,14 +375,14 @@ def test_nested_archive_is_unpacked_like_caltech(server, tmp_path):
         zf.writestr("caltech-101/show_annotation.m", "% not needed")
     server.files["/caltech-101.zip"] = outer.read_bytes()
     server.files["/split.json"] = (staging / "caltech-101" / "split_zhou_Caltech101.json").read_bytes()
-    real = get_recipe("caltech101")
-    recipe = dataclasses.replace(real, sources=(
+    real = dataset_spec("caltech101")
+    spec = dataclasses.replace(real, sources=(
         dataclasses.replace(real.sources[0], url=server.url("/caltech-101.zip")),
         dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
     ))
     root = tmp_path / "data"
-    download_dataset(recipe, root, settings=FAST, log=_quiet)
-    assert dataset_is_complete(recipe, root)
+    download_dataset(spec, root, settings=FAST, log=_quiet)
+    assert dataset_is_complete(spec, root)
     assert (root / "caltech-101/101_ObjectCategories/accordion/image_0001.jpg").is_file()
     assert not (root / "caltech-101/101_ObjectCategories.tar.gz").exists()
 
@@ -390,10 +390,10 @@ def test_nested_archive_is_unpacked_like_caltech(server, tmp_path):
 def test_manual_dataset_prints_steps_and_fails_until_the_folder_is_there(tmp_path, capsys):
     lines: list[str] = []
     with pytest.raises(UserError, match="imagenet .* is not complete.*--check"):
-        download_dataset(get_recipe("imagenet"), tmp_path, log=lines.append)
+        download_dataset(dataset_spec("imagenet"), tmp_path, log=lines.append)
     text = "\n".join(lines)
     assert "image-net.org" in text and str(tmp_path / "imagenet" / "images" / "train") in text
-    assert not dataset_is_complete(get_recipe("imagenet"), tmp_path)
+    assert not dataset_is_complete(dataset_spec("imagenet"), tmp_path)
 
 
 def test_prepare_fn_builds_the_folder_instead_of_fetching(tmp_path):
@@ -403,11 +403,11 @@ def test_prepare_fn_builds_the_folder_instead_of_fetching(tmp_path):
         calls.append(folder)
         make_fixture("eurosat", folder.parent, num_classes=10)
 
-    recipe = dataclasses.replace(get_recipe("eurosat"), sources=(), prepare_fn=prepare, name="demo_eurosat")
-    download_dataset(recipe, tmp_path, log=_quiet)
-    download_dataset(recipe, tmp_path, log=_quiet)
+    spec = dataclasses.replace(dataset_spec("eurosat"), sources=(), prepare_fn=prepare, name="demo_eurosat")
+    download_dataset(spec, tmp_path, log=_quiet)
+    download_dataset(spec, tmp_path, log=_quiet)
     assert calls == [tmp_path / "eurosat"]
-    assert dataset_is_complete(recipe, tmp_path) and not dataset_is_complete(get_recipe("eurosat"), tmp_path)
+    assert dataset_is_complete(spec, tmp_path) and not dataset_is_complete(dataset_spec("eurosat"), tmp_path)
 
 
 # ------------------------------------------------------------------ the command
@@ -420,10 +420,10 @@ def test_cli_check_validates_a_hand_made_folder(tmp_path, capsys):
     assert cli_main(["download", "eurosat", "--root", str(tmp_path), "--check"]) == 2
     captured = capsys.readouterr()
     assert missing in captured.out and "not complete" in captured.err
-    assert not dataset_is_complete(get_recipe("eurosat"), tmp_path)
+    assert not dataset_is_complete(dataset_spec("eurosat"), tmp_path)
     (tmp_path / "eurosat" / "2750" / missing).write_bytes(png_bytes())
     assert cli_main(["download", "eurosat", "--root", str(tmp_path), "--check"]) == 0
-    assert dataset_is_complete(get_recipe("eurosat"), tmp_path)
+    assert dataset_is_complete(dataset_spec("eurosat"), tmp_path)
     assert cli_main(["download", "--list", "--root", str(tmp_path)]) == 0
     listing = capsys.readouterr().out
     assert any(line.startswith("eurosat") and line.endswith("complete") for line in listing.splitlines())
@@ -432,7 +432,7 @@ def test_cli_check_validates_a_hand_made_folder(tmp_path, capsys):
 def test_cli_downloads_through_the_registry(server, tmp_path, monkeypatch):
     monkeypatch.setitem(registry._load_registry(), "eurosat", _serve_eurosat(server, tmp_path))
     assert cli_main(["download", "eurosat", "--root", str(tmp_path / "data"), "--retries", "2"]) == 0
-    assert dataset_is_complete(get_recipe("eurosat"), tmp_path / "data")
+    assert dataset_is_complete(dataset_spec("eurosat"), tmp_path / "data")
 
 
 def test_cli_rejects_unknown_names_before_fetching_anything(tmp_path, capsys):

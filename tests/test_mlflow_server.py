@@ -292,7 +292,7 @@ def test_a_parent_run_whose_finish_missed_the_store_is_ended_as_it_ended(tmp_pat
     from prompt_ot import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a SQLite store in tmp_path, down on demand
-    real_client = tracking._client
+    real_client = tracking.store._client
 
     def down(uri):
         raise ConnectionError("the tracking server is down")
@@ -303,9 +303,9 @@ def test_a_parent_run_whose_finish_missed_the_store_is_ended_as_it_ended(tmp_pat
 
     def finish_while_down() -> tuple[str, dict]:
         run_id = json.loads(parent_file.read_text())["parent_run_id"]
-        monkeypatch.setattr(tracking, "_client", down)
+        monkeypatch.setattr(tracking.store, "_client", down)
         assert tracking.finish(parent_file) is None
-        monkeypatch.setattr(tracking, "_client", real_client)
+        monkeypatch.setattr(tracking.store, "_client", real_client)
         assert f"mlflow sync {runs}` ends it FINISHED" in capsys.readouterr().err
         return run_id, json.loads(parent_file.read_text())["pending_end"]
 

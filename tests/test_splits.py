@@ -22,7 +22,7 @@ from prompt_ot.data.fewshot import (
     sample_fewshot,
     write_manifest,
 )
-from prompt_ot.data.registry import DatasetRecipe, Item, read_coop_split, write_coop_split
+from prompt_ot.data.registry import DatasetSpec, Item, read_coop_split, write_coop_split
 from prompt_ot.data.splits import subsample_classes
 from prompt_ot.errors import UserError
 
@@ -184,12 +184,12 @@ def test_the_dassl_sampler_follows_the_split_files_order(tmp_path):
 
 def test_the_split_command_on_the_demos_digits_selects_the_released_codes_images(tmp_path, capsys):
     """Through the CLI, on the demo's real digits split (labels interleaved as scikit-learn orders them)."""
-    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.data.registry import dataset_spec
 
-    recipe = get_recipe("digits")
+    spec = dataset_spec("digits")
     root = tmp_path / "data"
-    recipe.prepare_fn(recipe.dataset_dir(root))
-    split_file = recipe.dataset_dir(root) / recipe.split_file
+    spec.prepare_fn(spec.dataset_dir(root))
+    split_file = spec.dataset_dir(root) / spec.split_file
     for subset, shots, seed in (("base", 16, 1), ("novel", 4, 2), ("all", 1, 3)):
         out = tmp_path / f"{subset}_{shots}_{seed}.json"
         argv = ["split", "digits", "--root", str(root), "--subset", subset, "--shots", str(shots), "--seed", str(seed),
@@ -374,13 +374,13 @@ def toy_dataset(tmp_path, monkeypatch):
     """A registered dataset 'toy' with a CoOp split file under <tmp>/data/toy."""
     from prompt_ot.data import registry
 
-    recipe = DatasetRecipe(name="toy", folder="toy", template="a photo of a {}.", image_dir="images",
+    spec = DatasetSpec(name="toy", folder="toy", template="a photo of a {}.", image_dir="images",
                            split_file="split_zhou_Toy.json")
     split = make_split({"cat": 20, "dog": 20, "owl": 20, "eel": 20, "ant": 20})
     folder = tmp_path / "data" / "toy"
     write_files(folder / "images", split)
     write_coop_split(folder / "split_zhou_Toy.json", split)
-    monkeypatch.setattr(registry, "_REGISTRY", {"toy": recipe})
+    monkeypatch.setattr(registry, "_REGISTRY", {"toy": spec})
     return tmp_path / "data", split
 
 

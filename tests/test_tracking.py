@@ -312,7 +312,7 @@ def test_retry_waits_out_a_locked_database_and_gives_up_on_anything_else():
             raise RuntimeError("write failed") from _Locked("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+    assert tracking.retry._retry(flaky) == "ok" and len(calls) == 3
 
     other = []
 
@@ -321,7 +321,7 @@ def test_retry_waits_out_a_locked_database_and_gives_up_on_anything_else():
         raise RuntimeError("no such table: runs")
 
     with pytest.raises(RuntimeError, match="no such table"):
-        tracking._retry(broken)
+        tracking.retry._retry(broken)
     assert len(other) == 1
 
     def always_locked():
@@ -329,7 +329,7 @@ def test_retry_waits_out_a_locked_database_and_gives_up_on_anything_else():
 
     start = time.monotonic()
     with pytest.raises(_Locked):
-        tracking._retry(always_locked, deadline_s=0.5)
+        tracking.retry._retry(always_locked, deadline_s=0.5)
     assert time.monotonic() - start < 2.0
 
 
@@ -342,7 +342,7 @@ def test_a_real_sqlite_lock_is_recognised(tmp_path):
     with pytest.raises(sqlite3.OperationalError) as caught:
         waiter.execute("insert into t values (1)")
     holder.execute("rollback")
-    assert tracking._is_locked(caught.value)
+    assert tracking.retry._is_locked(caught.value)
 
 
 @pytest.mark.slow
@@ -350,8 +350,8 @@ def test_a_store_locked_past_mlflows_busy_timeout_is_waited_out(store, tmp_path,
     """MLflow waits 20 s on a SQLite lock and then raises; the retry must carry the run through a 24 s lock."""
     root, info = store
     locked_seen = []
-    is_locked = tracking._is_locked
-    monkeypatch.setattr(tracking, "_is_locked", lambda exc: locked_seen.append(is_locked(exc)) or locked_seen[-1])
+    is_locked = tracking.retry._is_locked
+    monkeypatch.setattr(tracking.retry, "_is_locked", lambda exc: locked_seen.append(is_locked(exc)) or locked_seen[-1])
     with Tracker(root).run("locked", "train", run_dir=tmp_path) as run:
         holder = sqlite3.connect(root / "mlflow.db", isolation_level=None, check_same_thread=False)
         holder.execute("begin exclusive")
@@ -447,13 +447,13 @@ def test_an_unreachable_server_warns_once_records_pending_files_and_sync_relogs_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     parent_file = tmp_path / "parent.json"  # `mlflow init` worked before the server went away
     parent_file.write_text(json.dumps({"tracking_uri": server, "parent_run_id": "f" * 32}))
-    clients, real_client = [], tracking._client
-    monkeypatch.setattr(tracking, "_client", lambda uri: clients.append(uri) or real_client(uri))
+    clients, real_client = [], tracking.store._client
+    monkeypatch.setattr(tracking.store, "_client", lambda uri: clients.append(uri) or real_client(uri))
     start = time.monotonic()
     _train_two_runs(Tracker(project, parent_file=parent_file), runs)
     assert time.monotonic() - start < 30
     assert len(clients) == 1  # the second run does not try the dead server again
-    monkeypatch.setattr(tracking, "_client", real_client)
+    monkeypatch.setattr(tracking.store, "_client", real_client)
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the fail-fast settings are put back
     warned = _warnings(capfd.readouterr().err)
     assert len(warned) == 1

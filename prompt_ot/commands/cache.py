@@ -101,10 +101,10 @@ def _check_options(args: argparse.Namespace) -> None:
     check.check_device(args.device)
     if args.side == "train":  # the manifest's images are read from its dataset's folder under --root
         from prompt_ot.data.fewshot import read_manifest
-        from prompt_ot.data.registry import get_recipe
+        from prompt_ot.data.registry import dataset_spec
 
         dataset = read_manifest(args.manifest).dataset
-        folder = get_recipe(dataset).dataset_dir(args.root)
+        folder = dataset_spec(dataset).dataset_dir(args.root)
         if not folder.is_dir():
             raise UserError(f"dataset folder {folder} does not exist; run 'python -m prompt_ot download {dataset} "
                             f"--root {args.root}' or point --root at the folder that holds the manifest's images")

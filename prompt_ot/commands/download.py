@@ -2,7 +2,7 @@
 
 Each dataset lands in ``DIR/<folder>`` (CoOp's folder names). A dataset already marked complete is
 skipped; ``--check`` only validates a folder that was put in place by hand (ImageNet, Stanford
-Cars) or earlier, and marks it complete when it passes. ``--list`` shows every recipe and its state.
+Cars) or earlier, and marks it complete when it passes. ``--list`` shows every dataset and its state.
 """
 
 from __future__ import annotations
@@ -35,19 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_list(root: str) -> None:
     from prompt_ot.data.download import dataset_is_complete
-    from prompt_ot.data.registry import dataset_names, get_recipe
+    from prompt_ot.data.registry import dataset_names, dataset_spec
 
     for name in dataset_names():
-        recipe = get_recipe(name)
-        how = "local" if recipe.prepare_fn else "manual" if recipe.manual_steps and not recipe.sources else (
-            "auto+manual" if recipe.manual_steps else "auto")
-        state = "complete" if dataset_is_complete(recipe, root) else "-"
-        print(f"{name:<16} {recipe.kind:<12} {recipe.folder:<22} {how:<12} {state}")
+        spec = dataset_spec(name)
+        how = "local" if spec.prepare_fn else "manual" if spec.manual_steps and not spec.sources else (
+            "auto+manual" if spec.manual_steps else "auto")
+        state = "complete" if dataset_is_complete(spec, root) else "-"
+        print(f"{name:<16} {spec.kind:<12} {spec.folder:<22} {how:<12} {state}")
 
 
 def run(args: argparse.Namespace) -> int:
     from prompt_ot.data.download import FetchSettings, check_dataset, download_dataset, mark_complete
-    from prompt_ot.data.registry import dataset_names, get_recipe
+    from prompt_ot.data.registry import dataset_names, dataset_spec
     from prompt_ot.errors import UserError
 
     if args.list:
@@ -57,38 +57,38 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"name at least one dataset (or 'all'); known datasets: {', '.join(dataset_names())}")
     names = [n for arg in args.datasets for n in (
         dataset_names("benchmark") + dataset_names("target_only") if arg == "all" else [arg])]
-    recipes = [get_recipe(name) for name in names]  # every name checked before anything is fetched
+    specs = [dataset_spec(name) for name in names]  # every name checked before anything is fetched
     settings = FetchSettings(timeout=args.timeout, retries=args.retries)
     failures: list[str] = []
-    for recipe in recipes:
+    for spec in specs:
         try:
             if args.check:
-                report = check_dataset(recipe, args.root, sample=args.sample)
+                report = check_dataset(spec, args.root, sample=args.sample)
                 for line in report.lines():
                     print(line)
                 for relpath in report.missing[:20]:
-                    print(f"  missing: {recipe.image_root(args.root) / relpath}")
+                    print(f"  missing: {spec.image_root(args.root) / relpath}")
                 if not report.ok:
-                    raise UserError(f"{recipe.name} is not complete: {report.problems[0]}")
-                mark_complete(recipe, args.root, report)
-                print(f"{recipe.name}: complete")
+                    raise UserError(f"{spec.name} is not complete: {report.problems[0]}")
+                mark_complete(spec, args.root, report)
+                print(f"{spec.name}: complete")
             else:
-                download_dataset(recipe, args.root, force=args.force, verify=not args.no_verify,
+                download_dataset(spec, args.root, force=args.force, verify=not args.no_verify,
                                  keep_archives=args.keep_archives, settings=settings)
         except UserError as err:
-            if len(recipes) == 1:
+            if len(specs) == 1:
                 raise
             print(f"error: {err}")
-            failures.append(recipe.name)
+            failures.append(spec.name)
     if failures:
-        raise UserError(f"{len(failures)} of {len(recipes)} datasets are not complete: {', '.join(failures)} "
+        raise UserError(f"{len(failures)} of {len(specs)} datasets are not complete: {', '.join(failures)} "
                         f"(see the messages above)")
     if args.stamp:
-        _write_stamp(args.stamp, recipes, args.root)
+        _write_stamp(args.stamp, specs, args.root)
     return 0
 
 
-def _write_stamp(path: str, recipes, root: str) -> None:
+def _write_stamp(path: str, specs, root: str) -> None:
     """The pipeline's record that these datasets are complete; written only after every check passed."""
     import json
 
@@ -96,9 +96,9 @@ def _write_stamp(path: str, recipes, root: str) -> None:
     from prompt_ot.errors import UserError
     from prompt_ot.utils.io import atomic_write_text
 
-    for recipe in recipes:
-        if not dataset_is_complete(recipe, root):
-            raise UserError(f"{recipe.name} is not marked complete under {root}; run 'python -m prompt_ot download "
-                            f"{recipe.name} --root {root} --check' after providing its files")
-    payload = {"datasets": [r.name for r in recipes], "folders": [r.folder for r in recipes], "complete": True}
+    for spec in specs:
+        if not dataset_is_complete(spec, root):
+            raise UserError(f"{spec.name} is not marked complete under {root}; run 'python -m prompt_ot download "
+                            f"{spec.name} --root {root} --check' after providing its files")
+    payload = {"datasets": [r.name for r in specs], "folders": [r.folder for r in specs], "complete": True}
     atomic_write_text(path, json.dumps(payload, indent=1) + "\n")

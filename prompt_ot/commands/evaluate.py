@@ -107,7 +107,7 @@ def run(args) -> int:
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts
     from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_method, resolve_run
-    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
     from prompt_ot.errors import UserError
     from prompt_ot.evaluate import harmonic_mean
@@ -149,7 +149,7 @@ def run(args) -> int:
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
     accuracy, counts, predictions = {}, {}, {}
     for key, (part, dataset) in parts.items():
-        result = evaluate_part(model, method, part, get_recipe(dataset).template, batch_size, device, recipe.precision)
+        result = evaluate_part(model, method, part, dataset_spec(dataset).template, batch_size, device, recipe.precision)
         accuracy[key], counts[key] = result.accuracy, result.n
         predictions[f"{key}/predictions"] = result.predictions.numpy()
         predictions[f"{key}/labels"] = result.labels.numpy()

@@ -91,7 +91,7 @@ def _run_with_server(command: list[str], socket_arg: str | None) -> int:
     import time
 
     from prompt_ot.errors import UserError
-    from prompt_ot.forkserver import ENV
+    from prompt_ot.forkclient import ENV
 
     if shutil.which(command[0]) is None:
         raise UserError(f"command {command[0]!r} after '--' was not found on PATH")

@@ -10,7 +10,6 @@ The store is ``MLFLOW_TRACKING_URI`` when set, else ``<project root>/mlflow.db``
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from prompt_ot.utils import args as check
@@ -51,12 +50,9 @@ def run(args: argparse.Namespace) -> int:
 def _check_parent_file(path: str) -> None:
     """The file must be what 'mlflow init' wrote (a JSON object naming the store), else nothing is ended."""
     from prompt_ot.errors import UserError
+    from prompt_ot.utils.io import read_json
 
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"parent_file {path} is not valid JSON ({err}); give the file written by 'mlflow init'") \
-            from None
+    record = read_json(path, what="parent_file", fix="give the file written by 'mlflow init'")
     if not isinstance(record, dict) or not {"tracking_uri", "parent_run_id"} <= set(record):
         raise UserError(f"parent_file {path} is not a parent-run record (no tracking_uri and parent_run_id); "
                         "give the file written by 'mlflow init'")

@@ -25,16 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prompt_ot.data.fewshot import ensure_manifest
-    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.data.registry import dataset_spec
 
-    recipe = get_recipe(args.dataset)
-    split = recipe.load_split(args.root)
+    spec = dataset_spec(args.dataset)
+    split = spec.load_split(args.root)
     manifest, created = ensure_manifest(
-        args.out, split, recipe.image_root(args.root), recipe.name, args.subset, args.shots, args.seed, args.sampler
+        args.out, split, spec.image_root(args.root), spec.name, args.subset, args.shots, args.seed, args.sampler
     )
     verb = "wrote" if created else "reused"
     print(
-        f"{verb} {args.out}: {recipe.name} {args.subset}, {len(manifest.classnames)} classes, "
+        f"{verb} {args.out}: {spec.name} {args.subset}, {len(manifest.classnames)} classes, "
         f"{len(manifest.train)} training and {len(manifest.val)} validation images "
         f"(shots {args.shots}, seed {args.seed}, sampler {args.sampler})"
     )

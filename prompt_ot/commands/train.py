@@ -129,7 +129,7 @@ def run(args) -> int:
     from prompt_ot.cache import FrozenViewFeatures
     from prompt_ot.checkpoint import check_resumable, load_prompts, save_prompts
     from prompt_ot.config import base_method, load_params, train_config
-    from prompt_ot.data.registry import get_recipe
+    from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
@@ -145,7 +145,7 @@ def run(args) -> int:
     epochs, eval_epoch = recipe.epochs, recipe.tested_epoch
     device = pick_device(args.device)
     dataset = jobs[0].manifest.dataset
-    frozen_template = method.frozen_template_for(get_recipe(dataset).template)
+    frozen_template = method.frozen_template_for(dataset_spec(dataset).template)
     needs_frozen = method.regulariser is not None
     # Everything is checked before anything is written: a refused run changes nothing in any run folder.
     for job in jobs:

@@ -1,1 +1,1 @@
-"""Datasets: recipes, downloads, splits, few-shot manifests, the image store and augmentation."""
+"""Datasets: their definitions, downloads, splits, few-shot manifests, the image store and augmentation."""

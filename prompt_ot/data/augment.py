@@ -19,13 +19,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from prompt_ot.data.store import ImageStore
+from prompt_ot.data.store import RATIO, SCALE, ImageStore
 from prompt_ot.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SCALE = (0.08, 1.0)
-RATIO = (3 / 4, 4 / 3)
 
 
 class Draws(Protocol):

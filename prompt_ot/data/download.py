@@ -1,12 +1,12 @@
 """Fetch a dataset's files, verify them, unpack archives safely and mark the folder complete.
 
-``download_dataset(recipe, root)`` fills ``<root>/<recipe.folder>``: each ``Source`` is fetched over
+``download_dataset(spec, root)`` fills ``<root>/<spec.folder>``: each ``Source`` is fetched over
 HTTP(S) with resume (a ``.part`` file and a ``Range`` request), bounded retries and mirrors tried in
-order; its sha256 is checked when the recipe pins one and recorded in
+order; its sha256 is checked when the dataset definition pins one and recorded in
 ``<folder>/.prompt_ot/checksums.json`` either way; archives are unpacked without letting any member
 escape the folder. The folder is then checked (split readable, listed images present) and only then
 ``<folder>/.prompt_ot/complete.json`` is written: ``dataset_is_complete`` reads that marker.
-Recipes that cannot be fetched say how to build the folder by hand (``manual_steps``); recipes with
+Datasets that cannot be fetched say how to build the folder by hand (``manual_steps``); datasets with
 a ``prepare_fn`` (offline demo data) build it locally.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from prompt_ot import __version__
-from prompt_ot.data.registry import DatasetRecipe, Source, classnames_of
+from prompt_ot.data.registry import DatasetSpec, Source, classnames_of
 from prompt_ot.errors import UserError
 from prompt_ot.utils.io import atomic_write_text, sha256_file
 
@@ -199,20 +199,6 @@ def fetch(
 # ---------------------------------------------------------------- safe extraction
 
 
-def _member_path(archive: Path, name: str, member_prefix: str, dest: str) -> PurePosixPath | None:
-    """Where member ``name`` goes, relative to the dataset folder; None to skip it. Refuse escapes."""
-    clean = name.replace("\\", "/")
-    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":"):
-        raise _unsafe(archive, name, "has an absolute path")
-    parts = [p for p in clean.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise _unsafe(archive, name, "climbs out with '..'")
-    prefix = [p for p in member_prefix.split("/") if p]
-    if parts[: len(prefix)] != prefix or len(parts) == len(prefix):
-        return None
-    return PurePosixPath(dest, *parts[len(prefix):])
-
-
 def _unsafe(archive: Path, name: str, why: str) -> UserError:
     return UserError(
         f"refusing to unpack {archive.name}: member {name!r} {why} and could be written outside the dataset "
@@ -220,73 +206,84 @@ def _unsafe(archive: Path, name: str, why: str) -> UserError:
     )
 
 
-def _check_link(archive: Path, name: str, at: PurePosixPath, link: str) -> None:
-    """A symlink stored at ``at`` pointing to ``link`` must stay inside the dataset folder."""
-    if link.startswith("/") or (len(link) > 1 and link[1] == ":"):
-        raise _unsafe(archive, name, f"is a link to the absolute path {link!r}")
-    depth = 0
-    for part in (*at.parent.parts, *link.replace("\\", "/").split("/")):
-        depth += -1 if part == ".." else 0 if part in ("", ".") else 1
-        if depth < 0:
-            raise _unsafe(archive, name, f"is a link to {link!r}, outside the folder")
+def _relocated(archive: Path, name: str, member_prefix: str, dest: str) -> str | None:
+    """Where member ``name`` goes inside the folder: ``dest`` + the name without ``member_prefix``; None to skip it.
+
+    An absolute name is refused here, because tarfile's data filter would silently make it relative.
+    """
+    clean = name.replace("\\", "/")
+    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":"):
+        raise _unsafe(archive, name, "has an absolute path")
+    parts = [p for p in clean.split("/") if p not in ("", ".")]
+    prefix = [p for p in member_prefix.split("/") if p]
+    if parts[: len(prefix)] != prefix or len(parts) == len(prefix):
+        return None
+    return str(PurePosixPath(dest, *parts[len(prefix):]))
 
 
-def _real_target(real_folder: str, folder: Path, rel: PurePosixPath, archive: Path, name: str) -> Path:
-    """``folder/rel`` after checking that, with links already on disk followed, it stays in the folder."""
-    target = folder / rel
-    real = os.path.realpath(target.parent)
-    if real != real_folder and not real.startswith(real_folder + os.sep):
-        raise _unsafe(archive, name, "would be written through a link that leads outside")
-    return target
+def _member_filter(archive: Path, member_prefix: str, dest: str) -> Callable:
+    """A tarfile extraction filter: relocates each member, then applies the standard library's ``data_filter``
+    (no absolute or escaping paths, no links leading outside, also through links already on disk; no special files).
+    Devices and fifos are skipped; a refused member is a UserError naming it."""
+
+    def check(member: tarfile.TarInfo, folder: str) -> tarfile.TarInfo | None:
+        name = _relocated(archive, member.name, member_prefix, dest)
+        if name is None or member.ischr() or member.isblk() or member.isfifo():
+            return None
+        changes = {"name": name}
+        if member.islnk():  # a hard link names another member: relocate it the same way
+            target = _relocated(archive, member.linkname, member_prefix, dest) if member.linkname else None
+            if target is None:
+                raise _unsafe(archive, member.name, f"is a hard link to {member.linkname!r}, outside what is unpacked")
+            changes["linkname"] = target
+        try:
+            return tarfile.data_filter(member.replace(**changes, deep=False), folder)
+        except tarfile.FilterError as err:
+            raise _unsafe(archive, member.name, f"is refused by tarfile's data filter ({err})") from None
+
+    return check
 
 
-def _write(target: Path, data_source) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink():
-        target.unlink()
-    with open(target, "wb") as out:
-        shutil.copyfileobj(data_source, out, 1 << 20)
-
-
-def _symlink(real_folder: str, target: Path, link: str, archive: Path, name: str) -> None:
-    pointee = os.path.realpath(os.path.join(os.path.realpath(target.parent), link))
-    if pointee != real_folder and not pointee.startswith(real_folder + os.sep):
-        raise _unsafe(archive, name, f"is a link to {link!r}, which leads outside")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    os.symlink(link, target)
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tarfile.TarInfo:
+    """A zip entry described as a tar member, so that the same filter checks both kinds of archive."""
+    member = tarfile.TarInfo(info.filename)
+    member.size, member.mode = info.file_size, 0o644
+    if stat.S_ISLNK(info.external_attr >> 16):
+        member.type, member.linkname = tarfile.SYMTYPE, zf.read(info).decode("utf-8", "replace")
+    elif info.is_dir():
+        member.type, member.mode = tarfile.DIRTYPE, 0o755
+    return member
 
 
 def extract_archive(archive: Path, folder: Path, *, member_prefix: str = "", dest: str = "") -> int:
     """Unpack a zip or tar archive into ``folder``; return the number of files written.
 
-    Members with absolute paths, ``..`` components, or links pointing outside ``folder`` are refused
-    with a UserError naming the member (checked by name first, then against the real paths on disk,
-    so a chain of links cannot lead out either). Devices and fifos are skipped.
+    Every member goes through ``_member_filter`` (tarfile's ``data_filter`` after relocation): a member with an
+    absolute or escaping path, or a link leading outside ``folder`` (also through links already on disk, so a chain
+    of links cannot lead out either), is refused with a UserError naming it. A zip archive is checked whole before
+    anything is written. Devices and fifos are skipped.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    real_folder = os.path.realpath(folder)
-    count = 0
+    where = os.path.realpath(folder)
+    check = _member_filter(archive, member_prefix, dest)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            plan = []
-            for info in zf.infolist():  # check every name before writing anything
-                rel = _member_path(archive, info.filename, member_prefix, dest)
-                link = zf.read(info).decode("utf-8", "replace") if stat.S_ISLNK(info.external_attr >> 16) else None
-                if link is not None:
-                    _check_link(archive, info.filename, rel or PurePosixPath(info.filename), link)
-                if rel is not None:
-                    plan.append((info, rel, link))
-            for info, rel, link in plan:
-                target = _real_target(real_folder, folder, rel, archive, info.filename)
-                if link is not None:
-                    _symlink(real_folder, target, link, archive, info.filename)
-                elif info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
+            members = [(info, _zip_member(zf, info)) for info in zf.infolist()]
+            planned = [(info, member) for info, member in members if check(member, where) is not None]
+            count = 0
+            for info, member in planned:
+                member = check(member, where)  # again: links written so far are on disk now
+                target = folder / member.name
+                if target.is_symlink():
+                    target.unlink()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if member.issym():
+                    os.symlink(member.linkname, target)
+                elif member.isdir():
+                    target.mkdir(exist_ok=True)
                 else:
-                    with zf.open(info) as src:
-                        _write(target, src)
+                    with zf.open(info) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
                     count += 1
         return count
     try:
@@ -294,35 +291,17 @@ def extract_archive(archive: Path, folder: Path, *, member_prefix: str = "", des
     except tarfile.TarError as err:
         raise UserError(f"{archive} is neither a zip nor a tar archive (a web page saved under its name?); "
                         f"delete it and download it again") from err
+    written = []
+
+    def counted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        member = check(member, path)
+        if member is not None and (member.isfile() or member.islnk()):
+            written.append(member.name)
+        return member
+
     with tar:
-        for member in tar:  # streamed: a huge .tar.gz is read once
-            rel = _member_path(archive, member.name, member_prefix, dest)
-            if member.issym():
-                _check_link(archive, member.name, rel or PurePosixPath(member.name), member.linkname)
-            elif member.islnk():
-                try:
-                    linked = _member_path(archive, member.linkname, member_prefix, dest)
-                except UserError:
-                    linked = None
-                if linked is None:
-                    raise _unsafe(archive, member.name, f"is a hard link to {member.linkname!r}, outside what is unpacked")
-            if rel is None:
-                continue
-            target = _real_target(real_folder, folder, rel, archive, member.name)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.issym():
-                _symlink(real_folder, target, member.linkname, archive, member.name)
-            elif member.islnk():
-                source = _real_target(real_folder, folder, linked, archive, member.name)
-                with open(source, "rb") as src:
-                    _write(target, src)
-                count += 1
-            elif member.isfile():
-                with tar.extractfile(member) as src:
-                    _write(target, src)
-                count += 1
-    return count
+        tar.extractall(where, filter=counted)  # streamed: a huge .tar.gz is read once
+    return len(written)
 
 
 # ---------------------------------------------------------------- checking and marking
@@ -353,29 +332,29 @@ class CheckReport:
         return [head, *(f"  warning: {w}" for w in self.warnings), *(f"  problem: {p}" for p in self.problems)]
 
 
-def check_dataset(recipe: DatasetRecipe, root: str | Path, *, sample: int | None = None, decode: int = 3) -> CheckReport:
+def check_dataset(spec: DatasetSpec, root: str | Path, *, sample: int | None = None, decode: int = 3) -> CheckReport:
     """Validate a dataset folder: split readable, labels 0..n-1, class count, listed files present.
 
     ``sample`` checks that many random listed files instead of all; ``decode`` images are opened
     with PIL to catch web pages or truncated files saved under image names.
     """
-    folder = recipe.dataset_dir(root)
-    report = CheckReport(recipe.name, folder)
+    folder = spec.dataset_dir(root)
+    report = CheckReport(spec.name, folder)
     if not folder.is_dir():
         report.problems.append(f"the folder {folder} does not exist")
         return report
     try:
-        split = recipe.load_split(root)
+        split = spec.load_split(root)
         names = classnames_of(split)
     except UserError as err:
         report.problems.append(str(err))
         return report
     report.counts = {key: len(items) for key, items in split.items()}
     report.num_classes = len(names)
-    expected_classes = recipe.extra.get("num_classes")
+    expected_classes = spec.extra.get("num_classes")
     if expected_classes and len(names) != expected_classes:
-        report.problems.append(f"the split has {len(names)} classes, {recipe.name} has {expected_classes}")
-    for key, expected in zip(("train", "val", "test"), recipe.extra.get("split_sizes", ())):
+        report.problems.append(f"the split has {len(names)} classes, {spec.name} has {expected_classes}")
+    for key, expected in zip(("train", "val", "test"), spec.extra.get("split_sizes", ())):
         if report.counts.get(key) != expected:
             report.warnings.append(f"{key} lists {report.counts.get(key)} images, the full dataset {expected}")
     items = list({it.relpath: it for items in split.values() for it in items}.values())
@@ -384,7 +363,7 @@ def check_dataset(recipe: DatasetRecipe, root: str | Path, *, sample: int | None
         return report
     if sample is not None and sample < len(items):
         items = random.Random(0).sample(items, sample)
-    image_root = recipe.image_root(root)
+    image_root = spec.image_root(root)
     report.checked_files = len(items)
     report.missing = [it.relpath for it in items if not (image_root / it.relpath).is_file()]
     if report.missing:
@@ -410,20 +389,20 @@ def _marker(folder: Path) -> Path:
     return folder / STATE_DIR / "complete.json"
 
 
-def dataset_is_complete(recipe: DatasetRecipe, root: str | Path) -> bool:
+def dataset_is_complete(spec: DatasetSpec, root: str | Path) -> bool:
     """True when the folder was fetched (or provided) and checked, i.e. its completion marker is there."""
-    marker = _marker(recipe.dataset_dir(root))
+    marker = _marker(spec.dataset_dir(root))
     try:
-        return json.loads(marker.read_text()).get("dataset") == recipe.name
+        return json.loads(marker.read_text()).get("dataset") == spec.name
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def mark_complete(recipe: DatasetRecipe, root: str | Path, report: CheckReport) -> None:
-    folder = recipe.dataset_dir(root)
+def mark_complete(spec: DatasetSpec, root: str | Path, report: CheckReport) -> None:
+    folder = spec.dataset_dir(root)
     payload = {
-        "dataset": recipe.name,
-        "folder": recipe.folder,
+        "dataset": spec.name,
+        "folder": spec.folder,
         "counts": report.counts,
         "num_classes": report.num_classes,
         "checksums": _read_state(folder),
@@ -460,25 +439,25 @@ def _obtain(source: Source, target: Path, part_dir: Path, settings: FetchSetting
 
 
 def download_dataset(
-    recipe: DatasetRecipe, root: str | Path, *, force: bool = False, verify: bool = True,
+    spec: DatasetSpec, root: str | Path, *, force: bool = False, verify: bool = True,
     keep_archives: bool = False, settings: FetchSettings = FetchSettings(), log: Log = print,
 ) -> CheckReport | None:
-    """Make ``<root>/<recipe.folder>`` complete: fetch, verify, unpack, check, mark. None if already complete."""
-    folder = recipe.dataset_dir(root)
-    if dataset_is_complete(recipe, root) and not force:
-        log(f"{recipe.name}: already complete in {folder}; nothing to do (use --force to fetch again)")
+    """Make ``<root>/<spec.folder>`` complete: fetch, verify, unpack, check, mark. None if already complete."""
+    folder = spec.dataset_dir(root)
+    if dataset_is_complete(spec, root) and not force:
+        log(f"{spec.name}: already complete in {folder}; nothing to do (use --force to fetch again)")
         return None
     _marker(folder).unlink(missing_ok=True)
-    if recipe.prepare_fn is not None:
-        log(f"{recipe.name}: building {folder} locally")
+    if spec.prepare_fn is not None:
+        log(f"{spec.name}: building {folder} locally")
         folder.mkdir(parents=True, exist_ok=True)
-        recipe.prepare_fn(folder)
-    elif recipe.sources:
-        log(f"{recipe.name}: fetching {len(recipe.sources)} file(s) into {folder}")
+        spec.prepare_fn(folder)
+    elif spec.sources:
+        log(f"{spec.name}: fetching {len(spec.sources)} file(s) into {folder}")
         folder.mkdir(parents=True, exist_ok=True)
         downloads = folder / STATE_DIR / "downloads"
         state = _read_state(folder)
-        for source in recipe.sources:
+        for source in spec.sources:
             entry = state.get(source.filename, {})
             if entry.get("done") and not force and (source.extract or (folder / source.filename).is_file()):
                 log(f"  {source.filename}: already fetched")
@@ -495,33 +474,33 @@ def download_dataset(
                 for inner in getattr(source, "inner_archives", ()):
                     if not (folder / inner).is_file():
                         raise UserError(f"{source.filename} holds no {inner}; the archive at the source has changed, "
-                                        f"please report it (the recipe of {recipe.name} needs updating)")
+                                        f"please report it (prompt_ot/data/datasets/{spec.name}.py needs updating)")
                     extract_archive(folder / inner, folder)
                     (folder / inner).unlink()
                 if not keep_archives:
                     target.unlink()
             state[source.filename]["done"] = True
             atomic_write_text(_state_path(folder), json.dumps(state, indent=1))
-    report = check_dataset(recipe, root)
+    report = check_dataset(spec, root)
     if report.ok:
-        mark_complete(recipe, root, report)
+        mark_complete(spec, root, report)
         for line in report.lines():
             log(line)
-        log(f"{recipe.name}: complete")
+        log(f"{spec.name}: complete")
         return report
-    if recipe.manual_steps:
-        log(manual_instructions(recipe, root))
+    if spec.manual_steps:
+        log(manual_instructions(spec, root))
     for line in report.lines():
         log(line)
     raise UserError(
-        f"{recipe.name} in {folder} is not complete: {report.problems[0]}"
+        f"{spec.name} in {folder} is not complete: {report.problems[0]}"
         + (f" (and {len(report.problems) - 1} more problem(s))" if len(report.problems) > 1 else "")
-        + (f"; follow the steps printed above, then run 'python -m prompt_ot download {recipe.name} --root {root} --check'"
-           if recipe.manual_steps else "")
+        + (f"; follow the steps printed above, then run 'python -m prompt_ot download {spec.name} --root {root} --check'"
+           if spec.manual_steps else "")
     )
 
 
-def manual_instructions(recipe: DatasetRecipe, root: str | Path) -> str:
-    """The recipe's manual steps with the real folder and root filled in."""
-    steps = (recipe.manual_steps or "").replace("{folder}", str(recipe.dataset_dir(root))).replace("{root}", str(root))
-    return f"{recipe.name} needs manual steps:\n{steps.strip()}"
+def manual_instructions(spec: DatasetSpec, root: str | Path) -> str:
+    """The spec's manual steps with the real folder and root filled in."""
+    steps = (spec.manual_steps or "").replace("{folder}", str(spec.dataset_dir(root))).replace("{root}", str(root))
+    return f"{spec.name} needs manual steps:\n{steps.strip()}"

@@ -30,7 +30,7 @@ import numpy as np
 from prompt_ot.data.registry import Item, Split, classnames_of
 from prompt_ot.data.splits import SUBSETS, subsample_classes
 from prompt_ot.errors import UserError, unknown_name
-from prompt_ot.utils.io import atomic_write_text
+from prompt_ot.utils.io import atomic_write_text, read_json
 
 FORMAT_VERSION = 2
 MAX_VAL_SHOTS = 4
@@ -199,13 +199,9 @@ def _entry(path: Path, part: str, raw, classnames: list[str]) -> ManifestEntry:
 def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; anything malformed is a UserError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"manifest {path} does not exist; write it with 'python -m prompt_ot split'")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"manifest {path} is not valid JSON ({err}); delete it and run 'split' again") from None
     fix = "delete it and run 'split' again"
+    raw = read_json(path, what="manifest", fix=fix,
+                    missing=f"manifest {path} does not exist; write it with 'python -m prompt_ot split'")
     if not isinstance(raw, dict):
         raise UserError(f"manifest {path} is corrupt: not a JSON object; {fix}")
     if raw.get("format_version") != FORMAT_VERSION:

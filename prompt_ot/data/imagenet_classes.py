@@ -145,7 +145,7 @@ def class_folder_items(
 ) -> list[Item]:
     """Items of ``base/<folder>/*`` labelled by the folder's position in ``folders``.
 
-    Relpaths are ``prefix + folder/file``, relative to the recipe's image root. Every class folder must
+    Relpaths are ``prefix + folder/file``, relative to the dataset's image root. Every class folder must
     exist, so that a partial copy is reported (naming the missing folders) rather than evaluated on
     fewer classes.
     """
@@ -165,3 +165,38 @@ def class_folder_items(
         for name in list_images(base / folder):
             items.append(Item(f"{prefix}{folder}/{name}", label, classname))
     return items
+
+
+def imagenet_subset(
+    *, name: str, folder: str, archive: str, wnids: Sequence[str], test_images: int, homepage: str
+) -> "DatasetSpec":
+    """A test-only dataset of some ImageNet classes stored as ``<folder>/<archive stem>/<wnid>/*`` (ImageNet-A, -R).
+
+    Labels are positions in ``wnids`` (as CoOp numbers the sorted class folders); class names are ImageNet's CLIP
+    names of those wnids; the archive is fetched from the authors' server.
+    """
+    from prompt_ot.data.download import SourceFile
+    from prompt_ot.data.registry import DatasetSpec
+
+    image_dir = archive.removesuffix(".tar")
+    wnids = tuple(wnids)
+
+    def classnames() -> list[str]:
+        return classnames_of_wnids(wnids)
+
+    def load_split(dataset_folder: Path):
+        test = class_folder_items(name, dataset_folder / image_dir, "", wnids, classnames())
+        return {"train": [], "val": [], "test": test}
+
+    return DatasetSpec(
+        name=name,
+        folder=folder,
+        template="a photo of a {}.",
+        sources=(SourceFile(url=f"https://people.eecs.berkeley.edu/~hendrycks/{archive}", filename=archive),),
+        image_dir=image_dir,
+        load_split_fn=load_split,
+        classnames_fn=classnames,
+        kind="target_only",
+        notes=f"layout: {folder}/{image_dir}/<wnid>/*.jpg ({len(wnids)} folders and a README.txt)",
+        extra={"num_classes": len(wnids), "split_sizes": (0, 0, test_images), "homepage": homepage},
+    )

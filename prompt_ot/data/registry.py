@@ -1,6 +1,6 @@
-"""The dataset registry: one small recipe module per dataset under ``prompt_ot/data/recipes/``.
+"""The dataset registry: one small module per dataset under ``prompt_ot/data/datasets/``.
 
-A recipe says where a dataset's files come from, the on-disk layout under ``<root>/<folder>``, where
+Each module defines ``DATASET = DatasetSpec(...)``, which says where a dataset's files come from, the on-disk layout under ``<root>/<folder>``, where
 its train/val/test split comes from, its class names and its zero-shot template. Every name that a
 user types is checked here, and an unknown one lists the known ones.
 """
@@ -40,7 +40,7 @@ class Source:
 
 
 @dataclass(frozen=True)
-class DatasetRecipe:
+class DatasetSpec:
     name: str  # registry key, e.g. "oxford_pets"
     folder: str  # folder under the data root, e.g. "oxford_pets" (CoOp's layout names)
     template: str  # zero-shot template with one "{}" for the class name
@@ -68,7 +68,7 @@ class DatasetRecipe:
             )
         if self.load_split_fn is not None:
             return self.load_split_fn(folder)
-        assert self.split_file is not None, f"recipe {self.name} has neither split_file nor load_split_fn"
+        assert self.split_file is not None, f"dataset {self.name} has neither split_file nor load_split_fn"
         return read_coop_split(folder / self.split_file)
 
     def image_root(self, root: str | Path) -> Path:
@@ -77,12 +77,10 @@ class DatasetRecipe:
 
 def read_coop_split(path: Path) -> Split:
     """Read a CoOp ``split_zhou_<Name>.json``: {"train"|"val"|"test": [[relpath, label, classname], ...]}."""
-    if not path.is_file():
-        raise UserError(f"split file {path} is missing; download it again or place the CoOp split file there")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"split file {path} is not valid JSON ({err}); delete it and download it again") from err
+    from prompt_ot.utils.io import read_json
+
+    raw = read_json(path, what="split file", fix="delete it and download it again",
+                    missing=f"split file {path} is missing; download it again or place the CoOp split file there")
     split: Split = {}
     for key in ("train", "val", "test"):
         entries = raw.get(key) if isinstance(raw, dict) else None
@@ -114,29 +112,29 @@ def classnames_of(split: Split) -> list[str]:
     return [names[i] for i in range(len(names))]
 
 
-_REGISTRY: dict[str, DatasetRecipe] | None = None
+_REGISTRY: dict[str, DatasetSpec] | None = None
 
 
-def _load_registry() -> dict[str, DatasetRecipe]:
+def _load_registry() -> dict[str, DatasetSpec]:
     global _REGISTRY
     if _REGISTRY is None:
-        from prompt_ot.data import recipes
+        from prompt_ot.data import datasets
 
-        registry: dict[str, DatasetRecipe] = {}
-        for info in pkgutil.iter_modules(recipes.__path__):
-            module = importlib.import_module(f"{recipes.__name__}.{info.name}")
-            recipe = getattr(module, "RECIPE", None)
-            if isinstance(recipe, DatasetRecipe):
-                registry[recipe.name] = recipe
+        registry: dict[str, DatasetSpec] = {}
+        for info in pkgutil.iter_modules(datasets.__path__):
+            module = importlib.import_module(f"{datasets.__name__}.{info.name}")
+            spec = getattr(module, "DATASET", None)
+            if isinstance(spec, DatasetSpec):
+                registry[spec.name] = spec
         _REGISTRY = registry
     return _REGISTRY
 
 
 def dataset_names(kind: str | None = None) -> list[str]:
-    return sorted(n for n, r in _load_registry().items() if kind is None or r.kind == kind)
+    return sorted(n for n, spec in _load_registry().items() if kind is None or spec.kind == kind)
 
 
-def get_recipe(name: str) -> DatasetRecipe:
+def dataset_spec(name: str) -> DatasetSpec:
     registry = _load_registry()
     if name not in registry:
         raise unknown_name("dataset", name, registry)

@@ -40,13 +40,17 @@ import numpy as np
 
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
-from prompt_ot.utils.io import building_folder, remove_stale_folders, replace_folder
+from prompt_ot.utils.io import building_folder, read_json, remove_stale_folders, replace_folder
 
 FORMAT_VERSION = 2
 INDEX_NAME = "index.json"
 PIXELS_NAME = "pixels.u8"
 MODES = ("train", "test")
 DECODE_CHUNK = 256  # images decoded ahead of the writer: bounds the memory a build holds
+# the training crops' range (Dassl's RandomResizedCrop: area fraction, aspect ratio), defined here because it decides
+# how large the store keeps training images; prompt_ot.data.augment draws the crops
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,6 @@ def default_train_short_side(image_size: int) -> int:
     shorter side at least. At this cap that is still ``image_size`` pixels, so every crop of an image
     stored at the cap is a downscale (or identity) to the input size.
     """
-    from prompt_ot.data.augment import RATIO, SCALE
-
     narrowest = min(min(r, 1 / r) for r in RATIO)
     return math.ceil(image_size / math.sqrt(SCALE[0] * narrowest))
 
@@ -306,12 +308,8 @@ class ImageStore:
         self.path = Path(path)
         index_path = self.path / INDEX_NAME
         fix = "delete the folder and build the store again"
-        if not index_path.is_file():
-            raise UserError(f"no complete image store at {self.path} (no {INDEX_NAME}); build it first")
-        try:
-            index = json.loads(index_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"image store index {index_path} is not valid JSON ({err}); {fix}") from None
+        index = read_json(index_path, what="image store index", fix=fix,
+                          missing=f"no complete image store at {self.path} (no {INDEX_NAME}); build it first")
         version = index.get("format_version") if isinstance(index, dict) else None
         if version == 1:
             raise UserError(

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from prompt_ot.errors import UserError, unknown_name
-from prompt_ot.losses import Regulariser, RegulariserInputs, check_positive
+from prompt_ot.losses.base import Regulariser, RegulariserInputs, check_positive
 from prompt_ot.losses.adaptive import DualWeight, check_adaptive
 
 MODALITIES = ("joint", "vision", "text")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prompt_ot.errors import UserError
-from prompt_ot.losses import Regulariser, RegulariserInputs, check_positive
+from prompt_ot.losses.base import Regulariser, RegulariserInputs, check_positive
 
 
 class PointwiseL1(Regulariser):

@@ -26,11 +26,12 @@ The modules, from the bottom up:
 - ``run`` and ``tracker``: ``TrackedRun`` and the ``Tracker`` that opens them (``tracker_for`` for a stage);
 - ``sync``: ``sync_pending``, re-logging pending records.
 
-``_client`` and ``_is_locked`` are looked up here at call time, so that replacing them on this package takes effect.
+Tests replace ``store._client`` and ``retry._is_locked`` where they are defined: callers look them up there at call
+time.
 """
 
-from prompt_ot.tracking.retry import LOCK_RETRY_SECONDS, _is_locked, _retry
-from prompt_ot.tracking.store import DEFAULT_EXPERIMENT, ENABLE_ENV, _client, artifact_location
+from prompt_ot.tracking.retry import LOCK_RETRY_SECONDS
+from prompt_ot.tracking.store import DEFAULT_EXPERIMENT, ENABLE_ENV, artifact_location
 from prompt_ot.tracking.store import tracking_enabled, tracking_uri
 from prompt_ot.tracking.params import flatten_params, git_state
 from prompt_ot.tracking.records import LIVE_FILE, PENDING_FILE, PENDING_FORMAT, SYNCED_FILE

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prompt_ot import tracking as _package  # `_client` is looked up there at call time, so replacing it works
+import prompt_ot.tracking.store as _store  # `_store._client` is looked up at call time: tests replace it there
 from prompt_ot.tracking.cleanup import _end_as_recorded, _end_previous_parent
 from prompt_ot.tracking.messages import _reason, _redact, _warn
 from prompt_ot.tracking.params import git_state
@@ -43,7 +43,7 @@ def prepare(
         return info
     try:
         with _http_limits(uri, probe=True):
-            client = _package._client(uri)
+            client = _store._client(uri)
             info["experiment_id"] = _retry(_ensure_experiment, client, experiment, uri)
             if out is not None:
                 _end_previous_parent(client, Path(out), uri, name)
@@ -71,7 +71,7 @@ def finish(parent_file: str | Path, status: str = "FINISHED") -> str | None:
         return None
     try:
         with _http_limits(info["tracking_uri"], probe=True):
-            client = _package._client(info["tracking_uri"])
+            client = _store._client(info["tracking_uri"])
             _retry(client.set_terminated, run_id, status=status)
     except Exception as exc:
         # the end is recorded in the parent file; `mlflow sync` (or the next pipeline's `prepare`) applies it

@@ -6,7 +6,6 @@ import random
 import time
 from typing import Callable
 
-from prompt_ot import tracking as _package  # `_is_locked` is looked up there at call time, so replacing it works
 
 LOCK_RETRY_SECONDS = 120.0  # total time one call may spend waiting on a locked SQLite database
 
@@ -31,7 +30,7 @@ def _retry(call: Callable, *args, deadline_s: float | None = None, **kwargs):
         try:
             return call(*args, **kwargs)
         except Exception as exc:
-            if not _package._is_locked(exc) or time.monotonic() - start + delay > deadline_s:
+            if not _is_locked(exc) or time.monotonic() - start + delay > deadline_s:
                 raise
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 2.0)

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from prompt_ot import tracking as _package  # `_client` is looked up there at call time, so replacing it works
+import prompt_ot.tracking.store as _store  # `_store._client` is looked up at call time: tests replace it there
 from prompt_ot.tracking.batches import _log_batches, _upload
 from prompt_ot.tracking.messages import _reason, _warn
 from prompt_ot.tracking.pipeline import end_pending_parent
@@ -41,7 +41,7 @@ def sync_pending(runs_dir: str | Path, project_root: str | Path) -> list[SyncOut
     uri = tracking_uri(project_root)
     try:
         with _http_limits(uri, probe=True):
-            client = _package._client(uri)
+            client = _store._client(uri)
             client.search_experiments(max_results=1)
     except Exception as exc:
         if parent_waits:

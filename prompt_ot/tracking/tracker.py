@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
-from prompt_ot import tracking as _package  # `_client` is looked up there at call time, so replacing it works
+import prompt_ot.tracking.store as _store  # `_store._client` is looked up at call time: tests replace it there
 from prompt_ot.tracking.messages import _reason, _redact, _warn
 from prompt_ot.tracking.params import git_state
 from prompt_ot.tracking.records import pending_file
@@ -68,7 +68,7 @@ class Tracker:
         """(client, experiment id, parent run id or None), looked up once; raises when MLflow fails."""
         if self._connection is None:
             with _http_limits(self.uri, probe=True):
-                client = _package._client(self.uri)
+                client = _store._client(self.uri)
                 experiment_id = _retry(_ensure_experiment, client, self.experiment, self.uri)
                 parent = self.parent_run_id()
                 if parent and not _run_exists(client, parent):

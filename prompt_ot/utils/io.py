@@ -77,6 +77,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path: str | Path, *, what: str, fix: str, missing: str | None = None):
+    """The JSON value in ``path``. A missing file, or one that is not UTF-8 JSON, is one ``UserError`` naming the
+    file (``what`` says what it is, e.g. "manifest") and ending with ``fix``, what the user should do; ``missing``
+    replaces the whole message for a missing file."""
+    import json
+
+    from prompt_ot.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(missing or f"{what} {path} does not exist; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path} is not valid JSON ({err}); {fix}") from None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -1,12 +1,12 @@
 """Oxford-IIIT Pets (Parkhi et al., 2012): 37 cat and dog breeds. Split: CoOp's ``split_zhou_OxfordPets.json``."""
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 _THOR = "https://thor.robots.ox.ac.uk/datasets/pets/"
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="oxford_pets",
     folder="oxford_pets",
     template="a photo of a {}, a type of pet.",

@@ -5,9 +5,9 @@ names ("AnnualCrop/...") in the image paths.
 """
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="eurosat",
     folder="eurosat",
     template="a centered satellite photo of {}.",

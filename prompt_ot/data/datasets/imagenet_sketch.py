@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prompt_ot.data.download import SourceFile
 from prompt_ot.data.imagenet_classes import IMAGENET_WNIDS, class_folder_items, imagenet_classnames
-from prompt_ot.data.registry import DatasetRecipe, Split
+from prompt_ot.data.registry import DatasetSpec, Split
 
 
 def load_split(folder: Path) -> Split:
@@ -15,7 +15,7 @@ def load_split(folder: Path) -> Split:
     return {"train": [], "val": [], "test": test}
 
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="imagenet_sketch",
     folder="imagenet-sketch",
     template="a photo of a {}.",

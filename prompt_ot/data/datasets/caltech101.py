@@ -5,9 +5,9 @@ that inner archive is unpacked in turn. Split: CoOp's ``split_zhou_Caltech101.js
 """
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="caltech101",
     folder="caltech-101",
     template="a photo of a {}.",

@@ -8,7 +8,7 @@ are CLIP's (open_clip's bundled list, the same as CoOp's ``classnames.txt``).
 from pathlib import Path
 
 from prompt_ot.data.imagenet_classes import IMAGENET_WNIDS, class_folder_items, imagenet_classnames
-from prompt_ot.data.registry import DatasetRecipe, Split
+from prompt_ot.data.registry import DatasetSpec, Split
 
 MANUAL_STEPS = """
 ImageNet's licence requires each user to register at https://image-net.org and accept its terms, so
@@ -39,7 +39,7 @@ def load_split(folder: Path) -> Split:
     }
 
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="imagenet",
     folder="imagenet",
     template="a photo of a {}.",

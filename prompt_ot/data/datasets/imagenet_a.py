@@ -4,11 +4,7 @@ Test split only. Labels are positions in the sorted list of its 200 wnids below 
 the sorted class folders); class names are ImageNet's CLIP names of those wnids.
 """
 
-from pathlib import Path
-
-from prompt_ot.data.download import SourceFile
-from prompt_ot.data.imagenet_classes import class_folder_items, classnames_of_wnids
-from prompt_ot.data.registry import DatasetRecipe, Split
+from prompt_ot.data.imagenet_classes import imagenet_subset
 
 IMAGENET_A_WNIDS: tuple[str, ...] = tuple(
     """
@@ -35,25 +31,11 @@ n07768694 n07831146 n09229709 n09246464 n09472597 n09835506 n11879895 n12057211 
     """.split()
 )
 
-
-def classnames() -> list[str]:
-    return classnames_of_wnids(IMAGENET_A_WNIDS)
-
-
-def load_split(folder: Path) -> Split:
-    test = class_folder_items("imagenet_a", folder / "imagenet-a", "", IMAGENET_A_WNIDS, classnames())
-    return {"train": [], "val": [], "test": test}
-
-
-RECIPE = DatasetRecipe(
+DATASET = imagenet_subset(
     name="imagenet_a",
     folder="imagenet-adversarial",
-    template="a photo of a {}.",
-    sources=(SourceFile(url="https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar", filename="imagenet-a.tar"),),
-    image_dir="imagenet-a",
-    load_split_fn=load_split,
-    classnames_fn=classnames,
-    kind="target_only",
-    notes="layout: imagenet-adversarial/imagenet-a/<wnid>/*.jpg (200 folders and a README.txt)",
-    extra={"num_classes": 200, "split_sizes": (0, 0, 7500), "homepage": "https://github.com/hendrycks/natural-adv-examples"},
+    archive="imagenet-a.tar",
+    wnids=IMAGENET_A_WNIDS,
+    test_images=7500,
+    homepage="https://github.com/hendrycks/natural-adv-examples",
 )

@@ -5,7 +5,7 @@ the split file is still fetched automatically.
 """
 
 from prompt_ot.data.download import google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
 MANUAL_STEPS = """
 Stanford Cars' original download links (ai.stanford.edu/~jkrause/car196/...) no longer work, and no
@@ -23,7 +23,7 @@ other host is both official and stable, so its images must be put in place by ha
   4. Check the folder: python -m prompt_ot download stanford_cars --root {root} --check
 """
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="stanford_cars",
     folder="stanford_cars",
     template="a photo of a {}.",

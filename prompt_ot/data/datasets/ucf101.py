@@ -4,9 +4,9 @@ The frames come from CoOp's ``UCF-101-midframes.zip``; split: CoOp's ``split_zho
 """
 
 from prompt_ot.data.download import google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="ucf101",
     folder="ucf101",
     template="a photo of a person doing {}.",

@@ -7,7 +7,7 @@ label order, ``images_variant_{train,val,test}.txt`` hold lines ``<image id> <va
 from pathlib import Path
 
 from prompt_ot.data.download import SourceFile
-from prompt_ot.data.registry import DatasetRecipe, Item, Split
+from prompt_ot.data.registry import DatasetSpec, Item, Split
 from prompt_ot.errors import UserError
 
 
@@ -34,7 +34,7 @@ def load_split(folder: Path) -> Split:
     return split
 
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="fgvc_aircraft",
     folder="fgvc_aircraft",
     template="a photo of a {}, a type of aircraft.",

@@ -4,11 +4,7 @@ Test split only. Labels are positions in the sorted list of its 200 wnids below 
 the sorted class folders); class names are ImageNet's CLIP names of those wnids.
 """
 
-from pathlib import Path
-
-from prompt_ot.data.download import SourceFile
-from prompt_ot.data.imagenet_classes import class_folder_items, classnames_of_wnids
-from prompt_ot.data.registry import DatasetRecipe, Split
+from prompt_ot.data.imagenet_classes import imagenet_subset
 
 IMAGENET_R_WNIDS: tuple[str, ...] = tuple(
     """
@@ -35,25 +31,11 @@ n07753275 n07753592 n07768694 n07873807 n07880968 n07920052 n09472597 n09835506 
     """.split()
 )
 
-
-def classnames() -> list[str]:
-    return classnames_of_wnids(IMAGENET_R_WNIDS)
-
-
-def load_split(folder: Path) -> Split:
-    test = class_folder_items("imagenet_r", folder / "imagenet-r", "", IMAGENET_R_WNIDS, classnames())
-    return {"train": [], "val": [], "test": test}
-
-
-RECIPE = DatasetRecipe(
+DATASET = imagenet_subset(
     name="imagenet_r",
     folder="imagenet-rendition",
-    template="a photo of a {}.",
-    sources=(SourceFile(url="https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", filename="imagenet-r.tar"),),
-    image_dir="imagenet-r",
-    load_split_fn=load_split,
-    classnames_fn=classnames,
-    kind="target_only",
-    notes="layout: imagenet-rendition/imagenet-r/<wnid>/*.jpg (200 folders and a README.txt)",
-    extra={"num_classes": 200, "split_sizes": (0, 0, 30000), "homepage": "https://github.com/hendrycks/imagenet-r"},
+    archive="imagenet-r.tar",
+    wnids=IMAGENET_R_WNIDS,
+    test_images=30000,
+    homepage="https://github.com/hendrycks/imagenet-r",
 )

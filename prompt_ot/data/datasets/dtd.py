@@ -1,9 +1,9 @@
 """Describable Textures (Cimpoi et al., 2014): 47 texture attributes. Split: CoOp's ``split_zhou_DescribableTextures.json``."""
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="dtd",
     folder="dtd",
     template="{} texture.",

@@ -1,9 +1,9 @@
 """SUN397 (Xiao et al., 2010): 397 scene categories. Split: CoOp's ``split_zhou_SUN397.json``."""
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="sun397",
     folder="sun397",
     template="a photo of a {}.",

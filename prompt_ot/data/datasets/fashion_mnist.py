@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from prompt_ot.data.demo import DemoArrays, holdout_last, prepare_demo, read_idx
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 from prompt_ot.errors import UserError
 
 CLASSNAMES = [
@@ -82,7 +82,7 @@ def prepare(folder: Path) -> None:
     prepare_demo(folder, SPLIT_FILE, lambda: load_arrays(Path(folder)))
 
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="fashion_mnist",
     folder="fashion_mnist",
     template="a photo of a {}, a type of clothing.",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prompt_ot.data.download import SourceFile
 from prompt_ot.data.imagenet_classes import class_folder_items, imagenet_classnames
-from prompt_ot.data.registry import DatasetRecipe, Split
+from prompt_ot.data.registry import DatasetSpec, Split
 
 IMAGE_DIR = "imagenetv2-matched-frequency-format-val"
 
@@ -18,7 +18,7 @@ def load_split(folder: Path) -> Split:
     return {"train": [], "val": [], "test": test}
 
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="imagenet_v2",
     folder="imagenetv2",
     template="a photo of a {}.",

@@ -1,12 +1,12 @@
 """Oxford Flowers102 (Nilsback & Zisserman, 2008): 102 flower species. Split: CoOp's ``split_zhou_OxfordFlowers.json``."""
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 _THOR = "https://thor.robots.ox.ac.uk/flowers/102/"
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="flowers102",
     folder="oxford_flowers",
     template="a photo of a {}, a type of flower.",

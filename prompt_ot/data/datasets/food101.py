@@ -1,9 +1,9 @@
 """Food-101 (Bossard et al., 2014): 101 dishes. Split: CoOp's ``split_zhou_Food101.json``."""
 
 from prompt_ot.data.download import SourceFile, google_drive
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="food101",
     folder="food-101",
     template="a photo of {}, a type of food.",

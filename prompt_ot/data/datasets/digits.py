@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from prompt_ot.data.demo import DemoArrays, prepare_demo
-from prompt_ot.data.registry import DatasetRecipe
+from prompt_ot.data.registry import DatasetSpec
 
 CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPLIT_FILE = "split_zhou_Digits.json"
@@ -47,7 +47,7 @@ def prepare(folder: Path) -> None:
     prepare_demo(folder, SPLIT_FILE, load_arrays)
 
 
-RECIPE = DatasetRecipe(
+DATASET = DatasetSpec(
     name="digits",
     folder="digits",
     template="a photo of the digit {}.",

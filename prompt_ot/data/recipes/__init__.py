@@ -1,1 +1,0 @@
-"""One module per dataset; each defines RECIPE = DatasetRecipe(...)."""
