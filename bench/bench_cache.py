@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import cpu_model, pot_version, write_report  # noqa: E402
+
 from prompt_ot.cache import (  # noqa: E402
     FrozenViewFeatures,
     TestFeatures,
@@ -87,23 +88,50 @@ def median_timings(builds) -> dict[str, float]:
     return {key: round(float(np.median([b.timings[key] for b in builds])), 4) for key in builds[0].timings}
 
 
-def bench_backbone(backbone: str, n_test: int, n_train: int, epochs: int, batch_size: int, repeats: int,
-                   workdir: Path) -> dict:
+def bench_backbone(
+    backbone: str, n_test: int, n_train: int, epochs: int, batch_size: int, repeats: int, workdir: Path
+) -> dict:
     root = workdir / "images"
     test_items = write_images(root, n_test, 0)
     train_items = write_images(root, n_train, n_test)
     common = {"backbone": backbone, "pretrained": None, "device": "cpu", "batch_size": batch_size, "progress": False}
 
     # warm-up (first-call kernel selection and thread start-up) so the timed builds measure steady state
-    cache_test_items(test_items[:batch_size], root, CLASSNAMES, dataset="warm-up", out_dir=workdir / "warm-up",
-                     templates=TEMPLATES, **common)
+    cache_test_items(
+        test_items[:batch_size],
+        root,
+        CLASSNAMES,
+        dataset="warm-up",
+        out_dir=workdir / "warm-up",
+        templates=TEMPLATES,
+        **common,
+    )
     # each repeat builds both caches afresh (a new folder), alternating; rates are medians over the repeats
     test_builds, train_builds = [], []
     for r in range(repeats):
-        test_builds.append(cache_test_items(test_items, root, CLASSNAMES, dataset="generated",
-                                            out_dir=workdir / f"test{r}", templates=TEMPLATES, **common))
-        train_builds.append(cache_train_items(train_items, root, CLASSNAMES, source={"dataset": "generated"},
-                                              out_dir=workdir / f"train{r}", epochs=epochs, seed=1, **common))
+        test_builds.append(
+            cache_test_items(
+                test_items,
+                root,
+                CLASSNAMES,
+                dataset="generated",
+                out_dir=workdir / f"test{r}",
+                templates=TEMPLATES,
+                **common,
+            )
+        )
+        train_builds.append(
+            cache_train_items(
+                train_items,
+                root,
+                CLASSNAMES,
+                source={"dataset": "generated"},
+                out_dir=workdir / f"train{r}",
+                epochs=epochs,
+                seed=1,
+                **common,
+            )
+        )
     test_timings, train_timings = median_timings(test_builds), median_timings(train_builds)
 
     # evaluation of the unprompted-image-encoder methods, cached vs full forward, alternating in the same run
@@ -137,10 +165,14 @@ def bench_backbone(backbone: str, n_test: int, n_train: int, epochs: int, batch_
             full_s.append(time.perf_counter() - start)
         identical = bool(torch.equal(fast.predictions, full.predictions)) and fast.accuracy == full.accuracy
         cached_median, full_median = float(np.median(cached_s)), float(np.median(full_s))
-        evaluation[method] = {"cached_s": round(cached_median, 4), "full_forward_s": round(full_median, 4),
-                              "speedup": round(full_median / cached_median, 1),
-                              "identical_predictions": identical, "cached_all_s": [round(t, 4) for t in cached_s],
-                              "full_all_s": [round(t, 4) for t in full_s]}
+        evaluation[method] = {
+            "cached_s": round(cached_median, 4),
+            "full_forward_s": round(full_median, 4),
+            "speedup": round(full_median / cached_median, 1),
+            "identical_predictions": identical,
+            "cached_all_s": [round(t, 4) for t in cached_s],
+            "full_all_s": [round(t, 4) for t in full_s],
+        }
 
     # the regulariser's frozen features for one training batch: forward vs cache read
     views = FrozenViewFeatures(workdir / "train0")
@@ -150,17 +182,31 @@ def bench_backbone(backbone: str, n_test: int, n_train: int, epochs: int, batch_
     read_s, _ = median_time(lambda: views(0, indices), max(repeats, 5))
 
     return {
-        "backbone": backbone, "image_size": pre.image_size, "test_images": n_test, "train_images": n_train,
-        "epochs": epochs, "batch_size": batch_size,
-        "test_cache": {**test_timings, "images_per_s": round(n_test / test_timings["image_features_s"], 1),
-                       "images_per_s_with_decoding": round(
-                           n_test / (test_timings["store_s"] + test_timings["image_features_s"]), 1)},
-        "train_cache": {**train_timings, "views": n_train * epochs,
-                        "views_per_s": round(n_train * epochs / train_timings["view_features_s"], 1)},
+        "backbone": backbone,
+        "image_size": pre.image_size,
+        "test_images": n_test,
+        "train_images": n_train,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "test_cache": {
+            **test_timings,
+            "images_per_s": round(n_test / test_timings["image_features_s"], 1),
+            "images_per_s_with_decoding": round(
+                n_test / (test_timings["store_s"] + test_timings["image_features_s"]), 1
+            ),
+        },
+        "train_cache": {
+            **train_timings,
+            "views": n_train * epochs,
+            "views_per_s": round(n_train * epochs / train_timings["view_features_s"], 1),
+        },
         "evaluation": evaluation,
-        "train_step_frozen_features": {"batch": len(indices), "forward_ms": round(1e3 * forward_s, 3),
-                                       "cache_read_ms": round(1e3 * read_s, 3),
-                                       "speedup": round(forward_s / read_s, 1)},
+        "train_step_frozen_features": {
+            "batch": len(indices),
+            "forward_ms": round(1e3 * forward_s, 3),
+            "cache_read_ms": round(1e3 * read_s, 3),
+            "speedup": round(forward_s / read_s, 1),
+        },
     }
 
 
@@ -169,23 +215,28 @@ def report(result: dict) -> str:
     throughput, evaluation, step = [], [], []
     for r in rows:
         test, train, ev, st = r["test_cache"], r["train_cache"], r["evaluation"], r["train_step_frozen_features"]
-        throughput.append(f"| {r['backbone']} ({r['image_size']} px) | {r['test_images']} | {test['images_per_s']} | "
-                          f"{test['images_per_s_with_decoding']} | {r['train_images']} x {r['epochs']} | "
-                          f"{train['views_per_s']} |")
+        throughput.append(
+            f"| {r['backbone']} ({r['image_size']} px) | {r['test_images']} | {test['images_per_s']} | "
+            f"{test['images_per_s_with_decoding']} | {r['train_images']} x {r['epochs']} | "
+            f"{train['views_per_s']} |"
+        )
         for method, e in ev.items():
-            evaluation.append(f"| {r['backbone']} | {method} | {r['test_images']} | {e['cached_s']} | "
-                              f"{e['full_forward_s']} | {e['speedup']}x | {'yes' if e['identical_predictions'] else 'NO'} |")
-        step.append(f"| {r['backbone']} | {st['batch']} | {st['forward_ms']} | {st['cache_read_ms']} | "
-                    f"{st['speedup']}x |")
+            evaluation.append(
+                f"| {r['backbone']} | {method} | {r['test_images']} | {e['cached_s']} | "
+                f"{e['full_forward_s']} | {e['speedup']}x | {'yes' if e['identical_predictions'] else 'NO'} |"
+            )
+        step.append(
+            f"| {r['backbone']} | {st['batch']} | {st['forward_ms']} | {st['cache_read_ms']} | {st['speedup']}x |"
+        )
     throughput, evaluation, step = "\n".join(throughput), "\n".join(evaluation), "\n".join(step)
     m = result["machine"]
     return f"""# Feature cache: throughput, and evaluation from cached features vs a full forward
 
-Command: `{result['command']}`
+Command: `{result["command"]}`
 
-Random-weight backbones (no download), generated 320x240 JPEGs, CPU, float32, batch {rows[0]['batch_size']},
-{m['threads']} torch thread(s) (`--threads`; one is what the pipeline's cache stage uses by default).
-One untimed warm-up build first, then {result['repeats']} fresh builds of each cache (medians).
+Random-weight backbones (no download), generated 320x240 JPEGs, CPU, float32, batch {rows[0]["batch_size"]},
+{m["threads"]} torch thread(s) (`--threads`; one is what the pipeline's cache stage uses by default).
+One untimed warm-up build first, then {result["repeats"]} fresh builds of each cache (medians).
 "Features" rates count the frozen forward only; "with decoding" adds building the image store
 (decode + resize). Training views cover every item in every epoch. Other work on the machine slows
 all figures alike (load average below).
@@ -194,11 +245,11 @@ all figures alike (load average below).
 |---|---:|---:|---:|---:|---:|
 {throughput}
 
-Evaluation of the methods whose image encoder is not prompted, side by side in the same run (median
-of {result['repeats']}, alternating, after one untimed call of the cached path): from the cache vs `evaluate()` with a full image forward. Zero-shot's
-cached path opens the cache from disk and does one matrix product with the stored template features;
-CoOp's (random-init prompts, the same cost as trained ones; KgCoOp evaluates the same way) also runs
-the prompted text encoder over the class prompts. The last column checks that both paths predicted the same.
+Evaluation of the methods whose image encoder is not prompted, side by side in the same run (median of
+{result["repeats"]}, alternating, after one untimed call of the cached path): from the cache vs `evaluate()` with a
+full image forward. Zero-shot's cached path opens the cache from disk and does one matrix product with the stored
+template features; CoOp's (random-init prompts, the same cost as trained ones; KgCoOp evaluates the same way) also
+runs the prompted text encoder over the class prompts. The last column checks that both paths predicted the same.
 
 | backbone | method | test images | cached s | full forward s | speedup | identical predictions |
 |---|---|---:|---:|---:|---:|---:|
@@ -210,9 +261,9 @@ What one training step spends on the regulariser's frozen image features (median
 |---|---:|---:|---:|---:|
 {step}
 
-Date: {m['date']}. Machine: {m['cpu']}, {m['cpus']} cores ({m['platform']}), Python {m['python']},
-torch {m['torch']} ({m['threads']} threads), POT {m['pot']}, GPU: {m['gpu'] or 'none (CPU run)'}. Load average
-{m['load_average_at_start'][0]} at start: a 2-core machine shared with other agents' test runs, so the
+Date: {m["date"]}. Machine: {m["cpu"]}, {m["cpus"]} cores ({m["platform"]}), Python {m["python"]},
+torch {m["torch"]} ({m["threads"]} threads), POT {m["pot"]}, GPU: {m["gpu"] or "none (CPU run)"}. Load average
+{m["load_average_at_start"][0]} at start: a 2-core machine shared with other agents' test runs, so the
 absolute figures carry that contention; the cached and full-forward paths alternate within one run,
 so their ratio is less affected.
 
@@ -224,40 +275,65 @@ so their ratio is less affected.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=["demo-vit:2000:200", "ViT-B-16-quickgelu:32:8"],
-                        help="backbone:test_images:train_images, one per backbone")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["demo-vit:2000:200", "ViT-B-16-quickgelu:32:8"],
+        help="backbone:test_images:train_images, one per backbone",
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: what each pipeline job, the cache stage included, uses)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: what each pipeline job, the cache stage included, uses)",
+    )
     parser.add_argument("--out", default="reports/perf/cache.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_at_start = os.getloadavg()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    print(f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
-          flush=True)
+    print(
+        f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
+        flush=True,
+    )
     rows = []
     for run in args.runs:
         backbone, n_test, n_train = run.split(":")
         with tempfile.TemporaryDirectory() as tmp:
-            row = bench_backbone(backbone, int(n_test), int(n_train), args.epochs, args.batch_size, args.repeats,
-                                 Path(tmp))
+            row = bench_backbone(
+                backbone, int(n_test), int(n_train), args.epochs, args.batch_size, args.repeats, Path(tmp)
+            )
         rows.append(row)
         ev = row["evaluation"]
-        evals = "; ".join(f"{k} eval cached {e['cached_s']} s vs full {e['full_forward_s']} s ({e['speedup']}x, "
-                          f"identical {e['identical_predictions']})" for k, e in ev.items())
-        print(f"{backbone}: test {row['test_cache']['images_per_s']} img/s, "
-              f"views {row['train_cache']['views_per_s']}/s, {evals}", flush=True)
+        evals = "; ".join(
+            f"{k} eval cached {e['cached_s']} s vs full {e['full_forward_s']} s ({e['speedup']}x, "
+            f"identical {e['identical_predictions']})"
+            for k, e in ev.items()
+        )
+        print(
+            f"{backbone}: test {row['test_cache']['images_per_s']} img/s, "
+            f"views {row['train_cache']['views_per_s']}/s, {evals}",
+            flush=True,
+        )
     result = {
         "command": f"python bench/bench_cache.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
-        "repeats": args.repeats, "rows": rows,
-        "machine": {"date": started, "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-                    "load_average_at_start": [round(x, 2) for x in load_at_start],
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "pot": pot_version(),
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "repeats": args.repeats,
+        "rows": rows,
+        "machine": {
+            "date": started,
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "pot": pot_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
     }
     write_report(args.out, report(result))
     return 0

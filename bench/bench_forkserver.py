@@ -32,8 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_lines, write_report  # noqa: E402
 
 JOBS = {
-    "smoke (train + evaluate CoOp, tiny CLIP, 1 epoch)": ["smoke", "--method", "coop", "--epochs", "1", "--shots", "1",
-                                                          "--out", "{out}"],
+    "smoke (train + evaluate CoOp, tiny CLIP, 1 epoch)": [
+        "smoke",
+        "--method",
+        "coop",
+        "--epochs",
+        "1",
+        "--shots",
+        "1",
+        "--out",
+        "{out}",
+    ],
     "validate (no heavy import)": ["validate", "--params", str(ROOT / "demo" / "params.yaml")],
 }
 
@@ -46,8 +55,9 @@ def _env(extra: dict | None = None) -> dict:
 
 def _time(args: list[str], env: dict, cwd: Path) -> float:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "prompt_ot", *args], env=env, cwd=cwd, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "prompt_ot", *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{args} failed:\n{result.stderr[-3000:]}")
@@ -62,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="bench_fork_"))
     socket_path, pidfile = work / "s.sock", work / "pid"
-    server = subprocess.Popen([sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path),
-                               "--pidfile", str(pidfile)], env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path), "--pidfile", str(pidfile)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     rows = []
     try:
         while not pidfile.exists():
@@ -86,8 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             if "{out}" in template:
                 a, b = work / "own_process_1" / "prompts.safetensors", work / "forked_1" / "prompts.safetensors"
                 same = a.read_bytes() == b.read_bytes()
-            rows.append({"job": label, "own_s": own, "forked_s": forked, "ratio": own / forked, "same_output": same,
-                         "own_all": times["own process"], "forked_all": times["forked"]})
+            rows.append(
+                {
+                    "job": label,
+                    "own_s": own,
+                    "forked_s": forked,
+                    "ratio": own / forked,
+                    "same_output": same,
+                    "own_all": times["own process"],
+                    "forked_all": times["forked"],
+                }
+            )
             print(f"{label}: own process {own:.2f} s, forked {forked:.2f} s, {own / forked:.1f}x", flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -110,10 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         same = "-" if r["same_output"] is None else ("yes" if r["same_output"] else "NO")
         lines.append(f"| {r['job']} | {r['own_s']:.2f} s | {r['forked_s']:.2f} s | **{r['ratio']:.1f}x** | {same} |")
-    lines += ["", "Raw times (s): " + "; ".join(
-        f"{r['job']}: own {', '.join(f'{t:.2f}' for t in r['own_all'])} / forked "
-        f"{', '.join(f'{t:.2f}' for t in r['forked_all'])}" for r in rows), "",
-        "```json", json.dumps({"machine": machine, "rows": rows}, indent=1), "```", ""]
+    lines += [
+        "",
+        "Raw times (s): "
+        + "; ".join(
+            f"{r['job']}: own {', '.join(f'{t:.2f}' for t in r['own_all'])} / forked "
+            f"{', '.join(f'{t:.2f}' for t in r['forked_all'])}"
+            for r in rows
+        ),
+        "",
+        "```json",
+        json.dumps({"machine": machine, "rows": rows}, indent=1),
+        "```",
+        "",
+    ]
     write_report(args.out, "\n".join(lines))
     return 0 if all(r["same_output"] in (None, True) for r in rows) else 1
 

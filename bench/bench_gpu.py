@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import machine_info, machine_lines  # noqa: E402
+
 from prompt_ot.data.augment import TrainViews  # noqa: E402
 from prompt_ot.data.imagenet_classes import imagenet_classnames  # noqa: E402
 from prompt_ot.data.registry import dataset_spec  # noqa: E402
@@ -52,8 +53,19 @@ from prompt_ot.train import RunSpec, TrainConfig, _packed_step, _Run, train_pack
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = "ViT-B-16-quickgelu"
 SHOTS, BATCH = 16, 4
-B2N_DATASETS = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
-                "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+B2N_DATASETS = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "flowers102",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+]
 
 
 class ArrayStore:
@@ -101,14 +113,26 @@ def make_specs(clip, tokenizer, n_runs: int, n_classes: int, epochs: int, precis
     method = get_method("prompt_ot")
     side = image_size(clip)
     classnames = imagenet_classnames()[:n_classes]
-    dim = clip.text_projection.shape[1] if not isinstance(clip.text_projection, torch.nn.Linear) else clip.text_projection.out_features
+    dim = (
+        clip.text_projection.shape[1]
+        if not isinstance(clip.text_projection, torch.nn.Linear)
+        else clip.text_projection.out_features
+    )
     specs = []
     for seed in range(1, n_runs + 1):
         count = SHOTS * n_classes
         store = ArrayStore(count, n_classes, seed)
         config = TrainConfig(epochs=epochs, precision=precision, device=device, seed=seed)
-        specs.append(RunSpec(method, build_model(method, clip, tokenizer, seed=seed), TrainViews(store, seed, side),
-                             classnames, config, frozen_image_features=CachedFeatures(epochs, count, dim, seed)))
+        specs.append(
+            RunSpec(
+                method,
+                build_model(method, clip, tokenizer, seed=seed),
+                TrainViews(store, seed, side),
+                classnames,
+                config,
+                frozen_image_features=CachedFeatures(epochs, count, dim, seed),
+            )
+        )
     return specs
 
 
@@ -143,9 +167,14 @@ def step_throughput(clip, tokenizer, n_runs: int, n_classes: int, steps: int, de
         step()
     synchronize(device)
     seconds = (time.perf_counter() - started) / steps
-    return {"runs": n_runs, "classes": n_classes, "step_s": seconds, "images_per_s": n_runs * BATCH / seconds,
-            "sync_free": sync_free,
-            "memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
+    return {
+        "runs": n_runs,
+        "classes": n_classes,
+        "step_s": seconds,
+        "images_per_s": n_runs * BATCH / seconds,
+        "sync_free": sync_free,
+        "memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
+    }
 
 
 def evaluate_throughput(model, n_images: int, n_classes: int, device: torch.device, batch: int = 256) -> float:
@@ -166,8 +195,9 @@ def evaluate_throughput(model, n_images: int, n_classes: int, device: torch.devi
     return time.perf_counter() - started
 
 
-def full_run(clip, tokenizer, n_runs: int, epochs: int, device: torch.device, n_classes: int = 50,
-             n_test: int = 2500) -> dict:
+def full_run(
+    clip, tokenizer, n_runs: int, epochs: int, device: torch.device, n_classes: int = 50, n_test: int = 2500
+) -> dict:
     specs = make_specs(clip, tokenizer, n_runs, n_classes, epochs=epochs, precision="bf16", device=str(device))
     synchronize(device)
     started = time.perf_counter()
@@ -175,9 +205,15 @@ def full_run(clip, tokenizer, n_runs: int, epochs: int, device: torch.device, n_
     synchronize(device)
     train_s = time.perf_counter() - started
     eval_s = sum(evaluate_throughput(spec.model, n_test, 2 * n_classes, device) for spec in specs)
-    return {"runs": n_runs, "epochs": epochs, "train_s": train_s, "eval_s": eval_s, "total_s": train_s + eval_s,
-            "steps_per_run": epochs * (SHOTS * n_classes // BATCH),
-            "final_loss": [r.history[-1]["loss"] for r in results]}
+    return {
+        "runs": n_runs,
+        "epochs": epochs,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "total_s": train_s + eval_s,
+        "steps_per_run": epochs * (SHOTS * n_classes // BATCH),
+        "final_loss": [r.history[-1]["loss"] for r in results],
+    }
 
 
 def projection(steps: list[dict], eval_per_image_s: float, epochs: int, pack: int) -> dict:
@@ -193,8 +229,15 @@ def projection(steps: list[dict], eval_per_image_s: float, epochs: int, pack: in
         step_s = max(t0 + slope * (base - c0), 1e-9)
         train_s = epochs * steps_per_epoch * step_s * math.ceil(3 / pack)  # 3 seeds, `pack` of them per process
         eval_s = 3 * extra["split_sizes"][2] * eval_per_image_s
-        rows.append({"dataset": name, "base_classes": base, "steps": epochs * steps_per_epoch,
-                     "train_s": train_s, "eval_s": eval_s})
+        rows.append(
+            {
+                "dataset": name,
+                "base_classes": base,
+                "steps": epochs * steps_per_epoch,
+                "train_s": train_s,
+                "eval_s": eval_s,
+            }
+        )
         total += train_s + eval_s
     return {"pack": pack, "rows": rows, "total_s": total}
 
@@ -214,34 +257,52 @@ def report(steps_part: dict | None, complete_part: dict | None) -> str:
     if steps_part is None:
         lines += ["## Training step", "", "Not measured yet: run `bash bench/gpu.sh steps`.", ""]
     else:
-        lines += ["## Training step", "",
-                  "| packed runs | classes | step | training images/s | no host sync in the step | peak memory |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Training step",
+            "",
+            "| packed runs | classes | step | training images/s | no host sync in the step | peak memory |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in steps_part["steps"]:
-            lines.append(f"| {row['runs']} | {row['classes']} | {1000 * row['step_s']:.1f} ms | "
-                         f"{row['images_per_s']:.0f} | {'yes' if row['sync_free'] is True else row['sync_free']} | "
-                         f"{row['memory_gib']:.1f} GiB |")
-        lines += ["", f"Evaluation (prompted encoders, bf16, batch 256): {1e3 * steps_part['eval_per_image_s']:.3f} ms "
-                      "per test image.", ""]
+            lines.append(
+                f"| {row['runs']} | {row['classes']} | {1000 * row['step_s']:.1f} ms | "
+                f"{row['images_per_s']:.0f} | {'yes' if row['sync_free'] is True else row['sync_free']} | "
+                f"{row['memory_gib']:.1f} GiB |"
+            )
+        lines += [
+            "",
+            f"Evaluation (prompted encoders, bf16, batch 256): {1e3 * steps_part['eval_per_image_s']:.3f} ms "
+            "per test image.",
+            "",
+        ]
     lines += ["## One complete base-to-novel run (50 base classes, 16 shots, 2,500 test images)", ""]
     if complete_part is None:
         lines += ["Not measured yet: run `bash bench/gpu.sh complete`.", ""]
     else:
-        lines += ["| runs | epochs | steps per run | training | evaluation | total | per run |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| runs | epochs | steps per run | training | evaluation | total | per run |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in complete_part["full"]:
-            lines.append(f"| {row['runs']} {'packed' if row['runs'] > 1 else 'alone'} | {row['epochs']} | "
-                         f"{row['steps_per_run']} | {row['train_s']:.0f} s | {row['eval_s']:.0f} s | "
-                         f"{row['total_s']:.0f} s | {row['total_s'] / row['runs']:.0f} s |")
+            lines.append(
+                f"| {row['runs']} {'packed' if row['runs'] > 1 else 'alone'} | {row['epochs']} | "
+                f"{row['steps_per_run']} | {row['train_s']:.0f} s | {row['eval_s']:.0f} s | "
+                f"{row['total_s']:.0f} s | {row['total_s'] / row['runs']:.0f} s |"
+            )
         lines.append("")
     for proj in (steps_part or {}).get("projections", []):
         label = "3 seeds packed per process" if proj["pack"] == 3 else "one run per process"
-        lines += [f"## Projection: the 33-run base-to-novel table, {label} (estimate from the measured times above)",
-                  "", "| dataset | base classes | steps per run | training (3 seeds) | evaluation (3 seeds) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"## Projection: the 33-run base-to-novel table, {label} (estimate from the measured times above)",
+            "",
+            "| dataset | base classes | steps per run | training (3 seeds) | evaluation (3 seeds) |",
+            "|---|---|---|---|---|",
+        ]
         for row in proj["rows"]:
-            lines.append(f"| {row['dataset']} | {row['base_classes']} | {row['steps']} | {row['train_s'] / 60:.1f} min | "
-                         f"{row['eval_s'] / 60:.1f} min |")
+            lines.append(
+                f"| {row['dataset']} | {row['base_classes']} | {row['steps']} | {row['train_s'] / 60:.1f} min | "
+                f"{row['eval_s'] / 60:.1f} min |"
+            )
         lines += [f"| **all 33 runs** | | | | **{proj['total_s'] / 3600:.2f} GPU-hours** |", ""]
     lines += ["Goal: the 33-run table within 1 GPU-hour on one H200-class GPU.", ""]
     return "\n".join(lines)
@@ -257,13 +318,19 @@ def measure_steps(clip, tokenizer, args, device: torch.device) -> dict:
         for n_runs in (1, 3, 8):
             row = step_throughput(clip, tokenizer, n_runs, n_classes, args.steps, device)
             steps.append(row)
-            print(f"step: {n_runs} run(s), {n_classes} classes: {1000 * row['step_s']:.1f} ms, "
-                  f"{row['images_per_s']:.0f} images/s, sync-free {row['sync_free']}", flush=True)
+            print(
+                f"step: {n_runs} run(s), {n_classes} classes: {1000 * row['step_s']:.1f} ms, "
+                f"{row['images_per_s']:.0f} images/s, sync-free {row['sync_free']}",
+                flush=True,
+            )
     model = build_model(get_method("prompt_ot"), clip, tokenizer, seed=1)
     eval_per_image = evaluate_throughput(model, 5000, 100, device) / 5000
     print(f"evaluation: {1e3 * eval_per_image:.3f} ms per test image", flush=True)
-    return {"steps": steps, "eval_per_image_s": eval_per_image,
-            "projections": [projection(steps, eval_per_image, 40, pack) for pack in (1, 3)]}
+    return {
+        "steps": steps,
+        "eval_per_image_s": eval_per_image,
+        "projections": [projection(steps, eval_per_image, 40, pack) for pack in (1, 3)],
+    }
 
 
 def measure_complete(clip, tokenizer, args, device: torch.device) -> dict:
@@ -271,15 +338,22 @@ def measure_complete(clip, tokenizer, args, device: torch.device) -> dict:
     for n_runs in (1, 3):
         row = full_run(clip, tokenizer, n_runs, args.epochs, device)
         full.append(row)
-        print(f"complete run: {n_runs} run(s), {args.epochs} epochs: train {row['train_s']:.0f} s, "
-              f"eval {row['eval_s']:.0f} s", flush=True)
+        print(
+            f"complete run: {n_runs} run(s), {args.epochs} epochs: train {row['train_s']:.0f} s, "
+            f"eval {row['eval_s']:.0f} s",
+            flush=True,
+        )
     return {"full": full}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "steps", "complete"], default="all",
-                        help="steps: throughput, evaluation and projection; complete: the complete runs")
+    parser.add_argument(
+        "--part",
+        choices=["all", "steps", "complete"],
+        default="all",
+        help="steps: throughput, evaluation and projection; complete: the complete runs",
+    )
     parser.add_argument("--epochs", type=int, default=40, help="epochs of the complete run (params.yaml: 40)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per throughput row")
     parser.add_argument("--quick", action="store_true", help="2 epochs for the complete run, 10 timed steps")
@@ -290,24 +364,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():  # `make bench` on a machine without a GPU
-        print("bench_gpu.py: skipped, no CUDA GPU here (bench/gpu.sh runs it where there is one; "
-              "--device cpu checks the script itself)")
+        print(
+            "bench_gpu.py: skipped, no CUDA GPU here (bench/gpu.sh runs it where there is one; "
+            "--device cpu checks the script itself)"
+        )
         return 0
     if args.quick:
         args.epochs, args.steps = 2, 10
     torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python bench/bench_gpu.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python bench/bench_gpu.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     clip, tokenizer, _ = load_backbone(args.backbone, "none", device=str(device))
     measures = {"steps": measure_steps, "complete": measure_complete}
-    for part in (["steps", "complete"] if args.part == "all" else [args.part]):
+    for part in ["steps", "complete"] if args.part == "all" else [args.part]:
         machine = machine_info()  # date and load average at the start of each part
-        result = {"part": part, "command": command.strip(), "machine": machine,
-                  **measures[part](clip, tokenizer, args, device)}
+        result = {
+            "part": part,
+            "command": command.strip(),
+            "machine": machine,
+            **measures[part](clip, tokenizer, args, device),
+        }
         part_file(out, part).write_text(json.dumps(result, indent=1, default=str) + "\n")
-    found = {part: json.loads(part_file(out, part).read_text()) if part_file(out, part).exists() else None
-             for part in ("steps", "complete")}
+    found = {
+        part: json.loads(part_file(out, part).read_text()) if part_file(out, part).exists() else None
+        for part in ("steps", "complete")
+    }
     text = report(found["steps"], found["complete"])
     out.write_text(text)
     print(text)

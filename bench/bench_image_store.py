@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model, pot_version  # noqa: E402
+
 from prompt_ot.data.augment import CLIP_MEAN, CLIP_STD, TrainViews, train_view  # noqa: E402
 from prompt_ot.data.registry import Item  # noqa: E402
 from prompt_ot.data.store import build_store, default_train_short_side, resize_center_crop  # noqa: E402
@@ -60,14 +61,16 @@ class JpegFiles(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[Path], labels: list[int]):
         self.paths, self.labels = paths, labels
-        self.transform = transforms.Compose([
-            transforms.RandomResizedCrop(
-                IMAGE_SIZE, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
-            ),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(CLIP_MEAN, CLIP_STD),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    IMAGE_SIZE, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+                ),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(CLIP_MEAN, CLIP_STD),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,7 +127,11 @@ def time_epoch(dataset, workers: int, epoch: int, batch_size: int) -> float:
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
         generator=torch.Generator().manual_seed(epoch),
     )
     start = time.perf_counter()
@@ -169,24 +176,34 @@ def measure_set(tmp: Path, name: str, count: int, width: int, height: int, args)
             for key, dataset in pipelines.items():
                 seconds[key].append(time_epoch(dataset, workers, epoch, args.batch_size))
         median = {key: float(np.median(s[1:] or s)) for key, s in seconds.items()}
-        rows.append({
-            "workers": workers,
-            **{f"{key}_epoch_s": round(median[key], 3) for key in pipelines},
-            **{f"{key}_images_per_s": round(per_epoch / median[key], 1) for key in pipelines},
-            "speedup_before": round(median["jpeg"] / median["before"], 2),
-            "speedup_after": round(median["jpeg"] / median["after"], 2),
-            "after_over_before": round(median["after"] / median["before"], 2),
-            **{f"{key}_all_epochs_s": [round(x, 3) for x in s] for key, s in seconds.items()},
-        })
-        print(f"{name} workers={workers}: before {median['before']:.2f} s/epoch, after {median['after']:.2f}, "
-              f"JPEG {median['jpeg']:.2f}; JPEG/after {median['jpeg'] / median['after']:.2f}x", flush=True)
+        rows.append(
+            {
+                "workers": workers,
+                **{f"{key}_epoch_s": round(median[key], 3) for key in pipelines},
+                **{f"{key}_images_per_s": round(per_epoch / median[key], 1) for key in pipelines},
+                "speedup_before": round(median["jpeg"] / median["before"], 2),
+                "speedup_after": round(median["jpeg"] / median["after"], 2),
+                "after_over_before": round(median["after"] / median["before"], 2),
+                **{f"{key}_all_epochs_s": [round(x, 3) for x in s] for key, s in seconds.items()},
+            }
+        )
+        print(
+            f"{name} workers={workers}: before {median['before']:.2f} s/epoch, after {median['after']:.2f}, "
+            f"JPEG {median['jpeg']:.2f}; JPEG/after {median['jpeg'] / median['after']:.2f}x",
+            flush=True,
+        )
     stored = store.stored_sizes
     return {
-        "name": name, "images": count, "width": width, "height": height, "per_epoch": per_epoch,
+        "name": name,
+        "images": count,
+        "width": width,
+        "height": height,
+        "per_epoch": per_epoch,
         "jpeg_mib": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
         "before_mib": round((tmp / name / "previous.npy").stat().st_size / 2**20, 1),
         "after_mib": round(folder_mib(tmp / name / "store"), 1),
-        "before_build_s": round(before_build_s, 2), "after_build_s": round(after_build_s, 2),
+        "before_build_s": round(before_build_s, 2),
+        "after_build_s": round(after_build_s, 2),
         "after_stored_size": [int(stored[:, 1].max()), int(stored[:, 0].max())],  # width x height
         "rows": rows,
     }
@@ -196,34 +213,37 @@ def report_text(result: dict) -> str:
     sets, machine = result["sets"], result["machine"]
     placement = ";\n".join(
         f"{s['width']}x{s['height']} is below the cap, so those images are stored exactly as decoded"
-        if s["after_stored_size"] == [s["width"], s["height"]] else
-        f"{s['width']}x{s['height']} is above the cap, so they are stored at "
-        f"{s['after_stored_size'][0]}x{s['after_stored_size'][1]}" for s in sets
+        if s["after_stored_size"] == [s["width"], s["height"]]
+        else f"{s['width']}x{s['height']} is above the cap, so they are stored at "
+        f"{s['after_stored_size'][0]}x{s['after_stored_size'][1]}"
+        for s in sets
     )
     sizes = "\n".join(
         f"| {s['width']}x{s['height']} | {s['images']} | {s['jpeg_mib']} | {s['before_mib']} "
         f"({s['before_build_s']} s) | {s['after_mib']} ({s['after_build_s']} s) | "
-        f"{s['after_stored_size'][0]}x{s['after_stored_size'][1]} |" for s in sets
+        f"{s['after_stored_size'][0]}x{s['after_stored_size'][1]} |"
+        for s in sets
     )
     speed = "\n".join(
         f"| {s['width']}x{s['height']} | {r['workers']} | {r['before_epoch_s']} | {r['after_epoch_s']} | "
         f"{r['jpeg_epoch_s']} | {r['before_images_per_s']} / {r['after_images_per_s']} / {r['jpeg_images_per_s']} | "
         f"{r['speedup_before']}x | {r['speedup_after']}x | {r['after_over_before']}x |"
-        for s in sets for r in s["rows"]
+        for s in sets
+        for r in s["rows"]
     )
     return f"""# Image store (previous and current layout) vs decoding JPEGs every epoch
 
-Command: `{result['command']}`
+Command: `{result["command"]}`
 
 Generated photo-like JPEGs (quality 90) at two sizes, training views of {IMAGE_SIZE} px, batch
-{result['batch_size']}, shuffled DataLoader, median of epochs 2..{result['epochs']} (epoch 1 is a warm-up; the three
+{result["batch_size"]}, shuffled DataLoader, median of epochs 2..{result["epochs"]} (epoch 1 is a warm-up; the three
 pipelines alternate epoch by epoch in one run):
 
 - **before**: the previous store layout, emulated in the script: every image resized to shorter side
   {PREVIOUS_SIDE} and centre-cropped to {PREVIOUS_SIDE}x{PREVIOUS_SIDE}, the random resized crop drawn on that square
   (a narrower field of view than the reference's for any non-square image);
 - **after**: the current store: the whole image, aspect ratio kept, shorter side capped at
-  {result['cap']} px (automatic for {IMAGE_SIZE} px inputs: the smallest cap at which every crop is still a
+  {result["cap"]} px (automatic for {IMAGE_SIZE} px inputs: the smallest cap at which every crop is still a
   downscale), the crop box drawn on the original image size, so the boxes are torchvision's
   RandomResizedCrop boxes on the original file;
 - **JPEG**: decode the file every epoch, torchvision RandomResizedCrop + flip (the reference's pipeline).
@@ -243,10 +263,10 @@ and each batch crosses a process boundary; all pipelines pay that alike.
 |---|---:|---:|---:|---:|---|---:|---:|---:|
 {speed}
 
-Date: {machine['date']}. Machine: {machine['cpu']}, {machine['cpus']} cores ({machine['platform']}),
-Python {machine['python']}, torch {machine['torch']}, torchvision {machine['torchvision']}, Pillow
-{machine['pillow']}, POT {machine['pot']}, GPU: {machine['gpu'] or 'none (CPU run)'}. Load average
-{machine['load_average_at_start'][0]} at start: a 2-core machine shared with other work, so the absolute
+Date: {machine["date"]}. Machine: {machine["cpu"]}, {machine["cpus"]} cores ({machine["platform"]}),
+Python {machine["python"]}, torch {machine["torch"]}, torchvision {machine["torchvision"]}, Pillow
+{machine["pillow"]}, POT {machine["pot"]}, GPU: {machine["gpu"] or "none (CPU run)"}. Load average
+{machine["load_average_at_start"][0]} at start: a 2-core machine shared with other work, so the absolute
 figures carry that contention; the pipelines alternate epoch by epoch within one run, so their ratios are
 less affected.
 
@@ -268,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # one thread per loader process, as in the usual data-loading setup
     load_at_start = os.getloadavg()  # other work on the machine slows all pipelines alike
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    print(f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
-          flush=True)
+    print(
+        f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
+        flush=True,
+    )
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         sets = [measure_set(Path(tmp), "photos_500x375", args.images, 500, 375, args)]
@@ -277,14 +299,24 @@ def main(argv: list[str] | None = None) -> int:
             sets.append(measure_set(Path(tmp), "photos_1600x1200", args.large_images, 1600, 1200, args))
     result = {
         "command": f"python bench/bench_image_store.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
-        "image_size": IMAGE_SIZE, "previous_side": PREVIOUS_SIDE, "cap": default_train_short_side(IMAGE_SIZE),
-        "batch_size": args.batch_size, "epochs": args.epochs, "sets": sets,
+        "image_size": IMAGE_SIZE,
+        "previous_side": PREVIOUS_SIDE,
+        "cap": default_train_short_side(IMAGE_SIZE),
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "sets": sets,
         "wall_s": round(time.perf_counter() - wall, 1),
         "machine": {
-            "date": started, "platform": platform.platform(), "cpu": cpu_model(),
-            "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "pillow": PIL.__version__, "pot": pot_version(),
+            "date": started,
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "pillow": PIL.__version__,
+            "pot": pot_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }

@@ -37,8 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import prompt_ot.losses.ot as ot_module  # noqa: E402
 from machine import machine_info  # noqa: E402
+
+import prompt_ot.losses.ot as ot_module  # noqa: E402
 from prompt_ot.losses.ot import DEFAULT_REG, DEFAULT_REG_M, transport_cost, transport_plan  # noqa: E402
 
 BATCH_SIZES = [4, 8, 16, 32, 64, 128, 256]
@@ -117,8 +118,9 @@ def host_syncs(fn, device: torch.device) -> str:
     return verdict
 
 
-def bench_device(device: torch.device, batch_sizes: list[int], warmup: int, repeats: int, budget_s: float,
-                 queued_calls: int) -> list[dict]:
+def bench_device(
+    device: torch.device, batch_sizes: list[int], warmup: int, repeats: int, budget_s: float, queued_calls: int
+) -> list[dict]:
     rows = []
     for batch in batch_sizes:
         generator = torch.Generator().manual_seed(batch)
@@ -130,24 +132,39 @@ def bench_device(device: torch.device, batch_sizes: list[int], warmup: int, repe
         pot_plans = {}
         for solver in SOLVERS:
             kwargs = {"backend": "pot"} if HAS_TORCH_BACKEND else {}
-            seconds, n, plan = time_solve(lambda: transport_plan(cost, solver, **kwargs), device, warmup,
-                                          repeats, budget_s)
+            seconds, n, plan = time_solve(
+                lambda: transport_plan(cost, solver, **kwargs), device, warmup, repeats, budget_s
+            )
             pot_plans[solver] = plan.double().cpu()
-            row[f"pot_{solver}"] = {"us": round(1e6 * seconds, 1), "repeats": n,
-                                    "plan_mass": round(float(plan.sum()), 6)}
+            row[f"pot_{solver}"] = {
+                "us": round(1e6 * seconds, 1),
+                "repeats": n,
+                "plan_mass": round(float(plan.sum()), 6),
+            }
         row["reference_vs_pot_exact_max_abs"] = float((ref_plan.double().cpu() - pot_plans["exact"]).abs().max())
         if HAS_TORCH_BACKEND:
             cost64 = cost.double()  # plans compared in float64, below float32's resolution of 1/B
             for solver in SOLVERS:
+
                 def solve():
                     return transport_plan(cost, solver, backend="torch")
 
                 seconds, n, plan = time_solve(solve, device, warmup, repeats, budget_s)
-                diff = (transport_plan(cost64, solver, backend="torch").cpu()
-                        - transport_plan(cost64, solver, backend="pot").cpu()).abs().max()
-                entry = {"us": round(1e6 * seconds, 1), "repeats": n, "plan_max_abs_diff_vs_pot": float(diff),
-                         "float32_plan_max_abs_diff_vs_pot": float((plan.double().cpu() - pot_plans[solver]).abs().max()),
-                         "plan_mass": round(float(plan.sum()), 6)}
+                diff = (
+                    (
+                        transport_plan(cost64, solver, backend="torch").cpu()
+                        - transport_plan(cost64, solver, backend="pot").cpu()
+                    )
+                    .abs()
+                    .max()
+                )
+                entry = {
+                    "us": round(1e6 * seconds, 1),
+                    "repeats": n,
+                    "plan_max_abs_diff_vs_pot": float(diff),
+                    "float32_plan_max_abs_diff_vs_pot": float((plan.double().cpu() - pot_plans[solver]).abs().max()),
+                    "plan_mass": round(float(plan.sum()), 6),
+                }
                 if solver == "exact" and MAX_ENUMERATED is not None and batch > MAX_ENUMERATED:
                     entry["pot_fallback"] = True
                 if device.type == "cuda":
@@ -188,32 +205,53 @@ def tables(rows: list[dict]) -> str:
             t = r.get(f"torch_{solver}")
             if t is None:
                 return ["–", "–"] + (["–", "–"] if gpu else [])
-            cells = [fmt_time(t["us"]) + (" (POT)" if t.get("pot_fallback") else ""),
-                     fmt_diff(t["plan_max_abs_diff_vs_pot"])]
+            cells = [
+                fmt_time(t["us"]) + (" (POT)" if t.get("pot_fallback") else ""),
+                fmt_diff(t["plan_max_abs_diff_vs_pot"]),
+            ]
             if gpu:
                 cells += [fmt_time(t.get("queued_us")), t.get("host_sync", "–")]
             return cells
 
         out.append(f"### Exact OT, cost on the {where} ({device})\n")
-        out.append("| B | POT `ot.emd`, NumPy copy (reference) | `backend=\"pot\"` | `backend=\"torch\"` | "
-                   f"max abs(P_torch − P_POT){queued_head} |")
+        out.append(
+            '| B | POT `ot.emd`, NumPy copy (reference) | `backend="pot"` | `backend="torch"` | '
+            f"max abs(P_torch − P_POT){queued_head} |"
+        )
         out.append(f"|---:|---:|---:|---:|---:{queued_rule}|")
         for r in dev_rows:
-            cells = [str(r["batch"]), fmt_time(r["reference_emd_numpy"]["us"]), fmt_time(r["pot_exact"]["us"]),
-                     *torch_cells(r, "exact")]
+            cells = [
+                str(r["batch"]),
+                fmt_time(r["reference_emd_numpy"]["us"]),
+                fmt_time(r["pot_exact"]["us"]),
+                *torch_cells(r, "exact"),
+            ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-        out.append(f"### Entropic OT (reg {DEFAULT_REG}) and unbalanced OT (reg {DEFAULT_REG}, reg_m {DEFAULT_REG_M}), "
-                   f"cost on the {where} ({device})\n")
+        out.append(
+            f"### Entropic OT (reg {DEFAULT_REG}) and unbalanced OT (reg {DEFAULT_REG}, reg_m {DEFAULT_REG_M}), "
+            f"cost on the {where} ({device})\n"
+        )
         q2 = " | torch queued | host sync" if gpu else ""
-        out.append(f"| B | POT `sinkhorn_log` | torch Sinkhorn | max abs(ΔP){q2} | POT unbalanced | torch unbalanced "
-                   f"| max abs(ΔP){q2} |")
+        out.append(
+            f"| B | POT `sinkhorn_log` | torch Sinkhorn | max abs(ΔP){q2} | POT unbalanced | torch unbalanced "
+            f"| max abs(ΔP){q2} |"
+        )
         out.append(f"|---:|---:|---:|---:{queued_rule}|---:|---:|---:{queued_rule}|")
         for r in dev_rows:
             sink = torch_cells(r, "sinkhorn")
             unb = torch_cells(r, "unbalanced")
-            cells = [str(r["batch"]), fmt_time(r["pot_sinkhorn"]["us"]), *sink[:1], sink[1], *sink[2:],
-                     fmt_time(r["pot_unbalanced"]["us"]), unb[0], unb[1], *unb[2:]]
+            cells = [
+                str(r["batch"]),
+                fmt_time(r["pot_sinkhorn"]["us"]),
+                *sink[:1],
+                sink[1],
+                *sink[2:],
+                fmt_time(r["pot_unbalanced"]["us"]),
+                unb[0],
+                unb[1],
+                *unb[2:],
+            ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -221,43 +259,49 @@ def tables(rows: list[dict]) -> str:
 
 def report(result: dict) -> str:
     m = result["machine"]
-    gpu_line = (f"GPU: {m['gpu']}." if m["gpu"] else
-                "GPU: none (`torch.cuda.is_available()` is False), so only the CPU tables are here; on a machine "
-                "with CUDA the same command adds the GPU tables.")
-    torch_note = ("" if result["torch_backend"] else
-                  "\n**`transport_plan` has no `backend=` argument in this checkout: the torch columns are empty.**\n")
-    return f"""# OT solvers: cost per solve for batch sizes {result['batch_sizes'][0]} to {result['batch_sizes'][-1]}
+    gpu_line = (
+        f"GPU: {m['gpu']}."
+        if m["gpu"]
+        else "GPU: none (`torch.cuda.is_available()` is False), so only the CPU tables are here; on a machine "
+        "with CUDA the same command adds the GPU tables."
+    )
+    torch_note = (
+        ""
+        if result["torch_backend"]
+        else "\n**`transport_plan` has no `backend=` argument in this checkout: the torch columns are empty.**\n"
+    )
+    return f"""# OT solvers: cost per solve for batch sizes {result["batch_sizes"][0]} to {result["batch_sizes"][-1]}
 
-Command: `{result['command']}`
+Command: `{result["command"]}`
 
-Date: {m['date']}. Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}), Python {m['python']},
-torch {m['torch']} ({m['torch_threads']} CPU thread(s), `--threads`), POT {m['pot']}, NumPy {m['numpy']}. {gpu_line}
-Load average {m['load_average_at_start'][0]} at start: a 2-core machine shared with other agents'
+Date: {m["date"]}. Machine: {m["cpu"]}, {m["cores"]} cores ({m["platform"]}), Python {m["python"]},
+torch {m["torch"]} ({m["torch_threads"]} CPU thread(s), `--threads`), POT {m["pot"]}, NumPy {m["numpy"]}. {gpu_line}
+Load average {m["load_average_at_start"][0]} at start: a 2-core machine shared with other agents'
 test runs, so absolute times carry that contention; the columns of one row are measured in the same
 run, one right after the other, so their ratios are less affected than the absolute figures. torch
-runs with {m['torch_threads']} CPU thread(s) (`--threads`; one is what every pipeline job uses): in trial runs with
+runs with {m["torch_threads"]} CPU thread(s) (`--threads`; one is what every pipeline job uses): in trial runs with
 two threads on this busy machine, each small parallel op could wait for a descheduled core and the
 torch-side times were erratic and many times slower.
 {torch_note}
 Cost: square B x B, C_ij = {ETA} · ||u_i − v_j||², u and v random joint rows (a unit image half and a
 unit text half of {HALF_DIM} dimensions each), float32 on the device named in each table, built once
 per B (not timed). Each figure is the median wall time of one solve, from the cost on its device to
-the plan on that device (host copies included), over up to {result['repeats']} repeats after
-{result['warmup']} warm-up solves (fewer repeats, at least 3, where one solve takes long: about
-{result['budget_s']} s per cell; the JSON below lists the repeats of each cell).
+the plan on that device (host copies included), over up to {result["repeats"]} repeats after
+{result["warmup"]} warm-up solves (fewer repeats, at least 3, where one solve takes long: about
+{result["budget_s"]} s per cell; the JSON below lists the repeats of each cell).
 The reference column is the released code's way: `ot.emd` on a NumPy float64 copy. `backend="pot"`
 is `transport_plan(cost, solver, backend="pot")` (float64 CPU copy through POT: `ot.emd`,
 `ot.sinkhorn(method="sinkhorn_log")` to stopThr 1e-6, POT's unbalanced Sinkhorn); `backend="torch"`
-solves on the cost's device (exact by enumerating the B! assignments for B <= {result['max_enumerated']}, and
-by POT on the CPU above that, marked "(POT)"; {result['device_iterations']} log-domain Sinkhorn iterations, with no
+solves on the cost's device (exact by enumerating the B! assignments for B <= {result["max_enumerated"]}, and
+by POT on the CPU above that, marked "(POT)"; {result["device_iterations"]} log-domain Sinkhorn iterations, with no
 convergence test, for the entropic solvers). max abs(ΔP) is the largest entry of |P_torch − P_POT| for
 the same solver and cost, both solved from a float64 copy of the cost (uniform marginals, so plan
 entries are at most 1/B; the JSON also gives the float32 plans' difference).
-On the GPU, "queued" is the time per solve when {result['queued_calls']} solves are issued and
+On the GPU, "queued" is the time per solve when {result["queued_calls"]} solves are issued and
 synchronised once, and "host sync" says whether one solve raised under
 `torch.cuda.set_sync_debug_mode("error")`.
 
-{tables(result['rows'])}
+{tables(result["rows"])}
 ```json
 {json.dumps(result, indent=1)}
 ```
@@ -270,12 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=BATCH_SIZES)
     parser.add_argument("--repeats", type=int, default=None, help="timed solves per cell (default 30; --quick 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed solves first (default 3; --quick 1)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds per cell after which no more repeats start (default 3; --quick 0.5)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds per cell after which no more repeats start (default 3; --quick 0.5)",
+    )
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1, as every pipeline job: on a busy machine a second "
-                             "thread makes each small parallel op wait for a descheduled core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, as every pipeline job: on a busy machine a second "
+        "thread makes each small parallel op wait for a descheduled core)",
+    )
     parser.add_argument("--out", default="reports/perf/ot_solvers.md")
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 30)
@@ -286,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    print(f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"POT {machine['pot']}, GPU {machine['gpu'] or 'none'}, load {machine['load_average_at_start'][0]}",
-          flush=True)
+    print(
+        f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"POT {machine['pot']}, GPU {machine['gpu'] or 'none'}, load {machine['load_average_at_start'][0]}",
+        flush=True,
+    )
     if not HAS_TORCH_BACKEND:
         print("transport_plan has no backend= argument here: timing the POT solvers only", flush=True)
     rows = []
@@ -296,10 +350,19 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_device(torch.device(device), args.batch_sizes, warmup, repeats, budget, queued_calls)
     result = {
         "command": f"python bench/bench_ot.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
-        "batch_sizes": args.batch_sizes, "repeats": repeats, "warmup": warmup, "budget_s": budget,
-        "queued_calls": queued_calls, "eta": ETA, "reg": DEFAULT_REG, "reg_m": DEFAULT_REG_M,
-        "torch_backend": HAS_TORCH_BACKEND, "max_enumerated": MAX_ENUMERATED, "device_iterations": DEVICE_ITERATIONS,
-        "machine": machine, "rows": rows,
+        "batch_sizes": args.batch_sizes,
+        "repeats": repeats,
+        "warmup": warmup,
+        "budget_s": budget,
+        "queued_calls": queued_calls,
+        "eta": ETA,
+        "reg": DEFAULT_REG,
+        "reg_m": DEFAULT_REG_M,
+        "torch_backend": HAS_TORCH_BACKEND,
+        "max_enumerated": MAX_ENUMERATED,
+        "device_iterations": DEVICE_ITERATIONS,
+        "machine": machine,
+        "rows": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

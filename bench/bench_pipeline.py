@@ -52,8 +52,9 @@ def command_line(args: list[str]) -> list[str]:
 def run_timed(args: list[str], folder: Path, timeout: float) -> tuple[float, subprocess.CompletedProcess | None]:
     start = time.perf_counter()
     try:
-        result = subprocess.run(command_line(args), cwd=folder, capture_output=True, text=True, env=quiet_env(),
-                                timeout=timeout)
+        result = subprocess.run(
+            command_line(args), cwd=folder, capture_output=True, text=True, env=quiet_env(), timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return time.perf_counter() - start, None
     return time.perf_counter() - start, result
@@ -75,8 +76,12 @@ def dvc_status_stages(stdout: str) -> int:
 
 
 def summary(times: list[float]) -> dict:
-    return {"median_s": round(float(np.median(times)), 3), "min_s": round(min(times), 3),
-            "first_s": round(times[0], 3), "all_s": [round(t, 3) for t in times]}
+    return {
+        "median_s": round(float(np.median(times)), 3),
+        "min_s": round(min(times), 3),
+        "first_s": round(times[0], 3),
+        "all_s": [round(t, 3) for t in times],
+    }
 
 
 def bench(folder: Path, repeats: int, repro_repeats: int, repro_limit: float) -> dict:
@@ -88,13 +93,19 @@ def bench(folder: Path, repeats: int, repro_repeats: int, repro_limit: float) ->
         assert last is not None and last.returncode == 0, (last.stdout + last.stderr) if last else "timed out"
         times.append(seconds)
     jobs = snakemake_jobs(last.stdout)
-    results["snakemake_dry_run"] = {"command": shlex.join(SNAKEMAKE), **summary(times), "jobs": jobs.get("total"),
-                                    "jobs_per_rule": jobs}
-    print(f"snakemake -n: median {np.median(times):.2f} s, min {min(times):.2f} s, {jobs.get('total')} jobs",
-          flush=True)
+    results["snakemake_dry_run"] = {
+        "command": shlex.join(SNAKEMAKE),
+        **summary(times),
+        "jobs": jobs.get("total"),
+        "jobs_per_rule": jobs,
+    }
+    print(
+        f"snakemake -n: median {np.median(times):.2f} s, min {min(times):.2f} s, {jobs.get('total')} jobs", flush=True
+    )
 
-    stage_list = subprocess.run(command_line(["dvc", "stage", "list"]), cwd=folder, capture_output=True, text=True,
-                                env=quiet_env(), check=True)
+    stage_list = subprocess.run(
+        command_line(["dvc", "stage", "list"]), cwd=folder, capture_output=True, text=True, env=quiet_env(), check=True
+    )
     dvc_stages = sum(1 for line in stage_list.stdout.splitlines() if line.strip())
 
     times = []
@@ -103,11 +114,18 @@ def bench(folder: Path, repeats: int, repro_repeats: int, repro_limit: float) ->
         assert last is not None and last.returncode == 0, (last.stdout + last.stderr) if last else "timed out"
         times.append(seconds)
     listed = dvc_status_stages(last.stdout)
-    results["dvc_status"] = {"command": shlex.join(DVC_STATUS), **summary(times), "stages": dvc_stages,
-                             "stages_listed_as_changed": listed,
-                             "deleted_outputs": last.stdout.count("deleted:")}
-    print(f"dvc status: median {np.median(times):.2f} s, min {min(times):.2f} s, {dvc_stages} stages, "
-          f"{listed} listed as changed", flush=True)
+    results["dvc_status"] = {
+        "command": shlex.join(DVC_STATUS),
+        **summary(times),
+        "stages": dvc_stages,
+        "stages_listed_as_changed": listed,
+        "deleted_outputs": last.stdout.count("deleted:"),
+    }
+    print(
+        f"dvc status: median {np.median(times):.2f} s, min {min(times):.2f} s, {dvc_stages} stages, "
+        f"{listed} listed as changed",
+        flush=True,
+    )
 
     times, skipped = [], None
     for _ in range(repro_repeats):
@@ -124,11 +142,18 @@ def bench(folder: Path, repeats: int, repro_repeats: int, repro_limit: float) ->
         ran = len(re.findall(r"^Running stage '", output, flags=re.M))
         # with --ignore-errors each stage that cannot start leaves one "... (ignored)" warning
         ignored = len(re.findall(r"\(ignored\)\s*$", output, flags=re.M))
-        results["dvc_repro_dry"] = {"command": shlex.join(DVC_REPRO), **summary(times), "skipped": skipped,
-                                    "returncode": last.returncode, "stages_dry_run": ran,
-                                    "stages_failed_missing_inputs": ignored}
-        print(f"dvc repro --dry: median {np.median(times):.2f} s, min {min(times):.2f} s, {ran} stages dry-run",
-              flush=True)
+        results["dvc_repro_dry"] = {
+            "command": shlex.join(DVC_REPRO),
+            **summary(times),
+            "skipped": skipped,
+            "returncode": last.returncode,
+            "stages_dry_run": ran,
+            "stages_failed_missing_inputs": ignored,
+        }
+        print(
+            f"dvc repro --dry: median {np.median(times):.2f} s, min {min(times):.2f} s, {ran} stages dry-run",
+            flush=True,
+        )
     else:
         results["dvc_repro_dry"] = {"command": shlex.join(DVC_REPRO), "skipped": skipped}
         print(f"dvc repro --dry: skipped ({skipped})", flush=True)
@@ -143,19 +168,24 @@ def report(result: dict) -> str:
     def row(name: str, entry: dict, what: str) -> str:
         if "median_s" not in entry:
             return f"| `{entry['command']}` | skipped: {entry['skipped']} | | | | {what} |"
-        return (f"| `{entry['command']}` | {len(entry['all_s'])} | {entry['median_s']} | {entry['min_s']} | "
-                f"{entry['first_s']} | {what} |")
+        return (
+            f"| `{entry['command']}` | {len(entry['all_s'])} | {entry['median_s']} | {entry['min_s']} | "
+            f"{entry['first_s']} | {what} |"
+        )
 
-    repro_what = ("skipped" if "median_s" not in rp else
-                  f"{rp['stages_dry_run']} stages dry-run, {rp['stages_failed_missing_inputs']} stopped on a "
-                  f"missing input file and ignored (exit status {rp['returncode']})")
+    repro_what = (
+        "skipped"
+        if "median_s" not in rp
+        else f"{rp['stages_dry_run']} stages dry-run, {rp['stages_failed_missing_inputs']} stopped on a "
+        f"missing input file and ignored (exit status {rp['returncode']})"
+    )
     return f"""# Pipeline overhead on the full paper grid
 
-Command: `{result['command']}`
+Command: `{result["command"]}`
 
-Date: {m['date']}. Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}), Python {m['python']},
-Snakemake {m['snakemake']}, DVC {m['dvc']}, GPU: {m['gpu'] or 'none'}. Load average
-{m['load_average_at_start'][0]} at start: a 2-core machine shared with other agents' test runs, so these
+Date: {m["date"]}. Machine: {m["cpu"]}, {m["cores"]} cores ({m["platform"]}), Python {m["python"]},
+Snakemake {m["snakemake"]}, DVC {m["dvc"]}, GPU: {m["gpu"] or "none"}. Load average
+{m["load_average_at_start"][0]} at start: a 2-core machine shared with other agents' test runs, so these
 wall times include that contention.
 
 The grid is the root `params.yaml` (the paper's: 15 datasets, 8 methods, 3 seeds, base-to-novel,
@@ -173,9 +203,9 @@ tools' overhead on a grid of this size, not a check of real files.
 
 | command | repeats | median s | min s | first s | what it covered |
 |---|---:|---:|---:|---:|---|
-{row('snakemake', sm, f"{sm['jobs']} jobs expanded ({rules})")}
-{row('dvc status', st, f"{st['stages']} stages (`dvc stage list`), {st['stages_listed_as_changed']} listed as changed")}
-{row('dvc repro', rp, repro_what)}
+{row("snakemake", sm, f"{sm['jobs']} jobs expanded ({rules})")}
+{row("dvc status", st, f"{st['stages']} stages (`dvc stage list`), {st['stages_listed_as_changed']} listed as changed")}
+{row("dvc repro", rp, repro_what)}
 
 ```json
 {json.dumps(result, indent=1)}
@@ -187,19 +217,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of snakemake -n and of dvc status")
     parser.add_argument("--repro-repeats", type=int, default=3, help="runs of dvc repro --dry (0: skip it)")
-    parser.add_argument("--repro-limit", type=float, default=300.0,
-                        help="seconds after which dvc repro --dry is stopped and reported as skipped")
+    parser.add_argument(
+        "--repro-limit",
+        type=float,
+        default=300.0,
+        help="seconds after which dvc repro --dry is stopped and reported as skipped",
+    )
     parser.add_argument("--out", default="reports/perf/pipeline.md")
     args = parser.parse_args(argv)
     machine = machine_info(("snakemake", "dvc"))
-    print(f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, Snakemake {machine['snakemake']}, "
-          f"DVC {machine['dvc']}, load {machine['load_average_at_start'][0]}", flush=True)
+    print(
+        f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, Snakemake {machine['snakemake']}, "
+        f"DVC {machine['dvc']}, load {machine['load_average_at_start'][0]}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_workspace(Path(tmp) / "pipeline")
         results = bench(folder, args.repeats, args.repro_repeats, args.repro_limit)
     result = {
         "command": f"python bench/bench_pipeline.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
-        "params": "params.yaml (the paper grid)", "machine": machine, "results": results,
+        "params": "params.yaml (the paper grid)",
+        "machine": machine,
+        "results": results,
     }
     write_report(args.out, report(result))
     return 0

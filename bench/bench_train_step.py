@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import machine_info, machine_lines  # noqa: E402
+
 from prompt_ot.data.imagenet_classes import imagenet_classnames  # noqa: E402
 from prompt_ot.methods import build_model, get_method  # noqa: E402
 from prompt_ot.models.backbone import load_backbone  # noqa: E402
@@ -120,8 +121,10 @@ def _reference_loss(method: str, model, regulariser, images, labels, frozen_clas
         text_l1 = F.l1_loss(class_text, frozen_class_text)
         image_l1 = F.l1_loss(image, frozen_image)
         zero_shot = model.logit_scale * frozen_image @ frozen_class_text.t()
-        kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zero_shot, dim=1), reduction="sum",
-                      log_target=True) / logits.numel()
+        kl = (
+            F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zero_shot, dim=1), reduction="sum", log_target=True)
+            / logits.numel()
+        )
         return ce + regulariser.text_weight * text_l1 + regulariser.image_weight * image_l1 + kl
     fine_tuned = torch.cat([image, class_text[labels]], dim=1)
     frozen = torch.cat([frozen_image, frozen_class_text[labels]], dim=1)
@@ -153,8 +156,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_classes(clip, tokenizer, n_classes: int, repeats: int, device: torch.device,
-                  method_name: str = "prompt_ot") -> dict:
+def bench_classes(
+    clip, tokenizer, n_classes: int, repeats: int, device: torch.device, method_name: str = "prompt_ot"
+) -> dict:
     classnames = imagenet_classnames()[:n_classes]
     method = get_method(method_name)
     generator = torch.Generator().manual_seed(n_classes)
@@ -168,11 +172,25 @@ def bench_classes(clip, tokenizer, n_classes: int, repeats: int, device: torch.d
     initial = model.prompt_state()
 
     def make_run(lr: float):
-        config = TrainConfig(epochs=1, batch_size=BATCH, lr=lr, warmup_epochs=0, momentum=0.0 if lr == 0 else 0.9,
-                             weight_decay=0.0 if lr == 0 else 5e-4, device=str(device), seed=1)
+        config = TrainConfig(
+            epochs=1,
+            batch_size=BATCH,
+            lr=lr,
+            warmup_epochs=0,
+            momentum=0.0 if lr == 0 else 0.9,
+            weight_decay=0.0 if lr == 0 else 5e-4,
+            device=str(device),
+            seed=1,
+        )
         model.load_prompt_state(initial)
-        spec = RunSpec(method, model, Batch(images, labels), classnames, config,
-                       frozen_image_features=lambda epoch, indices: cached[indices])
+        spec = RunSpec(
+            method,
+            model,
+            Batch(images, labels),
+            classnames,
+            config,
+            frozen_image_features=lambda epoch, indices: cached[indices],
+        )
         run = _Run(spec, device)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -184,8 +202,9 @@ def bench_classes(clip, tokenizer, n_classes: int, repeats: int, device: torch.d
     our_grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     reg = run.regulariser
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.0)
-    theirs = reference_step(method_name, model, reg, images.to(device), labels.to(device), run.frozen_class_text,
-                            optimizer).item()
+    theirs = reference_step(
+        method_name, model, reg, images.to(device), labels.to(device), run.frozen_class_text, optimizer
+    ).item()
     worst = 0.0
     for n, p in model.named_parameters():
         if p.requires_grad:
@@ -213,14 +232,27 @@ def bench_classes(clip, tokenizer, n_classes: int, repeats: int, device: torch.d
             if k:
                 times[side].append(time.perf_counter() - started)
         if k:
-            print(f"  {method_name}, {n_classes} classes, pair {k}: reference {times['reference'][-1]:.2f} s, "
-                  f"project {times['project'][-1]:.2f} s", flush=True)
+            print(
+                f"  {method_name}, {n_classes} classes, pair {k}: reference {times['reference'][-1]:.2f} s, "
+                f"project {times['project'][-1]:.2f} s",
+                flush=True,
+            )
     reference, project = statistics.median(times["reference"]), statistics.median(times["project"])
     return {
-        "method": method_name, "classes": n_classes, "tokens_full": tokens_full, "tokens_cut": tokens_cut,
-        "loss_reference": theirs, "loss_project": ours, "loss_rel_diff": loss_rel, "grad_rel_diff": worst,
-        "equal": equal, "reference_s": reference, "project_s": project, "ratio": reference / project,
-        "reference_all": times["reference"], "project_all": times["project"],
+        "method": method_name,
+        "classes": n_classes,
+        "tokens_full": tokens_full,
+        "tokens_cut": tokens_cut,
+        "loss_reference": theirs,
+        "loss_project": ours,
+        "loss_rel_diff": loss_rel,
+        "grad_rel_diff": worst,
+        "equal": equal,
+        "reference_s": reference,
+        "project_s": project,
+        "ratio": reference / project,
+        "reference_all": times["reference"],
+        "project_all": times["project"],
         "target": (TARGETS.get(n_classes) if method_name == "prompt_ot" else 1.0) if device.type == "cpu" else None,
     }
 
@@ -248,19 +280,27 @@ def report(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
-        target = f"{row['target']:.1f}x ({'met' if row['ratio'] >= row['target'] else 'MISSED'})" if row["target"] else "-"
+        target = (
+            f"{row['target']:.1f}x ({'met' if row['ratio'] >= row['target'] else 'MISSED'})" if row["target"] else "-"
+        )
         lines.append(
-            f"| {row['method']} | {row['classes']} | {row['tokens_full']} -> {row['tokens_cut']} | {row['reference_s']:.3f} s | "
+            f"| {row['method']} | {row['classes']} | {row['tokens_full']} -> {row['tokens_cut']} | "
+            f"{row['reference_s']:.3f} s | "
             f"{row['project_s']:.3f} s | **{row['ratio']:.2f}x** | {target} | {row['loss_rel_diff']:.1e} | "
-            f"{row['grad_rel_diff']:.1e} | {'yes' if row['equal'] else 'NO'} |")
+            f"{row['grad_rel_diff']:.1e} | {'yes' if row['equal'] else 'NO'} |"
+        )
     lines += [
         "",
         f"Tolerances: loss within {LOSS_RTOL:g} relative; each prompt tensor's gradient within {GRAD_TOL:g} of its "
         "largest entry (float32 sums over 77 vs the cut number of positions and two cost paths differ in rounding).",
         "",
-        "All timed steps (s): " + "; ".join(
-            f"{row['method']}, {row['classes']} classes: reference {', '.join(f'{t:.2f}' for t in row['reference_all'])} / project "
-            f"{', '.join(f'{t:.2f}' for t in row['project_all'])}" for row in result["rows"]),
+        "All timed steps (s): "
+        + "; ".join(
+            f"{row['method']}, {row['classes']} classes: "
+            f"reference {', '.join(f'{t:.2f}' for t in row['reference_all'])} / project "
+            f"{', '.join(f'{t:.2f}' for t in row['project_all'])}"
+            for row in result["rows"]
+        ),
         "",
         "Where the time goes: with 50 classes the batch's prompted image forward and backward (4 x 201 tokens at "
         "width 768) dominate both steps, so removing the text padding and the frozen forward gives a moderate "
@@ -274,8 +314,12 @@ def report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[50, 500], help="class counts of Prompt-OT's rows")
-    parser.add_argument("--methods", nargs="*", default=list(OTHER_METHODS),
-                        help="further methods, each one row at --other-classes classes against its reference")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(OTHER_METHODS),
+        help="further methods, each one row at --other-classes classes against its reference",
+    )
     parser.add_argument("--other-classes", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3, help="timed pairs per class count (after one warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -288,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     clip, tokenizer, _ = load_backbone(BACKBONE, "none", device=str(device))
     rows = [bench_classes(clip, tokenizer, n, args.repeats, device) for n in args.classes]
     rows += [bench_classes(clip, tokenizer, args.other_classes, args.repeats, device, name) for name in args.methods]
-    command = "python bench/bench_train_step.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python bench/bench_train_step.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     result = {"command": command.strip(), "machine": machine, "rows": rows}
     text = report(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

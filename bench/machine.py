@@ -36,10 +36,15 @@ def machine_info(packages: tuple[str, ...] = ()) -> dict:
 
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "torch": torch.__version__, "pot": pot_version(),
-        "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pot": pot_version(),
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     for package in packages:

@@ -31,9 +31,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ def _plan(out_dir: Path, kind: str, identity: dict, inputs: dict, replace: bool,
     return None
 
 
-def _reused(out_dir: Path) -> "BuildResult":
+def _reused(out_dir: Path) -> BuildResult:
     """The result of finding the cache up to date; a killed rebuild's leftovers beside it are removed."""
     remove_stale_folders(out_dir)
     return BuildResult(out_dir, built=False, reason="up to date")
@@ -198,8 +198,9 @@ def load_frozen_encoder(backbone: str, pretrained: str | None, device: str = "au
 
 
 @torch.no_grad()
-def _encode_into(model, dataset, out: np.ndarray, batch_size: int, workers: int, device, precision: str,
-                 desc: str, progress: bool) -> None:
+def _encode_into(
+    model, dataset, out: np.ndarray, batch_size: int, workers: int, device, precision: str, desc: str, progress: bool
+) -> None:
     """Write the normalised frozen image features of every item of ``dataset`` into rows of ``out``."""
     from tqdm import tqdm
 
@@ -247,8 +248,15 @@ def _write_index(folder: Path, index: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- test side
 def build_test_cache(
-    dataset: str, data_root: str | Path, backbone: str, pretrained: str | None, out_dir: str | Path,
-    templates: Sequence[str] | None = None, batch_size: int = 256, device: str = "auto", **options,
+    dataset: str,
+    data_root: str | Path,
+    backbone: str,
+    pretrained: str | None,
+    out_dir: str | Path,
+    templates: Sequence[str] | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    **options,
 ) -> BuildResult:
     """Test-image and class-text features of a registered dataset (all test items of its split).
 
@@ -260,17 +268,37 @@ def build_test_cache(
     spec = dataset_spec(dataset)
     split = spec.load_split(data_root)
     return cache_test_items(
-        split["test"], spec.image_root(data_root), classnames_of(split), dataset=spec.name, backbone=backbone,
-        pretrained=pretrained, out_dir=out_dir, templates=templates or default_templates(spec.template),
-        batch_size=batch_size, device=device, **options,
+        split["test"],
+        spec.image_root(data_root),
+        classnames_of(split),
+        dataset=spec.name,
+        backbone=backbone,
+        pretrained=pretrained,
+        out_dir=out_dir,
+        templates=templates or default_templates(spec.template),
+        batch_size=batch_size,
+        device=device,
+        **options,
     )
 
 
 def cache_test_items(
-    items: Sequence[Item], image_root: str | Path, classnames: Sequence[str], *, dataset: str, backbone: str,
-    pretrained: str | None, out_dir: str | Path, templates: Sequence[str], batch_size: int = 256,
-    device: str = "auto", workers: int = 0, precision: str = "fp32", replace: bool = False,
-    skip_bad: bool = False, progress: bool = True,
+    items: Sequence[Item],
+    image_root: str | Path,
+    classnames: Sequence[str],
+    *,
+    dataset: str,
+    backbone: str,
+    pretrained: str | None,
+    out_dir: str | Path,
+    templates: Sequence[str],
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 0,
+    precision: str = "fp32",
+    replace: bool = False,
+    skip_bad: bool = False,
+    progress: bool = True,
 ) -> BuildResult:
     """The test cache of any labelled items (``build_test_cache`` for a registered dataset)."""
     from prompt_ot.data.augment import TestImages
@@ -286,9 +314,15 @@ def cache_test_items(
     out_dir, image_root = Path(out_dir), Path(image_root)
     source, weights_id = weights_source(pretrained)
     identity = {"backbone": backbone, "pretrained": source, "dataset": dataset}
-    inputs = {"weights": weights_id, "items": _items_fingerprint(items, image_root), "templates": templates,
-              "classnames": list(classnames), "precision": precision, "skip_bad": skip_bad,
-              "store_format": STORE_FORMAT}
+    inputs = {
+        "weights": weights_id,
+        "items": _items_fingerprint(items, image_root),
+        "templates": templates,
+        "classnames": list(classnames),
+        "precision": precision,
+        "skip_bad": skip_bad,
+        "store_format": STORE_FORMAT,
+    }
     reason = _plan(out_dir, "test", identity, inputs, replace, None)
     if reason is None:
         return _reused(out_dir)
@@ -299,14 +333,25 @@ def cache_test_items(
     model, preprocess, target = load_frozen_encoder(backbone, pretrained, device, precision)
     timings["load_s"] = time.perf_counter() - started
     with _Building(out_dir) as tmp:
-        store = build_store(items, image_root, tmp / "store", "test", preprocess.image_size,
-                            skip_bad=skip_bad, classnames=classnames)
+        store = build_store(
+            items, image_root, tmp / "store", "test", preprocess.image_size, skip_bad=skip_bad, classnames=classnames
+        )
         timings["store_s"] = time.perf_counter() - started - timings["load_s"]
         mark = time.perf_counter()
-        features = np.lib.format.open_memmap(tmp / "image_features.npy", mode="w+", dtype=np.float32,
-                                             shape=(len(store), _feature_dim(model)))
-        _encode_into(model, TestImages(store, preprocess.mean, preprocess.std), features, batch_size, workers,
-                     target, precision, f"test images {dataset}", progress)
+        features = np.lib.format.open_memmap(
+            tmp / "image_features.npy", mode="w+", dtype=np.float32, shape=(len(store), _feature_dim(model))
+        )
+        _encode_into(
+            model,
+            TestImages(store, preprocess.mean, preprocess.std),
+            features,
+            batch_size,
+            workers,
+            target,
+            precision,
+            f"test images {dataset}",
+            progress,
+        )
         features.flush()
         del features
         np.save(tmp / "labels.npy", store.labels)
@@ -320,22 +365,47 @@ def cache_test_items(
             np.save(tmp / f"text_features_{k}.npy", text)
             entries.append({"template": template, "file": f"text_features_{k}.npy"})
         timings["text_features_s"] = time.perf_counter() - mark
-        _write_index(tmp, {
-            "format_version": FORMAT_VERSION, "kind": "test", "identity": identity, "inputs": inputs,
-            "pretrained_given": pretrained, "templates": entries, "classnames": list(classnames),
-            "counts": {"images": len(store), "classes": len(classnames), "dim": _feature_dim(model),
-                       "templates": len(entries), "skipped": len(store.skipped)},
-            "preprocess": _preprocess_record(preprocess),
-            "build": {"device": str(target), "batch_size": batch_size, "seconds": time.perf_counter() - started,
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        })
+        _write_index(
+            tmp,
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": "test",
+                "identity": identity,
+                "inputs": inputs,
+                "pretrained_given": pretrained,
+                "templates": entries,
+                "classnames": list(classnames),
+                "counts": {
+                    "images": len(store),
+                    "classes": len(classnames),
+                    "dim": _feature_dim(model),
+                    "templates": len(entries),
+                    "skipped": len(store.skipped),
+                },
+                "preprocess": _preprocess_record(preprocess),
+                "build": {
+                    "device": str(target),
+                    "batch_size": batch_size,
+                    "seconds": time.perf_counter() - started,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            },
+        )
     return BuildResult(out_dir, built=True, reason=reason, computed=len(store), timings=timings)
 
 
 # ---------------------------------------------------------------------------------------------- train side
 def build_train_cache(
-    manifest_path: str | Path, data_root: str | Path, backbone: str, pretrained: str | None, out_dir: str | Path,
-    epochs: int, seed: int, batch_size: int = 256, device: str = "auto", **options,
+    manifest_path: str | Path,
+    data_root: str | Path,
+    backbone: str,
+    pretrained: str | None,
+    out_dir: str | Path,
+    epochs: int,
+    seed: int,
+    batch_size: int = 256,
+    device: str = "auto",
+    **options,
 ) -> BuildResult:
     """Frozen features of every training view of a few-shot manifest for ``epochs`` epochs under ``seed``.
 
@@ -347,20 +417,47 @@ def build_train_cache(
     manifest = read_manifest(manifest_path)
     image_root = dataset_spec(manifest.dataset).image_root(data_root)
     verify_files(manifest, image_root)
-    source = {"dataset": manifest.dataset, "subset": manifest.subset, "shots": manifest.shots,
-              "manifest_seed": manifest.seed}
+    source = {
+        "dataset": manifest.dataset,
+        "subset": manifest.subset,
+        "shots": manifest.shots,
+        "manifest_seed": manifest.seed,
+    }
     return cache_train_items(
-        manifest.items("train"), image_root, manifest.classnames, source=source, backbone=backbone,
-        pretrained=pretrained, out_dir=out_dir, epochs=epochs, seed=seed, batch_size=batch_size, device=device,
+        manifest.items("train"),
+        image_root,
+        manifest.classnames,
+        source=source,
+        backbone=backbone,
+        pretrained=pretrained,
+        out_dir=out_dir,
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
         **options,
     )
 
 
 def cache_train_items(
-    items: Sequence[Item], image_root: str | Path, classnames: Sequence[str], *, source: dict, backbone: str,
-    pretrained: str | None, out_dir: str | Path, epochs: int, seed: int, batch_size: int = 256,
-    device: str = "auto", workers: int = 0, precision: str = "fp32", train_short_side: int | None = None,
-    replace: bool = False, skip_bad: bool = False, progress: bool = True,
+    items: Sequence[Item],
+    image_root: str | Path,
+    classnames: Sequence[str],
+    *,
+    source: dict,
+    backbone: str,
+    pretrained: str | None,
+    out_dir: str | Path,
+    epochs: int,
+    seed: int,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 0,
+    precision: str = "fp32",
+    train_short_side: int | None = None,
+    replace: bool = False,
+    skip_bad: bool = False,
+    progress: bool = True,
 ) -> BuildResult:
     """The training-view cache of any labelled items; ``source`` names them (dataset, manifest fields).
 
@@ -383,8 +480,14 @@ def cache_train_items(
     out_dir, image_root = Path(out_dir), Path(image_root)
     weights_from, weights_id = weights_source(pretrained)
     identity = {"backbone": backbone, "pretrained": weights_from, **source, "seed": seed}
-    inputs = {"weights": weights_id, "items": _items_fingerprint(items, image_root), "precision": precision,
-              "train_short_side": train_short_side, "skip_bad": skip_bad, "store_format": STORE_FORMAT}
+    inputs = {
+        "weights": weights_id,
+        "items": _items_fingerprint(items, image_root),
+        "precision": precision,
+        "train_short_side": train_short_side,
+        "skip_bad": skip_bad,
+        "store_format": STORE_FORMAT,
+    }
     reason = _plan(out_dir, "train", identity, inputs, replace, epochs)
     if reason is None:
         return _reused(out_dir)
@@ -395,31 +498,65 @@ def cache_train_items(
     model, preprocess, target = load_frozen_encoder(backbone, pretrained, device, precision)
     timings["load_s"] = time.perf_counter() - started
     with _Building(out_dir) as tmp:
-        store = build_store(items, image_root, tmp / "store", "train", preprocess.image_size,
-                            train_short_side=train_short_side, skip_bad=skip_bad, classnames=classnames)
+        store = build_store(
+            items,
+            image_root,
+            tmp / "store",
+            "train",
+            preprocess.image_size,
+            train_short_side=train_short_side,
+            skip_bad=skip_bad,
+            classnames=classnames,
+        )
         timings["store_s"] = time.perf_counter() - started - timings["load_s"]
         mark = time.perf_counter()
         dim = _feature_dim(model)
         if epochs == 0 or len(store) == 0:  # nothing to encode (no run of the grid reads frozen view features)
             np.save(tmp / "view_features.npy", np.zeros((epochs, len(store), dim), dtype=np.float32))
         else:
-            views = np.lib.format.open_memmap(tmp / "view_features.npy", mode="w+", dtype=np.float32,
-                                              shape=(epochs, len(store), dim))
-            _encode_into(model, _AllViews(store, seed, epochs, preprocess), views.reshape(epochs * len(store), dim),
-                         batch_size, workers, target, precision, f"training views ({epochs} epochs)", progress)
+            views = np.lib.format.open_memmap(
+                tmp / "view_features.npy", mode="w+", dtype=np.float32, shape=(epochs, len(store), dim)
+            )
+            _encode_into(
+                model,
+                _AllViews(store, seed, epochs, preprocess),
+                views.reshape(epochs * len(store), dim),
+                batch_size,
+                workers,
+                target,
+                precision,
+                f"training views ({epochs} epochs)",
+                progress,
+            )
             views.flush()
             del views
         np.save(tmp / "labels.npy", store.labels)
         timings["view_features_s"] = time.perf_counter() - mark
-        _write_index(tmp, {
-            "format_version": FORMAT_VERSION, "kind": "train", "identity": identity, "inputs": inputs,
-            "pretrained_given": pretrained, "classnames": list(classnames),
-            "counts": {"images": len(store), "epochs": epochs, "views": epochs * len(store), "dim": dim,
-                       "skipped": len(store.skipped)},
-            "preprocess": _preprocess_record(preprocess),
-            "build": {"device": str(target), "batch_size": batch_size, "seconds": time.perf_counter() - started,
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        })
+        _write_index(
+            tmp,
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": "train",
+                "identity": identity,
+                "inputs": inputs,
+                "pretrained_given": pretrained,
+                "classnames": list(classnames),
+                "counts": {
+                    "images": len(store),
+                    "epochs": epochs,
+                    "views": epochs * len(store),
+                    "dim": dim,
+                    "skipped": len(store.skipped),
+                },
+                "preprocess": _preprocess_record(preprocess),
+                "build": {
+                    "device": str(target),
+                    "batch_size": batch_size,
+                    "seconds": time.perf_counter() - started,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            },
+        )
     return BuildResult(out_dir, built=True, reason=reason, computed=epochs * len(store), timings=timings)
 
 
@@ -427,8 +564,12 @@ def cache_train_items(
 def _read_index(path: Path, kind: str) -> dict:
     fix = f"build it with 'python -m prompt_ot cache {kind} ...'"
     index_path = path / INDEX_NAME
-    index = read_json(index_path, what="feature cache index", fix=fix,
-                      missing=f"no complete {kind} feature cache at {path} (no {INDEX_NAME}); {fix}")
+    index = read_json(
+        index_path,
+        what="feature cache index",
+        fix=fix,
+        missing=f"no complete {kind} feature cache at {path} (no {INDEX_NAME}); {fix}",
+    )
     if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
         raise UserError(f"feature cache {path} has another format version than {FORMAT_VERSION}; {fix}")
     if index.get("kind") != kind:
@@ -467,8 +608,9 @@ class FrozenViewFeatures:
     keyword checks refuse a cache of another seed, backbone or with too few epochs.
     """
 
-    def __init__(self, path: str | Path, *, seed: int | None = None, epochs: int | None = None,
-                 backbone: str | None = None):
+    def __init__(
+        self, path: str | Path, *, seed: int | None = None, epochs: int | None = None, backbone: str | None = None
+    ):
         self.path = Path(path)
         self.index = _read_index(self.path, "train")
         _expect(self.path, self.index, seed=seed, epochs=epochs, backbone=backbone)
@@ -476,8 +618,12 @@ class FrozenViewFeatures:
         self.epochs, self.num_items, self.dim = counts["epochs"], counts["images"], counts["dim"]
         self.seed: int = self.index["identity"]["seed"]
         self.precision: str = self.index["inputs"]["precision"]
-        self.views = _load_array(self.path / "view_features.npy", (self.epochs, self.num_items, self.dim),
-                                 np.float32, mmap=self.epochs * self.num_items > 0)
+        self.views = _load_array(
+            self.path / "view_features.npy",
+            (self.epochs, self.num_items, self.dim),
+            np.float32,
+            mmap=self.epochs * self.num_items > 0,
+        )
 
     def covers(self, epochs: int, precision: str) -> bool:
         """Whether the cached views are those a run of ``epochs`` epochs at ``precision`` would compute itself."""
@@ -485,8 +631,10 @@ class FrozenViewFeatures:
 
     def __call__(self, epoch: int, indices) -> torch.Tensor:
         if not 0 <= epoch < self.epochs:
-            raise UserError(f"feature cache {self.path} holds views of {self.epochs} epochs, training asked for "
-                            f"epoch {epoch + 1}; build the cache with --epochs at least the training epochs")
+            raise UserError(
+                f"feature cache {self.path} holds views of {self.epochs} epochs, training asked for "
+                f"epoch {epoch + 1}; build the cache with --epochs at least the training epochs"
+            )
         rows = np.asarray(indices.cpu() if torch.is_tensor(indices) else indices, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_items):
             raise IndexError(f"item indices {rows.tolist()} out of range for {self.num_items} cached items")
@@ -523,8 +671,10 @@ class TestFeatures:
         self.image_features = torch.from_numpy(_load_array(self.path / "image_features.npy", (n, dim), np.float32))
         self.labels = torch.from_numpy(_load_array(self.path / "labels.npy", (n,), np.int64))
         self.rows = torch.arange(n)  # store item of each row
-        self._text = {e["template"]: torch.from_numpy(_load_array(self.path / e["file"], (n_classes, dim), np.float32))
-                      for e in self.index["templates"]}
+        self._text = {
+            e["template"]: torch.from_numpy(_load_array(self.path / e["file"], (n_classes, dim), np.float32))
+            for e in self.index["templates"]
+        }
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -532,11 +682,13 @@ class TestFeatures:
     def text_features(self, template: str) -> torch.Tensor:
         """Normalised frozen features (C, D) of ``template`` filled with each class name."""
         if template not in self._text:
-            raise UserError(f"feature cache {self.path} has no text features for template {template!r}; cached: "
-                            f"{self.templates}. Build it with --templates including this one")
+            raise UserError(
+                f"feature cache {self.path} has no text features for template {template!r}; cached: "
+                f"{self.templates}. Build it with --templates including this one"
+            )
         return self._text[template]
 
-    def subset(self, subset: str) -> "TestFeatures":
+    def subset(self, subset: str) -> TestFeatures:
         """The base or novel classes only (base-to-novel protocol), relabelled from 0 like the splits."""
         from prompt_ot.data.splits import SUBSETS, base_novel_labels
 

@@ -62,9 +62,16 @@ def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {k: json.loads(v) for k, v in meta.items() if k != "format"}
 
 
-def save_checkpoint(path, model, optimizer, epoch: int, history: list[dict], fingerprint: str,
-                    aggregate: dict[str, torch.Tensor] | None = None,
-                    regulariser: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    path,
+    model,
+    optimizer,
+    epoch: int,
+    history: list[dict],
+    fingerprint: str,
+    aggregate: dict[str, torch.Tensor] | None = None,
+    regulariser: dict[str, torch.Tensor] | None = None,
+) -> None:
     """``aggregate``: the running weighted sum of prompt aggregation (PromptSRC's GPA), when the method has one;
     ``regulariser``: the regulariser's adaptive state (an adaptive lambda's value and reference), when it has one."""
     tensors = {f"prompt/{k}": v.cpu().contiguous() for k, v in model.prompt_state().items()}
@@ -90,8 +97,10 @@ def save_checkpoint(path, model, optimizer, epoch: int, history: list[dict], fin
 def _check_meta(path, meta: dict, fingerprint: str) -> None:
     if meta.get("format") != FORMAT:
         if str(meta.get("format", "")).startswith("prompt_ot.checkpoint/"):
-            raise UserError(f"checkpoint {path} has format {meta['format']}, this version reads {FORMAT}; delete it "
-                            "to restart the run")
+            raise UserError(
+                f"checkpoint {path} has format {meta['format']}, this version reads {FORMAT}; delete it "
+                "to restart the run"
+            )
         raise UserError(f"{path} is not a prompt_ot training checkpoint; delete it to restart the run")
     if meta.get("fingerprint") != fingerprint:
         raise UserError(
@@ -136,9 +145,14 @@ def check_resumable(path, fingerprint: str) -> list[dict]:
         raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
 
 
-def load_checkpoint(path, model, optimizer, fingerprint: str,
-                    aggregate: dict[str, torch.Tensor] | None = None,
-                    regulariser: dict[str, torch.Tensor] | None = None) -> tuple[int, list[dict]]:
+def load_checkpoint(
+    path,
+    model,
+    optimizer,
+    fingerprint: str,
+    aggregate: dict[str, torch.Tensor] | None = None,
+    regulariser: dict[str, torch.Tensor] | None = None,
+) -> tuple[int, list[dict]]:
     """Restore state in place; returns (epochs completed, history). ``aggregate`` (a dict) receives the
     running sum of prompt aggregation, ``regulariser`` (a dict) the regulariser's adaptive state, when the
     checkpoint holds them."""
@@ -151,15 +165,15 @@ def load_checkpoint(path, model, optimizer, fingerprint: str,
     except Exception as err:
         raise UserError(f"checkpoint {path} is damaged ({err}); delete it to restart the run from scratch") from err
     _check_meta(path, meta, fingerprint)
-    model.load_prompt_state({k[len("prompt/"):]: v for k, v in tensors.items() if k.startswith("prompt/")})
+    model.load_prompt_state({k[len("prompt/") :]: v for k, v in tensors.items() if k.startswith("prompt/")})
     params = dict(model.named_parameters())
     for key, value in tensors.items():
         if key.startswith("momentum/"):
-            p = params[key[len("momentum/"):]]
+            p = params[key[len("momentum/") :]]
             optimizer.state[p]["momentum_buffer"] = value.to(p.device, p.dtype)
     torch.set_rng_state(tensors["rng/torch_cpu"])
     if aggregate is not None:
-        aggregate.update({k[len("aggregate/"):]: v for k, v in tensors.items() if k.startswith("aggregate/")})
+        aggregate.update({k[len("aggregate/") :]: v for k, v in tensors.items() if k.startswith("aggregate/")})
     if regulariser is not None:
-        regulariser.update({k[len("regulariser/"):]: v for k, v in tensors.items() if k.startswith("regulariser/")})
+        regulariser.update({k[len("regulariser/") :]: v for k, v in tensors.items() if k.startswith("regulariser/")})
     return int(meta["epoch"]), json.loads(meta["history"])

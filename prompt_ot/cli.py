@@ -18,15 +18,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("prompt_ot.commands.validate", "check params.yaml (keys, types, ranges, dataset and method names)"),
     "download": ("prompt_ot.commands.download", "fetch a dataset's archives and split files and verify them"),
     "split": ("prompt_ot.commands.split", "write the few-shot training manifest for a dataset, shot count and seed"),
-    "backbone": ("prompt_ot.commands.backbone", "make the backbone's weights available once (or pretrain the demo's tiny CLIP)"),
-    "cache": ("prompt_ot.commands.cache", "compute frozen-backbone features once: test images, class texts, training views"),
-    "train": ("prompt_ot.commands.train", "train one method's prompts on a few-shot manifest (resumes from its checkpoint)"),
-    "evaluate": ("prompt_ot.commands.evaluate", "test trained prompts: base/novel, cross-dataset, domain shift or few-shot"),
-    "mlflow": ("prompt_ot.commands.mlflow_cmd", "create the tracking store and parent run; re-log results recorded while MLflow was unreachable"),
+    "backbone": (
+        "prompt_ot.commands.backbone",
+        "make the backbone's weights available once (or pretrain the demo's tiny CLIP)",
+    ),
+    "cache": (
+        "prompt_ot.commands.cache",
+        "compute frozen-backbone features once: test images, class texts, training views",
+    ),
+    "train": (
+        "prompt_ot.commands.train",
+        "train one method's prompts on a few-shot manifest (resumes from its checkpoint)",
+    ),
+    "evaluate": (
+        "prompt_ot.commands.evaluate",
+        "test trained prompts: base/novel, cross-dataset, domain shift or few-shot",
+    ),
+    "mlflow": (
+        "prompt_ot.commands.mlflow_cmd",
+        "create the tracking store and parent run; re-log results recorded while MLflow was unreachable",
+    ),
     "report": ("prompt_ot.commands.report", "collect metrics files into LaTeX/CSV/Markdown tables and plots"),
     "smoke": ("prompt_ot.commands.smoke", "CPU smoke run: train and evaluate a method on a tiny CLIP with real digits"),
-    "forkserver": ("prompt_ot.commands.forkserver", "import torch and open_clip once and start each command that "
-                   "finds $PROMPT_OT_FORKSERVER as a fork of this process (a CPU grid's many jobs start at once)"),
+    "forkserver": (
+        "prompt_ot.commands.forkserver",
+        "import torch and open_clip once and start each command that "
+        "finds $PROMPT_OT_FORKSERVER as a fork of this process (a CPU grid's many jobs start at once)",
+    ),
 }
 
 
@@ -60,8 +78,11 @@ def _top_parser() -> argparse.ArgumentParser:
 
 # errno values and OS messages of a write that failed because the disk (or quota, or file-size limit) is full
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded|file too large|os error (28|122|27)\b"
-                        r"|\d+ requested and \d+ written", re.IGNORECASE)
+_FULL_TEXT = re.compile(
+    r"no space left on device|disk quota exceeded|file too large|os error (28|122|27)\b"
+    r"|\d+ requested and \d+ written",
+    re.IGNORECASE,
+)
 
 
 def _disk_full(err: BaseException) -> BaseException | None:
@@ -87,8 +108,10 @@ def _disk_full_message(err: BaseException, args: argparse.Namespace) -> str:
     if isinstance(where, (list, tuple)):  # a packed train command writes several run folders
         where = ", ".join(map(str, where))
     target = f" while writing {where}" if where else " while writing this command's outputs"
-    return (f"error: no space left on device{target} ({err}); free space (or raise the quota or file-size limit) "
-            "and rerun: completed outputs are kept and unfinished ones were not put in place")
+    return (
+        f"error: no space left on device{target} ({err}); free space (or raise the quota or file-size limit) "
+        "and rerun: completed outputs are kept and unfinished ones were not put in place"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,12 @@ from prompt_ot.errors import UserError
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.json"
 PROTOCOL_NAMES = ("base2novel", "cross_dataset", "domain_generalization", "few_shot")
 # the protocol whose trained prompts each protocol evaluates, and the class subset it trains on
-TRAINED_BY = {"base2novel": "base2novel", "cross_dataset": "cross_dataset", "domain_generalization": "cross_dataset",
-              "few_shot": "few_shot"}
+TRAINED_BY = {
+    "base2novel": "base2novel",
+    "cross_dataset": "cross_dataset",
+    "domain_generalization": "cross_dataset",
+    "few_shot": "few_shot",
+}
 SUBSET_OF = {"base2novel": "base", "cross_dataset": "all", "few_shot": "all"}
 OPERATIONAL_KEYS = ("num_workers", "pack", "deterministic", "augment_on")  # train keys that are not the recipe
 
@@ -50,8 +54,10 @@ def _schema_message(error, source: str) -> str:
     if error.validator == "enum":
         return f"{source}: {key} = {error.instance!r} is not allowed; use one of {error.validator_value}"
     if error.validator == "pattern":
-        return (f"{source}: {key} = {error.instance!r} is not a valid name; use lower-case letters, digits and "
-                "underscores, starting with a letter")
+        return (
+            f"{source}: {key} = {error.instance!r} is not a valid name; use lower-case letters, digits and "
+            "underscores, starting with a letter"
+        )
     return f"{source}: {key} = {error.instance!r} is invalid: {error.message}"
 
 
@@ -102,8 +108,10 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
         if name in METHODS:
             raise UserError(f"{source}: variants.{name} shadows the built-in method {name!r}; pick another name")
         if spec["method"] not in METHODS:
-            raise UserError(f"{source}: variants.{name}.method = {spec['method']!r} is not a known method; "
-                            f"known: {', '.join(METHODS)}")
+            raise UserError(
+                f"{source}: variants.{name}.method = {spec['method']!r} is not a known method; "
+                f"known: {', '.join(METHODS)}"
+            )
         resolve_method(raw, name, source)  # checks the overrides and the regulariser spec
     _check_names(source, "methods", raw["methods"], list(METHODS) + list(variants), "method or variant")
     protocols = raw["protocols"]
@@ -115,27 +123,37 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
             for i, name in enumerate(names):
                 where = f"protocols.{protocol}.{key}[{i}]"
                 if name not in known_datasets:
-                    raise UserError(f"{source}: {where} = {name!r} is not a known dataset; known: {', '.join(known_datasets)}")
+                    raise UserError(
+                        f"{source}: {where} = {name!r} is not a known dataset; known: {', '.join(known_datasets)}"
+                    )
                 if name not in in_grid:
-                    raise UserError(f"{source}: {where} = {name!r} is not listed under 'datasets'; add it there "
-                                    "so that it is downloaded and cached")
+                    raise UserError(
+                        f"{source}: {where} = {name!r} is not listed under 'datasets'; add it there "
+                        "so that it is downloaded and cached"
+                    )
                 if key != "evaluate.targets" and dataset_spec(name).kind == "target_only":
                     raise UserError(f"{source}: {where} = {name!r} has a test split only and cannot be trained on")
     for protocol in ("cross_dataset", "domain_generalization"):
         block = protocols[protocol]
         if block["sources"] and not block["evaluate"]["targets"]:
-            raise UserError(f"{source}: protocols.{protocol}.evaluate.targets is empty; name at least one target "
-                            "dataset, or set sources to [] to switch the protocol off")
+            raise UserError(
+                f"{source}: protocols.{protocol}.evaluate.targets is empty; name at least one target "
+                "dataset, or set sources to [] to switch the protocol off"
+            )
     for i, name in enumerate((raw.get("pretrain") or {}).get("datasets", [])):
         if name not in in_grid:
-            raise UserError(f"{source}: pretrain.datasets[{i}] = {name!r} is not listed under 'datasets'; add it "
-                            "there so that it is downloaded first")
+            raise UserError(
+                f"{source}: pretrain.datasets[{i}] = {name!r} is not listed under 'datasets'; add it "
+                "there so that it is downloaded first"
+            )
     dg = protocols.get("domain_generalization", {})
     cross_sources = protocols.get("cross_dataset", {}).get("sources", [])
     for i, name in enumerate(dg.get("sources", [])):
         if name not in cross_sources:
-            raise UserError(f"{source}: protocols.domain_generalization.sources[{i}] = {name!r} must also be a "
-                            "cross_dataset source (its model is reused)")
+            raise UserError(
+                f"{source}: protocols.domain_generalization.sources[{i}] = {name!r} must also be a "
+                "cross_dataset source (its model is reused)"
+            )
     for name in raw["methods"]:
         for protocol, dataset, shots in trained_runs(raw):
             _check_run(raw, name, protocol, dataset, shots, source)
@@ -167,25 +185,33 @@ def _check_run(params: dict, name: str, protocol: str, dataset: str, shots: int,
         return
     where = f"{source}: {name} on {protocol} ({dataset}, {shots} shots) under recipe {params['recipe']!r}"
     if recipe.warmup_epochs >= recipe.epochs:
-        raise UserError(f"{where}: warmup_epochs = {recipe.warmup_epochs} ({_override_source(params, name, 'warmup_epochs')}) "
-                        f"must be smaller than epochs = {recipe.epochs} ({_override_source(params, name, 'epochs')})")
+        raise UserError(
+            f"{where}: warmup_epochs = {recipe.warmup_epochs} ({_override_source(params, name, 'warmup_epochs')}) "
+            f"must be smaller than epochs = {recipe.epochs} ({_override_source(params, name, 'epochs')})"
+        )
     if recipe.eval_epoch > recipe.epochs:
-        raise UserError(f"{where}: tests the checkpoint after epoch {recipe.eval_epoch} "
-                        f"({_override_source(params, name, 'eval_epoch')}), but trains only {recipe.epochs} epochs "
-                        f"({_override_source(params, name, 'epochs')}); set train.eval_epoch (0 = the final epoch) "
-                        "or more epochs")
+        raise UserError(
+            f"{where}: tests the checkpoint after epoch {recipe.eval_epoch} "
+            f"({_override_source(params, name, 'eval_epoch')}), but trains only {recipe.epochs} epochs "
+            f"({_override_source(params, name, 'epochs')}); set train.eval_epoch (0 = the final epoch) "
+            "or more epochs"
+        )
     if method.aggregate is not None and recipe.eval_epoch not in (0, recipe.epochs):
-        raise UserError(f"{where}: aggregates its prompts over all {recipe.epochs} epochs, so it can only be tested "
-                        f"after the last one, not after epoch {recipe.eval_epoch} "
-                        f"({_override_source(params, name, 'eval_epoch')}); set train.eval_epoch to 0")
+        raise UserError(
+            f"{where}: aggregates its prompts over all {recipe.epochs} epochs, so it can only be tested "
+            f"after the last one, not after epoch {recipe.eval_epoch} "
+            f"({_override_source(params, name, 'eval_epoch')}); set train.eval_epoch to 0"
+        )
     try:
         method.gpa_weights(recipe.epochs)  # an aggregation that weighs no epoch is refused here
     except UserError as err:
         raise UserError(f"{where}: {err}") from err
     prompts = method.prompts
     if prompts.text_depth > 0 and prompts.ctx_init and len(prompts.ctx_init.split()) != prompts.text_ctx:
-        raise UserError(f"{where}: ctx_init {prompts.ctx_init!r} has {len(prompts.ctx_init.split())} words but "
-                        f"text_ctx is {prompts.text_ctx}; make them agree or set ctx_init to null")
+        raise UserError(
+            f"{where}: ctx_init {prompts.ctx_init!r} has {len(prompts.ctx_init.split())} words but "
+            f"text_ctx is {prompts.text_ctx}; make them agree or set ctx_init to null"
+        )
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -232,8 +258,9 @@ def _with_variant(params: dict, name: str, recipe, source: str):
         method = apply_overrides(method, layered)
     if name in variants:
         try:
-            method = replace(apply_overrides(method, spec), name=name,
-                             description=f"{method.name} variant {name}: {spec}")
+            method = replace(
+                apply_overrides(method, spec), name=name, description=f"{method.name} variant {name}: {spec}"
+            )
             build_regulariser(method.regulariser)
         except UserError as err:
             raise UserError(f"{source}: variants.{name}: {err}") from err
@@ -252,8 +279,9 @@ def resolve_run(params: dict, name: str, protocol: str, dataset: str, shots: int
     variant = (params.get("variants") or {}).get(name) or {}
     overrides = {k: v for k, v in (params.get("train") or {}).items() if k in RECIPE_KEYS}
     overrides |= variant.get("train") or {}
-    recipe = resolve_recipe(params["recipe"], base_method(params, name), TRAINED_BY[protocol], dataset, shots,
-                            overrides)
+    recipe = resolve_recipe(
+        params["recipe"], base_method(params, name), TRAINED_BY[protocol], dataset, shots, overrides
+    )
     return _with_variant(params, name, recipe, source), recipe
 
 
@@ -286,11 +314,17 @@ def view_cache_settings(params: dict, dataset: str, subset: str, shots: int) -> 
     """What the training-view cache of a manifest must hold for the grid: frozen features of as many epochs as the
     longest run that reads them (0 when no method of the grid needs frozen image features), at the precision those
     runs train in (float32 when they differ: the others then compute their frozen features while training)."""
-    runs = [resolve_run(params, name, protocol, dataset, shots) for name in params["methods"]
-            for protocol, d, k in trained_runs(params) if (d, k, SUBSET_OF[protocol]) == (dataset, shots, subset)]
+    runs = [
+        resolve_run(params, name, protocol, dataset, shots)
+        for name in params["methods"]
+        for protocol, d, k in trained_runs(params)
+        if (d, k, SUBSET_OF[protocol]) == (dataset, shots, subset)
+    ]
     needing = [recipe for method, recipe in runs if method.trains and _needs_frozen_image(method)]
-    return {"epochs": max((r.epochs for r in needing), default=0),
-            "precision": _common_precision({r.precision for r in needing})}
+    return {
+        "epochs": max((r.epochs for r in needing), default=0),
+        "precision": _common_precision({r.precision for r in needing}),
+    }
 
 
 def test_cache_precision(params: dict, dataset: str) -> str:
@@ -305,5 +339,7 @@ def test_cache_precision(params: dict, dataset: str) -> str:
             if source in protocols["domain_generalization"]["sources"]:
                 targets |= set(protocols["domain_generalization"]["evaluate"]["targets"])
         if dataset in targets:
-            precisions |= {resolve_run(params, name, protocol, source, shots)[1].precision for name in params["methods"]}
+            precisions |= {
+                resolve_run(params, name, protocol, source, shots)[1].precision for name in params["methods"]
+            }
     return _common_precision(precisions)

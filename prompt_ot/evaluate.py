@@ -28,8 +28,15 @@ def classify_features(image_features: torch.Tensor, class_text: torch.Tensor, ba
 
 
 @torch.no_grad()
-def evaluate(model, dataset, classnames: list[str], template: str = "a photo of a {}.", batch_size: int = 128,
-             device: str | torch.device | None = None, num_workers: int = 0) -> Evaluation:
+def evaluate(
+    model,
+    dataset,
+    classnames: list[str],
+    template: str = "a photo of a {}.",
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+) -> Evaluation:
     """Accuracy of ``model`` (a ``PromptedCLIP``) on ``dataset`` of (image, label) over ``classnames``."""
     if device is None:
         device = next(model.parameters()).device

@@ -73,5 +73,3 @@ def run_through_server(argv: list[str]) -> int | None:
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
     return status
-
-

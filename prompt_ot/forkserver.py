@@ -28,13 +28,31 @@ import socket
 import struct
 import sys
 
-from prompt_ot.forkclient import _EXIT, _IN_CHILD, _SIGNAL, ENV, _recv_exact, _send
+from prompt_ot.forkclient import _EXIT, _IN_CHILD, _SIGNAL, _recv_exact
 
 # what the server imports once: everything heavy that the stage commands import
-PRELOAD = ("numpy", "torch", "torchvision", "open_clip", "safetensors.torch", "PIL.Image", "yaml", "jsonschema",
-           "prompt_ot.commands.train", "prompt_ot.commands.evaluate", "prompt_ot.commands.cache",
-           "prompt_ot.commands.split", "prompt_ot.commands.report", "prompt_ot.commands.backbone",
-           "prompt_ot.train", "prompt_ot.cache", "prompt_ot.models.prompted", "prompt_ot.methods", "prompt_ot.config")
+PRELOAD = (
+    "numpy",
+    "torch",
+    "torchvision",
+    "open_clip",
+    "safetensors.torch",
+    "PIL.Image",
+    "yaml",
+    "jsonschema",
+    "prompt_ot.commands.train",
+    "prompt_ot.commands.evaluate",
+    "prompt_ot.commands.cache",
+    "prompt_ot.commands.split",
+    "prompt_ot.commands.report",
+    "prompt_ot.commands.backbone",
+    "prompt_ot.train",
+    "prompt_ot.cache",
+    "prompt_ot.models.prompted",
+    "prompt_ot.methods",
+    "prompt_ot.config",
+)
+
 
 # ---------------------------------------------------------------------------------------------- server
 def _preload() -> None:
@@ -120,8 +138,10 @@ def serve(path: str, ready=None) -> None:
     import torch
 
     if threading.active_count() != 1:
-        raise RuntimeError(f"an import started {threading.active_count() - 1} thread(s); forking would copy a "
-                           "half-held lock into every job, so the fork server does not start")
+        raise RuntimeError(
+            f"an import started {threading.active_count() - 1} thread(s); forking would copy a "
+            "half-held lock into every job, so the fork server does not start"
+        )
     torch.manual_seed(torch.initial_seed())  # the generator exactly as a fresh import leaves it
     rng_state = torch.get_rng_state()
     if os.path.exists(path):

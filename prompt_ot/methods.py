@@ -23,8 +23,9 @@ NONE = PromptConfig(text_ctx=0, text_depth=0, vision_ctx=0, vision_depth=0, ctx_
 # CoCoOp: CoOp's context shifted per image by a meta-net of hidden width (image feature width) / 16
 CONDITIONAL = PromptConfig(text_ctx=4, text_depth=1, vision_ctx=0, vision_depth=0, ctx_init="a photo of a", meta_net=16)
 # MaPLe: 2 text tokens from "a photo" ("of a" stays as fixed words), each depth's vision tokens mapped from them
-COUPLED = PromptConfig(text_ctx=2, text_depth=12, vision_ctx=2, vision_depth=12, ctx_init="a photo", fixed_words="of a",
-                       coupled=True)
+COUPLED = PromptConfig(
+    text_ctx=2, text_depth=12, vision_ctx=2, vision_depth=12, ctx_init="a photo", fixed_words="of a", coupled=True
+)
 # PromptSRC's Gaussian prompt aggregation under the shared recipe: its base-to-novel mean 15 and std 1 of 20
 # epochs, as fractions of the run's epochs (the released recipe gives absolute values)
 SHARED_GPA = {"mean": 0.75, "std": 0.05, "relative": True}
@@ -73,8 +74,10 @@ def gpa_weights(epochs: int, mean: float, std: float, relative: bool = False) ->
     density = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, epochs + 1)]
     total = sum(density)
     if not total > 0:
-        raise UserError(f"Gaussian prompt aggregation with mean {mean} and std {std} gives every one of the {epochs} "
-                        "epochs a zero weight; put the mean within the run's epochs or widen the std")
+        raise UserError(
+            f"Gaussian prompt aggregation with mean {mean} and std {std} gives every one of the {epochs} "
+            "epochs a zero weight; put the mean within the run's epochs or widen the std"
+        )
     return [d / total for d in density]
 
 
@@ -85,8 +88,10 @@ def check_aggregate(spec) -> dict | None:
     if spec is None:
         return None
     if not isinstance(spec, dict) or not {"mean", "std"} <= set(spec) or set(spec) - {"mean", "std", "relative"}:
-        raise UserError(f"aggregate {spec!r} must be a mapping with 'mean' and 'std' (epochs) and optionally "
-                        "'relative' (true: fractions of the run's epochs), or null for none")
+        raise UserError(
+            f"aggregate {spec!r} must be a mapping with 'mean' and 'std' (epochs) and optionally "
+            "'relative' (true: fractions of the run's epochs), or null for none"
+        )
     for key in ("mean", "std"):
         value = spec[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -103,25 +108,49 @@ METHODS: dict[str, MethodConfig] = {
     for m in [
         MethodConfig("zeroshot", "zero-shot CLIP with the dataset's hand-crafted template", NONE, None, trains=False),
         MethodConfig("coop", "CoOp: 4 learnable text context tokens at the input only", SHALLOW_TEXT),
-        MethodConfig("cocoop", "CoCoOp: CoOp's context shifted per image by a meta-net (512-32-512 on ViT-B/16)",
-                     CONDITIONAL),
+        MethodConfig(
+            "cocoop", "CoCoOp: CoOp's context shifted per image by a meta-net (512-32-512 on ViT-B/16)", CONDITIONAL
+        ),
         MethodConfig("ivlp", "independent deep vision-language prompts, no regulariser", DEEP),
-        MethodConfig("maple", "MaPLe: 2 text prompts per depth, each depth's vision prompts a linear map of them",
-                     COUPLED),
-        MethodConfig("promptsrc", "PromptSRC: IVLP plus L1 to the frozen features (image 10, text 25: the 60-template "
-                     "ensemble), the zero-shot logits' KL and Gaussian prompt aggregation", DEEP,
-                     {"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0, "logit_weight": 1.0},
-                     frozen_template=TEMPLATE_SET_PREFIX + "imagenet_60", aggregate=SHARED_GPA),
-        MethodConfig("kgcoop", "KgCoOp: CoOp plus a pull of prompted class texts to the dataset's hand-crafted ones "
-                     "(weight 8)", SHALLOW_TEXT, {"kind": "kgcoop", "weight": 8.0}, frozen_template=DATASET_TEMPLATE),
-        MethodConfig("pointwise_l1", "IVLP plus L1 between each fine-tuned feature and its frozen one (image 10, text 25)",
-                     DEEP, {"kind": "pointwise_l1", "image_weight": 10.0, "text_weight": 25.0}),
-        MethodConfig("prompt_ot", "Prompt-OT: IVLP plus exact OT between joint image+text features (lambda 10)",
-                     DEEP, _ot("joint")),
+        MethodConfig(
+            "maple", "MaPLe: 2 text prompts per depth, each depth's vision prompts a linear map of them", COUPLED
+        ),
+        MethodConfig(
+            "promptsrc",
+            "PromptSRC: IVLP plus L1 to the frozen features (image 10, text 25: the 60-template "
+            "ensemble), the zero-shot logits' KL and Gaussian prompt aggregation",
+            DEEP,
+            {"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0, "logit_weight": 1.0},
+            frozen_template=TEMPLATE_SET_PREFIX + "imagenet_60",
+            aggregate=SHARED_GPA,
+        ),
+        MethodConfig(
+            "kgcoop",
+            "KgCoOp: CoOp plus a pull of prompted class texts to the dataset's hand-crafted ones (weight 8)",
+            SHALLOW_TEXT,
+            {"kind": "kgcoop", "weight": 8.0},
+            frozen_template=DATASET_TEMPLATE,
+        ),
+        MethodConfig(
+            "pointwise_l1",
+            "IVLP plus L1 between each fine-tuned feature and its frozen one (image 10, text 25)",
+            DEEP,
+            {"kind": "pointwise_l1", "image_weight": 10.0, "text_weight": 25.0},
+        ),
+        MethodConfig(
+            "prompt_ot",
+            "Prompt-OT: IVLP plus exact OT between joint image+text features (lambda 10)",
+            DEEP,
+            _ot("joint"),
+        ),
         MethodConfig("prompt_ot_vision", "Prompt-OT ablation: OT on image features only", DEEP, _ot("vision")),
         MethodConfig("prompt_ot_text", "Prompt-OT ablation: OT on text features only", DEEP, _ot("text")),
-        MethodConfig("prompt_ot_sinkhorn", "Prompt-OT with an entropic (Sinkhorn) plan", DEEP, _ot("joint", "sinkhorn")),
-        MethodConfig("prompt_ot_unbalanced", "Prompt-OT with an unbalanced entropic plan", DEEP, _ot("joint", "unbalanced")),
+        MethodConfig(
+            "prompt_ot_sinkhorn", "Prompt-OT with an entropic (Sinkhorn) plan", DEEP, _ot("joint", "sinkhorn")
+        ),
+        MethodConfig(
+            "prompt_ot_unbalanced", "Prompt-OT with an unbalanced entropic plan", DEEP, _ot("joint", "unbalanced")
+        ),
     ]
 }
 
@@ -143,9 +172,11 @@ def check_template(template) -> str:
         template_set(template)  # an unknown set is named here
         return template
     if template != DATASET_TEMPLATE and (not isinstance(template, str) or template.count("{}") != 1):
-        raise UserError(f"frozen_template {template!r} must hold exactly one '{{}}' for the class name, be "
-                        f"{DATASET_TEMPLATE!r} for the dataset's own template, or name a template set "
-                        f"('{TEMPLATE_SET_PREFIX}imagenet_60')")
+        raise UserError(
+            f"frozen_template {template!r} must hold exactly one '{{}}' for the class name, be "
+            f"{DATASET_TEMPLATE!r} for the dataset's own template, or name a template set "
+            f"('{TEMPLATE_SET_PREFIX}imagenet_60')"
+        )
     return template
 
 
@@ -176,8 +207,10 @@ def apply_overrides(method: MethodConfig, overrides: dict | None) -> MethodConfi
         elif "kind" in extra and (regulariser is None or extra["kind"] != regulariser.get("kind")):
             regulariser = extra  # another kind (or one added to a method without): its own arguments only
         elif regulariser is None:
-            raise UserError(f"method {name} has no regulariser to override; give the regulariser a 'kind' "
-                            f"to add one, or pick a method that has one")
+            raise UserError(
+                f"method {name} has no regulariser to override; give the regulariser a 'kind' "
+                f"to add one, or pick a method that has one"
+            )
         else:
             regulariser = {**regulariser, **extra}
     return replace(

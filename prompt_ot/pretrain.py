@@ -13,9 +13,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class PretrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default)
 
     @classmethod
-    def from_params(cls, raw: dict) -> "PretrainConfig":
+    def from_params(cls, raw: dict) -> PretrainConfig:
         allowed = set(cls.__dataclass_fields__)
         unknown = set(raw) - allowed
         if unknown:
@@ -82,8 +82,7 @@ def _load_images(spec, root: Path, part: str, work: Path, image_size: int, per_c
 
     split = spec.load_split(root)
     items = _balanced(split[part], per_class, seed)
-    store = build_store(items, spec.image_root(root), work / f"{spec.name}_{part}", mode="test",
-                        image_size=image_size)
+    store = build_store(items, spec.image_root(root), work / f"{spec.name}_{part}", mode="test", image_size=image_size)
     images = torch.from_numpy(np.stack([store[i] for i in range(len(store))]))
     return images, torch.as_tensor(store.labels, dtype=torch.long), classnames_of(split)
 
@@ -108,14 +107,19 @@ def zero_shot_accuracy(model, images, labels, classnames, template, preprocess, 
         text = model.frozen_class_text_features()
         correct = 0
         for start in range(0, len(labels), batch_size):
-            x = _normalise(images[start:start + batch_size], preprocess.mean, preprocess.std)
+            x = _normalise(images[start : start + batch_size], preprocess.mean, preprocess.std)
             pred = (model.frozen_image_features(x) @ text.t()).argmax(-1)
-            correct += int((pred == labels[start:start + batch_size]).sum())
+            correct += int((pred == labels[start : start + batch_size]).sum())
     return 100.0 * correct / max(1, len(labels))
 
 
-def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_dir: str | Path,
-             log: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict]:
+def pretrain(
+    backbone: str,
+    config: PretrainConfig,
+    data_root: str | Path,
+    work_dir: str | Path,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Train ``backbone`` (an open_clip architecture) from scratch; returns its state dict and a report."""
     import open_clip
 
@@ -134,8 +138,9 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     images, labels, classnames, specs, offsets = [], [], [], [], []
     for name in config.datasets:
         spec = dataset_spec(name)
-        x, y, split_names = _load_images(spec, root, "train", work, preprocess.image_size,
-                                         config.images_per_class.get(name), config.seed)
+        x, y, split_names = _load_images(
+            spec, root, "train", work, preprocess.image_size, config.images_per_class.get(name), config.seed
+        )
         repeat = int(config.repeat.get(name, 1))
         offsets.append(len(classnames))
         images.append(x.repeat(repeat, 1, 1, 1))
@@ -155,8 +160,10 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
         raise UserError(f"pretraining has {len(labels)} images, fewer than one batch of {config.batch_size}")
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
     loss_fn = open_clip.ClipLoss()
     clip.train()
     step = 0
@@ -164,7 +171,7 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
         order = torch.randperm(len(labels), generator=generator)
         epoch_loss, epoch_started = 0.0, time.perf_counter()
         for b in range(steps_per_epoch):
-            index = order[b * config.batch_size:(b + 1) * config.batch_size]
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
             template = torch.randint(n_templates, (len(index),), generator=generator)
             tokens = captions[labels[index] * n_templates + template]
             for group in optimizer.param_groups:
@@ -181,8 +188,10 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
             epoch_loss += float(loss.detach())
             step += 1
             if (b + 1) % 20 == 0 or b + 1 == steps_per_epoch:
-                log(f"pretrain epoch {epoch + 1}/{config.epochs} step {b + 1}/{steps_per_epoch} "
-                    f"loss {epoch_loss / (b + 1):.4f} ({time.perf_counter() - epoch_started:.0f}s)")
+                log(
+                    f"pretrain epoch {epoch + 1}/{config.epochs} step {b + 1}/{steps_per_epoch} "
+                    f"loss {epoch_loss / (b + 1):.4f} ({time.perf_counter() - epoch_started:.0f}s)"
+                )
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)
@@ -190,10 +199,17 @@ def pretrain(backbone: str, config: PretrainConfig, data_root: str | Path, work_
     for spec in specs:
         x, y, names = _load_images(spec, root, "test", work, preprocess.image_size, None, config.seed)
         accuracy[spec.name] = zero_shot_accuracy(model, x, y, names, spec.template, preprocess)
-        log(f"zero-shot accuracy of the pretrained backbone on {spec.name} test ({len(y)} images, "
-            f"{len(names)} classes, template {spec.template!r}): {accuracy[spec.name]:.2f}%")
-    report = {"backbone": backbone, "config": asdict(config), "zero_shot_accuracy": accuracy, "steps": total,
-              "images_per_epoch": len(labels), "seconds": time.perf_counter() - started}
+        log(
+            f"zero-shot accuracy of the pretrained backbone on {spec.name} test ({len(y)} images, "
+            f"{len(names)} classes, template {spec.template!r}): {accuracy[spec.name]:.2f}%"
+        )
+    report = {
+        "backbone": backbone,
+        "config": asdict(config),
+        "zero_shot_accuracy": accuracy,
+        "steps": total,
+        "images_per_epoch": len(labels),
+        "seconds": time.perf_counter() - started,
+    }
     state = {k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}
     return state, report
-

@@ -26,26 +26,51 @@ def weights_identity(pretrained: str | None) -> str:
     return identity if source != "file" else f"sha256:{identity}"
 
 
-def record(*, method: str, base_method: str, recipe: str, protocol: str, backbone: str, pretrained: str | None,
-           dataset: str, subset: str, shots: int, seed: int, manifest: str | Path | None = None,
-           sampler: str | None = None) -> dict:
+def record(
+    *,
+    method: str,
+    base_method: str,
+    recipe: str,
+    protocol: str,
+    backbone: str,
+    pretrained: str | None,
+    dataset: str,
+    subset: str,
+    shots: int,
+    seed: int,
+    manifest: str | Path | None = None,
+    sampler: str | None = None,
+) -> dict:
     """The provenance record of one run; ``manifest`` is hashed when given."""
     from prompt_ot.utils.io import sha256_file
 
-    return {"method": method, "base_method": base_method, "recipe": recipe, "protocol": protocol,
-            "backbone": backbone, "weights": weights_identity(pretrained), "dataset": dataset, "subset": subset,
-            "shots": shots, "seed": seed, "sampler": sampler,
-            "manifest_sha256": sha256_file(manifest) if manifest is not None else None}
+    return {
+        "method": method,
+        "base_method": base_method,
+        "recipe": recipe,
+        "protocol": protocol,
+        "backbone": backbone,
+        "weights": weights_identity(pretrained),
+        "dataset": dataset,
+        "subset": subset,
+        "shots": shots,
+        "seed": seed,
+        "sampler": sampler,
+        "manifest_sha256": sha256_file(manifest) if manifest is not None else None,
+    }
 
 
 def check(found: dict | None, expected: dict, what: str) -> None:
     """Refuse ``what`` (a prompts file) when its record differs from ``expected`` in a checked field."""
     if not found:
-        raise UserError(f"{what} holds no provenance record (it was written by an older version of prompt_ot); "
-                        "train the run again")
+        raise UserError(
+            f"{what} holds no provenance record (it was written by an older version of prompt_ot); train the run again"
+        )
     differs = [key for key in CHECKED if key in expected and found.get(key) != expected[key]]
     if differs:
         have = ", ".join(f"{key} {found.get(key)!r}" for key in differs)
         want = ", ".join(f"{key} {expected[key]!r}" for key in differs)
-        raise UserError(f"{what} was produced by a run with {have}, but this evaluation is asked to label {want}; "
-                        "evaluate the matching run's prompts, or train this run")
+        raise UserError(
+            f"{what} was produced by a run with {have}, but this evaluation is asked to label {want}; "
+            "evaluate the matching run's prompts, or train this run"
+        )

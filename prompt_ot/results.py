@@ -74,8 +74,12 @@ def read_metrics(path: str | Path) -> RunMetrics:
     from prompt_ot.utils.io import read_json
 
     path = Path(path)
-    raw = read_json(path, what="metrics file", fix="delete it and rerun the evaluate stage",
-                    missing=f"metrics file {path} does not exist; run the evaluate stage first")
+    raw = read_json(
+        path,
+        what="metrics file",
+        fix="delete it and rerun the evaluate stage",
+        missing=f"metrics file {path} does not exist; run the evaluate stage first",
+    )
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path} is not a prompt_ot metrics file (format {FORMAT!r} expected)")
     raw.pop("format")
@@ -83,6 +87,8 @@ def read_metrics(path: str | Path) -> RunMetrics:
         metrics = RunMetrics(**raw)
     except TypeError as err:
         raise UserError(f"metrics file {path} has unexpected fields ({err}); rerun the evaluate stage") from err
-    if metrics.protocol not in PROTOCOLS or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.accuracy.values()):
+    if metrics.protocol not in PROTOCOLS or not all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.accuracy.values()
+    ):
         raise UserError(f"metrics file {path} has an unknown protocol or non-numeric accuracies")
     return metrics

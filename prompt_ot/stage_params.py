@@ -27,14 +27,16 @@ def resolved_params(params: dict) -> dict:
     from prompt_ot.config import SUBSET_OF, test_cache_precision, trained_runs, view_cache_settings
 
     variants = params.get("variants") or {}
-    methods = {name: copy.deepcopy(variants[name]) if name in variants else {"method": name}
-               for name in params["methods"]}
+    methods = {
+        name: copy.deepcopy(variants[name]) if name in variants else {"method": name} for name in params["methods"]
+    }
     cache_test = {dataset: {"precision": test_cache_precision(params, dataset)} for dataset in params["datasets"]}
     cache_train: dict = {}
     for protocol, dataset, shots in trained_runs(params):
         subset = SUBSET_OF[protocol]
-        cache_train.setdefault(dataset, {})[f"{subset}_{shots}shot"] = view_cache_settings(params, dataset, subset,
-                                                                                           shots)
+        cache_train.setdefault(dataset, {})[f"{subset}_{shots}shot"] = view_cache_settings(
+            params, dataset, subset, shots
+        )
     return {"methods": methods, "cache_test": cache_test, "cache_train": cache_train}
 
 

@@ -37,7 +37,7 @@ def template_set(template: str) -> list[str]:
     """The templates of ``templates:<name>``."""
     from prompt_ot.errors import unknown_name
 
-    name = template[len(SET_PREFIX):]
+    name = template[len(SET_PREFIX) :]
     if name not in TEMPLATE_SETS:
         raise unknown_name("template set", name, TEMPLATE_SETS)
     return TEMPLATE_SETS[name]()

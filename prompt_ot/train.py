@@ -30,9 +30,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -120,10 +120,14 @@ def run_fingerprint(method: MethodConfig, config: TrainConfig, classnames: list[
     """Identifies what a checkpoint belongs to; resuming from another method or backbone is refused.
 
     An adaptive lambda's settings enter with their defaults filled in, so a changed default is another run too."""
-    payload = {"method": method.to_dict(),
-               "train": {k: v for k, v in asdict(config).items() if k not in ("device", "num_workers", "deterministic",
-                                                                                "augment_on")},
-               "classes": classnames, "backbone": backbone}
+    payload = {
+        "method": method.to_dict(),
+        "train": {
+            k: v for k, v in asdict(config).items() if k not in ("device", "num_workers", "deterministic", "augment_on")
+        },
+        "classes": classnames,
+        "backbone": backbone,
+    }
     regulariser = method.regulariser or {}
     if regulariser.get("adaptive") not in (None, False):
         from prompt_ot.losses.adaptive import check_adaptive
@@ -195,9 +199,11 @@ class _Run:
         model = spec.model
         half = model.dtype == torch.float16
         if spec.method.trains and half != (spec.config.precision == "fp16"):
-            raise UserError(f"precision {spec.config.precision} needs a backbone loaded at "
-                            f"{'fp16' if not half else 'fp32'} weights, this one has {model.dtype}; load it with "
-                            f"load_backbone(..., precision={spec.config.precision!r})")
+            raise UserError(
+                f"precision {spec.config.precision} needs a backbone loaded at "
+                f"{'fp16' if not half else 'fp32'} weights, this one has {model.dtype}; load it with "
+                f"load_backbone(..., precision={spec.config.precision!r})"
+            )
         model.to(device)
         from prompt_ot.templates import is_template_set, template_set
 
@@ -230,17 +236,25 @@ class _Run:
             from prompt_ot.checkpoint import load_checkpoint
 
             regulariser_state: dict[str, torch.Tensor] = {}
-            self.start_epoch, self.history = load_checkpoint(self.ckpt_path, model, self.optimizer, self.fingerprint,
-                                                             aggregate=self.aggregate, regulariser=regulariser_state)
+            self.start_epoch, self.history = load_checkpoint(
+                self.ckpt_path,
+                model,
+                self.optimizer,
+                self.fingerprint,
+                aggregate=self.aggregate,
+                regulariser=regulariser_state,
+            )
             self.aggregate = {k: v.to(device) for k, v in self.aggregate.items()}
             if self.dual is not None:
                 self.dual.load_state(regulariser_state)
         with torch.no_grad(), autocast(device, spec.config.precision):
-            self.frozen_class_text = (model.frozen_ensemble_text_features(ensemble) if ensemble
-                                      else model.frozen_class_text_features()).float()
+            self.frozen_class_text = (
+                model.frozen_ensemble_text_features(ensemble) if ensemble else model.frozen_class_text_features()
+            ).float()
         augment_on = spec.config.augment_on
         self.on_device_views = hasattr(spec.dataset, "device_batch") and (
-            augment_on == "device" or (augment_on == "auto" and device.type == "cuda"))
+            augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+        )
 
     def begin_epoch(self, epoch: int, device: torch.device) -> None:
         config, dataset = self.spec.config, self.spec.dataset
@@ -250,9 +264,14 @@ class _Run:
         if self.on_device_views:
             self.loader = ((*dataset.device_batch(batch, device), torch.as_tensor(batch)) for batch in self.batches)
         else:
-            self.loader = iter(torch.utils.data.DataLoader(
-                _index_dataset(dataset), batch_sampler=self.batches, num_workers=config.num_workers,
-                pin_memory=device.type == "cuda"))
+            self.loader = iter(
+                torch.utils.data.DataLoader(
+                    _index_dataset(dataset),
+                    batch_sampler=self.batches,
+                    num_workers=config.num_workers,
+                    pin_memory=device.type == "cuda",
+                )
+            )
         zero = torch.zeros((), device=device, dtype=torch.float64)
         self.sums = {"loss": zero.clone(), "ce": zero.clone(), "reg": zero.clone(), "correct": zero.clone()}
         if self.dual is not None:
@@ -269,8 +288,10 @@ def _check_pack(runs: Sequence[_Run]) -> None:
         if spec.model.clip is not first.model.clip:
             raise UserError("packed runs must share one backbone object (build each model from the same clip)")
         if spec.model.config != first.model.config:
-            raise UserError(f"packed runs need the same prompt layout: {spec.method.name} has {spec.model.config}, "
-                            f"{first.method.name} has {first.model.config}")
+            raise UserError(
+                f"packed runs need the same prompt layout: {spec.method.name} has {spec.model.config}, "
+                f"{first.method.name} has {first.model.config}"
+            )
         mine = {k: v for k, v in asdict(spec.config).items() if k != "seed"}
         theirs = {k: v for k, v in asdict(first.config).items() if k != "seed"}
         if mine != theirs:
@@ -297,8 +318,18 @@ def train(
     ``stop_after_epoch`` ends the run early (as a kill would), for tests of resumption. ``frozen_template`` is the
     template of the frozen class texts S_c (the dataset's, for a method whose frozen template is "dataset").
     """
-    spec = RunSpec(method, model, dataset, classnames, config, checkpoint_dir, frozen_image_features, backbone,
-                   on_epoch_end, frozen_template)
+    spec = RunSpec(
+        method,
+        model,
+        dataset,
+        classnames,
+        config,
+        checkpoint_dir,
+        frozen_image_features,
+        backbone,
+        on_epoch_end,
+        frozen_template,
+    )
     return train_packed([spec], stop_after_epoch=stop_after_epoch)[0]
 
 
@@ -341,8 +372,10 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
             _end_epoch(run, epoch, lr)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
-    return [TrainResult(prompts=run.spec.model.prompt_state(), history=run.history, resumed_from_epoch=run.start_epoch)
-            for run in runs]
+    return [
+        TrainResult(prompts=run.spec.model.prompt_state(), history=run.history, resumed_from_epoch=run.start_epoch)
+        for run in runs
+    ]
 
 
 def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> None:
@@ -384,17 +417,20 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
                 frozen_image = None
                 if run.needs_frozen_image:
                     supplied = run.spec.frozen_image_features
-                    frozen_image = (to_device(supplied(epoch, indices), device) if supplied is not None
-                                    else frozen_all[k])
-                reg = run.regulariser(RegulariserInputs(
-                    image=image.float(),
-                    frozen_image=None if frozen_image is None else frozen_image.float(),
-                    class_text=class_text.float(),
-                    frozen_class_text=run.frozen_class_text,
-                    labels=labels,
-                    logits=logits.float(),
-                    logit_scale=models[k].logit_scale.float(),
-                ))
+                    frozen_image = (
+                        to_device(supplied(epoch, indices), device) if supplied is not None else frozen_all[k]
+                    )
+                reg = run.regulariser(
+                    RegulariserInputs(
+                        image=image.float(),
+                        frozen_image=None if frozen_image is None else frozen_image.float(),
+                        class_text=class_text.float(),
+                        frozen_class_text=run.frozen_class_text,
+                        labels=labels,
+                        logits=logits.float(),
+                        logit_scale=models[k].logit_scale.float(),
+                    )
+                )
             loss = ce + reg
             total = total + loss
             n = labels.shape[0]
@@ -444,8 +480,16 @@ def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
     if run.ckpt_path is not None:
         from prompt_ot.checkpoint import save_checkpoint
 
-        save_checkpoint(run.ckpt_path, run.spec.model, run.optimizer, epoch + 1, run.history, run.fingerprint,
-                        aggregate=run.aggregate, regulariser=run.dual.state() if run.dual is not None else None)
+        save_checkpoint(
+            run.ckpt_path,
+            run.spec.model,
+            run.optimizer,
+            epoch + 1,
+            run.history,
+            run.fingerprint,
+            aggregate=run.aggregate,
+            regulariser=run.dual.state() if run.dual is not None else None,
+        )
     if run.spec.on_epoch_end is not None:
         run.spec.on_epoch_end(record)
 

@@ -12,7 +12,7 @@ import io
 import json
 import tarfile
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,20 +51,30 @@ CLASSES: dict[str, list[tuple[str, str]]] = {
     "stanford_cars": [("", "2012 AM General Hummer SUV"), ("", "2012 Acura RL Sedan"), ("", "2012 Acura TL Sedan")],
     "flowers102": [("", "pink primrose"), ("", "hard-leaved pocket orchid"), ("", "canterbury bells")],
     "food101": [("apple_pie", "apple_pie"), ("baby_back_ribs", "baby_back_ribs"), ("baklava", "baklava")],
-    "sun397": [("a/abbey", "abbey"), ("a/airplane_cabin", "airplane cabin"),
-               ("a/apartment_building/outdoor", "outdoor apartment building")],
+    "sun397": [
+        ("a/abbey", "abbey"),
+        ("a/airplane_cabin", "airplane cabin"),
+        ("a/apartment_building/outdoor", "outdoor apartment building"),
+    ],
     "dtd": [("banded", "banded"), ("blotchy", "blotchy"), ("braided", "braided")],
-    "eurosat": [("AnnualCrop", "Annual Crop Land"), ("Forest", "Forest"),
-                ("HerbaceousVegetation", "Herbaceous Vegetation Land"), ("Highway", "Highway or Road"),
-                ("Industrial", "Industrial Buildings"), ("Pasture", "Pasture Land"),
-                ("PermanentCrop", "Permanent Crop Land"), ("Residential", "Residential Buildings"),
-                ("River", "River"), ("SeaLake", "Sea or Lake")],
+    "eurosat": [
+        ("AnnualCrop", "Annual Crop Land"),
+        ("Forest", "Forest"),
+        ("HerbaceousVegetation", "Herbaceous Vegetation Land"),
+        ("Highway", "Highway or Road"),
+        ("Industrial", "Industrial Buildings"),
+        ("Pasture", "Pasture Land"),
+        ("PermanentCrop", "Permanent Crop Land"),
+        ("Residential", "Residential Buildings"),
+        ("River", "River"),
+        ("SeaLake", "Sea or Lake"),
+    ],
     "ucf101": [("Apply_Eye_Makeup", "Apply_Eye_Makeup"), ("Apply_Lipstick", "Apply_Lipstick"), ("Archery", "Archery")],
 }
 FGVC_VARIANTS = ["707-320", "727-200", "A300B4", "Cessna 172", "DHC-1", "F/A-18"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def png_bytes(size: int = 4, colour: tuple[int, int, int] = (200, 40, 90)) -> bytes:
     """A tiny real PNG image."""
     from PIL import Image

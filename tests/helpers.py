@@ -52,16 +52,25 @@ class HostReads:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         aten = torch.ops.aten
-        reads = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-                 aten._unique2.default, aten.unique_consecutive.default, aten.unique_dim.default,
-                 aten.repeat_interleave.Tensor}
+        reads = {
+            aten._local_scalar_dense.default,
+            aten.nonzero.default,
+            aten.masked_select.default,
+            aten._unique2.default,
+            aten.unique_consecutive.default,
+            aten.unique_dim.default,
+            aten.repeat_interleave.Tensor,
+        }
         masked = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default}
         found = self.found = []
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 boolean_index = func in masked and any(
-                    isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None)
+                    isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                    for i in args[1]
+                    if i is not None
+                )
                 if func in reads or boolean_index:
                     found.append(f"{func} at {_project_caller()}")
                 return func(*args, **(kwargs or {}))

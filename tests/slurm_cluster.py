@@ -97,7 +97,7 @@ class Cluster:
 
     # -- start and stop ----------------------------------------------------------------------------------------
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         reason = why_unavailable()
         if reason:
             raise ClusterUnavailable(reason)
@@ -108,14 +108,20 @@ class Cluster:
             if self.accounting:
                 self._start_mariadb()
                 self._spawn("slurmdbd", [_exe("slurmdbd"), "-D"])
-                self._wait(lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0,
-                           "slurmdbd to answer sacctmgr")
+                self._wait(
+                    lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0,
+                    "slurmdbd to answer sacctmgr",
+                )
             self._spawn("slurmctld", [_exe("slurmctld"), "-D", "-i"])
-            self._wait(lambda: self.run("scontrol", "ping", check=False).stdout.count("UP") > 0,
-                       "slurmctld to answer scontrol ping")
+            self._wait(
+                lambda: self.run("scontrol", "ping", check=False).stdout.count("UP") > 0,
+                "slurmctld to answer scontrol ping",
+            )
             self._spawn("slurmd", [_exe("slurmd"), "-D"])
-            self._wait(lambda: "idle" in self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout,
-                       "the node to be idle in sinfo")
+            self._wait(
+                lambda: "idle" in self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout,
+                "the node to be idle in sinfo",
+            )
         except BaseException:
             self.stop()
             raise
@@ -131,7 +137,7 @@ class Cluster:
                 if not out.strip():
                     break
                 time.sleep(0.5)
-        for name, proc in reversed(self.procs):
+        for _name, proc in reversed(self.procs):
             _stop(proc)
         self.procs.clear()
         # slurmstepd processes of cancelled jobs outlive slurmd; they are ours (their config is in self.dir)
@@ -159,8 +165,9 @@ class Cluster:
 
     def _spawn(self, name: str, cmd: list[str], log: str | None = None) -> subprocess.Popen:
         out = open(self.dir / (log or f"{name}.out"), "ab")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=self.dir)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir
+        )
         out.close()
         self.procs.append((name, proc))
         return proc
@@ -170,8 +177,10 @@ class Cluster:
         while not ready():
             dead = [name for name, p in self.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"SLURM test cluster: waiting for {what} failed"
-                                   f"{' (' + ', '.join(dead) + ' exited)' if dead else ''}\n{self.logs()}")
+                raise RuntimeError(
+                    f"SLURM test cluster: waiting for {what} failed"
+                    f"{' (' + ', '.join(dead) + ' exited)' if dead else ''}\n{self.logs()}"
+                )
             time.sleep(0.2)
 
     def _start_munge(self) -> None:
@@ -181,24 +190,62 @@ class Cluster:
         MUNGE_RUN.mkdir(parents=True, exist_ok=True)
         shutil.chown(MUNGE_RUN, "munge", "munge")
         MUNGE_RUN.chmod(0o755)
-        subprocess.run(["runuser", "-u", "munge", "--", _exe("munged"), f"--pid-file={MUNGE_RUN}/munged.pid",
-                        f"--log-file={MUNGE_RUN}/munged.log", f"--seed-file={MUNGE_RUN}/munged.seed"],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                _exe("munged"),
+                f"--pid-file={MUNGE_RUN}/munged.pid",
+                f"--log-file={MUNGE_RUN}/munged.log",
+                f"--seed-file={MUNGE_RUN}/munged.seed",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         self.started_munge = True
-        self._wait(lambda: subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0,
-                   "munged")
+        self._wait(
+            lambda: subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0, "munged"
+        )
 
     def _start_mariadb(self) -> None:
         data, sock = self.dir / "mariadb", self.dir / "mariadb.sock"
-        subprocess.run([_exe("mariadb-install-db"), "--no-defaults", f"--datadir={data}", "--user=root",
-                        "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)
-        self._spawn("mariadbd", [_exe("mariadbd"), "--no-defaults", f"--datadir={data}", f"--socket={sock}",
-                                 f"--port={self.db_port}", "--bind-address=127.0.0.1", "--user=root",
-                                 f"--pid-file={self.dir / 'mariadb.pid'}", f"--log-error={self.dir / 'mariadb.log'}"])
+        subprocess.run(
+            [
+                _exe("mariadb-install-db"),
+                "--no-defaults",
+                f"--datadir={data}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        self._spawn(
+            "mariadbd",
+            [
+                _exe("mariadbd"),
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={sock}",
+                f"--port={self.db_port}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                f"--pid-file={self.dir / 'mariadb.pid'}",
+                f"--log-error={self.dir / 'mariadb.log'}",
+            ],
+        )
         sql = ["mariadb", "--no-defaults", f"--socket={sock}", "-u", "root"]
         self._wait(lambda: self.run(*sql, "-e", "SELECT 1", check=False).returncode == 0, "MariaDB")
-        self.run(*sql, "-e", "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';"
-                             " GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;")
+        self.run(
+            *sql,
+            "-e",
+            "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';"
+            " GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;",
+        )
 
     def _write_config(self) -> None:
         d = self.dir
@@ -212,7 +259,9 @@ class Cluster:
         accounting = (
             f"AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\n"
             f"AccountingStoragePort={self.dbd_port}\nAccountingStorageTRES=gres/gpu\nAccountingStoreFlags=job_comment\n"
-            if self.accounting else "AccountingStorageType=accounting_storage/none\n")
+            if self.accounting
+            else "AccountingStorageType=accounting_storage/none\n"
+        )
         (d / "slurm.conf").write_text(
             f"ClusterName=promptot\nSlurmctldHost={self.host}(127.0.0.1)\nSlurmctldPort={self.ctld_port}\n"
             f"SlurmdPort={self.slurmd_port}\nAuthType=auth/munge\nCredType=cred/munge\nSlurmUser=root\n"
@@ -227,15 +276,18 @@ class Cluster:
             f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} "
             f"Gres=gpu:{NODE_GPUS} State=UNKNOWN\n"
             f"PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n"
-            f"PartitionName=cpu Nodes=ALL MaxTime=INFINITE State=UP\n")
-        (d / "gres.conf").write_text("".join(f"NodeName={self.host} Name=gpu File={d / 'gpus'}/nvidia{i}\n"
-                                             for i in range(NODE_GPUS)))
+            f"PartitionName=cpu Nodes=ALL MaxTime=INFINITE State=UP\n"
+        )
+        (d / "gres.conf").write_text(
+            "".join(f"NodeName={self.host} Name=gpu File={d / 'gpus'}/nvidia{i}\n" for i in range(NODE_GPUS))
+        )
         dbd = d / "slurmdbd.conf"
         dbd.write_text(
             f"AuthType=auth/munge\nDbdHost=localhost\nDbdPort={self.dbd_port}\nSlurmUser=root\n"
             f"PidFile={d / 'slurmdbd.pid'}\nLogFile={d / 'slurmdbd.log'}\nStorageType=accounting_storage/mysql\n"
             f"StorageHost=127.0.0.1\nStoragePort={self.db_port}\nStorageUser=slurm\nStoragePass=slurm\n"
-            f"StorageLoc=slurm_acct_db\n")
+            f"StorageLoc=slurm_acct_db\n"
+        )
         dbd.chmod(0o600)
         ETC.mkdir(parents=True, exist_ok=True)
         for name in LINKED:

@@ -35,8 +35,9 @@ def tiny():
 
 
 def dual(budget=0.1, relative=False, dual_lr=1.0, max_weight=100.0, initial=10.0) -> DualWeight:
-    return DualWeight(AdaptiveSettings(budget=budget, relative=relative, dual_lr=dual_lr, max_weight=max_weight),
-                      initial)
+    return DualWeight(
+        AdaptiveSettings(budget=budget, relative=relative, dual_lr=dual_lr, max_weight=max_weight), initial
+    )
 
 
 def feed(weight: DualWeight, term: float) -> float:
@@ -104,8 +105,13 @@ def inputs(drift: float, batch=4, dim=8, seed=0) -> RegulariserInputs:
     if drift:
         image = F.normalize(frozen_image + drift * torch.randn(batch, dim, generator=g), dim=-1)
         text = F.normalize(frozen_text + drift * torch.randn(3, dim, generator=g), dim=-1)
-    return RegulariserInputs(image=image, frozen_image=frozen_image, class_text=text, frozen_class_text=frozen_text,
-                             labels=torch.tensor([0, 1, 2, 0]))
+    return RegulariserInputs(
+        image=image,
+        frozen_image=frozen_image,
+        class_text=text,
+        frozen_class_text=frozen_text,
+        labels=torch.tensor([0, 1, 2, 0]),
+    )
 
 
 def test_the_ot_regulariser_weighs_its_term_by_lambda_before_the_update():
@@ -153,8 +159,14 @@ def config(seed=1, **kw):
 def run(tiny, adaptive, seed=1, **kw):
     clip, tokenizer, _ = tiny
     m = method(adaptive)
-    return train(m, build_model(m, clip, tokenizer, seed=seed), ToyImages(6, len(CLASSES)), CLASSES,
-                 config(seed, epochs=kw.pop("epochs", 3)), **kw)
+    return train(
+        m,
+        build_model(m, clip, tokenizer, seed=seed),
+        ToyImages(6, len(CLASSES)),
+        CLASSES,
+        config(seed, epochs=kw.pop("epochs", 3)),
+        **kw,
+    )
 
 
 def test_training_records_lambda_its_term_and_budget_per_epoch(tiny):
@@ -178,9 +190,11 @@ def _fixed(tiny):
     return m, build_model(m, clip, tokenizer, seed=1), ToyImages(6, len(CLASSES)), CLASSES
 
 
-@pytest.mark.parametrize("adaptive", [{"budget": 1.0, "relative": True, "dual_lr": 2.0},
-                                      {"budget": 0.1, "relative": False, "dual_lr": 20.0}],
-                         ids=["relative", "absolute"])
+@pytest.mark.parametrize(
+    "adaptive",
+    [{"budget": 1.0, "relative": True, "dual_lr": 2.0}, {"budget": 0.1, "relative": False, "dual_lr": 20.0}],
+    ids=["relative", "absolute"],
+)
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_end(tiny, tmp_path, adaptive):
     from safetensors.torch import load_file
 
@@ -212,10 +226,14 @@ def test_the_fingerprint_holds_the_adaptive_settings(tiny, tmp_path):
     import hashlib
 
     fixed = get_method("prompt_ot", {"prompts": SHALLOW})
-    train_keys = {k: v for k, v in dataclasses.asdict(config()).items()
-                  if k not in ("device", "num_workers", "deterministic", "augment_on")}
-    legacy = json.dumps({"method": fixed.to_dict(), "train": train_keys, "classes": CLASSES, "backbone": "tiny"},
-                        sort_keys=True)
+    train_keys = {
+        k: v
+        for k, v in dataclasses.asdict(config()).items()
+        if k not in ("device", "num_workers", "deterministic", "augment_on")
+    }
+    legacy = json.dumps(
+        {"method": fixed.to_dict(), "train": train_keys, "classes": CLASSES, "backbone": "tiny"}, sort_keys=True
+    )
     assert run_fingerprint(fixed, config(), CLASSES, "tiny") == hashlib.sha256(legacy.encode()).hexdigest()[:16]
     run(tiny, {"budget": 1.0}, checkpoint_dir=tmp_path, stop_after_epoch=1)
     with pytest.raises(UserError, match="belongs to another run"):
@@ -228,8 +246,9 @@ def test_each_packed_run_keeps_its_own_lambda(tiny):
 
     def spec(seed):
         m = method(adaptive)
-        return RunSpec(m, build_model(m, clip, tokenizer, seed=seed), ToyImages(6, len(CLASSES)), CLASSES,
-                       config(seed, epochs=2))
+        return RunSpec(
+            m, build_model(m, clip, tokenizer, seed=seed), ToyImages(6, len(CLASSES)), CLASSES, config(seed, epochs=2)
+        )
 
     packed = train_packed([spec(1), spec(2)])
     alone = [train_packed([spec(seed)])[0] for seed in (1, 2)]
@@ -259,8 +278,13 @@ def _device_runs(tiny, device, adaptives):
     runs = []
     for seed, adaptive in enumerate(adaptives, start=1):
         m = get_method("prompt_ot", {"prompts": SHALLOW, "regulariser": {"adaptive": adaptive, "backend": "torch"}})
-        spec = RunSpec(m, build_model(m, clip, tokenizer, seed=seed), DeviceToy(6, len(CLASSES)), CLASSES,
-                       config(seed, augment_on="device", device=str(device)))
+        spec = RunSpec(
+            m,
+            build_model(m, clip, tokenizer, seed=seed),
+            DeviceToy(6, len(CLASSES)),
+            CLASSES,
+            config(seed, augment_on="device", device=str(device)),
+        )
         runs.append(_Run(spec, device))
     for run_ in runs:
         run_.begin_epoch(0, device)
@@ -328,17 +352,23 @@ def demo_params() -> dict:
     return yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
 
 
-@pytest.mark.parametrize("adaptive, message", [
-    ({"budget": -0.5}, r"'adaptive.budget' must be >= 0, got -0.5"),
-    ({"dual_lr": 0}, r"'adaptive.dual_lr' must be > 0, got 0"),
-    ({"dual_lr": -1.0}, r"'adaptive.dual_lr' must be > 0"),
-    ({"max_weight": 5.0}, r"'adaptive.max_weight' = 5 is below the initial lambda 'weight' = 10"),
-    ({"budget": 1.0, "dual_rate": 0.1}, r"unknown regulariser parameter\(s\) adaptive.dual_rate; known: "
-                                        r"adaptive.budget, adaptive.relative, adaptive.dual_lr, adaptive.max_weight"),
-    ({"relative": "yes"}, r"'adaptive.relative' must be true or false"),
-    ({"budget": "small"}, r"'adaptive.budget' must be a finite number"),
-    ([1.0], r"'adaptive' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "adaptive, message",
+    [
+        ({"budget": -0.5}, r"'adaptive.budget' must be >= 0, got -0.5"),
+        ({"dual_lr": 0}, r"'adaptive.dual_lr' must be > 0, got 0"),
+        ({"dual_lr": -1.0}, r"'adaptive.dual_lr' must be > 0"),
+        ({"max_weight": 5.0}, r"'adaptive.max_weight' = 5 is below the initial lambda 'weight' = 10"),
+        (
+            {"budget": 1.0, "dual_rate": 0.1},
+            r"unknown regulariser parameter\(s\) adaptive.dual_rate; known: "
+            r"adaptive.budget, adaptive.relative, adaptive.dual_lr, adaptive.max_weight",
+        ),
+        ({"relative": "yes"}, r"'adaptive.relative' must be true or false"),
+        ({"budget": "small"}, r"'adaptive.budget' must be a finite number"),
+        ([1.0], r"'adaptive' must be a mapping"),
+    ],
+)
 def test_bad_adaptive_settings_are_refused_naming_the_key(adaptive, message):
     params = demo_params()
     params["variants"]["prompt_ot_adaptive"]["regulariser"] = {"adaptive": adaptive}
@@ -350,8 +380,12 @@ def test_the_demo_runs_the_adaptive_variant_and_holds_the_lambda_sweep_ready():
     params = validate_params(demo_params())
     assert "prompt_ot_adaptive" in params["methods"]
     adaptive = resolve_method(params, "prompt_ot_adaptive").regulariser
-    assert adaptive["weight"] == 10.0 and adaptive["adaptive"] == {"budget": 1.0, "relative": True, "dual_lr": 0.2,
-                                                                   "max_weight": 100.0}
+    assert adaptive["weight"] == 10.0 and adaptive["adaptive"] == {
+        "budget": 1.0,
+        "relative": True,
+        "dual_lr": 0.2,
+        "max_weight": 100.0,
+    }
     sweep = ["prompt_ot_lambda1", "prompt_ot_lambda3", "prompt_ot_lambda30"]
     assert [resolve_method(params, name).regulariser["weight"] for name in sweep] == [1.0, 3.0, 30.0]
     assert not set(sweep) & set(params["methods"])  # ready, not run by default
@@ -362,13 +396,27 @@ def test_the_demo_runs_the_adaptive_variant_and_holds_the_lambda_sweep_ready():
 # ---------------------------------------------------------------------------------------------- metrics, report
 
 
-def write_run(folder: Path, method: str, dataset: str, seed: int, base: float, novel: float, weight: float,
-              adaptive: bool = False) -> Path:
+def write_run(
+    folder: Path, method: str, dataset: str, seed: int, base: float, novel: float, weight: float, adaptive: bool = False
+) -> Path:
     from prompt_ot.results import RunMetrics, write_metrics
 
     path = folder / f"{method}-{dataset}-{seed}.json"
-    write_metrics(path, RunMetrics("base2novel", method, dataset, seed, 16, "tiny-vit", {"base": base, "novel": novel},
-                                   base_method="prompt_ot", regulariser_weight=weight, regulariser_adaptive=adaptive))
+    write_metrics(
+        path,
+        RunMetrics(
+            "base2novel",
+            method,
+            dataset,
+            seed,
+            16,
+            "tiny-vit",
+            {"base": base, "novel": novel},
+            base_method="prompt_ot",
+            regulariser_weight=weight,
+            regulariser_adaptive=adaptive,
+        ),
+    )
     return path
 
 
@@ -387,8 +435,12 @@ def sweep_runs(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     paths = []
-    for method_, weight in (("prompt_ot_lambda1", 1.0), ("prompt_ot_lambda3", 3.0), ("prompt_ot", 10.0),
-                            ("prompt_ot_lambda30", 30.0)):
+    for method_, weight in (
+        ("prompt_ot_lambda1", 1.0),
+        ("prompt_ot_lambda3", 3.0),
+        ("prompt_ot", 10.0),
+        ("prompt_ot_lambda30", 30.0),
+    ):
         for seed in (1, 2):
             paths.append(write_run(runs, method_, "dtd", seed, 60 + weight, 80 - weight, weight))
     for seed, final in ((1, 12.0), (2, 16.0)):  # lambda when tested differs per run; the row shows their mean
@@ -405,15 +457,25 @@ def test_the_ablation_table_holds_the_adaptive_row(tmp_path, sweep_runs):
     out = tmp_path / "out"
     build_report(sweep_runs, read_published(None), out, figures=False)
     average = pd.read_csv(out / "tables" / "base2novel_average.csv")
-    assert list(average.method) == ["prompt_ot", "prompt_ot_lambda1", "prompt_ot_lambda3", "prompt_ot_lambda30",
-                                    "prompt_ot_adaptive"]  # the adaptive row after the fixed lambdas
+    assert list(average.method) == [
+        "prompt_ot",
+        "prompt_ot_lambda1",
+        "prompt_ot_lambda3",
+        "prompt_ot_lambda30",
+        "prompt_ot_adaptive",
+    ]  # the adaptive row after the fixed lambdas
     adaptive = average[average.method == "prompt_ot_adaptive"].iloc[0]
     assert adaptive["name"] == "Prompt-OT (ours), adaptive λ" and math.isnan(adaptive["lambda"])
     assert adaptive["adaptive_lambda"] == pytest.approx(14.0) and adaptive["base_mean"] == pytest.approx(76.5)
     ablation = pd.read_csv(out / "tables" / "ablation.csv")
     block = ablation[ablation.block == "Regularisation strength"]
-    assert set(block.method) == {"prompt_ot", "prompt_ot_lambda1", "prompt_ot_lambda3", "prompt_ot_lambda30",
-                                 "prompt_ot_adaptive"}
+    assert set(block.method) == {
+        "prompt_ot",
+        "prompt_ot_lambda1",
+        "prompt_ot_lambda3",
+        "prompt_ot_lambda30",
+        "prompt_ot_adaptive",
+    }
     assert "adaptive $\\lambda$" in (out / "tables" / "ablation.tex").read_text()
 
 
@@ -463,29 +525,132 @@ def test_the_train_and_evaluate_stages_report_lambda_at_the_tested_epoch(tmp_pat
     make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
     params = small_params()
     params["methods"] = ["prompt_ot_adaptive"]
-    params["variants"] = {"prompt_ot_adaptive": {
-        "method": "prompt_ot", "regulariser": {"adaptive": {"budget": 0.0, "relative": False, "dual_lr": 5.0}},
-        "train": {"eval_epoch": 1}}}
+    params["variants"] = {
+        "prompt_ot_adaptive": {
+            "method": "prompt_ot",
+            "regulariser": {"adaptive": {"budget": 0.0, "relative": False, "dual_lr": 5.0}},
+            "train": {"eval_epoch": 1},
+        }
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     p = str(tmp_path / "params.yaml")
     common = ["--backbone", "tiny-vit", "--pretrained", "none"]
-    assert main(["split", "dtd", "--root", str(root), "--subset", "base", "--shots", "2", "--seed", "1",
-                 "--out", str(tmp_path / "manifest.json")]) == 0
-    assert main(["cache", "train", "--params", p, "--manifest", str(tmp_path / "manifest.json"), "--root", str(root),
-                 *common, "--seed", "1", "--out", str(tmp_path / "train_cache"), "--device", "cpu"]) == 0
-    assert main(["cache", "test", "dtd", "--params", p, "--root", str(root), *common, "--out",
-                 str(tmp_path / "test" / "dtd"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "dtd",
+                "--root",
+                str(root),
+                "--subset",
+                "base",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "manifest.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "cache",
+                "train",
+                "--params",
+                p,
+                "--manifest",
+                str(tmp_path / "manifest.json"),
+                "--root",
+                str(root),
+                *common,
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "train_cache"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "cache",
+                "test",
+                "dtd",
+                "--params",
+                p,
+                "--root",
+                str(root),
+                *common,
+                "--out",
+                str(tmp_path / "test" / "dtd"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "run"
-    assert main(["train", "--params", p, "--protocol", "base2novel", "--method", "prompt_ot_adaptive", "--seed", "1",
-                 "--manifest", str(tmp_path / "manifest.json"), "--train-cache", str(tmp_path / "train_cache"),
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--params",
+                p,
+                "--protocol",
+                "base2novel",
+                "--method",
+                "prompt_ot_adaptive",
+                "--seed",
+                "1",
+                "--manifest",
+                str(tmp_path / "manifest.json"),
+                "--train-cache",
+                str(tmp_path / "train_cache"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     history = json.loads((out / "train.json").read_text())["history"]
     assert 10.0 < history[0]["lambda"] < history[1]["lambda"]  # budget 0: every step raises it
     assert f"lambda {history[0]['lambda']:.4g}" in (out / "train.log").read_text()
-    assert main(["evaluate", "--params", p, "--protocol", "base2novel", "--method", "prompt_ot_adaptive",
-                 "--dataset", "dtd", "--shots", "2", "--seed", "1", "--prompts", str(out / "prompts.safetensors"),
-                 "--test-cache-root", str(tmp_path / "test"), "--out", str(out / "metrics.json"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--params",
+                p,
+                "--protocol",
+                "base2novel",
+                "--method",
+                "prompt_ot_adaptive",
+                "--dataset",
+                "dtd",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--prompts",
+                str(out / "prompts.safetensors"),
+                "--test-cache-root",
+                str(tmp_path / "test"),
+                "--out",
+                str(out / "metrics.json"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["regulariser_adaptive"] is True and metrics["epoch"] == 1
     assert metrics["regulariser_weight"] == history[0]["lambda"]

@@ -156,7 +156,8 @@ def test_crop_boxes_equal_torchvisions_under_the_same_draws():
             assert torch.equal(torch.rand(1), after_torchvision)  # the same number of draws
             if (height, width) in STRIPS:  # no box of the top of the ranges fits, so AlwaysHigh gives the fallback
                 fallbacks[height, width] = fallbacks.get((height, width), 0) + (
-                    tuple(expected) == crop_box(height, width, AlwaysHigh()))
+                    tuple(expected) == crop_box(height, width, AlwaysHigh())
+                )
     assert all(count >= 50 for count in fallbacks.values()) and fallbacks[3, 1000] == 150  # the fallback was hit
 
 
@@ -180,8 +181,9 @@ def test_production_boxes_follow_torchvisions_distribution():
     ours = _box_statistics([view_params(0, 0, k, height, width)[:4] for k in range(n)], height, width)
     torch.manual_seed(0)
     image = torch.empty(3, height, width)
-    theirs = _box_statistics([transforms.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
-                              for _ in range(n)], height, width)
+    theirs = _box_statistics(
+        [transforms.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)], height, width
+    )
 
     def within(a, b):
         error = np.sqrt(a.var(0, ddof=1) / n + b.var(0, ddof=1) / n)
@@ -189,7 +191,9 @@ def test_production_boxes_follow_torchvisions_distribution():
 
     assert within(ours, theirs).all(), (ours.mean(0), theirs.mean(0))
     offset = (width - height) // 2  # the old layout: boxes on the centred height x height square
-    square = [(t, l + offset, h, w) for t, l, h, w, _ in (view_params(0, 0, k, height, height) for k in range(n))]
+    square = [
+        (top, left + offset, h, w) for top, left, h, w, _ in (view_params(0, 0, k, height, height) for k in range(n))
+    ]
     assert not within(_box_statistics(square, height, width), theirs)[0]  # its relative area is 3/4 of theirs
 
 
@@ -258,9 +262,9 @@ def test_view_of_an_image_above_the_cap_is_close_to_the_reference(tmp_path):
     stored = torch.from_numpy(store[0].copy()).permute(2, 0, 1)
     for epoch in range(40):
         top, left, h, w, flip = view_params(2, epoch, 0, 200, 300)
-        t, l, sh, sw = stored_box((top, left, h, w), (200, 300), (131, 196))
-        assert 0 <= t and t + sh <= 131 and 0 <= l and l + sw <= 196
-        for edge, exact in [(t, top * sy), (t + sh, (top + h) * sy), (l, left * sx), (l + sw, (left + w) * sx)]:
+        t, lft, sh, sw = stored_box((top, left, h, w), (200, 300), (131, 196))
+        assert 0 <= t and t + sh <= 131 and 0 <= lft and lft + sw <= 196
+        for edge, exact in [(t, top * sy), (t + sh, (top + h) * sy), (lft, left * sx), (lft + sw, (left + w) * sx)]:
             assert abs(edge - exact) <= 0.5 + 1e-9
         reference = test_view(_reference_crop(original, (top, left, h, w), flip, 32))
         means.append(float((store_view(store, 0, 2, epoch, 32) - reference).abs().mean()) / level)
@@ -352,7 +356,6 @@ def test_device_batch_on_the_gpu_is_within_one_intensity_level(stores):
     expected, _ = batch_train_views(train, range(6), seed=4, epoch=1, image_size=32)
     level = 1 / 255 / min(CLIP_STD)
     assert (batch.cpu() - expected).abs().max().item() <= level + 1e-6
-
 
 
 def test_views_are_within_a_fraction_of_a_grey_level_of_pils_bicubic():

@@ -14,8 +14,13 @@ SMALL = ["--device", "cpu", "--backbone", "tiny-vit", "--epochs", "2", "--steps"
 
 
 def bench_gpu(*args):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -39,7 +44,8 @@ def test_the_gpu_benchmark_runs_in_parts_and_rebuilds_its_report_from_the_parts_
     assert report.count("| **all 33 runs** |") == 2  # one run per process, and 3 seeds packed
     for proj in steps["projections"]:
         assert len(proj["rows"]) == 11 and proj["total_s"] == pytest.approx(
-            sum(r["train_s"] + r["eval_s"] for r in proj["rows"]))
+            sum(r["train_s"] + r["eval_s"] for r in proj["rows"])
+        )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip on a machine without CUDA")

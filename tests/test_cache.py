@@ -47,10 +47,18 @@ def digits(tmp_path_factory):
     write_manifest(manifest_path, build_manifest(split, spec.image_root(root), "digits", "all", shots=2, seed=1))
     test_dir, train_dir = base / "test_cache", base / "train_cache"
     build_test_cache("digits", root, "tiny-vit", None, test_dir, batch_size=64, **QUIET)
-    build_train_cache(manifest_path, root, "tiny-vit", None, train_dir, epochs=EPOCHS, seed=SEED, batch_size=16,
-                      **QUIET)
-    return {"root": root, "spec": spec, "split": split, "manifest": manifest_path,
-            "test": test_dir, "train": train_dir, "base": base}
+    build_train_cache(
+        manifest_path, root, "tiny-vit", None, train_dir, epochs=EPOCHS, seed=SEED, batch_size=16, **QUIET
+    )
+    return {
+        "root": root,
+        "spec": spec,
+        "split": split,
+        "manifest": manifest_path,
+        "test": test_dir,
+        "train": train_dir,
+        "base": base,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +79,7 @@ def _train(tiny, dataset, classnames, **kw):
     method = get_method("prompt_ot")  # depth 12, capped to the tiny model's layers by build_model
     model = build_model(method, clip, tokenizer, seed=SEED)
     if "frozen_image_features" in kw:
+
         def forbidden(images):
             raise AssertionError("the frozen image forward ran although cached features were supplied")
 
@@ -134,16 +143,19 @@ def test_views_augmented_on_the_device_path_train_to_the_same_prompts(digits, ti
 
         views.device_batch = device_batch
         config = dataclasses.replace(_config(), augment_on=where)  # "cpu": the DataLoader path
-        results[where] = train(method, model, views, manifest.classnames, config,
-                               frozen_image_features=cached).prompts
+        results[where] = train(method, model, views, manifest.classnames, config, frozen_image_features=cached).prompts
     assert calls["cpu"] == [] and len(calls["device"]) == EPOCHS * (len(views) // 4)
     for name in results["cpu"]:
         assert torch.equal(results["cpu"][name], results["device"][name]), name
 
 
 DEVICE_PACKS = {  # (method, frozen image features from the cache?) of each packed run
-    "deep prompts": [("prompt_ot", True), ("prompt_ot_sinkhorn", False), ("prompt_ot_unbalanced", True),
-                     ("pointwise_l1", False)],
+    "deep prompts": [
+        ("prompt_ot", True),
+        ("prompt_ot_sinkhorn", False),
+        ("prompt_ot_unbalanced", True),
+        ("pointwise_l1", False),
+    ],
     "text prompts": [("coop", False), ("kgcoop", False)],
 }
 
@@ -162,8 +174,19 @@ def _device_pack(digits, tiny, precision, pack, device, backend):
     for name, from_cache in DEVICE_PACKS[pack]:
         method = get_method(name, {"regulariser": {"backend": backend}} if name.startswith("prompt_ot") else None)
         model = build_model(method, clip, tokenizer, seed=SEED)
-        runs.append(_Run(RunSpec(method, model, cached.train_views(), manifest.classnames, config,
-                                 frozen_image_features=cached if from_cache else None), device))
+        runs.append(
+            _Run(
+                RunSpec(
+                    method,
+                    model,
+                    cached.train_views(),
+                    manifest.classnames,
+                    config,
+                    frozen_image_features=cached if from_cache else None,
+                ),
+                device,
+            )
+        )
     for run in runs:
         run.begin_epoch(0, device)
     assert all(run.on_device_views for run in runs)
@@ -265,8 +288,9 @@ def test_cached_evaluation_equals_a_full_forward(digits, tiny, method_name, subs
     model = build_model(method, clip, tokenizer, seed=3)  # coop: seeded random context, not trained
     test = TestFeatures(digits["test"]).subset(subset)
     template = digits["spec"].template
-    full = evaluate(model, _Relabelled(TestImages(test.store, pre.mean, pre.std), test.rows, test.labels),
-                    test.classnames, template)
+    full = evaluate(
+        model, _Relabelled(TestImages(test.store, pre.mean, pre.std), test.rows, test.labels), test.classnames, template
+    )
     if method_name == "zeroshot":
         class_text = test.text_features(template)
     else:
@@ -290,8 +314,9 @@ def test_second_build_is_a_noop(digits, monkeypatch):
     again = build_test_cache("digits", digits["root"], "tiny-vit", None, digits["test"], **QUIET)
     assert not again.built and again.computed == 0
     for epochs in (EPOCHS, 1):  # a cache of more epochs serves a shorter run
-        again = build_train_cache(digits["manifest"], digits["root"], "tiny-vit", "none", digits["train"],
-                                  epochs=epochs, seed=SEED, **QUIET)
+        again = build_train_cache(
+            digits["manifest"], digits["root"], "tiny-vit", "none", digits["train"], epochs=epochs, seed=SEED, **QUIET
+        )
         assert not again.built
     assert {kind: _mtimes(digits[kind]) for kind in ("test", "train")} == before
 
@@ -318,19 +343,38 @@ def test_killed_build_leaves_nothing_that_looks_complete(digits, tmp_path, monke
     with pytest.raises(UserError, match="no complete test feature cache"):
         TestFeatures(out)
     with pytest.raises(RuntimeError, match="killed"):
-        build_train_cache(digits["manifest"], digits["root"], "tiny-vit", None, tmp_path / "train", epochs=3,
-                          seed=SEED, batch_size=8, **QUIET)
+        build_train_cache(
+            digits["manifest"],
+            digits["root"],
+            "tiny-vit",
+            None,
+            tmp_path / "train",
+            epochs=3,
+            seed=SEED,
+            batch_size=8,
+            **QUIET,
+        )
     assert list(tmp_path.iterdir()) == []
 
     # a killed replacement keeps the old, complete cache as it was
     monkeypatch.undo()
-    build_train_cache(digits["manifest"], digits["root"], "tiny-vit", None, tmp_path / "train", epochs=1,
-                      seed=SEED, **QUIET)
+    build_train_cache(
+        digits["manifest"], digits["root"], "tiny-vit", None, tmp_path / "train", epochs=1, seed=SEED, **QUIET
+    )
     before = _mtimes(tmp_path / "train")
     _failing_forward(monkeypatch, after_calls=0)
     with pytest.raises(RuntimeError, match="killed"):
-        build_train_cache(digits["manifest"], digits["root"], "tiny-vit", None, tmp_path / "train", epochs=1,
-                          seed=2, replace=True, **QUIET)
+        build_train_cache(
+            digits["manifest"],
+            digits["root"],
+            "tiny-vit",
+            None,
+            tmp_path / "train",
+            epochs=1,
+            seed=2,
+            replace=True,
+            **QUIET,
+        )
     assert _mtimes(tmp_path / "train") == before and [p.name for p in tmp_path.iterdir()] == ["train"]
     assert FrozenViewFeatures(tmp_path / "train", seed=SEED).epochs == 1
 
@@ -344,8 +388,9 @@ def test_cache_of_another_seed_or_backbone_is_refused_or_replaced(digits, tmp_pa
         FrozenViewFeatures(out, seed=2)
     with pytest.raises(UserError, match="built for epochs 1, this run needs 2"):
         FrozenViewFeatures(out, epochs=2)
-    replaced = build_train_cache(digits["manifest"], digits["root"], "tiny-vit", None, out, epochs=1, seed=2,
-                                 replace=True, **QUIET)
+    replaced = build_train_cache(
+        digits["manifest"], digits["root"], "tiny-vit", None, out, epochs=1, seed=2, replace=True, **QUIET
+    )
     assert replaced.built and FrozenViewFeatures(out, seed=2).seed == 2
     more = build_train_cache(digits["manifest"], digits["root"], "tiny-vit", None, out, epochs=2, seed=2, **QUIET)
     assert more.built and "epochs" in more.reason and FrozenViewFeatures(out).epochs == 2
@@ -358,8 +403,9 @@ def test_cache_of_another_seed_or_backbone_is_refused_or_replaced(digits, tmp_pa
         TestFeatures(test_out, backbone="demo-vit")
     with pytest.raises(UserError, match="is a 'test' feature cache"):
         FrozenViewFeatures(test_out)
-    changed = build_test_cache("digits", digits["root"], "tiny-vit", None, test_out, templates=["itap of a {}."],
-                               **QUIET)
+    changed = build_test_cache(
+        "digits", digits["root"], "tiny-vit", None, test_out, templates=["itap of a {}."], **QUIET
+    )
     assert changed.built and "templates" in changed.reason and TestFeatures(test_out).templates == ["itap of a {}."]
 
 
@@ -395,8 +441,19 @@ def test_a_folder_that_is_not_a_cache_is_never_overwritten(digits, tmp_path):
 
 def test_cli_builds_reuses_and_reports_mistakes(digits, tmp_path, capsys):
     out = tmp_path / "test"
-    args = ["cache", "test", "digits", "--root", str(digits["root"]), "--backbone", "tiny-vit", "--out", str(out),
-            "--device", "cpu"]
+    args = [
+        "cache",
+        "test",
+        "digits",
+        "--root",
+        str(digits["root"]),
+        "--backbone",
+        "tiny-vit",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
     torch.testing.assert_close(TestFeatures(out).image_features, TestFeatures(digits["test"]).image_features)
@@ -404,8 +461,24 @@ def test_cli_builds_reuses_and_reports_mistakes(digits, tmp_path, capsys):
     assert "reused" in capsys.readouterr().out
 
     train_out = tmp_path / "train"
-    train_args = ["cache", "train", "--manifest", str(digits["manifest"]), "--root", str(digits["root"]),
-                  "--backbone", "tiny-vit", "--epochs", "1", "--seed", "1", "--out", str(train_out), "--device", "cpu"]
+    train_args = [
+        "cache",
+        "train",
+        "--manifest",
+        str(digits["manifest"]),
+        "--root",
+        str(digits["root"]),
+        "--backbone",
+        "tiny-vit",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(train_out),
+        "--device",
+        "cpu",
+    ]
     assert main(train_args) == 0
     np.testing.assert_array_equal(FrozenViewFeatures(train_out).views[0], FrozenViewFeatures(digits["train"]).views[0])
     assert main(train_args[:-4] + ["--out", str(train_out), "--seed", "3", "--device", "cpu"]) == 2
@@ -419,8 +492,24 @@ def test_the_training_image_size_cap_and_the_store_format_are_inputs_of_the_trai
     import json
 
     out = tmp_path / "train"
-    args = ["cache", "train", "--manifest", str(digits["manifest"]), "--root", str(digits["root"]),
-            "--backbone", "tiny-vit", "--epochs", "1", "--seed", "1", "--out", str(out), "--device", "cpu"]
+    args = [
+        "cache",
+        "train",
+        "--manifest",
+        str(digits["manifest"]),
+        "--root",
+        str(digits["root"]),
+        "--backbone",
+        "tiny-vit",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args + ["--train-short-side", "0"]) == 0
     index = json.loads((out / "index.json").read_text())
     assert index["inputs"]["train_short_side"] == 0 and index["inputs"]["store_format"] == 2
@@ -429,8 +518,9 @@ def test_the_training_image_size_cap_and_the_store_format_are_inputs_of_the_trai
     capsys.readouterr()
     assert main(args) == 0  # the automatic cap is another input
     assert "inputs changed (train_short_side)" in capsys.readouterr().out
-    assert json.loads((out / "store" / "index.json").read_text())["preprocess"]["resize_shorter_side_above"] == \
-        math.ceil(FrozenViewFeatures(out).index["preprocess"]["image_size"] / math.sqrt(0.08 * 3 / 4))
+    assert json.loads((out / "store" / "index.json").read_text())["preprocess"][
+        "resize_shorter_side_above"
+    ] == math.ceil(FrozenViewFeatures(out).index["preprocess"]["image_size"] / math.sqrt(0.08 * 3 / 4))
     # a cache written before the store format was an input (an old, square store) is rebuilt
     index = json.loads((out / "index.json").read_text())
     del index["inputs"]["store_format"]

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures_data import LAYOUTS, archive_folder, make_fixture
+from test_download import LocalServer
+
 from prompt_ot.cli import main
 from prompt_ot.data import registry
 from prompt_ot.data.download import dataset_is_complete
 from prompt_ot.data.registry import dataset_spec
-from test_download import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_FILE = LAYOUTS["dtd"].split_file
@@ -100,10 +100,50 @@ def work(tmp_path_factory):
     params = base / "params.yaml"
     params.write_text(yaml.safe_dump(small_params()))
     manifest, cache, run = base / "manifest.json", base / "train_cache", base / "runs" / "coop"
-    assert main(["split", "dtd", "--root", str(root), "--subset", "base", "--shots", "2", "--seed", "1",
-                 "--out", str(manifest)]) == 0
-    assert main(["cache", "train", "--manifest", str(manifest), "--root", str(root), "--backbone", "tiny-vit",
-                 "--pretrained", "none", "--epochs", "2", "--seed", "1", "--out", str(cache), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "dtd",
+                "--root",
+                str(root),
+                "--subset",
+                "base",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(manifest),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "cache",
+                "train",
+                "--manifest",
+                str(manifest),
+                "--root",
+                str(root),
+                "--backbone",
+                "tiny-vit",
+                "--pretrained",
+                "none",
+                "--epochs",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(cache),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     work = {"base": base, "root": root, "params": params, "manifest": manifest, "cache": cache, "run": run}
     assert main(train_args(work, "coop", run)) == 0
     assert {"checkpoint.safetensors", "prompts.safetensors", "train.json"} <= set(os.listdir(run))
@@ -111,9 +151,25 @@ def work(tmp_path_factory):
 
 
 def train_args(work, method: str, out: Path, params: Path | None = None) -> list[str]:
-    return ["train", "--params", str(params or work["params"]), "--protocol", "base2novel", "--method", method,
-            "--seed", "1", "--manifest", str(work["manifest"]), "--train-cache", str(work["cache"]),
-            "--out", str(out), "--device", "cpu"]
+    return [
+        "train",
+        "--params",
+        str(params or work["params"]),
+        "--protocol",
+        "base2novel",
+        "--method",
+        method,
+        "--seed",
+        "1",
+        "--manifest",
+        str(work["manifest"]),
+        "--train-cache",
+        str(work["cache"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
 
 
 # ------------------------------------------------------------------ params.yaml
@@ -123,11 +179,22 @@ BAD_PARAMS = {
     "wrong type": (lambda p: p["train"].update(epochs="ten"), ["train.epochs", "'ten'", "wrong type", "integer"]),
     "zero epochs": (lambda p: p["train"].update(epochs=0), ["train.epochs", "0", "minimum of 1"]),
     "zero batch": (lambda p: p["train"].update(batch_size=0), ["train.batch_size", "minimum of 1"]),
-    "negative shots": (lambda p: p["protocols"]["base2novel"].update(shots=-1),
-                       ["protocols.base2novel.shots", "-1", "minimum of 1"]),
-    "unknown key": (lambda p: p["train"].update(learning_rate=0.1), ["unknown key 'learning_rate'", "allowed keys", "lr"]),
-    "unknown method": (lambda p: p["methods"].append("coprompt"), ["methods[11]", "'coprompt'", "not a known method", "coop"]),
-    "unknown dataset": (lambda p: p["datasets"].append("mnist"), ["datasets[1]", "'mnist'", "not a known dataset", "dtd"]),
+    "negative shots": (
+        lambda p: p["protocols"]["base2novel"].update(shots=-1),
+        ["protocols.base2novel.shots", "-1", "minimum of 1"],
+    ),
+    "unknown key": (
+        lambda p: p["train"].update(learning_rate=0.1),
+        ["unknown key 'learning_rate'", "allowed keys", "lr"],
+    ),
+    "unknown method": (
+        lambda p: p["methods"].append("coprompt"),
+        ["methods[11]", "'coprompt'", "not a known method", "coop"],
+    ),
+    "unknown dataset": (
+        lambda p: p["datasets"].append("mnist"),
+        ["datasets[1]", "'mnist'", "not a known dataset", "dtd"],
+    ),
 }
 
 
@@ -155,8 +222,12 @@ def test_bad_params_in_a_real_process_exit_2_without_traceback(work, tmp_path):
     params["train"]["epochs"] = 0
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, "-m", "prompt_ot", "backbone", "--params", str(bad),
-                             "--out", str(tmp_path / "backbone")], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "prompt_ot", "backbone", "--params", str(bad), "--out", str(tmp_path / "backbone")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
@@ -170,24 +241,63 @@ def test_unknown_method_name_on_the_command_line(work, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["split", "mnist", "--out", "{tmp}/m.json"], ["unknown dataset 'mnist'", "known datasets", "dtd"]),
-    (["split", "dtd", "--shots", "0", "--out", "{tmp}/m.json"], ["shots", "positive integer", "0"]),
-    (["split", "dtd", "--shots", "-1", "--out", "{tmp}/m.json"], ["shots", "positive integer", "-1"]),
-    (["split", "dtd", "--seed", "-3", "--out", "{tmp}/m.json"], ["seed", "non-negative", "-3"]),
-    (["split", "dtd", "--subset", "half", "--out", "{tmp}/m.json"], ["unknown subset 'half'", "base", "novel"]),
-    (["cache", "test", "mnist", "--backbone", "tiny-vit", "--out", "{tmp}/c"], ["unknown dataset 'mnist'"]),
-    (["cache", "test", "dtd", "--backbone", "vit-huge-typo", "--out", "{tmp}/c", "--device", "cpu"],
-     ["unknown backbone 'vit-huge-typo'", "tiny-vit"]),
-    (["cache", "test", "dtd", "--backbone", "tiny-vit", "--batch-size", "0", "--out", "{tmp}/c"],
-     ["batch_size", "positive integer", "0"]),
-    (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--epochs", "-1", "--seed", "1",
-      "--out", "{tmp}/c"], ["epochs", "non-negative integer", "-1"]),
-    (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--seed", "1", "--out", "{tmp}/c"],
-     ["--epochs", "--params"]),
-    (["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--epochs", "2", "--seed", "-1",
-      "--out", "{tmp}/c"], ["seed", "non-negative", "-1"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["split", "mnist", "--out", "{tmp}/m.json"], ["unknown dataset 'mnist'", "known datasets", "dtd"]),
+        (["split", "dtd", "--shots", "0", "--out", "{tmp}/m.json"], ["shots", "positive integer", "0"]),
+        (["split", "dtd", "--shots", "-1", "--out", "{tmp}/m.json"], ["shots", "positive integer", "-1"]),
+        (["split", "dtd", "--seed", "-3", "--out", "{tmp}/m.json"], ["seed", "non-negative", "-3"]),
+        (["split", "dtd", "--subset", "half", "--out", "{tmp}/m.json"], ["unknown subset 'half'", "base", "novel"]),
+        (["cache", "test", "mnist", "--backbone", "tiny-vit", "--out", "{tmp}/c"], ["unknown dataset 'mnist'"]),
+        (
+            ["cache", "test", "dtd", "--backbone", "vit-huge-typo", "--out", "{tmp}/c", "--device", "cpu"],
+            ["unknown backbone 'vit-huge-typo'", "tiny-vit"],
+        ),
+        (
+            ["cache", "test", "dtd", "--backbone", "tiny-vit", "--batch-size", "0", "--out", "{tmp}/c"],
+            ["batch_size", "positive integer", "0"],
+        ),
+        (
+            [
+                "cache",
+                "train",
+                "--manifest",
+                "{manifest}",
+                "--backbone",
+                "tiny-vit",
+                "--epochs",
+                "-1",
+                "--seed",
+                "1",
+                "--out",
+                "{tmp}/c",
+            ],
+            ["epochs", "non-negative integer", "-1"],
+        ),
+        (
+            ["cache", "train", "--manifest", "{manifest}", "--backbone", "tiny-vit", "--seed", "1", "--out", "{tmp}/c"],
+            ["--epochs", "--params"],
+        ),
+        (
+            [
+                "cache",
+                "train",
+                "--manifest",
+                "{manifest}",
+                "--backbone",
+                "tiny-vit",
+                "--epochs",
+                "2",
+                "--seed",
+                "-1",
+                "--out",
+                "{tmp}/c",
+            ],
+            ["seed", "non-negative", "-1"],
+        ),
+    ],
+)
 def test_bad_names_and_counts_on_split_and_cache(work, capsys, tmp_path, args, words):
     args = [a.format(tmp=tmp_path, manifest=work["manifest"]) for a in args] + ["--root", str(work["root"])]
     rc, _, err = cli(capsys, *args)
@@ -208,16 +318,19 @@ def dtd(tmp_path):
 
 def test_missing_dataset_folder_says_how_to_get_it(capsys, tmp_path):
     rc, _, err = cli(capsys, "split", "dtd", "--root", tmp_path / "nowhere", "--out", tmp_path / "m.json")
-    assert_one_clear_error(rc, err, str(tmp_path / "nowhere" / "dtd"), "does not exist",
-                           "python -m prompt_ot download dtd", "--root")
+    assert_one_clear_error(
+        rc, err, str(tmp_path / "nowhere" / "dtd"), "does not exist", "python -m prompt_ot download dtd", "--root"
+    )
     assert not (tmp_path / "m.json").exists()
 
 
 def test_split_file_that_is_not_json(dtd, capsys, tmp_path):
     root, _, split_file = dtd
     split_file.write_text('{"train": [["banded/banded_1.jpg", 0, "banded"],')  # cut off
-    for args in (["split", "dtd", "--out", tmp_path / "m.json"],
-                 ["cache", "test", "dtd", "--backbone", "tiny-vit", "--out", tmp_path / "c", "--device", "cpu"]):
+    for args in (
+        ["split", "dtd", "--out", tmp_path / "m.json"],
+        ["cache", "test", "dtd", "--backbone", "tiny-vit", "--out", tmp_path / "c", "--device", "cpu"],
+    ):
         rc, _, err = cli(capsys, *args, "--root", root)
         assert_one_clear_error(rc, err, str(split_file), "not valid JSON", "download it again")
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "c").exists()
@@ -231,8 +344,20 @@ def test_split_file_naming_missing_images(dtd, capsys, tmp_path):
     split_file.write_text(json.dumps(raw))
     rc, _, err = cli(capsys, "split", "dtd", "--root", root, "--shots", "16", "--out", tmp_path / "m.json")
     assert_one_clear_error(rc, err, "banded/not_there.jpg", "does not exist", "download the dataset again")
-    rc, _, err = cli(capsys, "cache", "test", "dtd", "--root", root, "--backbone", "tiny-vit",
-                     "--out", tmp_path / "c", "--device", "cpu")
+    rc, _, err = cli(
+        capsys,
+        "cache",
+        "test",
+        "dtd",
+        "--root",
+        root,
+        "--backbone",
+        "tiny-vit",
+        "--out",
+        tmp_path / "c",
+        "--device",
+        "cpu",
+    )
     assert_one_clear_error(rc, err, "banded/not_there_either.jpg", "does not exist", "download the dataset again")
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "c").exists()
 
@@ -263,8 +388,9 @@ def test_truncated_jpeg_stops_the_cache_build_and_keeps_the_old_cache(dtd, capsy
 def test_checkpoint_of_another_method_is_refused_and_kept(work, capsys):
     before = snapshot(work["run"])
     rc, _, err = cli(capsys, *train_args(work, "ivlp", work["run"]))
-    assert_one_clear_error(rc, err, "checkpoint", str(work["run"] / "checkpoint.safetensors"), "another run",
-                           "another output folder")
+    assert_one_clear_error(
+        rc, err, "checkpoint", str(work["run"] / "checkpoint.safetensors"), "another run", "another output folder"
+    )
     after = snapshot(work["run"])
     for name in ("checkpoint.safetensors", "prompts.safetensors", "train.json"):
         assert after[name] == before[name], f"{name} was changed by a refused run"
@@ -332,8 +458,15 @@ def test_full_disk_while_writing_prompts_keeps_the_finished_run(work, capsys, mo
     before = snapshot(work["run"])
     rc, _, err = cli(capsys, *train_args(work, "coop", work["run"]))
     assert tmp_files, "the simulated fault never triggered"
-    line = assert_one_clear_error(rc, err, "no space left on device", f"while writing {work['run']}", "free space",
-                                  "rerun", "completed outputs are kept")
+    line = assert_one_clear_error(
+        rc,
+        err,
+        "no space left on device",
+        f"while writing {work['run']}",
+        "free space",
+        "rerun",
+        "completed outputs are kept",
+    )
     assert rc == 1, line
     after = snapshot(work["run"])
     for name in ("checkpoint.safetensors", "prompts.safetensors", "train.json"):
@@ -354,16 +487,28 @@ def test_full_disk_in_a_real_process_keeps_earlier_manifests(dtd, tmp_path):
     root, _, _ = dtd
     out_dir = tmp_path / "manifests"
     base = [sys.executable, "-m", "prompt_ot", "split", "dtd", "--root", str(root), "--shots", "4"]
-    first = subprocess.run(base + ["--seed", "1", "--out", str(out_dir / "seed1.json")], capture_output=True,
-                           text=True, cwd=ROOT)
+    first = subprocess.run(
+        base + ["--seed", "1", "--out", str(out_dir / "seed1.json")], capture_output=True, text=True, cwd=ROOT
+    )
     assert first.returncode == 0, first.stderr
     size = (out_dir / "seed1.json").stat().st_size
     earlier = snapshot(out_dir)
     target = out_dir / "seed2.json"
-    result = subprocess.run(base + ["--seed", "2", "--out", str(target)], capture_output=True, text=True, cwd=ROOT,
-                            preexec_fn=_limit_file_size(size // 2))
-    assert_one_clear_error(result.returncode, result.stderr, "no space left on device", f"while writing {target}",
-                           "free space", "completed outputs are kept")
+    result = subprocess.run(
+        base + ["--seed", "2", "--out", str(target)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=_limit_file_size(size // 2),
+    )
+    assert_one_clear_error(
+        result.returncode,
+        result.stderr,
+        "no space left on device",
+        f"while writing {target}",
+        "free space",
+        "completed outputs are kept",
+    )
     assert result.returncode == 1
     assert not target.exists(), "a partial manifest appeared under its final name"
     assert snapshot(out_dir) == earlier, "an earlier manifest was changed, or a temporary file was left behind"
@@ -401,10 +546,13 @@ def server():
 def _serve(server, monkeypatch, archive: bytes, split: bytes, sha256: str | None):
     server.files["/EuroSAT.zip"], server.files["/split.json"] = archive, split
     real = dataset_spec("eurosat")
-    recipe = dataclasses.replace(real, sources=(
-        dataclasses.replace(real.sources[0], url=server.url("/EuroSAT.zip"), mirrors=(), sha256=sha256),
-        dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
-    ))
+    recipe = dataclasses.replace(
+        real,
+        sources=(
+            dataclasses.replace(real.sources[0], url=server.url("/EuroSAT.zip"), mirrors=(), sha256=sha256),
+            dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
+        ),
+    )
     monkeypatch.setitem(registry._load_registry(), "eurosat", recipe)
     return recipe
 
@@ -519,15 +667,48 @@ def test_evaluate_refuses_prompts_of_another_run_naming_both(work, capsys, tmp_p
     assert summary["frozen_image_features"] == "computed while training"  # the shared cache holds fp32 views
     assert summary["provenance"]["sampler"] == "dassl" and len(summary["provenance"]["manifest_sha256"]) == 64
     tests = tmp_path / "test"
-    assert main(["cache", "test", "dtd", "--params", str(params), "--root", str(work["root"]), "--backbone",
-                 "tiny-vit", "--pretrained", "none", "--out", str(tests / "dtd"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                "test",
+                "dtd",
+                "--params",
+                str(params),
+                "--root",
+                str(work["root"]),
+                "--backbone",
+                "tiny-vit",
+                "--pretrained",
+                "none",
+                "--out",
+                str(tests / "dtd"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert TestFeatures(tests / "dtd").precision == "fp16"  # every run of the grid evaluates in fp16
     prompts = run / "prompts.safetensors"
 
     def evaluate(params_file=params, prompts_file=prompts, **changes):
         values = {"method": "prompt_ot", "dataset": "dtd", "shots": "2", "seed": "1"} | changes
-        args = ["evaluate", "--params", params_file, "--protocol", "base2novel", "--prompts", prompts_file,
-                "--test-cache-root", tests, "--out", tmp_path / "metrics.json", "--device", "cpu"]
+        args = [
+            "evaluate",
+            "--params",
+            params_file,
+            "--protocol",
+            "base2novel",
+            "--prompts",
+            prompts_file,
+            "--test-cache-root",
+            tests,
+            "--out",
+            tmp_path / "metrics.json",
+            "--device",
+            "cpu",
+        ]
         for key, value in values.items():
             args += [f"--{key}", value]
         return cli(capsys, *args)
@@ -539,9 +720,12 @@ def test_evaluate_refuses_prompts_of_another_run_naming_both(work, capsys, tmp_p
     assert (metrics["recipe"], metrics["precision"], metrics["epoch"], metrics["epochs"]) == ("released", "fp16", 2, 2)
     (tmp_path / "metrics.json").unlink()
     (tmp_path / "predictions.npz").unlink()
-    for change, have, want in [({"seed": "2"}, "seed 1", "seed 2"), ({"shots": "4"}, "shots 2", "shots 4"),
-                               ({"method": "ivlp"}, "method 'prompt_ot'", "method 'ivlp'"),
-                               ({"dataset": "eurosat"}, "dataset 'dtd'", "dataset 'eurosat'")]:
+    for change, have, want in [
+        ({"seed": "2"}, "seed 1", "seed 2"),
+        ({"shots": "4"}, "shots 2", "shots 4"),
+        ({"method": "ivlp"}, "method 'prompt_ot'", "method 'ivlp'"),
+        ({"dataset": "eurosat"}, "dataset 'dtd'", "dataset 'eurosat'"),
+    ]:
         rc, _, err = evaluate(**change)
         assert_one_clear_error(rc, err, str(prompts), have, want, "asked to label")
     shared = tmp_path / "shared.yaml"
@@ -599,8 +783,9 @@ def test_the_shipped_params_have_numbers_to_break_and_are_valid():
         assert any(isinstance(p[-1], int) for p in leaves), "no number inside a list was found"
 
 
-@pytest.mark.parametrize("file, path", NUMERIC_LEAVES, ids=[f"{f.parent.name}/{f.name}:{'.'.join(map(str, p))}"
-                                                             for f, p in NUMERIC_LEAVES])
+@pytest.mark.parametrize(
+    "file, path", NUMERIC_LEAVES, ids=[f"{f.parent.name}/{f.name}:{'.'.join(map(str, p))}" for f, p in NUMERIC_LEAVES]
+)
 def test_nan_and_infinity_are_refused_for_every_number_of_the_shipped_params(tmp_path, file, path):
     """Every number of params.yaml and demo/params.yaml set to .nan, .inf and -.inf (as YAML spells them, written to
     a file and loaded the way every stage loads it) is refused with one message naming the key."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures_data import make_fixture
+
 from prompt_ot.cli import COMMANDS, command_parser, main
 from tests.test_cli_errors import small_params
 
@@ -35,47 +35,102 @@ PREVIOUS = b"a result computed earlier\n"
 STAGES: dict[str, dict] = {
     "validate": {"--params": "{params}", "--out": "{out}/valid.json"},
     "download": {"datasets": "dtd", "--root": "{download_root}", "--check": True, "--stamp": "{out}/dtd.json"},
-    "split": {"dataset": "dtd", "--root": "{root}", "--subset": "base", "--shots": "2", "--seed": "1",
-              "--sampler": "dassl", "--out": "{out}/manifest.json"},
+    "split": {
+        "dataset": "dtd",
+        "--root": "{root}",
+        "--subset": "base",
+        "--shots": "2",
+        "--seed": "1",
+        "--sampler": "dassl",
+        "--out": "{out}/manifest.json",
+    },
     "backbone": {"--params": "{params}", "--root": "{root}", "--out": "{out}/backbone"},
-    "cache test": {"dataset": "dtd", "--root": "{root}", "--backbone": "tiny-vit", "--pretrained": "none",
-                   "--out": "{out}/cache", "--device": "cpu", "--params": "{params}"},
-    "cache train": {"--manifest": "{manifest}", "--root": "{root}", "--backbone": "tiny-vit", "--pretrained": "none",
-                    "--epochs": "0", "--seed": "1", "--out": "{out}/cache", "--device": "cpu"},
-    "train": {"--params": "{params}", "--protocol": "base2novel", "--method": "zeroshot", "--seed": "1",
-              "--manifest": "{manifest}", "--train-cache": "{train_cache}", "--out": "{out}/run", "--device": "cpu"},
-    "evaluate": {"--params": "{params}", "--protocol": "base2novel", "--method": "zeroshot", "--dataset": "dtd",
-                 "--shots": "2", "--seed": "1", "--prompts": "{prompts}", "--test-cache-root": "{test_caches}",
-                 "--out": "{out}/metrics.json", "--device": "cpu"},
+    "cache test": {
+        "dataset": "dtd",
+        "--root": "{root}",
+        "--backbone": "tiny-vit",
+        "--pretrained": "none",
+        "--out": "{out}/cache",
+        "--device": "cpu",
+        "--params": "{params}",
+    },
+    "cache train": {
+        "--manifest": "{manifest}",
+        "--root": "{root}",
+        "--backbone": "tiny-vit",
+        "--pretrained": "none",
+        "--epochs": "0",
+        "--seed": "1",
+        "--out": "{out}/cache",
+        "--device": "cpu",
+    },
+    "train": {
+        "--params": "{params}",
+        "--protocol": "base2novel",
+        "--method": "zeroshot",
+        "--seed": "1",
+        "--manifest": "{manifest}",
+        "--train-cache": "{train_cache}",
+        "--out": "{out}/run",
+        "--device": "cpu",
+    },
+    "evaluate": {
+        "--params": "{params}",
+        "--protocol": "base2novel",
+        "--method": "zeroshot",
+        "--dataset": "dtd",
+        "--shots": "2",
+        "--seed": "1",
+        "--prompts": "{prompts}",
+        "--test-cache-root": "{test_caches}",
+        "--out": "{out}/metrics.json",
+        "--device": "cpu",
+    },
     "mlflow init": {"--project-root": "{work}", "--experiment": "options", "--out": "{out}/parent.json"},
     "mlflow finish": {"parent_file": "{parent}"},
     "mlflow sync": {"runs_dir": "{runs}", "--project-root": "{work}"},
-    "report": {"--metrics": "{metrics}", "--params": "{params}", "--no-published": True, "--no-figures": True,
-               "--out": "{out}/report"},
+    "report": {
+        "--metrics": "{metrics}",
+        "--params": "{params}",
+        "--no-published": True,
+        "--no-figures": True,
+        "--out": "{out}/report",
+    },
     # not run by the fixture: a minute of training, and a server that runs until stopped
-    "smoke": {"--method": "coop", "--epochs": "1", "--shots": "1", "--seed": "1", "--backbone": "tiny-vit",
-              "--out": "{out}/smoke"},
+    "smoke": {
+        "--method": "coop",
+        "--epochs": "1",
+        "--shots": "1",
+        "--seed": "1",
+        "--backbone": "tiny-vit",
+        "--out": "{out}/smoke",
+    },
     "forkserver": {"--socket": "{tmp}/s.sock", "--pidfile": "{tmp}/server.pid"},
 }
-FILE_OUTPUT = {"validate": "valid.json", "download": "dtd.json", "split": "manifest.json",
-               "evaluate": "metrics.json", "mlflow init": "parent.json"}
+FILE_OUTPUT = {
+    "validate": "valid.json",
+    "download": "dtd.json",
+    "split": "manifest.json",
+    "evaluate": "metrics.json",
+    "mlflow init": "parent.json",
+}
 SUBPROCESS = {"forkserver"}  # a check that failed to refuse would leave a server running: a real process, timed out
 
 
 # ------------------------------------------------------------------ bad values
-MISSING = "{tmp}/missing/file"          # nothing there
-FOLDER = "{tmp}"                        # a folder where a file is wanted
-JUNK = "{junk}"                         # a file that is neither JSON, YAML nor safetensors
-A_FILE = "{out}/keep.txt"               # a file where a folder is wanted (it must survive)
+MISSING = "{tmp}/missing/file"  # nothing there
+FOLDER = "{tmp}"  # a folder where a file is wanted
+JUNK = "{junk}"  # a file that is neither JSON, YAML nor safetensors
+A_FILE = "{out}/keep.txt"  # a file where a folder is wanted (it must survive)
 UNDER_A_FILE = "{out}/keep.txt/inside"  # an output below a file: cannot be written
-NAN_PARAMS = "{nan_params}"             # a params.yaml with train.lr: .nan
+NAN_PARAMS = "{nan_params}"  # a params.yaml with train.lr: .nan
 
 
 @dataclass
 class Bad:
     value: object
-    words: tuple = ()         # words the error line must hold (default: the option's name)
-    drop: tuple = ()          # options of the base line left out for this case
+    words: tuple = ()  # words the error line must hold (default: the option's name)
+    drop: tuple = ()  # options of the base line left out for this case
     extra: dict = field(default_factory=dict)  # options added or changed besides the bad one
 
 
@@ -84,9 +139,13 @@ def counts(*values):
 
 
 PATH_IN = [Bad(MISSING), Bad(FOLDER)]
-PARAMS = [Bad(MISSING, ("--params", "does not exist")), Bad(FOLDER, ("--params", "folder")),
-          Bad(JUNK, ("--params", "not a YAML text file")), Bad("{yaml_list}", ("must be a mapping",)),
-          Bad(NAN_PARAMS, ("train.lr", "must be a finite number, got nan"))]
+PARAMS = [
+    Bad(MISSING, ("--params", "does not exist")),
+    Bad(FOLDER, ("--params", "folder")),
+    Bad(JUNK, ("--params", "not a YAML text file")),
+    Bad("{yaml_list}", ("must be a mapping",)),
+    Bad(NAN_PARAMS, ("train.lr", "must be a finite number, got nan")),
+]
 OUT_FILE = [Bad(FOLDER, ("--out", "is a folder")), Bad(UNDER_A_FILE, ("--out", "is a file, not a folder"))]
 OUT_DIR = [Bad(A_FILE, ("--out", "is a file")), Bad(UNDER_A_FILE, ("--out", "is a file, not a folder"))]
 DEVICE = [Bad("gpu", ("--device", "unknown device 'gpu'")), Bad("cuda:99", ("--device", "cuda:99"))]
@@ -98,13 +157,20 @@ POSITIVE = counts("0", "-2", "x", "inf")
 def cache_common(manifest_side: bool) -> dict:
     table = {
         "--root": ROOT_DIR + [Bad(MISSING, ("--root", "does not exist"))],
-        "--backbone": [Bad("", ("--backbone", "must not be empty")),
-                       Bad("vit-huge-typo", ("unknown backbone 'vit-huge-typo'", "tiny-vit"))],
-        "--pretrained": [Bad("{tmp}/no_weights.safetensors", ("checkpoint file", "does not exist")),
-                         Bad("bogus_tag", ("unknown pretrained tag", "'bogus_tag'"))],
+        "--backbone": [
+            Bad("", ("--backbone", "must not be empty")),
+            Bad("vit-huge-typo", ("unknown backbone 'vit-huge-typo'", "tiny-vit")),
+        ],
+        "--pretrained": [
+            Bad("{tmp}/no_weights.safetensors", ("checkpoint file", "does not exist")),
+            Bad("bogus_tag", ("unknown pretrained tag", "'bogus_tag'")),
+        ],
         "--out": OUT_DIR,
-        "--batch-size": [Bad("0", ("--batch-size", "positive integer")), Bad("-3", ("--batch-size", "-3")),
-                         Bad("x", ("--batch-size", "invalid int value"))],
+        "--batch-size": [
+            Bad("0", ("--batch-size", "positive integer")),
+            Bad("-3", ("--batch-size", "-3")),
+            Bad("x", ("--batch-size", "invalid int value")),
+        ],
         "--device": DEVICE,
         "--workers": counts("-1", "x"),
         "--params": PARAMS,
@@ -114,8 +180,11 @@ def cache_common(manifest_side: bool) -> dict:
 
 
 BAD: dict[str, dict[str, list[Bad]]] = {
-    "validate": {"--params": PARAMS, "--out": OUT_FILE,
-                 "--resolved": [Bad(FOLDER, ("--resolved", "is a folder")), Bad(UNDER_A_FILE, ("--resolved",))]},
+    "validate": {
+        "--params": PARAMS,
+        "--out": OUT_FILE,
+        "--resolved": [Bad(FOLDER, ("--resolved", "is a folder")), Bad(UNDER_A_FILE, ("--resolved",))],
+    },
     "download": {
         "datasets": [Bad("mnist", ("unknown dataset 'mnist'", "known datasets"))],
         "--root": ROOT_DIR,
@@ -134,13 +203,17 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--out": OUT_FILE,
     },
     "backbone": {"--params": PARAMS, "--root": ROOT_DIR, "--out": OUT_DIR},
-    "cache test": cache_common(False) | {
+    "cache test": cache_common(False)
+    | {
         "dataset": [Bad("mnist", ("argument dataset", "unknown dataset 'mnist'"))],
-        "--templates": [Bad("a photo", ("--templates", "exactly one '{}'")),
-                        Bad("{{}} and {{}}", ("--templates", "exactly one")),
-                        Bad("a {{name}} {{}}", ("--templates", "exactly one"))],
+        "--templates": [
+            Bad("a photo", ("--templates", "exactly one '{}'")),
+            Bad("{{}} and {{}}", ("--templates", "exactly one")),
+            Bad("a {{name}} {{}}", ("--templates", "exactly one")),
+        ],
     },
-    "cache train": cache_common(True) | {
+    "cache train": cache_common(True)
+    | {
         "--manifest": PATH_IN + [Bad(JUNK, ("manifest", "not valid JSON"))],
         "--epochs": NOT_NEGATIVE,
         "--seed": NOT_NEGATIVE,
@@ -149,32 +222,57 @@ BAD: dict[str, dict[str, list[Bad]]] = {
     "train": {
         "--params": PARAMS,
         "--protocol": [Bad("domain_generalization", ("--protocol", "invalid choice"))],
-        "--method": [Bad("coprompt", ("unknown method 'coprompt'", "known methods")),
-                     Bad("", ("--method", "must not be empty"))],
+        "--method": [
+            Bad("coprompt", ("unknown method 'coprompt'", "known methods")),
+            Bad("", ("--method", "must not be empty")),
+        ],
         "--seed": NOT_NEGATIVE + [Bad(["1", "2"], ("--seed", "one value per packed run"))],
-        "--manifest": PATH_IN + [Bad(JUNK, ("manifest", "not valid JSON")),
-                                 Bad(["{manifest}", "{manifest}"], ("--manifest", "one value per packed run"))],
-        "--train-cache": [Bad(MISSING), Bad(A_FILE), Bad("{empty_dir}", ("cache",)),
-                          Bad(["{train_cache}", "{train_cache}"], ("--train-cache", "one value per packed run"))],
-        "--out": OUT_DIR + [Bad(["{out}/run", "{out}/run"], ("--out", "distinct"),
-                                extra={"--seed": ["1", "2"], "--manifest": ["{manifest}"] * 2,
-                                       "--train-cache": ["{train_cache}"] * 2})],
+        "--manifest": PATH_IN
+        + [
+            Bad(JUNK, ("manifest", "not valid JSON")),
+            Bad(["{manifest}", "{manifest}"], ("--manifest", "one value per packed run")),
+        ],
+        "--train-cache": [
+            Bad(MISSING),
+            Bad(A_FILE),
+            Bad("{empty_dir}", ("cache",)),
+            Bad(["{train_cache}", "{train_cache}"], ("--train-cache", "one value per packed run")),
+        ],
+        "--out": OUT_DIR
+        + [
+            Bad(
+                ["{out}/run", "{out}/run"],
+                ("--out", "distinct"),
+                extra={"--seed": ["1", "2"], "--manifest": ["{manifest}"] * 2, "--train-cache": ["{train_cache}"] * 2},
+            )
+        ],
         "--device": DEVICE,
     },
     "evaluate": {
         "--params": PARAMS,
         "--protocol": [Bad("zero_shot", ("--protocol", "invalid choice"))],
-        "--method": [Bad("coprompt", ("unknown method 'coprompt'",)), Bad("", ("--method", "must not be empty")),
-                     Bad("coop", ("method 'zeroshot'", "asked to label method 'coop'"))],
-        "--dataset": [Bad("mnist", ("--dataset", "unknown dataset 'mnist'")),
-                      Bad("eurosat", ("dataset 'dtd'", "asked to label dataset 'eurosat'"))],
+        "--method": [
+            Bad("coprompt", ("unknown method 'coprompt'",)),
+            Bad("", ("--method", "must not be empty")),
+            Bad("coop", ("method 'zeroshot'", "asked to label method 'coop'")),
+        ],
+        "--dataset": [
+            Bad("mnist", ("--dataset", "unknown dataset 'mnist'")),
+            Bad("eurosat", ("dataset 'dtd'", "asked to label dataset 'eurosat'")),
+        ],
         "--shots": POSITIVE + [Bad("4", ("shots 2", "asked to label shots 4"))],
         "--seed": NOT_NEGATIVE + [Bad("2", ("seed 1", "asked to label seed 2"))],
         "--prompts": PATH_IN + [Bad(JUNK, ("prompt weights", "damaged or not a safetensors file"))],
-        "--test-cache-root": [Bad(MISSING), Bad(A_FILE), Bad("{empty_dir}", ("no complete test feature cache", "empty/dtd"))],
-        "--targets": [Bad(["dtd", "mnist"], ("--targets", "unknown dataset 'mnist'")),
-                      Bad(["dtd"], ("--targets dtd", "base2novel protocol tests on --dataset only")),
-                      Bad([], ("--targets is required", "cross_dataset"), extra={"--protocol": "cross_dataset"})],
+        "--test-cache-root": [
+            Bad(MISSING),
+            Bad(A_FILE),
+            Bad("{empty_dir}", ("no complete test feature cache", "empty/dtd")),
+        ],
+        "--targets": [
+            Bad(["dtd", "mnist"], ("--targets", "unknown dataset 'mnist'")),
+            Bad(["dtd"], ("--targets dtd", "base2novel protocol tests on --dataset only")),
+            Bad([], ("--targets is required", "cross_dataset"), extra={"--protocol": "cross_dataset"}),
+        ],
         "--out": OUT_FILE,
         "--device": DEVICE,
     },
@@ -185,21 +283,29 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--out": OUT_FILE,
     },
     "mlflow finish": {
-        "parent_file": PATH_IN + [Bad(JUNK, ("parent_file", "not valid JSON")),
-                                  Bad("{yaml_list}", ("parent_file", "not valid JSON")),
-                                  Bad("{json_list}", ("parent_file", "not a parent-run record"))],
+        "parent_file": PATH_IN
+        + [
+            Bad(JUNK, ("parent_file", "not valid JSON")),
+            Bad("{yaml_list}", ("parent_file", "not valid JSON")),
+            Bad("{json_list}", ("parent_file", "not a parent-run record")),
+        ],
     },
     # sync's project root may not exist yet (the store is created there): only a file is wrong
     "mlflow sync": {"runs_dir": [Bad(MISSING), Bad(A_FILE)], "--project-root": [Bad(A_FILE)]},
     "report": {
-        "--metrics": PATH_IN + [Bad(JUNK, ("metrics file", "not valid JSON")),
-                                Bad("{manifest}", ("manifest.json", "not a prompt_ot metrics file"))],
+        "--metrics": PATH_IN
+        + [
+            Bad(JUNK, ("metrics file", "not valid JSON")),
+            Bad("{manifest}", ("manifest.json", "not a prompt_ot metrics file")),
+        ],
         "--metrics-list": [Bad(v, drop=("--metrics",)) for v in (MISSING, FOLDER)]
         + [Bad("{junk_list}", ("missing/metrics.json", "does not exist"), drop=("--metrics",))],
         "--metrics-dir": [Bad(v, drop=("--metrics",)) for v in (MISSING, A_FILE)],
         "--params": PARAMS,
-        "--published": [Bad(A_FILE, ("--published", "is a file")),
-                        Bad(MISSING, ("--published", "does not exist"), drop=("--no-published",))],
+        "--published": [
+            Bad(A_FILE, ("--published", "is a file")),
+            Bad(MISSING, ("--published", "does not exist"), drop=("--no-published",)),
+        ],
         "--out": OUT_DIR,
     },
     "smoke": {
@@ -207,14 +313,18 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--epochs": POSITIVE,
         "--shots": POSITIVE,
         "--seed": NOT_NEGATIVE,
-        "--backbone": [Bad("vit-huge-typo", ("unknown backbone 'vit-huge-typo'",)),
-                       Bad("", ("--backbone", "must not be empty"))],
+        "--backbone": [
+            Bad("vit-huge-typo", ("unknown backbone 'vit-huge-typo'",)),
+            Bad("", ("--backbone", "must not be empty")),
+        ],
         "--out": OUT_DIR,
     },
     "forkserver": {
-        "--socket": [Bad("{tmp}/missing/s.sock", ("--socket", "does not exist")),
-                     Bad("{tmp}/" + "s" * 120, ("--socket", "shorter")),
-                     Bad(A_FILE, ("--socket", "exists and is not a socket"))],
+        "--socket": [
+            Bad("{tmp}/missing/s.sock", ("--socket", "does not exist")),
+            Bad("{tmp}/" + "s" * 120, ("--socket", "shorter")),
+            Bad(A_FILE, ("--socket", "exists and is not a socket")),
+        ],
         "--pidfile": [Bad(FOLDER, ("--pidfile", "is a folder")), Bad(UNDER_A_FILE, ("--pidfile",))],
         "command": [Bad(["--", "no-such-command-prompt-ot"], ("no-such-command-prompt-ot", "not found on PATH"))],
     },
@@ -222,13 +332,18 @@ BAD: dict[str, dict[str, list[Bad]]] = {
 
 # options that no typed value can make wrong: flags (present or not), and the help every parser has
 NO_BAD_VALUE = {
-    ("download", "--check"): "a flag", ("download", "--force"): "a flag",
-    ("download", "--keep-archives"): "a flag", ("download", "--no-verify"): "a flag",
+    ("download", "--check"): "a flag",
+    ("download", "--force"): "a flag",
+    ("download", "--keep-archives"): "a flag",
+    ("download", "--no-verify"): "a flag",
     ("download", "--list"): "a flag",
-    ("cache test", "--skip-bad"): "a flag", ("cache test", "--replace"): "a flag",
-    ("cache train", "--skip-bad"): "a flag", ("cache train", "--replace"): "a flag",
+    ("cache test", "--skip-bad"): "a flag",
+    ("cache test", "--replace"): "a flag",
+    ("cache train", "--skip-bad"): "a flag",
+    ("cache train", "--replace"): "a flag",
     ("mlflow finish", "--failed"): "a flag",
-    ("report", "--no-published"): "a flag", ("report", "--no-figures"): "a flag",
+    ("report", "--no-published"): "a flag",
+    ("report", "--no-figures"): "a flag",
 }
 
 
@@ -250,14 +365,20 @@ def _option_name(action: argparse.Action) -> str:
 
 
 def parser_options() -> set[tuple[str, str]]:
-    return {(stage, _option_name(action)) for stage, parser in _parsers() for action in parser._actions
-            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))}
+    return {
+        (stage, _option_name(action))
+        for stage, parser in _parsers()
+        for action in parser._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+    }
 
 
 def test_the_table_covers_every_option_of_every_stage():
     options = parser_options()
     covered = {(stage, option) for stage, table in BAD.items() for option in table} | set(NO_BAD_VALUE)
-    assert not options - covered, f"options without bad values in BAD (or a reason in NO_BAD_VALUE): {sorted(options - covered)}"
+    assert not options - covered, (
+        f"options without bad values in BAD (or a reason in NO_BAD_VALUE): {sorted(options - covered)}"
+    )
     assert not covered - options, f"entries for options that no longer exist: {sorted(covered - options)}"
     assert set(STAGES) == {stage for stage, _ in _parsers()} == set(BAD)
     assert all(BAD[stage][option] for stage, option in options - set(NO_BAD_VALUE))
@@ -310,20 +431,48 @@ def work(tmp_path_factory):
     (base / "list.txt").write_text("# a metrics list naming a file that is not there\nmissing/metrics.json\n")
     (base / "empty").mkdir()
     (base / "runs").mkdir()
-    paths = {"work": str(base), "root": str(root), "download_root": str(base / "download"), "params": str(base / "params.yaml"),
-             "nan_params": str(base / "nan_params.yaml"), "junk": str(base / "junk.bin"),
-             "yaml_list": str(base / "list.yaml"), "json_list": str(base / "list.json"),
-             "junk_list": str(base / "list.txt"), "empty_dir": str(base / "empty"), "runs": str(base / "runs"),
-             "manifest": str(base / "manifest.json"), "train_cache": str(base / "train_cache"),
-             "prompts": str(base / "run" / "prompts.safetensors"), "test_caches": str(base / "test"),
-             "metrics": str(base / "metrics" / "metrics.json"), "parent": str(base / "parent.json")}
+    paths = {
+        "work": str(base),
+        "root": str(root),
+        "download_root": str(base / "download"),
+        "params": str(base / "params.yaml"),
+        "nan_params": str(base / "nan_params.yaml"),
+        "junk": str(base / "junk.bin"),
+        "yaml_list": str(base / "list.yaml"),
+        "json_list": str(base / "list.json"),
+        "junk_list": str(base / "list.txt"),
+        "empty_dir": str(base / "empty"),
+        "runs": str(base / "runs"),
+        "manifest": str(base / "manifest.json"),
+        "train_cache": str(base / "train_cache"),
+        "prompts": str(base / "run" / "prompts.safetensors"),
+        "test_caches": str(base / "test"),
+        "metrics": str(base / "metrics" / "metrics.json"),
+        "parent": str(base / "parent.json"),
+    }
     # each stage's base line, with its outputs where the later stages read them: all must succeed
-    outs = {"split": base, "cache train": base / "train_cache_out", "train": base / "run_out",
-            "cache test": base / "test_out", "evaluate": base / "metrics", "mlflow init": base}
-    plan = [("validate", {}), ("download", {}),
-            ("split", {}), ("cache train", {"--out": "{train_cache}"}), ("train", {"--out": str(base / "run")}),
-            ("cache test", {"--out": str(base / "test" / "dtd")}), ("evaluate", {}), ("backbone", {}),
-            ("mlflow init", {}), ("mlflow finish", {}), ("mlflow sync", {}), ("report", {})]
+    outs = {
+        "split": base,
+        "cache train": base / "train_cache_out",
+        "train": base / "run_out",
+        "cache test": base / "test_out",
+        "evaluate": base / "metrics",
+        "mlflow init": base,
+    }
+    plan = [
+        ("validate", {}),
+        ("download", {}),
+        ("split", {}),
+        ("cache train", {"--out": "{train_cache}"}),
+        ("train", {"--out": str(base / "run")}),
+        ("cache test", {"--out": str(base / "test" / "dtd")}),
+        ("evaluate", {}),
+        ("backbone", {}),
+        ("mlflow init", {}),
+        ("mlflow finish", {}),
+        ("mlflow sync", {}),
+        ("report", {}),
+    ]
     for stage, changes in plan:
         out = outs.get(stage, base / f"{stage.replace(' ', '_')}_out")
         argv = argv_of(stage, paths | {"out": str(out), "tmp": str(base)}, changes)
@@ -341,16 +490,26 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-CASES = [pytest.param(stage, option, bad, id=f"{stage.replace(' ', '-')}{option if option.startswith('-') else ':' + option}"
-                      f"={'+'.join(bad.value) if isinstance(bad.value, list) else bad.value}")
-         for stage, table in BAD.items() for option, bads in table.items() for bad in bads]
+CASES = [
+    pytest.param(
+        stage,
+        option,
+        bad,
+        id=f"{stage.replace(' ', '-')}{option if option.startswith('-') else ':' + option}"
+        f"={'+'.join(bad.value) if isinstance(bad.value, list) else bad.value}",
+    )
+    for stage, table in BAD.items()
+    for option, bads in table.items()
+    for bad in bads
+]
 
 
 def _run(stage: str, argv: list[str], capsys) -> tuple[int, str]:
     if stage in SUBPROCESS:
         env = {k: v for k, v in os.environ.items() if k != "PROMPT_OT_FORKSERVER"}
-        result = subprocess.run([sys.executable, "-m", "prompt_ot", *argv], capture_output=True, text=True,
-                                cwd=ROOT, env=env, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "prompt_ot", *argv], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+        )
         return result.returncode, result.stderr
     capsys.readouterr()
     try:
@@ -384,17 +543,42 @@ def test_a_bad_value_is_refused_before_any_work(work, capsys, tmp_path, stage, o
 # ------------------------------------------------------------------ the same as real processes
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["split", "dtd", "--shots", "nan", "--out", "{tmp}/m.json"], ["--shots", "positive integer", "'nan'"]),
-    (["download", "dtd", "--timeout", "inf", "--root", "{tmp}/data"], ["--timeout", "finite", "'inf'"]),
-    (["validate", "--params", "{nan_params}", "--out", "{tmp}/m.json"], ["train.lr", "finite number, got nan"]),
-    (["train", "--protocol", "base2novel", "--method", "coop", "--seed", "1", "2", "--manifest", "{manifest}",
-      "--train-cache", "{train_cache}", "--out", "{tmp}/run"], ["--seed", "--manifest", "one value per packed run"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["split", "dtd", "--shots", "nan", "--out", "{tmp}/m.json"], ["--shots", "positive integer", "'nan'"]),
+        (["download", "dtd", "--timeout", "inf", "--root", "{tmp}/data"], ["--timeout", "finite", "'inf'"]),
+        (["validate", "--params", "{nan_params}", "--out", "{tmp}/m.json"], ["train.lr", "finite number, got nan"]),
+        (
+            [
+                "train",
+                "--protocol",
+                "base2novel",
+                "--method",
+                "coop",
+                "--seed",
+                "1",
+                "2",
+                "--manifest",
+                "{manifest}",
+                "--train-cache",
+                "{train_cache}",
+                "--out",
+                "{tmp}/run",
+            ],
+            ["--seed", "--manifest", "one value per packed run"],
+        ),
+    ],
+)
 def test_a_bad_value_in_a_real_process_exits_2_with_one_line(work, tmp_path, argv, words):
     argv = [a.format(**work, tmp=tmp_path) for a in argv]
-    result = subprocess.run([sys.executable, "-m", "prompt_ot", *argv], capture_output=True, text=True, cwd=ROOT,
-                            env={k: v for k, v in os.environ.items() if k != "PROMPT_OT_FORKSERVER"})
+    result = subprocess.run(
+        [sys.executable, "-m", "prompt_ot", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "PROMPT_OT_FORKSERVER"},
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     for word in words:

@@ -6,25 +6,45 @@ import json
 import re
 
 import pytest
-
 from fixtures_data import LAYOUTS, make_fixture
+
 from prompt_ot.data.download import check_dataset
 from prompt_ot.data.registry import classnames_of, dataset_names, dataset_spec
 from prompt_ot.errors import UserError
 
-BENCHMARK = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
-             "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+BENCHMARK = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "flowers102",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+]
 TARGET_ONLY = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 ALL = BENCHMARK + TARGET_ONLY
 
 # CoOp's trainers/zsclip.py CUSTOM_TEMPLATES, keyed by our registry names
 COOP_TEMPLATES = {
-    "oxford_pets": "a photo of a {}, a type of pet.", "flowers102": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.", "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.", "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.", "sun397": "a photo of a {}.", "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.", "imagenet": "a photo of a {}.", "imagenet_sketch": "a photo of a {}.",
-    "imagenet_v2": "a photo of a {}.", "imagenet_a": "a photo of a {}.", "imagenet_r": "a photo of a {}.",
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "flowers102": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenet_sketch": "a photo of a {}.",
+    "imagenet_v2": "a photo of a {}.",
+    "imagenet_a": "a photo of a {}.",
+    "imagenet_r": "a photo of a {}.",
 }
 
 
@@ -113,9 +133,9 @@ def test_wnid_lists_match_timm_copies():
     """The embedded wnid lists agree with the copies timm (an open_clip dependency) ships."""
     from importlib import resources
 
-    from prompt_ot.data.imagenet_classes import IMAGENET_WNIDS
     from prompt_ot.data.datasets.imagenet_a import IMAGENET_A_WNIDS
     from prompt_ot.data.datasets.imagenet_r import IMAGENET_R_WNIDS
+    from prompt_ot.data.imagenet_classes import IMAGENET_WNIDS
 
     try:
         info = resources.files("timm") / "data" / "_info"

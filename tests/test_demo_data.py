@@ -9,13 +9,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prompt_ot.data.demo import class_folder, prepare_demo, read_idx
 from prompt_ot.data.datasets import digits, fashion_mnist
+from prompt_ot.data.demo import class_folder, prepare_demo, read_idx
 from prompt_ot.data.registry import classnames_of, dataset_names, dataset_spec
 from prompt_ot.errors import UserError
 
-FASHION_CLASSES = ["T-shirt/top", "trouser", "pullover", "dress", "coat",
-                   "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 has_debian_fashion = fashion_mnist.debian_files(fashion_mnist.DEBIAN_DIR) is not None
 needs_debian = pytest.mark.skipif(
@@ -118,8 +128,11 @@ def test_fashion_conversion_of_idx_files(tmp_path, tiny_fashion):
         assert {it.relpath for it in split["val"] if it.label == label} == {
             f"{class_folder(FASHION_CLASSES[label])}/train_{i:05d}.png" for i in positions[-2:]
         }
-    for part, (source_x, source_y) in (("train", (train_x, train_y)), ("val", (train_x, train_y)),
-                                       ("test", (test_x, test_y))):
+    for part, (source_x, source_y) in (
+        ("train", (train_x, train_y)),
+        ("val", (train_x, train_y)),
+        ("test", (test_x, test_y)),
+    ):
         for it in split[part][::7]:
             index = int(it.relpath.rsplit("_", 1)[1].removesuffix(".png"))
             assert it.label == source_y[index]

@@ -16,7 +16,9 @@ CLAIM = textwrap.dedent("""
 
 
 def _spawn(count, hold, env):
-    return subprocess.Popen([sys.executable, "-c", CLAIM, str(count), str(hold)], stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(count), str(hold)], stdout=subprocess.PIPE, text=True, env=env
+    )
 
 
 def test_concurrent_jobs_get_distinct_gpus_and_release_them(tmp_path):

@@ -15,12 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from fixtures_data import archive_folder, make_fixture, png_bytes
+
 from prompt_ot.cli import main as cli_main
 from prompt_ot.data import registry
 from prompt_ot.data.download import (
-    FetchSettings, SourceFile, dataset_is_complete, download_dataset, extract_archive, fetch,
+    FetchSettings,
+    SourceFile,
+    dataset_is_complete,
+    download_dataset,
+    extract_archive,
+    fetch,
 )
 from prompt_ot.data.registry import dataset_spec
 from prompt_ot.errors import UserError
@@ -149,8 +154,13 @@ def test_server_that_ignores_range_restarts_cleanly(server, tmp_path):
     server.rules["/a.bin"] = {"ignore_range": True}
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.bin.part").write_bytes(b"x" * 1000)
-    fetch(SourceFile(url=server.url("/a.bin"), filename="a.bin"), tmp_path / "a.bin", tmp_path / "parts",
-          settings=FAST, log=_quiet)
+    fetch(
+        SourceFile(url=server.url("/a.bin"), filename="a.bin"),
+        tmp_path / "a.bin",
+        tmp_path / "parts",
+        settings=FAST,
+        log=_quiet,
+    )
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
 
 
@@ -186,8 +196,12 @@ def test_404_names_the_url_and_what_to_do(server, tmp_path):
 def test_mirrors_are_tried_in_order(server, tmp_path):
     server.files["/mirror2/a.bin"] = PAYLOAD
     server.rules["/mirror1/a.bin"] = {"html": True}  # e.g. Google Drive's quota page
-    source = SourceFile(url=server.url("/main/a.bin"), filename="a.bin", sha256=_sha(PAYLOAD),
-                        mirrors=(server.url("/mirror1/a.bin"), server.url("/mirror2/a.bin")))
+    source = SourceFile(
+        url=server.url("/main/a.bin"),
+        filename="a.bin",
+        sha256=_sha(PAYLOAD),
+        mirrors=(server.url("/mirror1/a.bin"), server.url("/mirror2/a.bin")),
+    )
     _, url = fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
     assert url == server.url("/mirror2/a.bin") and (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert [path for path, _ in server.requests] == ["/main/a.bin", "/mirror1/a.bin", "/mirror2/a.bin"]
@@ -196,16 +210,20 @@ def test_mirrors_are_tried_in_order(server, tmp_path):
 def test_server_errors_are_retried_a_bounded_number_of_times(server, tmp_path):
     server.rules["/a.bin"] = {"status": 503}
     with pytest.raises(UserError, match="HTTP 503.*gave up after 3 attempts"):
-        fetch(SourceFile(url=server.url("/a.bin"), filename="a.bin"), tmp_path / "a.bin", tmp_path / "parts",
-              settings=FAST, log=_quiet)
+        fetch(
+            SourceFile(url=server.url("/a.bin"), filename="a.bin"),
+            tmp_path / "a.bin",
+            tmp_path / "parts",
+            settings=FAST,
+            log=_quiet,
+        )
     assert len(server.requests) == 3
 
 
 def test_unreachable_host_is_a_user_error(tmp_path):
     source = SourceFile(url="http://127.0.0.1:9/a.bin", filename="a.bin")  # discard port: refused
     with pytest.raises(UserError, match="connection failed"):
-        fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=dataclasses.replace(FAST, retries=2),
-              log=_quiet)
+        fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=dataclasses.replace(FAST, retries=2), log=_quiet)
 
 
 # ------------------------------------------------------------------ unpacking
@@ -254,9 +272,15 @@ def test_tar_members_that_escape_are_refused(tmp_path, bad):
 def test_a_chain_of_links_cannot_lead_out(tmp_path):
     """Each link stays inside by name, but the second is stored through the first one."""
     dest = tmp_path / "dest"
-    archive = _tar_with(tmp_path / "chain.tar", [
-        ("sub/keep.txt", b"ok"), _link("sub/up", ".."), _link("sub/up/out", ".."), ("sub/up/out/evil.txt", b"x"),
-    ])
+    archive = _tar_with(
+        tmp_path / "chain.tar",
+        [
+            ("sub/keep.txt", b"ok"),
+            _link("sub/up", ".."),
+            _link("sub/up/out", ".."),
+            ("sub/up/out/evil.txt", b"x"),
+        ],
+    )
     with pytest.raises(UserError, match="refusing to unpack chain.tar"):
         extract_archive(archive, dest)
     assert _outside_files(tmp_path, {"dest", "chain.tar"}) == []
@@ -270,7 +294,7 @@ def test_zip_members_that_escape_are_refused_before_anything_is_written(tmp_path
         zf.writestr("good/first.txt", b"written only if the whole archive is safe")
         if bad == "symlink":
             info = zipfile.ZipInfo("good/link")
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, "../../..")
         else:
             zf.writestr(bad, b"x")
@@ -302,8 +326,10 @@ def test_a_file_that_is_no_archive_is_a_user_error(tmp_path):
 
 
 def test_links_inside_the_folder_are_kept(tmp_path):
-    archive = _tar_with(tmp_path / "ok.tar", [("real/a.txt", b"A"), _link("alias", "real"),
-                                              _link("copy.txt", "real/a.txt", tarfile.LNKTYPE)])
+    archive = _tar_with(
+        tmp_path / "ok.tar",
+        [("real/a.txt", b"A"), _link("alias", "real"), _link("copy.txt", "real/a.txt", tarfile.LNKTYPE)],
+    )
     extract_archive(archive, tmp_path / "dest")
     assert (tmp_path / "dest/alias/a.txt").read_bytes() == b"A"
     assert (tmp_path / "dest/copy.txt").read_bytes() == b"A"
@@ -320,11 +346,15 @@ def _serve_eurosat(server: LocalServer, tmp_path: Path) -> registry.DatasetSpec:
     server.files["/EuroSAT.zip"] = zip_path.read_bytes()
     server.files["/split.json"] = (staging / "eurosat" / "split_zhou_EuroSAT.json").read_bytes()
     real = dataset_spec("eurosat")
-    return dataclasses.replace(real, sources=(
-        dataclasses.replace(real.sources[0], url=server.url("/EuroSAT.zip"), mirrors=(),
-                            sha256=_sha(server.files["/EuroSAT.zip"])),
-        dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
-    ))
+    return dataclasses.replace(
+        real,
+        sources=(
+            dataclasses.replace(
+                real.sources[0], url=server.url("/EuroSAT.zip"), mirrors=(), sha256=_sha(server.files["/EuroSAT.zip"])
+            ),
+            dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
+        ),
+    )
 
 
 def test_download_fetches_unpacks_checks_and_marks(server, tmp_path, monkeypatch):
@@ -367,8 +397,11 @@ def test_failed_download_leaves_no_marker_and_resumes_later(server, tmp_path):
 def test_nested_archive_is_unpacked_like_caltech(server, tmp_path):
     staging = tmp_path / "staging"
     make_fixture("caltech101", staging, num_classes=100, per_split=(1, 0, 1))
-    inner = archive_folder(staging / "caltech-101" / "101_ObjectCategories", tmp_path / "101_ObjectCategories.tar.gz",
-                           prefix="101_ObjectCategories/")
+    inner = archive_folder(
+        staging / "caltech-101" / "101_ObjectCategories",
+        tmp_path / "101_ObjectCategories.tar.gz",
+        prefix="101_ObjectCategories/",
+    )
     outer = tmp_path / "caltech-101.zip"
     with zipfile.ZipFile(outer, "w") as zf:
         zf.write(inner, "caltech-101/101_ObjectCategories.tar.gz")
@@ -376,10 +409,13 @@ def test_nested_archive_is_unpacked_like_caltech(server, tmp_path):
     server.files["/caltech-101.zip"] = outer.read_bytes()
     server.files["/split.json"] = (staging / "caltech-101" / "split_zhou_Caltech101.json").read_bytes()
     real = dataset_spec("caltech101")
-    spec = dataclasses.replace(real, sources=(
-        dataclasses.replace(real.sources[0], url=server.url("/caltech-101.zip")),
-        dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
-    ))
+    spec = dataclasses.replace(
+        real,
+        sources=(
+            dataclasses.replace(real.sources[0], url=server.url("/caltech-101.zip")),
+            dataclasses.replace(real.sources[1], url=server.url("/split.json"), mirrors=()),
+        ),
+    )
     root = tmp_path / "data"
     download_dataset(spec, root, settings=FAST, log=_quiet)
     assert dataset_is_complete(spec, root)

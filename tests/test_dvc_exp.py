@@ -26,8 +26,11 @@ VARIANT = "prompt_ot_w1"
 KEY = f"variants.{VARIANT}.regulariser.weight"
 METHODS = ["prompt_ot", VARIANT]
 # the demo's plots (dvc.yaml's top-level plots)
-PLOTS = ["dvc.yaml::base2novel_hm", "dvc.yaml::base2novel_base_vs_novel",
-         "dvc.yaml::reports/figures/base2novel_tradeoff.png"]
+PLOTS = [
+    "dvc.yaml::base2novel_hm",
+    "dvc.yaml::base2novel_base_vs_novel",
+    "dvc.yaml::reports/figures/base2novel_tradeoff.png",
+]
 STAGES_OF_VARIANT = {f"train_base2novel@{VARIANT}-digits-1", f"evaluate_base2novel@{VARIANT}-digits-1"}
 
 
@@ -37,8 +40,12 @@ def shrunken_demo_params() -> str:
     params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
     params["pretrain"].update(datasets=["digits"], epochs=2, batch_size=64, repeat={"digits": 1})
     params["pretrain"].pop("images_per_class", None)
-    params.update(datasets=["digits"], methods=METHODS, seeds=[1],
-                  variants={VARIANT: {"method": "prompt_ot", "regulariser": {"weight": 1.0}}})
+    params.update(
+        datasets=["digits"],
+        methods=METHODS,
+        seeds=[1],
+        variants={VARIANT: {"method": "prompt_ot", "regulariser": {"weight": 1.0}}},
+    )
     params["protocols"]["base2novel"].update(datasets=["digits"], shots=4)
     params["train"].update(epochs=2)
     return yaml.safe_dump(params, sort_keys=False)
@@ -66,12 +73,22 @@ def test_the_demo_dvc_yaml_is_a_copy_of_the_root_one():
 
 
 def dvc(*args, cwd, **extra_env):
-    env = quiet_env() | {"HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-                         "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"} | extra_env
+    env = (
+        quiet_env()
+        | {
+            "HF_HUB_OFFLINE": "1",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.com",
+        }
+        | extra_env
+    )
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"  # the stages' `python`
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -102,9 +119,15 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
         fork = {"PROMPT_OT_FORKSERVER": str(socket_path)}
         dvc("repro", cwd=demo, **fork)
         dvc("exp", "save", "-n", "baseline", "-I", "dvc.lock", "dvc.yaml", cwd=demo)
-        untouched = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (
-            demo / "runs/backbone/demo-vit.safetensors", demo / "runs/manifests/digits/base_4shot_seed1.json",
-            run_dir("prompt_ot") / "prompts.safetensors", run_dir("prompt_ot") / "metrics.json")}
+        untouched = {
+            path: (path.stat().st_mtime_ns, path.read_bytes())
+            for path in (
+                demo / "runs/backbone/demo-vit.safetensors",
+                demo / "runs/manifests/digits/base_4shot_seed1.json",
+                run_dir("prompt_ot") / "prompts.safetensors",
+                run_dir("prompt_ot") / "metrics.json",
+            )
+        }
         before = json.loads((run_dir(VARIANT) / "metrics.json").read_text())
         # the target dvc.yaml (demo's): without it DVC applies the result to the paper grid's outputs too, with a
         # warning for each of its outputs that has never been made
@@ -115,9 +138,15 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
 
     # only what the weight affects ran: the params check (it reads the whole file), the variant and the report
     assert stages(out, "Running stage") == {"validate", *STAGES_OF_VARIANT, "report"}, out
-    assert {"backbone", "download@digits", "split_base2novel@digits-1", "cache_test@digits",
-            "cache_train_base2novel@digits-1", "train_base2novel@prompt_ot-digits-1",
-            "evaluate_base2novel@prompt_ot-digits-1"} <= stages(out, "Stage '"), out
+    assert {
+        "backbone",
+        "download@digits",
+        "split_base2novel@digits-1",
+        "cache_test@digits",
+        "cache_train_base2novel@digits-1",
+        "train_base2novel@prompt_ot-digits-1",
+        "evaluate_base2novel@prompt_ot-digits-1",
+    } <= stages(out, "Stage '"), out
     for path, (mtime, data) in untouched.items():
         assert (path.stat().st_mtime_ns, path.read_bytes()) == (mtime, data), f"{path} was rewritten"
     # the variant's old checkpoint (another run now) was replaced, not resumed from
@@ -133,8 +162,10 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
         assert params["variants"][VARIANT]["regulariser"]["weight"] == weight
         summary = files(data["metrics"], "demo/reports/metrics.json")["base2novel"]
         assert set(summary) == set(METHODS) and all(0 < summary[m]["hm"] <= 100 for m in METHODS)
-    assert files(changed["metrics"], "demo/reports/metrics.json")["base2novel"]["prompt_ot"] == \
-        files(baseline["metrics"], "demo/reports/metrics.json")["base2novel"]["prompt_ot"]
+    assert (
+        files(changed["metrics"], "demo/reports/metrics.json")["base2novel"]["prompt_ot"]
+        == files(baseline["metrics"], "demo/reports/metrics.json")["base2novel"]["prompt_ot"]
+    )
 
     # dvc metrics diff: the variant's numbers changed, nobody else's
     raw = json.loads(dvc("metrics", "diff", "baseline", "weight3", "--json", cwd=demo).stdout)
@@ -151,10 +182,15 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
     assert plain["errors"] and all(e["name"].startswith("../") for e in plain["errors"]), plain["errors"]
     plots = json.loads(dvc("plots", "diff", "baseline", "weight3", "--json", "--targets", *PLOTS, cwd=demo).stdout)
     assert not plots.get("errors"), plots["errors"]
-    rendered = {name: sorted(rev for item in items for rev in item.get("revisions", []))
-                for name, items in plots["data"].items()}
-    assert rendered == {"base2novel_hm": ["baseline", "weight3"], "base2novel_base_vs_novel": ["baseline", "weight3"],
-                        "reports/figures/base2novel_tradeoff.png": ["baseline", "weight3"]}, rendered
+    rendered = {
+        name: sorted(rev for item in items for rev in item.get("revisions", []))
+        for name, items in plots["data"].items()
+    }
+    assert rendered == {
+        "base2novel_hm": ["baseline", "weight3"],
+        "base2novel_base_vs_novel": ["baseline", "weight3"],
+        "reports/figures/base2novel_tradeoff.png": ["baseline", "weight3"],
+    }, rendered
     values = plots["data"]["base2novel_hm"][0]["content"]["data"]["values"]  # the CSV rows, one set per revision
     hm = {(row["rev"], row["method"]): float(row["hm_of_avg_mean"]) for row in values}
     assert hm[("baseline", "prompt_ot")] == hm[("weight3", "prompt_ot")]
@@ -171,8 +207,9 @@ def test_the_report_summary_holds_each_protocols_means_and_no_published_row(full
     from prompt_ot.report.summary import summary
 
     written = json.loads((full_report / "metrics.json").read_text())
-    tables = build_tables(load_runs(metrics_paths(directory=full_report.parent / "runs")),
-                          read_published(ROOT / "reports" / "published")).tables
+    tables = build_tables(
+        load_runs(metrics_paths(directory=full_report.parent / "runs")), read_published(ROOT / "reports" / "published")
+    ).tables
     assert written == json.loads(json.dumps(summary(tables)))
     average = {t.name: t for t in tables}["base2novel_average"]
     for row in average.rows:
@@ -183,7 +220,9 @@ def test_the_report_summary_holds_each_protocols_means_and_no_published_row(full
     assert set(written) == {"base2novel", "cross_dataset", "domain_generalization", "few_shot"}
     for protocol in ("cross_dataset", "domain_generalization"):  # per source dataset
         assert set(written[protocol]) == {"imagenet"}
-        assert all(set(v) == {"source", "target_avg"} and all(math.isfinite(x) for x in v.values())
-                   for v in written[protocol]["imagenet"].values())
+        assert all(
+            set(v) == {"source", "target_avg"} and all(math.isfinite(x) for x in v.values())
+            for v in written[protocol]["imagenet"].values()
+        )
     assert set(written["few_shot"]) == {"coop", "prompt_ot"}
     assert all(set(v) == {"1shot", "2shot", "4shot"} for v in written["few_shot"].values())

@@ -45,11 +45,13 @@ def metrics_of(folder):
 
 
 def mlflow_runs(folder):
-    code = ("import mlflow, json; mlflow.set_tracking_uri('sqlite:///' + __import__('os').path.abspath('mlflow.db'));"
-            "runs = mlflow.search_runs(experiment_names=['prompt-ot-demo'], output_format='list');"
-            "c = mlflow.MlflowClient();"
-            "print(json.dumps([{'tags': r.data.tags, 'metrics': r.data.metrics, 'status': r.info.status,"
-            " 'artifacts': sorted(a.path for a in c.list_artifacts(r.info.run_id))} for r in runs]))")
+    code = (
+        "import mlflow, json; mlflow.set_tracking_uri('sqlite:///' + __import__('os').path.abspath('mlflow.db'));"
+        "runs = mlflow.search_runs(experiment_names=['prompt-ot-demo'], output_format='list');"
+        "c = mlflow.MlflowClient();"
+        "print(json.dumps([{'tags': r.data.tags, 'metrics': r.data.metrics, 'status': r.info.status,"
+        " 'artifacts': sorted(a.path for a in c.list_artifacts(r.info.run_id))} for r in runs]))"
+    )
     return json.loads(run([sys.executable, "-c", code], folder).stdout)
 
 
@@ -59,8 +61,9 @@ def check_outputs(folder):
     for raw in metrics.values():
         m = json.loads(raw)
         assert set(m["accuracy"]) == {"base", "novel"} and m["n"]["base"] > 0 and m["n"]["novel"] > 0
-        assert m["hm"] == pytest.approx(2 * m["accuracy"]["base"] * m["accuracy"]["novel"]
-                                        / (m["accuracy"]["base"] + m["accuracy"]["novel"]))
+        assert m["hm"] == pytest.approx(
+            2 * m["accuracy"]["base"] * m["accuracy"]["novel"] / (m["accuracy"]["base"] + m["accuracy"]["novel"])
+        )
     table = (folder / "reports/tables/base2novel_average.tex").read_text()
     assert "Prompt-OT" in table and "CLIP (zero-shot)" in table and "\\toprule" in table
     assert "Published" not in table  # the demo's configuration leaves the (incomparable) published rows out
@@ -123,9 +126,13 @@ def fork_server(folder):
     import time
 
     socket_path, pidfile = folder / "fork.sock", folder / "fork.pid"
-    server = subprocess.Popen([sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path),
-                               "--pidfile", str(pidfile)], env=quiet_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path), "--pidfile", str(pidfile)],
+        env=quiet_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not pidfile.exists():

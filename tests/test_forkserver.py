@@ -3,12 +3,10 @@
 signals sent to a job reach its child; a job killed outright takes its child with it; without a server the
 command runs in its own process."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +16,14 @@ from tests.workflow_helpers import ROOT, quiet_env
 
 def _prompt_ot(*args, socket_path=None, **kw):
     env = quiet_env() | ({"PROMPT_OT_FORKSERVER": str(socket_path)} if socket_path else {})
-    return subprocess.Popen([sys.executable, "-m", "prompt_ot", *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "prompt_ot", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _wait_for(condition, what, seconds=60):
@@ -57,8 +61,19 @@ def test_without_an_answering_server_the_command_runs_in_its_own_process(tmp_pat
 
 
 def _long_job(socket_path, tmp_path):
-    return _prompt_ot("smoke", "--method", "prompt_ot", "--epochs", "500", "--shots", "2", "--out", tmp_path / "smoke",
-                      socket_path=socket_path, cwd=tmp_path)
+    return _prompt_ot(
+        "smoke",
+        "--method",
+        "prompt_ot",
+        "--epochs",
+        "500",
+        "--shots",
+        "2",
+        "--out",
+        tmp_path / "smoke",
+        socket_path=socket_path,
+        cwd=tmp_path,
+    )
 
 
 def test_sigterm_to_a_job_ends_its_child_and_the_job_dies_by_it(server, tmp_path):
@@ -89,8 +104,9 @@ def test_a_socket_in_a_missing_folder_is_refused(tmp_path):
 
 def test_the_wrapper_form_serves_while_its_command_runs_and_then_stops(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "demo" / "params.yaml").read_text())
-    job = _prompt_ot("forkserver", "--", sys.executable, "-m", "prompt_ot", "validate", "--params", "params.yaml",
-                     cwd=tmp_path)
+    job = _prompt_ot(
+        "forkserver", "--", sys.executable, "-m", "prompt_ot", "validate", "--params", "params.yaml", cwd=tmp_path
+    )
     out, err = job.communicate(timeout=180)
     assert job.returncode == 0 and "is valid" in out
     failing = _prompt_ot("forkserver", "--", "false", cwd=tmp_path)

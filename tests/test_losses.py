@@ -203,8 +203,13 @@ def test_sinkhorn_value_and_gradient_against_pot():
 
     through_sinkhorn2 = fine_tuned.clone().requires_grad_()
     value = ot.sinkhorn2(
-        uniform(6), uniform(6), transport_cost(through_sinkhorn2, frozen), reg,
-        method="sinkhorn_log", stopThr=threshold, numItermax=100_000,
+        uniform(6),
+        uniform(6),
+        transport_cost(through_sinkhorn2, frozen),
+        reg,
+        method="sinkhorn_log",
+        stopThr=threshold,
+        numItermax=100_000,
     )
     assert loss.item() == pytest.approx(value.item(), rel=1e-9)
     value.backward()
@@ -218,8 +223,9 @@ def unchanged_inputs(batch=5, seed=7):
     """Fine-tuned features equal to the frozen ones, with a repeated label."""
     inputs = random_inputs(batch=batch, seed=seed)
     labels = torch.tensor([0, 2, 2, 1, 0][:batch])
-    return RegulariserInputs(inputs.frozen_image, inputs.frozen_image, inputs.frozen_class_text,
-                             inputs.frozen_class_text, labels)
+    return RegulariserInputs(
+        inputs.frozen_image, inputs.frozen_image, inputs.frozen_class_text, inputs.frozen_class_text, labels
+    )
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
@@ -256,8 +262,13 @@ def test_ot_loss_is_invariant_to_permuting_the_frozen_batch(solver):
     inputs = random_inputs(batch=6, seed=8)
     permutation = torch.tensor([3, 0, 5, 1, 2, 4])
     fine_tuned, frozen = paired_features(inputs, "joint")
-    permuted_inputs = RegulariserInputs(inputs.image, inputs.frozen_image[permutation], inputs.class_text,
-                                        inputs.frozen_class_text, inputs.labels[permutation])
+    permuted_inputs = RegulariserInputs(
+        inputs.image,
+        inputs.frozen_image[permutation],
+        inputs.class_text,
+        inputs.frozen_class_text,
+        inputs.labels[permutation],
+    )
     _, permuted_frozen = paired_features(permuted_inputs, "joint")
     assert torch.equal(permuted_frozen, frozen[permutation])
 
@@ -274,8 +285,9 @@ def test_pointwise_l1_changes_when_the_frozen_images_are_permuted_but_ot_does_no
     # leaves a perfect matching for OT, but pairs every f_i with some g_j != f_i for the L1 term.
     inputs = unchanged_inputs(batch=4)
     derangement = torch.tensor([1, 2, 3, 0])
-    shuffled = RegulariserInputs(inputs.image, inputs.frozen_image[derangement], inputs.class_text,
-                                 inputs.frozen_class_text, inputs.labels)
+    shuffled = RegulariserInputs(
+        inputs.image, inputs.frozen_image[derangement], inputs.class_text, inputs.frozen_class_text, inputs.labels
+    )
     vision_ot, pointwise = OTRegulariser(modality="vision"), PointwiseL1(image_weight=10.0, text_weight=25.0)
     assert vision_ot(inputs).item() == 0.0 and vision_ot(shuffled).item() == 0.0
     assert pointwise(inputs).item() == 0.0
@@ -394,8 +406,10 @@ def drifted_cost(batch, drift, seed, dim=16):
     """Joint costs of fine-tuned features that drifted from their frozen ones by about ``drift``."""
     generator = torch.Generator().manual_seed(seed)
     frozen = unit(batch, 2 * dim, generator=generator)
-    moved = F.normalize(frozen + drift * torch.randn(batch, 2 * dim, dtype=torch.float64, generator=generator)
-                        / math.sqrt(2 * dim), dim=-1)
+    moved = F.normalize(
+        frozen + drift * torch.randn(batch, 2 * dim, dtype=torch.float64, generator=generator) / math.sqrt(2 * dim),
+        dim=-1,
+    )
     return transport_cost(moved, frozen)
 
 
@@ -449,8 +463,9 @@ def test_torch_and_pot_backends_give_the_same_loss_and_gradient(solver):
     for backend in ("pot", "torch"):
         image = inputs.image.clone().requires_grad_()
         regulariser = OTRegulariser(solver=solver, backend=backend)
-        loss = regulariser(RegulariserInputs(image, inputs.frozen_image, inputs.class_text,
-                                             inputs.frozen_class_text, inputs.labels))
+        loss = regulariser(
+            RegulariserInputs(image, inputs.frozen_image, inputs.class_text, inputs.frozen_class_text, inputs.labels)
+        )
         loss.backward()
         results.append((loss.item(), image.grad))
     (pot_loss, pot_grad), (torch_loss, torch_grad) = results
@@ -561,7 +576,12 @@ def test_build_regulariser_from_specs():
     )
     assert isinstance(built, OTRegulariser)
     assert (built.modality, built.solver, built.weight, built.eta, built.reg, built.reg_m) == (
-        "vision", "unbalanced", 5.0, 0.25, 0.2, 2.0,
+        "vision",
+        "unbalanced",
+        5.0,
+        0.25,
+        0.2,
+        2.0,
     )
     default = build_regulariser({"kind": "ot"})
     assert (default.modality, default.solver, default.weight, default.eta) == ("joint", "exact", 10.0, 0.5)

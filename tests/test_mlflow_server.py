@@ -62,15 +62,29 @@ class MlflowServer:
 
     def start(self, timeout: float = 180) -> str | None:
         """Start and wait for /health; None when it answers, else why not (the server is then stopped)."""
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-               "--artifacts-destination", str(self.artifacts), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'server.db'}",
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--workers",
+            "1",
+        ]
         # no background job runner: it would start seven huey consumers (~1 GB) that nothing here uses
         server_env = quiet_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         server_env.pop("MLFLOW_TRACKING_URI", None)
         log = open(self.folder / "server.log", "a")
-        self.proc = subprocess.Popen(cmd, cwd=self.folder, env=server_env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.folder, env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -188,8 +202,11 @@ def check_runs_complete(client, folder: Path, seeds: list[int], epochs: int, dow
             assert params["tested_epoch"] == str(trained["eval_epoch"]) == str(metrics["epoch"])
             assert params["recipe.name"] == trained["recipe"]["name"]
             assert params["prompts"].endswith("prompts.safetensors")
-            assert run.data.metrics == {"accuracy/base": metrics["accuracy"]["base"],
-                                        "accuracy/novel": metrics["accuracy"]["novel"], "hm": metrics["hm"]}
+            assert run.data.metrics == {
+                "accuracy/base": metrics["accuracy"]["base"],
+                "accuracy/novel": metrics["accuracy"]["novel"],
+                "hm": metrics["hm"],
+            }
             names = EVALUATE_ARTIFACTS
         assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == names, run.info.run_name
         for name in names:
@@ -207,8 +224,14 @@ def _client(uri: str):
 def test_shrunken_grid_logs_live_to_a_real_mlflow_server(mlflow_server, tmp_path):
     seeds, epochs = [1], 2
     folder = server_grid(tmp_path / "grid", seeds, epochs)
-    result = subprocess.run(snakemake(seeds), cwd=folder, capture_output=True, text=True, timeout=600,
-                            env=env(MLFLOW_TRACKING_URI=mlflow_server.uri))
+    result = subprocess.run(
+        snakemake(seeds),
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+    )
     assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert "warning: MLflow" not in result.stderr, result.stderr[-3000:]
     assert not list(folder.rglob("mlflow_pending_*.json")), "a job fell back to a pending record"
@@ -226,8 +249,14 @@ def test_server_stopped_mid_training_and_restarted_loses_nothing_after_sync(mlfl
     folder = server_grid(tmp_path / "grid", seeds, epochs)
     log_path = tmp_path / "snakemake.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(snakemake(seeds), cwd=folder, env=env(MLFLOW_TRACKING_URI=mlflow_server.uri),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            snakemake(seeds),
+            cwd=folder,
+            env=env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # the first Prompt-OT training run logging live: its first epoch is in its log, its run on the server
         deadline, interrupted = time.monotonic() + 300, None
@@ -266,9 +295,14 @@ def test_server_stopped_mid_training_and_restarted_loses_nothing_after_sync(mlfl
     parent_record = json.loads((folder / "runs/mlflow_parent.json").read_text())
     assert ("pending_end" in parent_record) == ("could not end the MLflow parent run" in output)
 
-    synced = subprocess.run([sys.executable, "-m", "prompt_ot", "mlflow", "sync", "runs", "--project-root", "."],
-                            cwd=folder, capture_output=True, text=True, timeout=300,
-                            env=env(MLFLOW_TRACKING_URI=mlflow_server.uri))
+    synced = subprocess.run(
+        [sys.executable, "-m", "prompt_ot", "mlflow", "sync", "runs", "--project-root", "."],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+    )
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert f"synced {len(pending)} of {len(pending)} pending runs" in synced.stdout
     assert not list(folder.rglob("mlflow_pending_*.json"))

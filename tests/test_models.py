@@ -122,7 +122,9 @@ def test_deep_vision_prompts_follow_replace_rule(tiny):
     torch.testing.assert_close(model.encode_image(images), expected, rtol=0, atol=1e-5)
     # changing the deep prompt changes the output: it is used
     with torch.no_grad():
-        model.vision_prompts[1].add_(torch.randn_like(model.vision_prompts[1]))  # a constant shift vanishes in LayerNorm
+        model.vision_prompts[1].add_(
+            torch.randn_like(model.vision_prompts[1])
+        )  # a constant shift vanishes in LayerNorm
     assert not torch.allclose(model.encode_image(images), expected, atol=1e-3)
 
 
@@ -151,7 +153,7 @@ def test_prompt_state_roundtrip_and_mismatch(tiny):
     a = PromptedCLIP(clip, tokenizer, PromptConfig(4, 2, 4, 2))
     b = PromptedCLIP(clip, tokenizer, PromptConfig(4, 2, 4, 2, ctx_init=None))
     b.load_prompt_state(a.prompt_state())
-    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa, pb), na
     other = PromptedCLIP(clip, tokenizer, PromptConfig(4, 1, 0, 0))
     with pytest.raises(UserError, match="does not match"):

@@ -54,8 +54,9 @@ def test_cocoop_with_a_zero_meta_net_is_coop(tiny):
     assert per_image.shape == (5, len(CLASSES), image.shape[1])
     for i in range(5):
         torch.testing.assert_close(per_image[i], coop.class_text_features(), rtol=0, atol=1e-6)
-    torch.testing.assert_close(F.cross_entropy(cocoop(images), labels), F.cross_entropy(coop(images), labels),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        F.cross_entropy(cocoop(images), labels), F.cross_entropy(coop(images), labels), rtol=0, atol=1e-6
+    )
 
 
 def test_cocoop_batched_prompts_equal_a_loop_of_full_forwards_with_gradients(tiny):
@@ -76,7 +77,9 @@ def test_cocoop_batched_prompts_equal_a_loop_of_full_forwards_with_gradients(tin
         for i in range(len(image)):
             ctx = model.text_prompts[0] + model.meta_net(image[i : i + 1])  # (n, width): this image's context
             layer = [ctx.unsqueeze(0).expand(len(NAMES), -1, -1)]
-            rows.append(F.normalize(model.encode_tokens(model.class_tokens, truncate=False, layer_prompts=layer), dim=-1))
+            rows.append(
+                F.normalize(model.encode_tokens(model.class_tokens, truncate=False, layer_prompts=layer), dim=-1)
+            )
         return torch.stack(rows)
 
     plain = loop()
@@ -113,7 +116,10 @@ def test_cocoop_has_cocoops_parameter_count_on_the_tiny_model(tiny):
     model = build_model(get_method("cocoop"), clip, tokenizer)
     vis, width, n = clip.visual.proj.shape[1], clip.token_embedding.weight.shape[1], 4
     hidden = vis // 16
-    assert sum(p.numel() for p in model.trainable_parameters()) == n * width + vis * hidden + hidden + hidden * width + width
+    assert (
+        sum(p.numel() for p in model.trainable_parameters())
+        == n * width + vis * hidden + hidden + hidden * width + width
+    )
 
 
 # ---------------------------------------------------------------------------------------------- MaPLe
@@ -168,8 +174,10 @@ def test_maple_fast_forwards_equal_the_plain_ones_with_gradients(tiny):
     plain_text = F.normalize(model.encode_tokens(model.class_tokens, truncate=False), dim=-1)
     torch.testing.assert_close(fast_text, plain_text, rtol=0, atol=1e-6)
     w = torch.randn_like(fast_text)
-    for a, b in zip(torch.autograd.grad((fast_text * w).sum(), model.text_prompts),
-                    torch.autograd.grad((plain_text * w).sum(), model.text_prompts)):
+    for a, b in zip(
+        torch.autograd.grad((fast_text * w).sum(), model.text_prompts),
+        torch.autograd.grad((plain_text * w).sum(), model.text_prompts),
+    ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     images = torch.randn(3, 3, 32, 32)
     fast = model.encode_image(images)
@@ -205,8 +213,16 @@ def test_promptsrc_loss_equals_the_stated_formula():
     image, frozen_image, text, frozen_text = unit(b, d), unit(b, d), unit(c, d), unit(c, d)
     scale = torch.tensor(50.0)
     reg = build_regulariser({"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0})
-    ours = reg(RegulariserInputs(image=image, frozen_image=frozen_image, class_text=text, frozen_class_text=frozen_text,
-                                 labels=torch.zeros(b, dtype=torch.long), logit_scale=scale))
+    ours = reg(
+        RegulariserInputs(
+            image=image,
+            frozen_image=frozen_image,
+            class_text=text,
+            frozen_class_text=frozen_text,
+            labels=torch.zeros(b, dtype=torch.long),
+            logit_scale=scale,
+        )
+    )
     l1_text = sum(abs(float(text[i, j] - frozen_text[i, j])) for i in range(c) for j in range(d)) / (c * d)
     l1_image = sum(abs(float(image[i, j] - frozen_image[i, j])) for i in range(b) for j in range(d)) / (b * d)
     kl = 0.0
@@ -246,8 +262,14 @@ def test_promptsrc_saves_the_gaussian_weighted_sum_of_its_epochs_prompts(tiny):
     clip, tokenizer, _ = tiny
     plain = get_method("promptsrc", {"prompts": {"text_depth": 2, "vision_depth": 2}, "aggregate": None})
     model = build_model(plain, clip, tokenizer, seed=1)
-    train(plain, model, ToyImages(6, len(CLASSES)), CLASSES, config(),
-          on_epoch_end=lambda record: per_epoch.append(model.prompt_state()))
+    train(
+        plain,
+        model,
+        ToyImages(6, len(CLASSES)),
+        CLASSES,
+        config(),
+        on_epoch_end=lambda record: per_epoch.append(model.prompt_state()),
+    )
     aggregated = _train(tiny, _promptsrc(aggregate))
     weights = gpa_weights(4, **aggregate)
     assert len(per_epoch) == 4
@@ -338,15 +360,73 @@ def cli_work(tmp_path_factory):
     params["protocols"]["few_shot"] = {"datasets": ["dtd"], "shots": [2]}
     (base / "params.yaml").write_text(yaml.safe_dump(params))
     work = {"base": base, "params": base / "params.yaml", "main": main}
-    assert main(["split", "dtd", "--root", str(root), "--subset", "all", "--shots", "2", "--seed", "1",
-                 "--out", str(base / "manifest.json")]) == 0
-    assert main(["cache", "train", "--params", str(work["params"]), "--manifest", str(base / "manifest.json"),
-                 "--root", str(root), "--backbone", "tiny-vit", "--pretrained", "none", "--seed", "1",
-                 "--out", str(base / "train_cache"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "dtd",
+                "--root",
+                str(root),
+                "--subset",
+                "all",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(base / "manifest.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "cache",
+                "train",
+                "--params",
+                str(work["params"]),
+                "--manifest",
+                str(base / "manifest.json"),
+                "--root",
+                str(root),
+                "--backbone",
+                "tiny-vit",
+                "--pretrained",
+                "none",
+                "--seed",
+                "1",
+                "--out",
+                str(base / "train_cache"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     for name in ("dtd", "eurosat"):
-        assert main(["cache", "test", name, "--params", str(work["params"]), "--root", str(root),
-                     "--backbone", "tiny-vit", "--pretrained", "none", "--out", str(base / "test" / name),
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "cache",
+                    "test",
+                    name,
+                    "--params",
+                    str(work["params"]),
+                    "--root",
+                    str(root),
+                    "--backbone",
+                    "tiny-vit",
+                    "--pretrained",
+                    "none",
+                    "--out",
+                    str(base / "test" / name),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     return work
 
 
@@ -357,9 +437,30 @@ def test_the_new_methods_train_and_evaluate_under_their_released_recipes(cli_wor
 
     base, main = cli_work["base"], cli_work["main"]
     out = base / "runs" / protocol / method
-    assert main(["train", "--params", str(cli_work["params"]), "--protocol", protocol, "--method", method,
-                 "--seed", "1", "--manifest", str(base / "manifest.json"), "--train-cache", str(base / "train_cache"),
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--params",
+                str(cli_work["params"]),
+                "--protocol",
+                protocol,
+                "--method",
+                method,
+                "--seed",
+                "1",
+                "--manifest",
+                str(base / "manifest.json"),
+                "--train-cache",
+                str(base / "train_cache"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "train.json").read_text())
     assert summary["recipe"]["name"] == "released" and summary["recipe"]["method"] == method
     assert summary["recipe"]["overridden"] == ["epochs", "eval_epoch", "precision"]
@@ -369,10 +470,35 @@ def test_the_new_methods_train_and_evaluate_under_their_released_recipes(cli_wor
         assert summary["frozen_image_features"] == "cache"
     targets = ["--targets", "eurosat"] if protocol == "cross_dataset" else []
     metrics_path = out / "metrics.json"
-    assert main(["evaluate", "--params", str(cli_work["params"]), "--protocol", protocol, "--method", method,
-                 "--dataset", "dtd", "--shots", "2", "--seed", "1", "--prompts", str(out / "prompts.safetensors"),
-                 "--test-cache-root", str(base / "test"), *targets, "--out", str(metrics_path),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--params",
+                str(cli_work["params"]),
+                "--protocol",
+                protocol,
+                "--method",
+                method,
+                "--dataset",
+                "dtd",
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--prompts",
+                str(out / "prompts.safetensors"),
+                "--test-cache-root",
+                str(base / "test"),
+                *targets,
+                "--out",
+                str(metrics_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics["accuracy"]) == ({"dtd", "eurosat"} if protocol == "cross_dataset" else {"all"})
     assert all(0 <= a <= 100 for a in metrics["accuracy"].values()) and metrics["provenance"]["method"] == method

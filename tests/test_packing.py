@@ -37,8 +37,14 @@ def spec(tiny, method_name, dataset, seed, tmp=None, **kw):
     clip, tokenizer, _ = tiny
     method = get_method(method_name, SHALLOW if method_name not in ("coop", "kgcoop", "zeroshot", "cocoop") else None)
     classes, per_class, data_seed = DATASETS[dataset]
-    return RunSpec(method, build_model(method, clip, tokenizer, seed=seed), ToyImages(per_class, len(classes),
-                   seed=data_seed), classes, config(seed, **kw), checkpoint_dir=tmp)
+    return RunSpec(
+        method,
+        build_model(method, clip, tokenizer, seed=seed),
+        ToyImages(per_class, len(classes), seed=data_seed),
+        classes,
+        config(seed, **kw),
+        checkpoint_dir=tmp,
+    )
 
 
 def assert_same_run(packed, alone):
@@ -58,8 +64,12 @@ def assert_same_run(packed, alone):
 PACKS = {
     "seeds": [("prompt_ot", "colours", 1), ("prompt_ot", "colours", 2), ("prompt_ot", "colours", 3)],
     "datasets": [("prompt_ot", "colours", 1), ("prompt_ot", "shapes", 1)],
-    "methods": [("ivlp", "shapes", 2), ("prompt_ot", "shapes", 2), ("pointwise_l1", "colours", 1),
-                ("prompt_ot_sinkhorn", "colours", 1)],
+    "methods": [
+        ("ivlp", "shapes", 2),
+        ("prompt_ot", "shapes", 2),
+        ("pointwise_l1", "colours", 1),
+        ("prompt_ot_sinkhorn", "colours", 1),
+    ],
     "text-only prompts": [("coop", "colours", 1), ("kgcoop", "shapes", 1)],
     "cocoop (per-image prompts)": [("cocoop", "colours", 1), ("cocoop", "shapes", 2)],
     "maple (coupled prompts)": [("maple", "colours", 1), ("maple", "shapes", 2)],
@@ -129,8 +139,12 @@ def test_runs_that_cannot_share_a_pack_are_refused(tiny):
     with pytest.raises(UserError, match="same training recipe"):
         train_packed([spec(tiny, "prompt_ot", "colours", 1), spec(tiny, "prompt_ot", "colours", 2, lr=0.02)])
     with pytest.raises(UserError, match="fp16"):
-        train_packed([spec(tiny, "prompt_ot", "colours", 1, precision="fp16"),
-                      spec(tiny, "prompt_ot", "colours", 2, precision="fp16")])
+        train_packed(
+            [
+                spec(tiny, "prompt_ot", "colours", 1, precision="fp16"),
+                spec(tiny, "prompt_ot", "colours", 2, precision="fp16"),
+            ]
+        )
     other = tiny_clip()
     lonely = spec(tiny, "prompt_ot", "colours", 2)
     lonely.model = build_model(lonely.method, other[0], other[1], seed=2)
@@ -149,11 +163,11 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
     import json
 
     import yaml
-
     from fixtures_data import make_fixture
+    from test_cli_errors import small_params
+
     from prompt_ot.checkpoint import load_prompts
     from prompt_ot.cli import main
-    from test_cli_errors import small_params
 
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
@@ -162,21 +176,89 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
     args = {"manifest": [], "cache": []}
     for seed in (1, 2):
         manifest, cache = tmp_path / f"manifest{seed}.json", tmp_path / f"cache{seed}"
-        assert main(["split", "dtd", "--root", str(root), "--subset", "base", "--shots", "2", "--seed", str(seed),
-                     "--out", str(manifest)]) == 0
-        assert main(["cache", "train", "--manifest", str(manifest), "--root", str(root), "--backbone", "tiny-vit",
-                     "--pretrained", "none", "--epochs", "2", "--seed", str(seed), "--out", str(cache),
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "split",
+                    "dtd",
+                    "--root",
+                    str(root),
+                    "--subset",
+                    "base",
+                    "--shots",
+                    "2",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(manifest),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "cache",
+                    "train",
+                    "--manifest",
+                    str(manifest),
+                    "--root",
+                    str(root),
+                    "--backbone",
+                    "tiny-vit",
+                    "--pretrained",
+                    "none",
+                    "--epochs",
+                    "2",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(cache),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         args["manifest"].append(str(manifest))
         args["cache"].append(str(cache))
     common = ["train", "--params", str(params), "--protocol", "base2novel", "--method", "prompt_ot", "--device", "cpu"]
     packed = [tmp_path / "packed" / "seed1", tmp_path / "packed" / "seed2"]
-    assert main(common + ["--seed", "1", "2", "--manifest", *args["manifest"], "--train-cache", *args["cache"],
-                          "--out", *map(str, packed)]) == 0
+    assert (
+        main(
+            common
+            + [
+                "--seed",
+                "1",
+                "2",
+                "--manifest",
+                *args["manifest"],
+                "--train-cache",
+                *args["cache"],
+                "--out",
+                *map(str, packed),
+            ]
+        )
+        == 0
+    )
     for k, seed in enumerate((1, 2)):
         alone = tmp_path / "alone" / f"seed{seed}"
-        assert main(common + ["--seed", str(seed), "--manifest", args["manifest"][k], "--train-cache", args["cache"][k],
-                              "--out", str(alone)]) == 0
+        assert (
+            main(
+                common
+                + [
+                    "--seed",
+                    str(seed),
+                    "--manifest",
+                    args["manifest"][k],
+                    "--train-cache",
+                    args["cache"][k],
+                    "--out",
+                    str(alone),
+                ]
+            )
+            == 0
+        )
         a, _ = load_prompts(alone / "prompts.safetensors")
         p, _ = load_prompts(packed[k] / "prompts.safetensors")
         assert all(torch.allclose(a[n], p[n], rtol=0, atol=PROMPT_TOL) for n in a)
@@ -192,8 +274,23 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
         assert logged["resolved.deterministic"] == "False" and logged["resolved.precision"] == "fp32"
         assert logged["resolved.device"] == "cpu" and logged["pack"] == "2"
     # packed runs need one value of each per run
-    assert main(common + ["--seed", "1", "2", "--manifest", args["manifest"][0], "--train-cache", *args["cache"],
-                          "--out", *map(str, packed)]) == 2
+    assert (
+        main(
+            common
+            + [
+                "--seed",
+                "1",
+                "2",
+                "--manifest",
+                args["manifest"][0],
+                "--train-cache",
+                *args["cache"],
+                "--out",
+                *map(str, packed),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.gpu

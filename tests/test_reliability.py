@@ -123,8 +123,9 @@ def test_the_grid_run_twice_from_scratch_gives_byte_identical_metrics_and_tables
         assert len(a["history"]) == EPOCHS and without_seconds(a["history"]) == without_seconds(b["history"])
         regularised = any(r["regulariser"] > 0 for r in a["history"])
         assert regularised == (a["method"] == "prompt_ot")  # the grid has an OT and a non-OT method
-        (prompts_a, meta_a), (prompts_b, meta_b) = (load_prompts(g / run_dir / "prompts.safetensors")
-                                                    for g in (snakemake_grid, second_grid))
+        (prompts_a, meta_a), (prompts_b, meta_b) = (
+            load_prompts(g / run_dir / "prompts.safetensors") for g in (snakemake_grid, second_grid)
+        )
         assert meta_a == meta_b and prompts_a.keys() == prompts_b.keys()
         assert all(prompts_a[k].equal(prompts_b[k]) for k in prompts_a)
 
@@ -147,13 +148,15 @@ def start_and_kill_mid_training(cmd, folder: Path, **extra_env) -> dict:
     metadata at the kill."""
     checkpoint = folder / KILLED / "checkpoint.safetensors"
     with open(folder / "killed_run.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=folder, env=env(**extra_env), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=folder, env=env(**extra_env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 600
             while not checkpoint.exists():
-                assert proc.poll() is None, f"{cmd} ended before training started:\n" + \
-                    (folder / "killed_run.log").read_text()[-3000:]
+                assert proc.poll() is None, (
+                    f"{cmd} ended before training started:\n" + (folder / "killed_run.log").read_text()[-3000:]
+                )
                 assert time.monotonic() < deadline, "no checkpoint appeared"
                 time.sleep(0.01)
             os.killpg(proc.pid, signal.SIGKILL)
@@ -196,8 +199,16 @@ def check_resumed(folder: Path, reference: Path, killed_at: int) -> None:
 def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakemake_grid, tmp_path):
     """With MLflow recording live: the killed job's run and the killed pipeline's parent run, left RUNNING by
     the kill, are ended KILLED by the rerun, which records complete runs of its own."""
-    folder = copy_without(snakemake_grid, tmp_path / "snakemake", KILLED, "reports/tables", "reports/figures",
-                          "mlflow.db", "mlartifacts", "runs/mlflow_parent.json")
+    folder = copy_without(
+        snakemake_grid,
+        tmp_path / "snakemake",
+        KILLED,
+        "reports/tables",
+        "reports/figures",
+        "mlflow.db",
+        "mlartifacts",
+        "runs/mlflow_parent.json",
+    )
     meta = start_and_kill_mid_training([*SNAKEMAKE, "--cores", "2"], folder)
     killed_at = check_killed_mid_run(folder, meta)
     live = json.loads((folder / KILLED / "mlflow_live_train.json").read_text())
@@ -208,9 +219,13 @@ def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakem
 
     client = _client(f"sqlite:///{folder / 'mlflow.db'}")
     runs = client.search_runs(client.search_experiments()[0].experiment_id)
-    status = {(r.data.tags.get("kind"), r.info.run_name): r.info.status for r in runs if r.info.run_id != live["run_id"]}
+    status = {
+        (r.data.tags.get("kind"), r.info.run_name): r.info.status for r in runs if r.info.run_id != live["run_id"]
+    }
     killed = client.get_run(live["run_id"])
-    assert killed.info.status == "KILLED" and "ended without closing it" in killed.data.tags["prompt_ot.ended_as_killed"]
+    assert (
+        killed.info.status == "KILLED" and "ended without closing it" in killed.data.tags["prompt_ot.ended_as_killed"]
+    )
     parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
     assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"], status
     assert [k for k, v in status.items() if v != "FINISHED" and k[0] != "pipeline"] == [], status
@@ -236,8 +251,9 @@ def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, t
     meta = start_and_kill_mid_training([*DVC, "repro"], folder, **OFF)
     killed_at = check_killed_mid_run(folder, meta)
     result = run([*DVC, "repro"], folder, **OFF)
-    assert sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")) \
-        == sorted(redo)
+    assert sorted(
+        line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")
+    ) == sorted(redo)
     check_resumed(folder, snakemake_grid, killed_at)
     assert "up to date" in run([*DVC, "status", "dvc.yaml"], folder, **OFF).stdout
 
@@ -281,7 +297,8 @@ def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(
     children = [r for r in runs if r.data.tags["kind"] != "pipeline"]
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children)
     assert {(r.data.tags["kind"], r.data.tags["method"], r.data.tags["seed"]) for r in children} == {
-        (kind, m, str(s)) for kind in ("train", "evaluate") for m in METHODS for s in SEEDS}
+        (kind, m, str(s)) for kind in ("train", "evaluate") for m in METHODS for s in SEEDS
+    }
 
     for run in children:
         run_dir = f"runs/base2novel/{run.data.tags['method']}/digits_{SHOTS}shot/seed{run.data.tags['seed']}"
@@ -294,8 +311,11 @@ def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(
             names = ["prompts.safetensors", "train.json", "train.log"]
         else:
             metrics = json.loads((folder / run_dir / "metrics.json").read_text())
-            assert run.data.metrics == {"accuracy/base": metrics["accuracy"]["base"],
-                                        "accuracy/novel": metrics["accuracy"]["novel"], "hm": metrics["hm"]}
+            assert run.data.metrics == {
+                "accuracy/base": metrics["accuracy"]["base"],
+                "accuracy/novel": metrics["accuracy"]["novel"],
+                "hm": metrics["hm"],
+            }
             names = ["metrics.json", "predictions.npz"]
         assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == names
         for name in names:
@@ -328,9 +348,30 @@ def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relo
     cache = grid / f"cache/train/digits/base_{SHOTS}shot_seed1"
     server = f"http://127.0.0.1:{_closed_port()}"
     started = time.monotonic()
-    result = run([sys.executable, "-m", "prompt_ot", "train", "--params", "params.yaml", "--protocol", "base2novel",
-                  "--method", "prompt_ot", "--seed", "1", "--manifest", str(manifest), "--train-cache", str(cache),
-                  "--out", str(out)], project, MLFLOW_TRACKING_URI=server)
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "prompt_ot",
+            "train",
+            "--params",
+            "params.yaml",
+            "--protocol",
+            "base2novel",
+            "--method",
+            "prompt_ot",
+            "--seed",
+            "1",
+            "--manifest",
+            str(manifest),
+            "--train-cache",
+            str(cache),
+            "--out",
+            str(out),
+        ],
+        project,
+        MLFLOW_TRACKING_URI=server,
+    )
     assert time.monotonic() - started < 120  # no long retries against the dead server
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, result.stderr  # once per process, not once per epoch
@@ -357,7 +398,10 @@ def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relo
         history = sorted((m.step, m.value) for m in client.get_metric_history(logged.info.run_id, key))
         assert history == [(r["epoch"], r[key]) for r in trained["history"]]
     assert sorted(a.path for a in client.list_artifacts(logged.info.run_id)) == [
-        "prompts.safetensors", "train.json", "train.log"]
+        "prompts.safetensors",
+        "train.json",
+        "train.log",
+    ]
     for name in ("prompts.safetensors", "train.json", "train.log"):
         assert _artifact_bytes(client, logged.info.run_id, name, tmp_path / "dl") == (out / name).read_bytes()
 
@@ -389,8 +433,14 @@ _BLOCKED_BUILD = textwrap.dedent("""
 def _kill_blocked_build(kind: str, out: Path, *args: str) -> int:
     """Run a build that blocks half-way, SIGKILL it there; return its pid."""
     ready = out.parent / f"{out.name}.ready"
-    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_BUILD, kind, str(out), str(ready), *args], cwd=ROOT,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_BUILD, kind, str(out), str(ready), *args],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None, proc.communicate()[1]
@@ -408,10 +458,13 @@ def _hidden(folder: Path, name: str) -> list[str]:
 
 def _live_building_folder(out: Path) -> subprocess.Popen:
     """Another process building the same target right now (it made its folder and goes on running)."""
-    code = ("import sys; from prompt_ot.utils.io import hidden_folder; print(hidden_folder(sys.argv[1]), flush=True);"
-            "sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env(), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from prompt_ot.utils.io import hidden_folder; print(hidden_folder(sys.argv[1]), flush=True);"
+        "sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert Path(proc.stdout.readline().strip()).is_dir()
     return proc
 
@@ -452,8 +505,25 @@ def test_a_killed_cache_build_leaves_only_a_hidden_folder_that_the_next_cli_buil
     left = _hidden(tmp_path, "digits")
     assert len(left) == 1 and f"-{pid}-" in left[0]
     assert (tmp_path / left[0] / "store" / "index.json").exists()  # it was half-way: the store done, no features
-    run([sys.executable, "-m", "prompt_ot", "cache", "test", "digits", "--root", str(data), "--backbone", "tiny-vit",
-         "--pretrained", "none", "--out", str(out)], tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "prompt_ot",
+            "cache",
+            "test",
+            "digits",
+            "--root",
+            str(data),
+            "--backbone",
+            "tiny-vit",
+            "--pretrained",
+            "none",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert _hidden(tmp_path, "digits") == []
     assert (out / "index.json").exists()
     reference = snakemake_grid / "cache/test/digits"
@@ -479,12 +549,22 @@ def test_atomic_outputs_get_normal_permissions_and_leave_no_temporary_file(tmp_p
 def test_a_writer_killed_mid_write_leaves_a_hidden_temporary_file_that_the_next_write_removes(tmp_path):
     from prompt_ot.utils.io import atomic_write_text
 
-    code = ("import sys, os; from prompt_ot.utils.io import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as tmp:\n"
-            "    tmp.write_text('half'); print(tmp, flush=True); sys.stdin.read()")
+    code = (
+        "import sys, os; from prompt_ot.utils.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_text('half'); print(tmp, flush=True); sys.stdin.read()"
+    )
     target = tmp_path / "metrics.json"
-    writers = [subprocess.Popen([sys.executable, "-c", code, str(target)], env=env(), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(target)],
+            env=env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     killed, live = [Path(w.stdout.readline().strip()) for w in writers]
     writers[0].kill()
     writers[0].wait()

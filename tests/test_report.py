@@ -24,26 +24,55 @@ PUBLISHED = REPO / "reports" / "published"
 BACKBONE = "ViT-B-16-quickgelu"
 
 
-def write_run(folder: Path, protocol: str, method: str, dataset: str, seed: int, accuracy: dict, shots: int = 16,
-              base_method: str | None = None, weight: float | None = None, backbone: str = BACKBONE) -> Path:
+def write_run(
+    folder: Path,
+    protocol: str,
+    method: str,
+    dataset: str,
+    seed: int,
+    accuracy: dict,
+    shots: int = 16,
+    base_method: str | None = None,
+    weight: float | None = None,
+    backbone: str = BACKBONE,
+) -> Path:
     path = folder / f"{protocol}-{method}-{dataset}-{shots}-{seed}.json"
-    write_metrics(path, RunMetrics(protocol, method, dataset, seed, shots, backbone, accuracy,
-                                   base_method=base_method or method, regulariser_weight=weight))
+    write_metrics(
+        path,
+        RunMetrics(
+            protocol,
+            method,
+            dataset,
+            seed,
+            shots,
+            backbone,
+            accuracy,
+            base_method=base_method or method,
+            regulariser_weight=weight,
+        ),
+    )
     return path
 
 
-def b2n_values(seed: int = 0, methods=("ivlp", "prompt_ot"), datasets=("caltech101", "dtd", "eurosat"),
-               seeds=(1, 2, 3)) -> pd.DataFrame:
+def b2n_values(
+    seed: int = 0, methods=("ivlp", "prompt_ot"), datasets=("caltech101", "dtd", "eurosat"), seeds=(1, 2, 3)
+) -> pd.DataFrame:
     """Random base/novel accuracies, one row per run."""
     rng = np.random.default_rng(seed)
-    rows = [{"method": m, "dataset": d, "seed": s, "base": rng.uniform(50, 95), "novel": rng.uniform(40, 90)}
-            for m in methods for d in datasets for s in seeds]
+    rows = [
+        {"method": m, "dataset": d, "seed": s, "base": rng.uniform(50, 95), "novel": rng.uniform(40, 90)}
+        for m in methods
+        for d in datasets
+        for s in seeds
+    ]
     return pd.DataFrame(rows)
 
 
 def write_b2n(folder: Path, values: pd.DataFrame) -> list[Path]:
-    return [write_run(folder, "base2novel", r.method, r.dataset, int(r.seed), {"base": r.base, "novel": r.novel})
-            for r in values.itertuples()]
+    return [
+        write_run(folder, "base2novel", r.method, r.dataset, int(r.seed), {"base": r.base, "novel": r.novel})
+        for r in values.itertuples()
+    ]
 
 
 def report(tmp_path: Path, paths: list[Path], published: bool = True, figures: bool = False) -> Path:
@@ -81,6 +110,7 @@ def hm(base, novel):
 
 # ---------------------------------------------------------------- numbers
 
+
 def test_mean_std_over_seeds_match_pandas_reference(tmp_path):
     values = b2n_values()
     out = report(tmp_path, write_b2n(tmp_path / "runs", values), published=False)
@@ -107,8 +137,12 @@ def test_missing_seed_mean_over_what_exists_with_count_and_warning(tmp_path, cap
     values = b2n_values(seed=1)
     values = values[~((values.method == "ivlp") & (values.dataset == "dtd") & (values.seed == 3))]
     paths = write_b2n(tmp_path / "runs", values)
-    assert main(["report", "--metrics", *map(str, paths), "--no-published", "--no-figures",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            ["report", "--metrics", *map(str, paths), "--no-published", "--no-figures", "--out", str(tmp_path / "out")]
+        )
+        == 0
+    )
     assert "ivlp on dtd: 2 of 3 seeds (missing 3)" in capsys.readouterr().err
     out = tmp_path / "out"
     ivlp = values[values.method == "ivlp"]
@@ -126,8 +160,10 @@ def test_missing_seed_mean_over_what_exists_with_count_and_warning(tmp_path, cap
 
 def test_both_hm_definitions_computed_and_labelled(tmp_path):
     # two datasets with opposite trade-offs: HM of the averages is 50, the average of the per-dataset HMs is 18
-    paths = [write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 90.0, "novel": 10.0}),
-             write_run(tmp_path, "base2novel", "prompt_ot", "eurosat", 1, {"base": 10.0, "novel": 90.0})]
+    paths = [
+        write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 90.0, "novel": 10.0}),
+        write_run(tmp_path, "base2novel", "prompt_ot", "eurosat", 1, {"base": 10.0, "novel": 90.0}),
+    ]
     out = report(tmp_path, paths, published=False)
     got = row(csv(out, "base2novel_average"), "prompt_ot")
     assert got["hm_of_avg_mean"] == pytest.approx(50.0)
@@ -150,9 +186,12 @@ def test_hm_of_averages_std_is_over_seeds(tmp_path):
 
 # ---------------------------------------------------------------- bold and published rows
 
+
 def test_bold_goes_to_the_numerically_best_not_the_string_best(tmp_path):
-    paths = [write_run(tmp_path, "base2novel", "ivlp", "dtd", 1, {"base": 9.5, "novel": 30.0}),
-             write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 10.2, "novel": 20.0})]
+    paths = [
+        write_run(tmp_path, "base2novel", "ivlp", "dtd", 1, {"base": 9.5, "novel": 30.0}),
+        write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 10.2, "novel": 20.0}),
+    ]
     out = report(tmp_path, paths)  # the published rows (base above 69) must not take the bold
     tex = (out / "tables" / "base2novel_average.tex").read_text()
     assert "\\textbf{10.20}" in tex and "\\textbf{9.50}" not in tex
@@ -171,8 +210,11 @@ def test_published_rows_marked_separate_never_bold_nor_averaged(tmp_path):
     without = report(tmp_path / "b", paths, published=False)
     ours_with = csv(with_published, "base2novel_average")
     ours_without = csv(without, "base2novel_average")
-    pd.testing.assert_frame_equal(ours_with[~ours_with.published].drop(columns="source").reset_index(drop=True),
-                                  ours_without.reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        ours_with[~ours_with.published].drop(columns="source").reset_index(drop=True),
+        ours_without.reset_index(drop=True),
+        check_dtype=False,
+    )
     quoted = pd.read_csv(PUBLISHED / "published_base2novel.csv")
     published_rows = ours_with[ours_with.published]
     assert list(published_rows["method"]) == list(quoted["method"])
@@ -196,8 +238,10 @@ def test_cross_dataset_and_domain_generalization_tables(tmp_path):
         for seed in (1, 2):
             cross = {k: float(rng.uniform(30, 90)) for k in ("imagenet", "caltech101", "dtd", "eurosat")}
             domain = {k: float(rng.uniform(30, 90)) for k in ("imagenet", "imagenet_v2", "imagenet_sketch")}
-            paths += [write_run(tmp_path, "cross_dataset", method, "imagenet", seed, cross),
-                      write_run(tmp_path, "domain_generalization", method, "imagenet", seed, domain)]
+            paths += [
+                write_run(tmp_path, "cross_dataset", method, "imagenet", seed, cross),
+                write_run(tmp_path, "domain_generalization", method, "imagenet", seed, domain),
+            ]
             expected.setdefault(method, []).append(cross)
     out = report(tmp_path, paths)
     table = csv(out, "cross_dataset")
@@ -224,8 +268,9 @@ def test_ablation_only_groups_that_ran_and_few_shot(tmp_path):
     for method in ("coop", "prompt_ot"):
         for shots in (1, 4):
             for seed in (1, 2):
-                paths.append(write_run(tmp_path, "few_shot", method, "dtd", seed, {"all": 40.0 + shots + seed},
-                                       shots=shots))
+                paths.append(
+                    write_run(tmp_path, "few_shot", method, "dtd", seed, {"all": 40.0 + shots + seed}, shots=shots)
+                )
     out = report(tmp_path, paths)
     ablation = csv(out, "ablation")
     assert list(ablation["block"].unique()) == ["Modality", "Solver", "OT vs point-wise"]
@@ -239,9 +284,11 @@ def test_ablation_only_groups_that_ran_and_few_shot(tmp_path):
 
 # ---------------------------------------------------------------- files
 
+
 def test_latex_specials_escaped():
     assert latex_escape("a_b&c%d$e#f{g}h~i^j\\k") == (
-        r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k")
+        r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k"
+    )
 
 
 def test_names_with_specials_escaped_in_tables(tmp_path):
@@ -256,8 +303,14 @@ def test_names_with_specials_escaped_in_tables(tmp_path):
 
 def test_csv_numbers_equal_latex_numbers(full_report):
     out = full_report
-    for name in ("base2novel_average", "base2novel_per_dataset", "ablation", "cross_dataset",
-                 "domain_generalization", "few_shot"):
+    for name in (
+        "base2novel_average",
+        "base2novel_per_dataset",
+        "ablation",
+        "cross_dataset",
+        "domain_generalization",
+        "few_shot",
+    ):
         frame = csv(out, name)
         columns = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
         rows = latex_rows((out / "tables" / f"{name}.tex").read_text(), len(columns))
@@ -272,8 +325,14 @@ def test_csv_numbers_equal_latex_numbers(full_report):
 def test_index_all_tex_and_figures(full_report):
     out = full_report
     inputs = re.findall(r"\\input\{tables/(\w+)\}", (out / "tables" / "all.tex").read_text())
-    assert inputs == ["base2novel_average", "base2novel_per_dataset", "ablation", "cross_dataset",
-                      "domain_generalization", "few_shot"]
+    assert inputs == [
+        "base2novel_average",
+        "base2novel_per_dataset",
+        "ablation",
+        "cross_dataset",
+        "domain_generalization",
+        "few_shot",
+    ]
     for stem in ("base2novel_tradeoff", "lambda_sweep_prompt_ot", "few_shot"):
         png, pdf = out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
@@ -282,8 +341,10 @@ def test_index_all_tex_and_figures(full_report):
     assert "## base2novel_average" in index and "figures/base2novel_tradeoff.png" in index
 
 
-needs_tex = pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.which("pdftotext") is None,
-                               reason="pdflatex or pdftotext is not installed (.ci/run installs them)")
+needs_tex = pytest.mark.skipif(
+    shutil.which("pdflatex") is None or shutil.which("pdftotext") is None,
+    reason="pdflatex or pdftotext is not installed (.ci/run installs them)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +367,9 @@ def test_paper_compiles_with_pdflatex(paper_pdf):
 
 @needs_tex
 def test_paper_pdf_text_holds_every_number_of_the_tables_csv(full_report, paper_pdf):
-    text = subprocess.run(["pdftotext", "-layout", str(paper_pdf), "-"], capture_output=True, text=True,
-                          check=True, timeout=60).stdout
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(paper_pdf), "-"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     lines = text.splitlines()
     assert "base accuracy (%), average over datasets" in text  # the figure, found in the report folder too
     # every results table of the paper (the reproduction gap is a check beside them, not in all.tex)
@@ -318,8 +380,9 @@ def test_paper_pdf_text_holds_every_number_of_the_tables_csv(full_report, paper_
         columns = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
         for _, record in frame.iterrows():
             means, stds = (record[f"{c}_mean"] for c in columns), (record[f"{c}_std"] for c in columns)
-            cells = ["–" if pd.isna(m) else f"{m:.2f}" + ("" if pd.isna(s) else f" ± {s:.2f}")
-                     for m, s in zip(means, stds)]
+            cells = [
+                "–" if pd.isna(m) else f"{m:.2f}" + ("" if pd.isna(s) else f" ± {s:.2f}") for m, s in zip(means, stds)
+            ]
             # the row's cells on one line of the PDF, in the table's column order ("--", an en dash, where none)
             pattern = re.compile(r"(?<![\d.])" + r"\s+".join(re.escape(c) for c in cells) + r"(?![\d.])")
             assert any(pattern.search(line) for line in lines), (name, record["name"], cells)
@@ -327,8 +390,13 @@ def test_paper_pdf_text_holds_every_number_of_the_tables_csv(full_report, paper_
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_paper_without_the_demo_says_to_run_make_demo(tmp_path):
-    result = subprocess.run(["make", "-s", "paper", f"PAPER_REPORTS={tmp_path / 'reports'}"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "-s", "paper", f"PAPER_REPORTS={tmp_path / 'reports'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     # the message, then only make's own "*** [Makefile:N: paper] Error 1"
     message, *rest = result.stderr.strip().splitlines()
@@ -383,8 +451,18 @@ def test_lambda_sweep_figure_only_with_several_weights(tmp_path):
     paths = []
     for weight in (1.0, 10.0):
         method = "prompt_ot" if weight == 10.0 else "prompt_ot_lambda1"
-        paths.append(write_run(tmp_path, "base2novel", method, "dtd", 1, {"base": 70 + weight, "novel": 60.0},
-                               base_method="prompt_ot", weight=weight))
+        paths.append(
+            write_run(
+                tmp_path,
+                "base2novel",
+                method,
+                "dtd",
+                1,
+                {"base": 70 + weight, "novel": 60.0},
+                base_method="prompt_ot",
+                weight=weight,
+            )
+        )
     out = report(tmp_path, paths, published=False, figures=True)
     assert (out / "figures" / "lambda_sweep_prompt_ot.pdf").read_bytes()[:4] == b"%PDF"
     average = csv(out, "base2novel_average")
@@ -394,6 +472,7 @@ def test_lambda_sweep_figure_only_with_several_weights(tmp_path):
 
 
 # ---------------------------------------------------------------- failure modes
+
 
 def test_corrupt_metrics_file_names_it(tmp_path, capsys):
     good = write_run(tmp_path, "base2novel", "coop", "dtd", 1, {"base": 70.0, "novel": 60.0})
@@ -449,29 +528,61 @@ def test_every_registry_method_has_a_display_name():
 
 # ---------------------------------------------------------------- one full report shared by the file tests
 
+
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory) -> Path:
     """Every protocol, a lambda sweep, a missing seed, published rows and figures."""
     folder = tmp_path_factory.mktemp("full")
     runs = folder / "runs"
-    values = b2n_values(seed=7, methods=("zeroshot", "ivlp", "pointwise_l1", "prompt_ot", "prompt_ot_text",
-                                         "prompt_ot_vision", "prompt_ot_unbalanced"))
+    values = b2n_values(
+        seed=7,
+        methods=(
+            "zeroshot",
+            "ivlp",
+            "pointwise_l1",
+            "prompt_ot",
+            "prompt_ot_text",
+            "prompt_ot_vision",
+            "prompt_ot_unbalanced",
+        ),
+    )
     values = values[~((values.method == "ivlp") & (values.dataset == "dtd") & (values.seed == 2))]
     write_b2n(runs, values)
     rng = np.random.default_rng(8)
     for weight in (0.1, 1.0, 100.0):
         for dataset in ("caltech101", "dtd", "eurosat"):
             for seed in (1, 2, 3):
-                write_run(runs, "base2novel", f"prompt_ot_lambda{weight:g}", dataset, seed,
-                          {"base": float(rng.uniform(60, 90)), "novel": float(rng.uniform(50, 80))},
-                          base_method="prompt_ot", weight=weight)
+                write_run(
+                    runs,
+                    "base2novel",
+                    f"prompt_ot_lambda{weight:g}",
+                    dataset,
+                    seed,
+                    {"base": float(rng.uniform(60, 90)), "novel": float(rng.uniform(50, 80))},
+                    base_method="prompt_ot",
+                    weight=weight,
+                )
     for method in ("coop", "prompt_ot"):
         for seed in (1, 2, 3):
-            write_run(runs, "cross_dataset", method, "imagenet", seed,
-                      {k: float(rng.uniform(20, 90)) for k in ("imagenet", "caltech101", "oxford_pets", "dtd")})
-            write_run(runs, "domain_generalization", method, "imagenet", seed,
-                      {k: float(rng.uniform(20, 90)) for k in ("imagenet", "imagenet_v2", "imagenet_sketch",
-                                                               "imagenet_a", "imagenet_r")})
+            write_run(
+                runs,
+                "cross_dataset",
+                method,
+                "imagenet",
+                seed,
+                {k: float(rng.uniform(20, 90)) for k in ("imagenet", "caltech101", "oxford_pets", "dtd")},
+            )
+            write_run(
+                runs,
+                "domain_generalization",
+                method,
+                "imagenet",
+                seed,
+                {
+                    k: float(rng.uniform(20, 90))
+                    for k in ("imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+                },
+            )
             for shots in (1, 2, 4):
                 write_run(runs, "few_shot", method, "dtd", seed, {"all": float(rng.uniform(30, 80))}, shots=shots)
     out = folder / "out"
@@ -485,8 +596,22 @@ def test_params_restricts_to_the_grid_and_warns_about_missing_seeds(tmp_path, ca
         write_run(runs, "base2novel", "coop", "dtd", seed, {"base": 70.0 + seed, "novel": 60.0})
     write_run(runs, "base2novel", "prompt_ot_sinkhorn", "dtd", 1, {"base": 90.0, "novel": 90.0})  # not in its methods
     out = tmp_path / "out"
-    assert main(["report", "--params", str(REPO / "params.yaml"), "--metrics-dir", str(runs), "--no-published",
-                 "--no-figures", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--params",
+                str(REPO / "params.yaml"),
+                "--metrics-dir",
+                str(runs),
+                "--no-published",
+                "--no-figures",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "left out 2 runs outside the grid" in captured.out
     assert "(methods prompt_ot_sinkhorn; seeds 4)" in captured.out
@@ -499,9 +624,11 @@ def test_methods_on_different_datasets_are_flagged_and_ablation_uses_common_data
     from prompt_ot.report.build import build_tables
     from prompt_ot.report.collect import load_runs
 
-    paths = [write_run(tmp_path, "base2novel", "ivlp", "dtd", 1, {"base": 80.0, "novel": 60.0}),
-             write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 70.0, "novel": 70.0}),
-             write_run(tmp_path, "base2novel", "prompt_ot", "eurosat", 1, {"base": 90.0, "novel": 90.0})]
+    paths = [
+        write_run(tmp_path, "base2novel", "ivlp", "dtd", 1, {"base": 80.0, "novel": 60.0}),
+        write_run(tmp_path, "base2novel", "prompt_ot", "dtd", 1, {"base": 70.0, "novel": 70.0}),
+        write_run(tmp_path, "base2novel", "prompt_ot", "eurosat", 1, {"base": 90.0, "novel": 90.0}),
+    ]
     report = build_tables(load_runs(paths), read_published(None))
     assert any("different datasets (ivlp 1, prompt_ot 2)" in w for w in report.warnings)
     tables = {t.name: t for t in report.tables}
@@ -519,16 +646,31 @@ def test_tables_say_which_recipe_and_mark_rows_tested_before_their_last_epoch(tm
     for row_ in b2n_values(methods=("ivlp", "prompt_ot")).itertuples():
         epoch, epochs = (31, 40) if row_.method == "prompt_ot" else (20, 20)
         path = tmp_path / f"{row_.method}-{row_.dataset}-{row_.seed}.json"
-        write_metrics(path, RunMetrics("base2novel", row_.method, row_.dataset, int(row_.seed), 16, BACKBONE,
-                                       {"base": row_.base, "novel": row_.novel}, base_method=row_.method,
-                                       epoch=epoch, epochs=epochs, recipe="released"))
+        write_metrics(
+            path,
+            RunMetrics(
+                "base2novel",
+                row_.method,
+                row_.dataset,
+                int(row_.seed),
+                16,
+                BACKBONE,
+                {"base": row_.base, "novel": row_.novel},
+                base_method=row_.method,
+                epoch=epoch,
+                epochs=epochs,
+                recipe="released",
+            ),
+        )
         paths.append(path)
     out = report(tmp_path, paths, published=False)
     markdown = (out / "tables" / "base2novel_average.md").read_text()
     assert "Recipe: released, each method trained with its authors' released recipe" in markdown
     assert "| Prompt-OT (ours) ‡ |" in markdown and "| IVLP |" in markdown
-    assert "‡ Tested before the last epoch, as the released scripts do (train.eval_epoch): Prompt-OT (ours): epoch " \
-           "31 of 40." in markdown
+    assert (
+        "‡ Tested before the last epoch, as the released scripts do (train.eval_epoch): Prompt-OT (ours): epoch "
+        "31 of 40." in markdown
+    )
     latex = (out / "tables" / "base2novel_average.tex").read_text()
     assert r"Prompt-OT (ours)$^\ddagger$" in latex and r"$^\ddagger$ Tested before the last epoch" in latex
     frame = csv(out, "base2novel_average")
@@ -537,8 +679,9 @@ def test_tables_say_which_recipe_and_mark_rows_tested_before_their_last_epoch(tm
     assert "Recipe: released" in per_dataset and "Prompt-OT (ours) ‡" in per_dataset
     # runs of the shared recipe, tested at their last epoch: no marks, the other sentence
     for path in paths:
-        text = path.read_text().replace('"epoch": 31', '"epoch": 40').replace('"recipe": "released"',
-                                                                              '"recipe": "shared"')
+        text = (
+            path.read_text().replace('"epoch": 31', '"epoch": 40').replace('"recipe": "released"', '"recipe": "shared"')
+        )
         path.write_text(text)
     out = report(tmp_path / "shared", paths, published=False)
     markdown = (out / "tables" / "base2novel_average.md").read_text()
@@ -562,8 +705,19 @@ def test_the_compared_methods_are_named_beside_their_published_rows_and_in_the_a
 
 # ---------------------------------------------------------------- reproduction gap
 
-BENCHMARK = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft",
-             "sun397", "dtd", "eurosat", "ucf101"]
+BENCHMARK = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "flowers102",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+]
 DOMAIN_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 SPECIAL_SOURCE = "Prompt-OT paper, Tables 1 & 2 (50% of runs_x)"
 
@@ -592,12 +746,15 @@ def gap_fixture(tmp_path: Path):
         shutil.copy(PUBLISHED / name, published / name)
     (published / "published_base2novel.csv").write_text(
         "method,base,novel,hm,source\nCoOp,82.69,63.22,71.66,PromptSRC README\n"
-        f"Prompt-OT,70.00,65.00,,\"{SPECIAL_SOURCE}\"\n")
+        f'Prompt-OT,70.00,65.00,,"{SPECIAL_SOURCE}"\n'
+    )
     (published / "published_base2novel_per_dataset.csv").write_text(
         "method,dataset,base,novel,hm,source\nCoOp,dtd,79.44,41.18,54.24,CoOp paper\n"
-        "CoOp,eurosat,92.19,54.74,68.69,CoOp paper\nPrompt-OT,dtd,72.5,60.0,,test\n")
+        "CoOp,eurosat,92.19,54.74,68.69,CoOp paper\nPrompt-OT,dtd,72.5,60.0,,test\n"
+    )
     (published / "published_few_shot.csv").write_text(
-        "method,dataset,shots,accuracy,source\nCoOp,dtd,4,56.0,CoOp paper\nCoOp,average,4,68.7,CoOp paper\n")
+        "method,dataset,shots,accuracy,source\nCoOp,dtd,4,56.0,CoOp paper\nCoOp,average,4,68.7,CoOp paper\n"
+    )
     return paths, values, pd.DataFrame(transfer), published
 
 
@@ -608,27 +765,50 @@ def gap_reference(values: pd.DataFrame, transfer: pd.DataFrame, published: Path)
     ours = []  # protocol, method, dataset, shots, metric, mean, std, n
     for (method, dataset), runs in values.groupby(["method", "dataset"]):
         for metric in ("base", "novel", "hm"):
-            ours.append(("base2novel", method, dataset, 16, metric, runs[metric].mean(), runs[metric].std(ddof=1),
-                         len(runs)))
+            ours.append(
+                ("base2novel", method, dataset, 16, metric, runs[metric].mean(), runs[metric].std(ddof=1), len(runs))
+            )
     for method, runs in values.groupby("method"):
         per_dataset = runs.groupby("dataset")[["base", "novel"]].mean()
         complete = runs.groupby("seed")["dataset"].nunique() == runs["dataset"].nunique()
         per_seed = runs[runs["seed"].isin(complete[complete].index)].groupby("seed")[["base", "novel"]].mean()
         for metric in ("base", "novel"):
-            ours.append(("base2novel", method, "average", 16, metric, per_dataset[metric].mean(),
-                         per_seed[metric].std(ddof=1), len(per_seed)))
-        ours.append(("base2novel", method, "average", 16, "hm", hm(per_dataset.base.mean(), per_dataset.novel.mean()),
-                     hm(per_seed.base, per_seed.novel).std(ddof=1), len(per_seed)))
+            ours.append(
+                (
+                    "base2novel",
+                    method,
+                    "average",
+                    16,
+                    metric,
+                    per_dataset[metric].mean(),
+                    per_seed[metric].std(ddof=1),
+                    len(per_seed),
+                )
+            )
+        ours.append(
+            (
+                "base2novel",
+                method,
+                "average",
+                16,
+                "hm",
+                hm(per_dataset.base.mean(), per_dataset.novel.mean()),
+                hm(per_seed.base, per_seed.novel).std(ddof=1),
+                len(per_seed),
+            )
+        )
     for (protocol, method), runs in transfer.groupby(["protocol", "method"]):
         targets = [d for d in (BENCHMARK[1:] if protocol == "cross_dataset" else DOMAIN_TARGETS)]
         runs = runs.assign(average=runs[targets].mean(axis=1))
         for dataset in ["imagenet", *targets, "average"]:
-            ours.append((protocol, method, dataset, 16, "accuracy", runs[dataset].mean(), runs[dataset].std(ddof=1),
-                         len(runs)))
+            ours.append(
+                (protocol, method, dataset, 16, "accuracy", runs[dataset].mean(), runs[dataset].std(ddof=1), len(runs))
+            )
     ours.append(("few_shot", "coop", "dtd", 4, "accuracy", 55.5, np.nan, 1))
     ours.append(("few_shot", "coop", "average", 4, "accuracy", 55.5, np.nan, 1))  # over dtd only
-    ours = pd.DataFrame(ours, columns=["protocol", "method", "dataset", "shots", "metric", "ours_mean", "ours_std",
-                                       "n_seeds"])
+    ours = pd.DataFrame(
+        ours, columns=["protocol", "method", "dataset", "shots", "metric", "ours_mean", "ours_std", "n_seeds"]
+    )
     # the published numbers, long
     pub = []
     b2n = pd.read_csv(published / "published_base2novel.csv").assign(dataset="average")
@@ -639,29 +819,39 @@ def gap_reference(values: pd.DataFrame, transfer: pd.DataFrame, published: Path)
     cross = cross.melt(id_vars=["method", "source"], var_name="dataset", value_name="published")
     pub.append(cross.assign(protocol="cross_dataset", shots=16, metric="accuracy"))
     other = pd.read_csv(published / "published_other_protocols.csv")
-    other = other[other.protocol == "domain_generalization"].rename(columns={"source_acc": "imagenet",
-                                                                             "target_avg": "average"})
+    other = other[other.protocol == "domain_generalization"].rename(
+        columns={"source_acc": "imagenet", "target_avg": "average"}
+    )
     other = other.melt(id_vars=["protocol", "method", "source"], var_name="dataset", value_name="published")
     pub.append(other.assign(shots=16, metric="accuracy"))
     few = pd.read_csv(published / "published_few_shot.csv")
     pub.append(few.assign(protocol="few_shot", metric="accuracy", published=few["accuracy"]))
-    pub = pd.concat(pub)[["protocol", "method", "dataset", "shots", "metric", "published", "source"]].dropna(
-        subset=["published"]).rename(columns={"method": "published_method"})
+    pub = (
+        pd.concat(pub)[["protocol", "method", "dataset", "shots", "metric", "published", "source"]]
+        .dropna(subset=["published"])
+        .rename(columns={"method": "published_method"})
+    )
     ours["published_method"] = ours["method"].map(names)
     expected = ours.merge(pub, on=["protocol", "published_method", "dataset", "shots", "metric"])
     # a published average covers the benchmark's datasets: ours over dtd only is not compared
     expected = expected[~((expected.protocol == "few_shot") & (expected.dataset == "average"))]
     expected["difference"] = expected["ours_mean"] - expected["published"]
-    expected["within_spread"] = [pd.NA if n < 2 else bool(abs(d) <= 2 * s)
-                                 for d, s, n in zip(expected.difference, expected.ours_std, expected.n_seeds)]
+    expected["within_spread"] = [
+        pd.NA if n < 2 else bool(abs(d) <= 2 * s)
+        for d, s, n in zip(expected.difference, expected.ours_std, expected.n_seeds)
+    ]
     return expected, ours
 
 
 def test_reproduction_gap_matches_a_pandas_reference_and_counts_what_it_leaves_out(tmp_path, capsys):
     paths, values, transfer, published = gap_fixture(tmp_path)
     out = tmp_path / "out"
-    assert main(["report", "--metrics", *map(str, paths), "--published", str(published), "--no-figures",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["report", "--metrics", *map(str, paths), "--published", str(published), "--no-figures", "--out", str(out)]
+        )
+        == 0
+    )
     got = pd.read_csv(out / "tables" / "reproduction_gap.csv")
     expected, ours = gap_reference(values, transfer, published)
     keys = ["protocol", "method", "dataset", "shots", "metric"]
@@ -714,23 +904,41 @@ def test_reproduction_gap_spread_factor_is_a_parameter(tmp_path):
         got = reproduction_gap(runs, numbers, k=k).frame
         merged = expected.merge(got, on=["protocol", "method", "dataset", "shots", "metric"], suffixes=("_ref", ""))
         assert len(merged) == len(expected)
-        reference = [pd.NA if n < 2 else bool(abs(d) <= k * s)
-                     for d, s, n in zip(merged.difference_ref, merged.ours_std_ref, merged.n_seeds_ref)]
-        assert [None if pd.isna(f) else bool(f) for f in merged.within_spread] == \
-               [None if pd.isna(r) else r for r in reference]
+        reference = [
+            pd.NA if n < 2 else bool(abs(d) <= k * s)
+            for d, s, n in zip(merged.difference_ref, merged.ours_std_ref, merged.n_seeds_ref)
+        ]
+        assert [None if pd.isna(f) else bool(f) for f in merged.within_spread] == [
+            None if pd.isna(r) else r for r in reference
+        ]
 
 
 def test_reproduction_gap_escapes_names_and_without_published_numbers_writes_empty_files(tmp_path, capsys):
-    paths = [write_run(tmp_path / "runs", "base2novel", "my_method&co%", "my_data", seed,
-                       {"base": 50.0 + seed, "novel": 60.0}) for seed in (1, 2)]
+    paths = [
+        write_run(
+            tmp_path / "runs", "base2novel", "my_method&co%", "my_data", seed, {"base": 50.0 + seed, "novel": 60.0}
+        )
+        for seed in (1, 2)
+    ]
     # a lambda variant of Prompt-OT: the paper's Prompt-OT row is not its number
-    paths.append(write_run(tmp_path / "runs", "base2novel", "prompt_ot_lambda1", "my_data", 1,
-                           {"base": 50.0, "novel": 60.0}, base_method="prompt_ot", weight=1.0))
+    paths.append(
+        write_run(
+            tmp_path / "runs",
+            "base2novel",
+            "prompt_ot_lambda1",
+            "my_data",
+            1,
+            {"base": 50.0, "novel": 60.0},
+            base_method="prompt_ot",
+            weight=1.0,
+        )
+    )
     published = tmp_path / "published"
     published.mkdir()
     (published / "published_base2novel_per_dataset.csv").write_text(
         "method,dataset,base,novel,hm,source\nmy_method&co%,my_data,51.0,61.0,,a_b #1\n"
-        "Prompt-OT,my_data,50.0,60.0,54.5,paper\n")
+        "Prompt-OT,my_data,50.0,60.0,54.5,paper\n"
+    )
     out = tmp_path / "out"
     args = ["report", "--metrics", *map(str, paths), "--no-figures", "--out", str(out)]
     assert main([*args, "--published", str(published)]) == 0

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures_data import make_fixture
+
 from prompt_ot.cli import main
 from prompt_ot.config import validate_params
 from prompt_ot.data.download import extract_archive
@@ -32,15 +32,24 @@ PACKAGE = ROOT / "prompt_ot"
 def _torch_load_calls(source: str) -> list[ast.Call]:
     """Calls of ``torch.load(...)`` or of a bare ``load`` imported from torch."""
     tree = ast.parse(source)
-    from_torch = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                  and node.module == "torch" for a in node.names if a.name == "load"}
+    from_torch = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "torch"
+        for a in node.names
+        if a.name == "load"
+    }
     calls = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         f = node.func
-        if (isinstance(f, ast.Attribute) and f.attr == "load" and isinstance(f.value, ast.Name)
-                and f.value.id == "torch") or (isinstance(f, ast.Name) and f.id in from_torch):
+        if (
+            isinstance(f, ast.Attribute)
+            and f.attr == "load"
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "torch"
+        ) or (isinstance(f, ast.Name) and f.id in from_torch):
             calls.append(node)
     return calls
 
@@ -97,8 +106,21 @@ def test_a_code_running_backbone_checkpoint_is_refused_without_running_it(tmp_pa
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=2, per_split=(1, 1, 1))
     for kind, path in _malicious_checkpoints(tmp_path).items():
-        args = ["cache", "test", "dtd", "--root", str(root), "--backbone", "tiny-vit", "--pretrained", str(path),
-                "--out", str(tmp_path / "cache"), "--device", "cpu"]
+        args = [
+            "cache",
+            "test",
+            "dtd",
+            "--root",
+            str(root),
+            "--backbone",
+            "tiny-vit",
+            "--pretrained",
+            str(path),
+            "--out",
+            str(tmp_path / "cache"),
+            "--device",
+            "cpu",
+        ]
         try:
             rc = main(args)
         except Exception:  # refused, though not yet with a clear message (see the next test)
@@ -112,8 +134,23 @@ def test_a_code_running_backbone_checkpoint_gets_a_clear_message(tmp_path, capsy
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=2, per_split=(1, 1, 1))
     path = _malicious_checkpoints(tmp_path)["torch.save"]
-    rc = main(["cache", "test", "dtd", "--root", str(root), "--backbone", "tiny-vit", "--pretrained", str(path),
-               "--out", str(tmp_path / "cache"), "--device", "cpu"])
+    rc = main(
+        [
+            "cache",
+            "test",
+            "dtd",
+            "--root",
+            str(root),
+            "--backbone",
+            "tiny-vit",
+            "--pretrained",
+            str(path),
+            "--out",
+            str(tmp_path / "cache"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and str(path) in err and "Traceback" not in err
     assert not (tmp_path / "PWNED").exists()
@@ -174,7 +211,8 @@ def test_tar_symlink_to_a_file_outside_cannot_be_written_through(tmp_path):
 
 
 def test_an_existing_link_in_the_target_folder_cannot_lead_out(tmp_path):
-    """The target folder already holds a link to the outside (an earlier run, a user): members through it are refused."""
+    """The target folder already holds a link to the outside (an earlier run, a user): members through it are
+    refused."""
     dest = tmp_path / "dest"
     dest.mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -229,8 +267,28 @@ def test_cli_rejects_injected_names_before_doing_anything(tmp_path, capsys, name
         assert f"unknown dataset {name!r}" in capsys.readouterr().err
         assert main(["download", name, "--root", "data"]) == 2
         assert f"unknown dataset {name!r}" in capsys.readouterr().err
-        assert main(["train", "--params", str(ROOT / "params.yaml"), "--protocol", "base2novel", "--method", name,
-                     "--seed", "1", "--manifest", "m.json", "--train-cache", "c", "--out", "run"]) == 2
+        assert (
+            main(
+                [
+                    "train",
+                    "--params",
+                    str(ROOT / "params.yaml"),
+                    "--protocol",
+                    "base2novel",
+                    "--method",
+                    name,
+                    "--seed",
+                    "1",
+                    "--manifest",
+                    "m.json",
+                    "--train-cache",
+                    "c",
+                    "--out",
+                    "run",
+                ]
+            )
+            == 2
+        )
         assert f"unknown method {name!r}" in capsys.readouterr().err
     finally:
         os.chdir(cwd)
@@ -252,8 +310,14 @@ def _env() -> dict:
 @pytest.mark.parametrize("where, name", [("dataset", "$(touch PWNED)"), ("method", "foo; touch PWNED")])
 def test_snakemake_refuses_injected_names_before_any_shell_command(tmp_path, where, name):
     folder = _pipeline(tmp_path, where, name)
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=folder, capture_output=True,
-                            text=True, env=_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "params.yaml" in result.stderr and repr(name) in result.stderr
     assert not (folder / "PWNED").exists(), "a shell command ran with the injected name"
@@ -264,8 +328,9 @@ def test_snakemake_refuses_injected_names_before_any_shell_command(tmp_path, whe
 def test_dvc_refuses_injected_names_before_any_shell_command(tmp_path, where, name):
     """dvc.yaml's first stage validates params.yaml and every other stage depends on it."""
     folder = _pipeline(tmp_path, where, name)
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=folder, capture_output=True, text=True,
-                            env=_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=folder, capture_output=True, text=True, env=_env(), timeout=120
+    )
     assert result.returncode != 0
     assert not (folder / "PWNED").exists(), "dvc repro ran a shell command with the injected name"
     output = result.stdout + result.stderr

@@ -33,8 +33,14 @@ from tests.workflow_helpers import ROOT, make_workspace
 REASON = why_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
-RUN = "runs/base2novel/{method}/digits_%dshot/seed{seed}" % SHOTS
-GPU_RULES = {"backbone", "cache_test", "cache_train", "train", "evaluate_base2novel"}  # the rules with `resources: gpu=1`
+RUN = f"runs/base2novel/{{method}}/digits_{SHOTS}shot/seed{{seed}}"
+GPU_RULES = {
+    "backbone",
+    "cache_test",
+    "cache_train",
+    "train",
+    "evaluate_base2novel",
+}  # the rules with `resources: gpu=1`
 # what a cluster's administrator decides, and the values this one-node test cluster has instead
 CLUSTER_VALUES = {"mem_mb": 1000, "cpus_per_task": 1, "runtime": 30}
 
@@ -136,11 +142,15 @@ class TestWithAccounting:
         seen = []
         for method in METHODS:
             for seed in SEEDS:
-                given = json.loads((folder / RUN.format(method=method, seed=seed) / "train.json").read_text())["scheduler"]
+                given = json.loads((folder / RUN.format(method=method, seed=seed) / "train.json").read_text())[
+                    "scheduler"
+                ]
                 job = by_id[given["slurm_job_id"]]  # the training ran inside a job of this grid
                 assert rule_of(job) == "train"
                 assert given["cuda_visible_devices"] in {"0", "1"}
-                assert given["cuda_visible_devices"] == given["slurm_step_gpus"], given  # what the job saw is what SLURM gave
+                assert given["cuda_visible_devices"] == given["slurm_step_gpus"], (
+                    given
+                )  # what the job saw is what SLURM gave
                 seen.append((job["Start"], job["End"], given["cuda_visible_devices"]))
         for a in seen:  # jobs on the node at the same time were given different GPUs
             for b in seen:
@@ -167,8 +177,14 @@ class TestWithAccounting:
         uninterrupted = outputs(folder)
         shutil.rmtree(run)
         target = f"{KILLED}/metrics.json"  # the run's jobs again (the tables, already built, would hide them)
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, "--profile", str(profile)], cwd=folder,
-                                env=snakemake_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", target, "--profile", str(profile)],
+            cwd=folder,
+            env=snakemake_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             job_id = None
             deadline = time.monotonic() + 300
@@ -178,7 +194,9 @@ class TestWithAccounting:
                 time.sleep(0.05)
             for line in cluster.run("squeue", "-h", "-o", "%i|%k").stdout.splitlines():
                 ident, comment = line.split("|", 1)
-                if comment == f"rule_train_wildcards_base2novel_prompt_ot_digits_{SHOTS}_1":  # protocol, method, dataset, shots, seed
+                if (
+                    comment == f"rule_train_wildcards_base2novel_prompt_ot_digits_{SHOTS}_1"
+                ):  # protocol, method, dataset, shots, seed
                     job_id = ident
             assert job_id, cluster.run("squeue", "-h", "-o", "%i|%k").stdout
             cluster.run("scancel", job_id)

@@ -107,7 +107,7 @@ def dassl_restated(split_file: Path, subset: str, shots: int, seed: int) -> dict
     if subset == "all":
         return picked
     labels = sorted({label for _, label, _ in picked["train"]})
-    kept = labels[: math.ceil(len(labels) / 2)] if subset == "base" else labels[math.ceil(len(labels) / 2):]
+    kept = labels[: math.ceil(len(labels) / 2)] if subset == "base" else labels[math.ceil(len(labels) / 2) :]
     relabel = {old: new for new, old in enumerate(kept)}
     return {part: [(p, relabel[y], c) for p, y, c in items if y in relabel] for part, items in picked.items()}
 
@@ -145,7 +145,9 @@ def test_the_dassl_sampler_selects_the_released_codes_images(tmp_path, subset, s
     write_coop_split(tmp_path / "split.json", split)
     for seed in (1, 2, 3):
         random.seed(12345)  # our sampler owns its stream: global state must not matter
-        manifest = build_manifest(read_coop_split(tmp_path / "split.json"), tmp_path / "img", "toy", subset, shots, seed)
+        manifest = build_manifest(
+            read_coop_split(tmp_path / "split.json"), tmp_path / "img", "toy", subset, shots, seed
+        )
         want = dassl_restated(tmp_path / "split.json", subset, shots, seed)
         assert manifest.sampler == "dassl"
         for part in ("train", "val"):
@@ -192,8 +194,20 @@ def test_the_split_command_on_the_demos_digits_selects_the_released_codes_images
     split_file = spec.dataset_dir(root) / spec.split_file
     for subset, shots, seed in (("base", 16, 1), ("novel", 4, 2), ("all", 1, 3)):
         out = tmp_path / f"{subset}_{shots}_{seed}.json"
-        argv = ["split", "digits", "--root", str(root), "--subset", subset, "--shots", str(shots), "--seed", str(seed),
-                "--out", str(out)]
+        argv = [
+            "split",
+            "digits",
+            "--root",
+            str(root),
+            "--subset",
+            subset,
+            "--shots",
+            str(shots),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ]
         assert main(argv) == 0
         assert "sampler dassl" in capsys.readouterr().out
         manifest = read_manifest(out)
@@ -225,8 +239,9 @@ def test_per_class_sampling_ignores_input_order_and_global_random_state():
 def test_sampling_is_spread_over_the_class_not_its_first_items():
     items = make_split({"c": 200})
     for sampler in ("dassl", "per_class"):
-        picked = {e.relpath for seed in range(20)
-                  for e in fewshot.select_fewshot(items, "all", 4, seed, sampler)["train"]}
+        picked = {
+            e.relpath for seed in range(20) for e in fewshot.select_fewshot(items, "all", 4, seed, sampler)["train"]
+        }
         assert len(picked) > 40, sampler  # 20 seeds x 4 shots drawn from 200 items
 
 
@@ -297,7 +312,12 @@ def test_manifest_contents(tmp_path):
     write_manifest(tmp_path / "m.json", manifest)
     raw = json.loads((tmp_path / "m.json").read_text())
     assert {k: raw[k] for k in ("format_version", "dataset", "subset", "shots", "seed", "sampler")} == {
-        "format_version": 2, "dataset": "toy", "subset": "base", "shots": 8, "seed": 1, "sampler": "dassl",
+        "format_version": 2,
+        "dataset": "toy",
+        "subset": "base",
+        "shots": 8,
+        "seed": 1,
+        "sampler": "dassl",
     }
     assert raw["train"][0] == manifest.train[0]._asdict()
     assert read_manifest(tmp_path / "m.json") == manifest
@@ -374,8 +394,9 @@ def toy_dataset(tmp_path, monkeypatch):
     """A registered dataset 'toy' with a CoOp split file under <tmp>/data/toy."""
     from prompt_ot.data import registry
 
-    spec = DatasetSpec(name="toy", folder="toy", template="a photo of a {}.", image_dir="images",
-                           split_file="split_zhou_Toy.json")
+    spec = DatasetSpec(
+        name="toy", folder="toy", template="a photo of a {}.", image_dir="images", split_file="split_zhou_Toy.json"
+    )
     split = make_split({"cat": 20, "dog": 20, "owl": 20, "eel": 20, "ant": 20})
     folder = tmp_path / "data" / "toy"
     write_files(folder / "images", split)

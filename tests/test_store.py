@@ -77,7 +77,10 @@ def test_test_store_holds_resized_centre_crops(images, tmp_path):
     assert index["offsets"] == [k * 32 * 32 * 3 for k in range(7)]
     assert (tmp_path / "store" / "pixels.u8").stat().st_size == 7 * 32 * 32 * 3
     assert index["preprocess"] == {
-        "convert": "RGB", "resize_shorter_side": 32, "interpolation": "bicubic (PIL, antialiased)", "center_crop": 32,
+        "convert": "RGB",
+        "resize_shorter_side": 32,
+        "interpolation": "bicubic (PIL, antialiased)",
+        "center_crop": 32,
     }
 
 
@@ -132,8 +135,10 @@ def test_cap_zero_keeps_large_originals_and_the_default_cap_resizes_them(tmp_pat
     assert capped[0].shape == (131, 196, 3) and capped.original_size(0) == (200, 300)
     with Image.open(root / "big.jpg") as image:
         np.testing.assert_array_equal(capped[0], resize_shorter_side_to_cap(image, 131))
-    assert json.loads((tmp_path / "original" / "index.json").read_text())["preprocess"]["resize_shorter_side_above"] \
+    assert (
+        json.loads((tmp_path / "original" / "index.json").read_text())["preprocess"]["resize_shorter_side_above"]
         is None
+    )
 
 
 def test_store_settings_are_checked(images, tmp_path):
@@ -315,10 +320,20 @@ def _old_format_store(folder, count: int = 2, side: int = 40):
     """A store as format version 1 wrote it: index.json and a shard of square images."""
     folder.mkdir()
     np.save(folder / "shard_00000.npy", np.zeros((count, side, side, 3), np.uint8))
-    index = {"format_version": 1, "mode": "train", "image_size": 32, "stored_size": side, "fingerprint": "x",
-             "shard_size": 512, "shards": [{"file": "shard_00000.npy", "count": count}], "num_images": count,
-             "skipped": [], "labels": [0] * count, "relpaths": [f"img_{k}.jpg" for k in range(count)],
-             "classnames": None}
+    index = {
+        "format_version": 1,
+        "mode": "train",
+        "image_size": 32,
+        "stored_size": side,
+        "fingerprint": "x",
+        "shard_size": 512,
+        "shards": [{"file": "shard_00000.npy", "count": count}],
+        "num_images": count,
+        "skipped": [],
+        "labels": [0] * count,
+        "relpaths": [f"img_{k}.jpg" for k in range(count)],
+        "classnames": None,
+    }
     (folder / "index.json").write_text(json.dumps(index))
 
 

@@ -18,11 +18,16 @@ import pytest
 
 from prompt_ot import tracking
 from prompt_ot.cli import main
-from prompt_ot.tracking import Tracker, pending_file, synced_file, flatten_params, git_state, tracking_uri
+from prompt_ot.tracking import Tracker, flatten_params, git_state, pending_file, synced_file, tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
-_ENV_VARS = ("MLFLOW_TRACKING_URI", tracking.PARENT_ENV, tracking.ENABLE_ENV,
-             "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+_ENV_VARS = (
+    "MLFLOW_TRACKING_URI",
+    tracking.PARENT_ENV,
+    tracking.ENABLE_ENV,
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -81,12 +86,29 @@ def test_flatten_params_dots_nested_keys_and_stringifies_values():
         lr: float = 0.005
         momentum: float = 0.9
 
-    params = {"method": "prompt_ot", "ot": {"lam": 10, "eta": 0.5, "solver": {"name": "emd"}}, "seeds": [1, 2],
-              "optim": Optim(), "warmup": None, "drop_last": True, "empty": {}, "long": "x" * 7000}
+    params = {
+        "method": "prompt_ot",
+        "ot": {"lam": 10, "eta": 0.5, "solver": {"name": "emd"}},
+        "seeds": [1, 2],
+        "optim": Optim(),
+        "warmup": None,
+        "drop_last": True,
+        "empty": {},
+        "long": "x" * 7000,
+    }
     flat = flatten_params(params)
     assert {k: v for k, v in flat.items() if k != "long"} == {
-        "method": "prompt_ot", "ot.lam": "10", "ot.eta": "0.5", "ot.solver.name": "emd", "seeds": "[1, 2]",
-        "optim.lr": "0.005", "optim.momentum": "0.9", "warmup": "None", "drop_last": "True", "empty": "{}"}
+        "method": "prompt_ot",
+        "ot.lam": "10",
+        "ot.eta": "0.5",
+        "ot.solver.name": "emd",
+        "seeds": "[1, 2]",
+        "optim.lr": "0.005",
+        "optim.momentum": "0.9",
+        "warmup": "None",
+        "drop_last": "True",
+        "empty": "{}",
+    }
     assert len(flat["long"]) == 6000 and flat["long"].endswith("...")
 
 
@@ -117,8 +139,9 @@ def test_a_run_logs_params_metrics_artifacts_and_tags_that_read_back_exactly(sto
     params = {"method": "prompt_ot", "ot": {"lam": 10, "eta": 0.5}, "shots": 16}
     tags = {"method": "prompt_ot", "dataset": "caltech101", "seed": 1, "protocol": "base2novel"}
     losses = [1.0 / (epoch + 1) for epoch in range(5)]
-    with tracker.run(name="train/prompt_ot/caltech101/seed1", kind="train", params=params, tags=tags,
-                     run_dir=run_dir) as run:
+    with tracker.run(
+        name="train/prompt_ot/caltech101/seed1", kind="train", params=params, tags=tags, run_dir=run_dir
+    ) as run:
         for epoch, loss in enumerate(losses):
             run.log_metrics({"loss": loss, "train_accuracy": 0.1 * epoch}, step=epoch)
         run.log_artifact(run_dir / "metrics.json")
@@ -129,7 +152,12 @@ def test_a_run_logs_params_metrics_artifacts_and_tags_that_read_back_exactly(sto
     assert logged.info.status == "FINISHED" and logged.info.run_name == "train/prompt_ot/caltech101/seed1"
     assert logged.data.params == {"method": "prompt_ot", "ot.lam": "10", "ot.eta": "0.5", "shots": "16"}
     assert {k: logged.data.tags[k] for k in ("method", "dataset", "seed", "protocol", "kind")} == {
-        "method": "prompt_ot", "dataset": "caltech101", "seed": "1", "protocol": "base2novel", "kind": "train"}
+        "method": "prompt_ot",
+        "dataset": "caltech101",
+        "seed": "1",
+        "protocol": "base2novel",
+        "kind": "train",
+    }
     assert logged.data.tags["git_commit"] == "unknown" and logged.data.tags["git_dirty"] == "unknown"
     assert logged.data.tags["mlflow.parentRunId"] == info["parent_run_id"]
     assert _history(client, run.run_id, "loss") == list(enumerate(losses))
@@ -138,8 +166,9 @@ def test_a_run_logs_params_metrics_artifacts_and_tags_that_read_back_exactly(sto
     assert sorted(a.path for a in client.list_artifacts(run.run_id)) == ["metrics.json", "prompts"]
     local = Path(client.download_artifacts(run.run_id, "prompts/text.bin", str(tmp_path / "dl")))
     assert local.read_bytes() == b"\x00\x01"
-    children = client.search_runs([info["experiment_id"]],
-                                  f"tags.mlflow.parentRunId = '{info['parent_run_id']}' and tags.seed = '1'")
+    children = client.search_runs(
+        [info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}' and tags.seed = '1'"
+    )
     assert run.run_id in [r.info.run_id for r in children]
     assert not (run_dir / pending_file("train")).exists()
 
@@ -200,8 +229,9 @@ _RECORDER = textwrap.dedent("""
 
 def _start_recorder(root, run_dir):
     """A process recording a train run into ``run_dir``, stopped mid-run; returns (process, run id)."""
-    process = subprocess.Popen([sys.executable, "-c", _RECORDER, str(root), str(run_dir)], cwd=REPO,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RECORDER, str(root), str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     run_id = process.stdout.readline().strip()
     assert run_id, "the recording process did not start its run"
     return process, run_id
@@ -393,8 +423,16 @@ def test_concurrent_processes_lose_no_run_metric_or_artifact(tmp_path, workers=8
     info = tracking.prepare(tmp_path, out=tmp_path / "runs" / "parent.json")
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), str(i), str(go)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(tmp_path), str(i), str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
     deadline = time.monotonic() + 60
     while not all((tmp_path / f"ready{i}").exists() for i in range(workers)):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a worker did not start"
@@ -433,8 +471,13 @@ def _train_two_runs(tracker, runs):
         run_dir = runs / name
         run_dir.mkdir(parents=True)
         (run_dir / "prompts.bin").write_bytes(name.encode() * 10)
-        with tracker.run(f"train/{name}", "train", params={"ot": {"lam": 10}, "name": name},
-                         tags={"dataset": "dtd", "seed": 1}, run_dir=run_dir) as run:
+        with tracker.run(
+            f"train/{name}",
+            "train",
+            params={"ot": {"lam": 10}, "name": name},
+            tags={"dataset": "dtd", "seed": 1},
+            run_dir=run_dir,
+        ) as run:
             for step in range(3):
                 run.log_metrics({"loss": step + 0.5, "train_accuracy": step / 4}, step=step)
             run.log_artifact(run_dir / "prompts.bin")
@@ -457,13 +500,16 @@ def test_an_unreachable_server_warns_once_records_pending_files_and_sync_relogs_
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the fail-fast settings are put back
     warned = _warnings(capfd.readouterr().err)
     assert len(warned) == 1
-    assert str(runs / "a" / pending_file("train")) in warned[0] and f"python -m prompt_ot mlflow sync {runs}" in warned[0]
+    assert (
+        str(runs / "a" / pending_file("train")) in warned[0] and f"python -m prompt_ot mlflow sync {runs}" in warned[0]
+    )
     pending = json.loads((runs / "b" / pending_file("train")).read_text())
     assert pending["params"] == {"ot.lam": "10", "name": "b"} and pending["status"] == "FINISHED"
     assert pending["parent_run_id"] == "f" * 32 and pending["partial_run_id"] is None
     assert pending["tags"]["dataset"] == "dtd" and pending["tags"]["kind"] == "train"
     assert [(m["key"], m["step"], m["value"]) for m in pending["metrics"]] == [
-        (k, s, v) for s in range(3) for k, v in (("loss", s + 0.5), ("train_accuracy", s / 4))]
+        (k, s, v) for s in range(3) for k, v in (("loss", s + 0.5), ("train_accuracy", s / 4))
+    ]
     assert pending["artifacts"] == [{"path": "prompts.bin", "artifact_path": None}]
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the store works again (here: the embedded default)
@@ -510,8 +556,10 @@ def test_failures_mid_run_warn_once_and_each_run_is_synced_as_one_complete_run(s
     root, info = store
     real_log_batch = MlflowClient.log_batch
     tracker = Tracker(root, parent_file=root / "runs" / "parent.json")
-    with tracker.run("eval/base", "evaluate", params={"lam": 10}, run_dir=tmp_path / "base") as base, \
-            tracker.run("eval/novel", "evaluate", params={"lam": 10}, run_dir=tmp_path / "novel") as novel:
+    with (
+        tracker.run("eval/base", "evaluate", params={"lam": 10}, run_dir=tmp_path / "base") as base,
+        tracker.run("eval/novel", "evaluate", params={"lam": 10}, run_dir=tmp_path / "novel") as novel,
+    ):
         for run in (base, novel):
             run.log_metrics({"loss": 3.0}, step=0)
         monkeypatch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("server gone")))

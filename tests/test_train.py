@@ -26,7 +26,9 @@ def small_config(**kw):
 
 def run(tiny, method_name="prompt_ot", config=None, **kw):
     clip, tokenizer, _ = tiny
-    method = get_method(method_name, {"prompts": {"text_depth": 2, "vision_depth": 2}} if method_name != "coop" else None)
+    method = get_method(
+        method_name, {"prompts": {"text_depth": 2, "vision_depth": 2}} if method_name != "coop" else None
+    )
     model = build_model(method, clip, tokenizer, seed=(config or small_config()).seed)
     data = ToyImages(6, len(CLASSES))
     return model, train(method, model, data, CLASSES, config or small_config(), **kw)
@@ -59,15 +61,23 @@ def test_the_schedule_is_dassls_warm_up_then_cosine(epochs, lr, warmup_lr, warmu
     config = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
     ours = [learning_rate(config, e) for e in range(epochs)]
     # the formula: lr(e) = warm-up rate in the warm-up, then lr/2 (1 + cos(pi (e - warm-up epochs) / epochs))
-    formula = [warmup_lr if e < warmup_epochs else 0.5 * lr * (1 + math.cos(math.pi * (e - warmup_epochs) / epochs))
-               for e in range(epochs)]
+    formula = [
+        warmup_lr if e < warmup_epochs else 0.5 * lr * (1 + math.cos(math.pi * (e - warmup_epochs) / epochs))
+        for e in range(epochs)
+    ]
     assert ours == pytest.approx(formula, rel=1e-12, abs=0)
     assert ours == pytest.approx(dassl_rates(epochs, lr, warmup_epochs, warmup_lr), rel=1e-9, abs=0)
 
 
 def test_the_papers_schedule_in_numbers():
     config = TrainConfig()  # Prompt-OT's: 40 epochs, lr 0.005, one warm-up epoch at 1e-4
-    assert (config.lr, config.momentum, config.weight_decay, config.batch_size, config.epochs) == (0.005, 0.9, 5e-4, 4, 40)
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size, config.epochs) == (
+        0.005,
+        0.9,
+        5e-4,
+        4,
+        40,
+    )
     assert learning_rate(config, 0) == 1e-4
     assert learning_rate(config, 1) == 0.005  # the epoch after the warm-up runs at the full rate
     assert learning_rate(config, 2) == pytest.approx(0.5 * 0.005 * (1 + math.cos(math.pi / 40)))
@@ -192,8 +202,9 @@ def test_fp16_is_the_released_half_precision(tiny_half, tmp_path, monkeypatch):
         assert momentum and all(m.dtype == torch.float16 for m in momentum)
         assert "scaler" not in (fh.metadata() or {})
     # and it resumes exactly, in half precision too
-    _, first = run(tiny_half, config=small_config(epochs=2, precision="fp16"), checkpoint_dir=tmp_path / "b",
-                   stop_after_epoch=1)
+    _, first = run(
+        tiny_half, config=small_config(epochs=2, precision="fp16"), checkpoint_dir=tmp_path / "b", stop_after_epoch=1
+    )
     _, resumed = run(tiny_half, config=small_config(epochs=2, precision="fp16"), checkpoint_dir=tmp_path / "b")
     assert resumed.resumed_from_epoch == 1
     assert all(torch.equal(resumed.prompts[k], result.prompts[k]) for k in result.prompts)
@@ -215,14 +226,17 @@ def test_the_frozen_template_of_a_method_or_variant_takes_effect(tiny):
     results = {}
     for template in ("a photo of a {}.", "a blurry photo of a {}, a type of thing."):
         model = build_model(method, clip, tokenizer, seed=1)
-        results[template] = train(method, model, ToyImages(4, 3), CLASSES, small_config(epochs=1, warmup_epochs=0),
-                                  frozen_template=template)
+        results[template] = train(
+            method, model, ToyImages(4, 3), CLASSES, small_config(epochs=1, warmup_epochs=0), frozen_template=template
+        )
         assert torch.equal(model.frozen_class_tokens, tokenizer([template.format(c) for c in CLASSES]))
     first, second = results.values()
     assert first.history[0]["regulariser"] != second.history[0]["regulariser"]
     variant = get_method("prompt_ot", {"frozen_template": "itap of a {}."})
     model = build_model(variant, clip, tokenizer)
-    train(variant, model, ToyImages(4, 3), CLASSES, small_config(epochs=1, warmup_epochs=0))  # no template given: the method's own
+    train(
+        variant, model, ToyImages(4, 3), CLASSES, small_config(epochs=1, warmup_epochs=0)
+    )  # no template given: the method's own
     assert torch.equal(model.frozen_class_tokens, tokenizer([f"itap of a {c}." for c in CLASSES]))
 
 
@@ -249,10 +263,25 @@ def test_zeroshot_does_not_train(tiny):
 
 
 def test_method_registry_has_the_papers_defaults():
-    assert list(METHODS)[:11] == ["zeroshot", "coop", "cocoop", "ivlp", "maple", "promptsrc", "kgcoop", "pointwise_l1",
-                                  "prompt_ot", "prompt_ot_vision", "prompt_ot_text"]
-    assert get_method("promptsrc").regulariser == {"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0,
-                                                   "logit_weight": 1.0}
+    assert list(METHODS)[:11] == [
+        "zeroshot",
+        "coop",
+        "cocoop",
+        "ivlp",
+        "maple",
+        "promptsrc",
+        "kgcoop",
+        "pointwise_l1",
+        "prompt_ot",
+        "prompt_ot_vision",
+        "prompt_ot_text",
+    ]
+    assert get_method("promptsrc").regulariser == {
+        "kind": "promptsrc",
+        "image_weight": 10.0,
+        "text_weight": 25.0,
+        "logit_weight": 1.0,
+    }
     assert get_method("maple").prompts.coupled and get_method("cocoop").prompts.meta_net == 16
     ot = get_method("prompt_ot").regulariser
     assert ot == {"kind": "ot", "modality": "joint", "solver": "exact", "weight": 10.0, "eta": 0.5}
@@ -288,12 +317,17 @@ def test_a_new_regulariser_kind_is_tried_through_a_params_variant(tiny, monkeypa
             return self.weight * (inputs.class_text - inputs.frozen_class_text).pow(2).sum(-1).mean()
 
     monkeypatch.setitem(losses.REGULARISERS, "text_anchor", TextAnchor)
-    params = {"variants": {
-        "ivlp_anchor": {"method": "ivlp", "regulariser": {"kind": "text_anchor", "weight": 2.0},
-                        "prompts": {"text_depth": 2, "vision_depth": 2}},
-        "ot_to_l1": {"method": "prompt_ot", "regulariser": {"kind": "pointwise_l1", "image_weight": 1.0}},
-        "bad": {"method": "ivlp", "regulariser": {"kind": "text_anchor", "weight": -1}},
-    }}
+    params = {
+        "variants": {
+            "ivlp_anchor": {
+                "method": "ivlp",
+                "regulariser": {"kind": "text_anchor", "weight": 2.0},
+                "prompts": {"text_depth": 2, "vision_depth": 2},
+            },
+            "ot_to_l1": {"method": "prompt_ot", "regulariser": {"kind": "pointwise_l1", "image_weight": 1.0}},
+            "bad": {"method": "ivlp", "regulariser": {"kind": "text_anchor", "weight": -1}},
+        }
+    }
     method = resolve_method(params, "ivlp_anchor")
     assert method.regulariser == {"kind": "text_anchor", "weight": 2.0}
     assert isinstance(build_regulariser(method.regulariser), TextAnchor)
@@ -309,9 +343,13 @@ def test_a_new_regulariser_kind_is_tried_through_a_params_variant(tiny, monkeypa
     result = train(method, model, ToyImages(4, 3), ["red", "green", "blue"], small_config(epochs=2))
     assert len(calls) == 2 * (12 // 4) and all(shape == (3, calls[0][1]) for shape in calls)
     assert all(record["regulariser"] > 0 for record in result.history)
-    alone = train(get_method("ivlp", {"prompts": {"text_depth": 2, "vision_depth": 2}}),
-                  build_model(method, clip, tokenizer, seed=1), ToyImages(4, 3), ["red", "green", "blue"],
-                  small_config(epochs=2))
+    alone = train(
+        get_method("ivlp", {"prompts": {"text_depth": 2, "vision_depth": 2}}),
+        build_model(method, clip, tokenizer, seed=1),
+        ToyImages(4, 3),
+        ["red", "green", "blue"],
+        small_config(epochs=2),
+    )
     assert alone.history[-1]["regulariser"] == 0
     assert any(not torch.equal(result.prompts[k], alone.prompts[k]) for k in result.prompts)
 

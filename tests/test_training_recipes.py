@@ -41,8 +41,13 @@ def test_every_method_and_protocol_has_a_released_entry_with_its_source():
             assert recipe.precision == "fp16" and recipe.momentum == 0.9 and recipe.weight_decay == 5e-4
             assert recipe.warmup_epochs == (1 if method != "zeroshot" else 0)
     # where nothing was released, the entry says what the suite uses instead
-    for key in [("kgcoop", "cross_dataset"), ("ivlp", "few_shot"), ("prompt_ot", "cross_dataset"),
-                ("prompt_ot", "few_shot"), ("pointwise_l1", "base2novel")]:
+    for key in [
+        ("kgcoop", "cross_dataset"),
+        ("ivlp", "few_shot"),
+        ("prompt_ot", "cross_dataset"),
+        ("prompt_ot", "few_shot"),
+        ("pointwise_l1", "base2novel"),
+    ]:
         assert RELEASED[key].choice, key
 
 
@@ -50,8 +55,15 @@ def test_every_method_and_protocol_has_a_released_entry_with_its_source():
 def test_released_base_to_novel_recipes_are_the_authors(method):
     raw = params()
     resolved, recipe = resolve_run(raw, method, "base2novel", "dtd", 16)
-    got = (recipe.lr, recipe.batch_size, recipe.epochs, recipe.warmup_lr, recipe.eval_epoch,
-           resolved.prompts.text_depth, resolved.prompts.vision_depth)
+    got = (
+        recipe.lr,
+        recipe.batch_size,
+        recipe.epochs,
+        recipe.warmup_lr,
+        recipe.eval_epoch,
+        resolved.prompts.text_depth,
+        resolved.prompts.vision_depth,
+    )
     assert got == RELEASED_BASE2NOVEL[method]
     assert resolved.prompts.ctx_init == "a photo of a" and resolved.prompts.text_ctx == 4
 
@@ -59,8 +71,13 @@ def test_released_base_to_novel_recipes_are_the_authors(method):
 def test_released_recipes_of_cocoop_maple_and_promptsrc_are_the_authors():
     raw = params()
     cocoop, recipe = resolve_run(raw, "cocoop", "base2novel", "dtd", 16)
-    assert (recipe.lr, recipe.batch_size, recipe.epochs, recipe.warmup_lr, recipe.precision) == (0.002, 1, 10, 1e-5,
-                                                                                                 "fp16")
+    assert (recipe.lr, recipe.batch_size, recipe.epochs, recipe.warmup_lr, recipe.precision) == (
+        0.002,
+        1,
+        10,
+        1e-5,
+        "fp16",
+    )
     assert (cocoop.prompts.text_ctx, cocoop.prompts.text_depth, cocoop.prompts.meta_net) == (4, 1, 16)
     assert resolve_run(raw, "cocoop", "cross_dataset", "imagenet", 16)[1].epochs == 10  # the same config on ImageNet
     maple, recipe = resolve_run(raw, "maple", "base2novel", "dtd", 16)
@@ -72,15 +89,23 @@ def test_released_recipes_of_cocoop_maple_and_promptsrc_are_the_authors():
     assert (recipe.lr, recipe.epochs, maple_xd.prompts.text_depth, maple_xd.prompts.vision_depth) == (0.0026, 2, 3, 3)
     src, recipe = resolve_run(raw, "promptsrc", "base2novel", "dtd", 16)
     assert (recipe.lr, recipe.batch_size, recipe.epochs, src.prompts.text_depth, src.prompts.vision_depth) == (
-        0.0025, 4, 20, 9, 9)
+        0.0025,
+        4,
+        20,
+        9,
+        9,
+    )
     assert src.aggregate == {"mean": 15, "std": 1} and src.frozen_template == "templates:imagenet_60"
     assert src.regulariser == {"kind": "promptsrc", "image_weight": 10.0, "text_weight": 25.0, "logit_weight": 1.0}
     src_xd, recipe = resolve_run(raw, "promptsrc", "cross_dataset", "imagenet", 16)
     assert (src_xd.prompts.text_depth, recipe.epochs, src_xd.aggregate) == (3, 20, {"mean": 6, "std": 10})
     few = {d: resolve_run(raw, "promptsrc", "few_shot", d, 4) for d in ("imagenet", "sun397", "dtd", "eurosat")}
     assert {d: m.aggregate for d, (m, _) in few.items()} == {
-        "imagenet": {"mean": 30, "std": 30}, "sun397": {"mean": 30, "std": 30}, "dtd": {"mean": 45, "std": 5},
-        "eurosat": {"mean": 45, "std": 5}}
+        "imagenet": {"mean": 30, "std": 30},
+        "sun397": {"mean": 30, "std": 30},
+        "dtd": {"mean": 45, "std": 5},
+        "eurosat": {"mean": 45, "std": 5},
+    }
     assert all(r.epochs == 50 for _, r in few.values())
     shared, recipe = resolve_run(params(recipe="shared"), "promptsrc", "base2novel", "dtd", 16)
     assert shared.aggregate == {"mean": 0.75, "std": 0.05, "relative": True} and recipe.epochs == 40
@@ -88,8 +113,7 @@ def test_released_recipes_of_cocoop_maple_and_promptsrc_are_the_authors():
 
 
 def test_an_aggregated_method_tested_before_its_last_epoch_is_refused():
-    raw = params(variants={"src_early": {"method": "promptsrc", "train": {"eval_epoch": 10}}},
-                 methods=["src_early"])
+    raw = params(variants={"src_early": {"method": "promptsrc", "train": {"eval_epoch": 10}}}, methods=["src_early"])
     with pytest.raises(UserError, match="aggregates its prompts.*eval_epoch to 0"):
         validate_params(raw)
 
@@ -122,7 +146,12 @@ def test_the_shared_recipe_is_prompt_ots_for_every_method_with_its_own_layout():
             assert not recipe.trains
             continue
         assert (recipe.lr, recipe.batch_size, recipe.epochs, recipe.warmup_epochs, recipe.warmup_lr) == (
-            0.005, 4, 40, 1, 1e-4)
+            0.005,
+            4,
+            40,
+            1,
+            1e-4,
+        )
         assert recipe.eval_epoch == 0 and recipe.tested_epoch == 40 and recipe.precision == "fp16"
 
 
@@ -130,8 +159,9 @@ def test_the_shared_recipe_is_prompt_ots_for_every_method_with_its_own_layout():
 def test_per_key_overrides_work_on_top_of_either_recipe(recipe):
     raw = params(recipe=recipe)
     raw["train"].update(epochs=12, precision="fp32", eval_epoch=0)
-    raw["variants"] = {"ot_short": {"method": "prompt_ot", "regulariser": {"weight": 3.0}, "train": {"epochs": 6,
-                                                                                                     "lr": 0.01}}}
+    raw["variants"] = {
+        "ot_short": {"method": "prompt_ot", "regulariser": {"weight": 3.0}, "train": {"epochs": 6, "lr": 0.01}}
+    }
     raw["methods"] = ["prompt_ot", "ot_short", "zeroshot"]
     validate_params(raw)
     _, base = resolve_run(raw, "prompt_ot", "base2novel", "dtd", 16)
@@ -141,14 +171,20 @@ def test_per_key_overrides_work_on_top_of_either_recipe(recipe):
     assert (short.epochs, short.lr, short.precision, variant.regulariser["weight"]) == (6, 0.01, "fp32", 3.0)
     assert short.method == "prompt_ot"  # a variant takes its base method's recipe
     _, zeroshot = resolve_run(raw, "zeroshot", "base2novel", "dtd", 16)
-    assert (zeroshot.epochs, zeroshot.precision) == (0, "fp32")  # only the precision reaches a method that trains nothing
+    assert (zeroshot.epochs, zeroshot.precision) == (
+        0,
+        "fp32",
+    )  # only the precision reaches a method that trains nothing
 
 
 def test_a_recipe_that_cannot_run_is_refused_when_params_are_validated():
     raw = params()
     raw["train"]["epochs"] = 10  # Prompt-OT's released recipe tests the checkpoint after epoch 31
-    with pytest.raises(UserError, match=r"prompt_ot on base2novel .*epoch 31 \(the released recipe\).* only 10 "
-                                        r"epochs \(train.epochs\).*train.eval_epoch"):
+    with pytest.raises(
+        UserError,
+        match=r"prompt_ot on base2novel .*epoch 31 \(the released recipe\).* only 10 "
+        r"epochs \(train.epochs\).*train.eval_epoch",
+    ):
         validate_params(raw)
     raw["train"]["eval_epoch"] = 0
     validate_params(copy.deepcopy(raw))  # with the final epoch tested it runs
@@ -158,7 +194,9 @@ def test_a_recipe_that_cannot_run_is_refused_when_params_are_validated():
     raw = params()
     raw["variants"] = {"coop_two": {"method": "coop", "prompts": {"text_ctx": 2}}}
     raw["methods"] = ["coop_two"]
-    with pytest.raises(UserError, match=r"coop_two on base2novel.*ctx_init 'a photo of a' has 4 words but text_ctx is 2"):
+    with pytest.raises(
+        UserError, match=r"coop_two on base2novel.*ctx_init 'a photo of a' has 4 words but text_ctx is 2"
+    ):
         validate_params(raw)
     raw = params()
     raw["variants"] = {"kg_odd": {"method": "kgcoop", "frozen_template": "a photo"}}
@@ -187,8 +225,10 @@ def test_a_variants_frozen_template_reaches_the_run():
     """Today's variant ``frozen_template`` is what the run's frozen class texts use (the train command resolves it
     with the dataset's template; tests/test_train.py shows the trainer encodes it)."""
     raw = params()
-    raw["variants"] = {"ot_itap": {"method": "prompt_ot", "frozen_template": "itap of a {}."},
-                       "kg_generic": {"method": "kgcoop", "frozen_template": "a photo of a {}."}}
+    raw["variants"] = {
+        "ot_itap": {"method": "prompt_ot", "frozen_template": "itap of a {}."},
+        "kg_generic": {"method": "kgcoop", "frozen_template": "a photo of a {}."},
+    }
     raw["methods"] = ["ot_itap", "kg_generic", "kgcoop"]
     validate_params(raw)
     pets = "a photo of a {}, a type of pet."

@@ -81,8 +81,9 @@ def test_pack_trains_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_pat
 
 
 def test_snakemake_lint_is_clean():
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True,
-                            text=True, env=quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True, env=quiet_env()
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout, result.stdout
 
@@ -136,7 +137,12 @@ def test_snakemake_refuses_bad_params_before_running(tmp_path):
     params = _params()
     params["seeds"] = [1, 1]
     folder = make_workspace(tmp_path, yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=folder,
-                            capture_output=True, text=True, env=quiet_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=quiet_env(),
+    )
     assert result.returncode != 0
     assert "seeds" in (result.stdout + result.stderr)

@@ -44,7 +44,10 @@ def snakemake_jobs(folder: Path) -> dict[str, set[str]]:
     """command -> outputs, from a forced dry run."""
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1"],
-        cwd=folder, capture_output=True, text=True, env=quiet_env(),
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=quiet_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     jobs: dict[str, set[str]] = {}
@@ -52,9 +55,9 @@ def snakemake_jobs(folder: Path) -> dict[str, set[str]]:
     for line in result.stdout.splitlines():
         line = line.strip()
         if line.startswith("output:"):
-            outputs = {o.strip() for o in line[len("output:"):].split(",")}
+            outputs = {o.strip() for o in line[len("output:") :].split(",")}
         elif line.startswith("Shell command:"):
-            cmd = line[len("Shell command:"):].strip()
+            cmd = line[len("Shell command:") :].strip()
             if cmd != "None":
                 jobs[_normalise(cmd)] = outputs
             outputs = set()
@@ -72,5 +75,8 @@ def dvc_jobs(folder: Path) -> dict[str, set[str]]:
 
     # DVC's first stage validates params.yaml before any interpolated command runs; Snakemake does the
     # same when it reads the Snakefile, so that stage has no Snakemake job to match
-    return {_normalise(cmd): set(outs) for cmd, outs in json.loads(result.stdout).items()
-            if not cmd.startswith("python -m prompt_ot validate ")}
+    return {
+        _normalise(cmd): set(outs)
+        for cmd, outs in json.loads(result.stdout).items()
+        if not cmd.startswith("python -m prompt_ot validate ")
+    }

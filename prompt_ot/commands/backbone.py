@@ -18,10 +18,12 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--root", default="data", type=check.dir_path,
-                        help="data root (pretraining reads the demo datasets there)")
-    parser.add_argument("--out", required=True, type=check.out_dir,
-                        help="folder for backbone.json (and the pretrained checkpoint)")
+    parser.add_argument(
+        "--root", default="data", type=check.dir_path, help="data root (pretraining reads the demo datasets there)"
+    )
+    parser.add_argument(
+        "--out", required=True, type=check.out_dir, help="folder for backbone.json (and the pretrained checkpoint)"
+    )
 
 
 def run(args) -> int:
@@ -48,14 +50,18 @@ def run(args) -> int:
     config = PretrainConfig.from_params(params["pretrain"])
     checkpoint = out / f"{name}.safetensors"
     if Path(pretrained).resolve() != checkpoint.resolve():
-        raise UserError(f"backbone.pretrained = {pretrained!r} must name the file this stage writes, {checkpoint}, "
-                        "when the params have a pretrain block")
+        raise UserError(
+            f"backbone.pretrained = {pretrained!r} must name the file this stage writes, {checkpoint}, "
+            "when the params have a pretrain block"
+        )
     fingerprint = config.fingerprint(name)
     if record_path.exists() and checkpoint.exists():
         previous = json.loads(record_path.read_text())
         if previous.get("fingerprint") == fingerprint:
-            print(f"{checkpoint} is already pretrained with these settings; nothing to do "
-                  f"(zero-shot accuracy: {previous['zero_shot_accuracy']})")
+            print(
+                f"{checkpoint} is already pretrained with these settings; nothing to do "
+                f"(zero-shot accuracy: {previous['zero_shot_accuracy']})"
+            )
             return 0
     from safetensors.torch import save_file
 
@@ -65,8 +71,14 @@ def run(args) -> int:
     state, report = pretrain(name, config, args.root, out / "work", log=lambda line: print(line, flush=True))
     with atomic_path(checkpoint) as tmp:
         save_file(state, str(tmp))
-    record = {"backbone": name, "pretrained": pretrained, "weights": str(checkpoint), "pretrained_here": True,
-              "fingerprint": fingerprint, **report}
+    record = {
+        "backbone": name,
+        "pretrained": pretrained,
+        "weights": str(checkpoint),
+        "pretrained_here": True,
+        "fingerprint": fingerprint,
+        **report,
+    }
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     import shutil
 

@@ -15,48 +15,82 @@ from prompt_ot.utils import args as check
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default="data", type=check.dir_path,
-                        help="data root that holds the dataset's folder (default: data)")
-    parser.add_argument("--backbone", required=True, type=check.non_empty,
-                        help="open_clip model name, e.g. ViT-B-16-quickgelu or tiny-vit")
-    parser.add_argument("--pretrained", default=None,
-                        help="open_clip tag (e.g. openai) or a local checkpoint file; default: random weights")
-    parser.add_argument("--out", required=True, type=check.out_dir,
-                        help="cache folder to write (reused when up to date)")
+    parser.add_argument(
+        "--root", default="data", type=check.dir_path, help="data root that holds the dataset's folder (default: data)"
+    )
+    parser.add_argument(
+        "--backbone",
+        required=True,
+        type=check.non_empty,
+        help="open_clip model name, e.g. ViT-B-16-quickgelu or tiny-vit",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip tag (e.g. openai) or a local checkpoint file; default: random weights",
+    )
+    parser.add_argument(
+        "--out", required=True, type=check.out_dir, help="cache folder to write (reused when up to date)"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per frozen forward (default 256)")
-    parser.add_argument("--device", default="auto", type=check.device_name,
-                        help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--workers", type=check.non_negative_int, default=0,
-                        help="DataLoader worker processes (default 0)")
-    parser.add_argument("--params", default=None,
-                        help="params.yaml whose grid decides what the cache holds (precision; for train also the "
-                             "epochs and the stored image size)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                        help="precision of the frozen forward; match the runs that read it (default: from --params, "
-                             "else fp32)")
+    parser.add_argument(
+        "--device", default="auto", type=check.device_name, help="auto, cpu, cuda or cuda:N (default auto)"
+    )
+    parser.add_argument(
+        "--workers", type=check.non_negative_int, default=0, help="DataLoader worker processes (default 0)"
+    )
+    parser.add_argument(
+        "--params",
+        default=None,
+        help="params.yaml whose grid decides what the cache holds (precision; for train also the "
+        "epochs and the stored image size)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="precision of the frozen forward; match the runs that read it (default: from --params, else fp32)",
+    )
     parser.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be decoded")
-    parser.add_argument("--replace", action="store_true",
-                        help="overwrite a cache of another backbone, dataset or seed at --out")
+    parser.add_argument(
+        "--replace", action="store_true", help="overwrite a cache of another backbone, dataset or seed at --out"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sides = parser.add_subparsers(dest="side", required=True, metavar="test|train")
     test = sides.add_parser("test", help="test-image and class-text features of a dataset")
     test.add_argument("dataset", type=check.dataset_name, help="registry name of the dataset, e.g. oxford_pets")
-    test.add_argument("--templates", nargs="+", default=None, type=check.template,
-                      help="class-text templates with one {} (default: the dataset's and 'a photo of a {}.')")
+    test.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        type=check.template,
+        help="class-text templates with one {} (default: the dataset's and 'a photo of a {}.')",
+    )
     _common(test)
     train = sides.add_parser("train", help="features of every training view of a few-shot manifest")
-    train.add_argument("--manifest", required=True, type=check.existing_file,
-                       help="few-shot manifest written by 'split'")
-    train.add_argument("--epochs", type=check.non_negative_int, default=None,
-                       help="training epochs whose views are cached (default: from --params; 0 caches the store only)")
-    train.add_argument("--seed", type=check.non_negative_int, required=True,
-                       help="augmentation seed of the training run")
-    train.add_argument("--train-short-side", type=check.non_negative_int, default=None, metavar="PIXELS",
-                       help="cap on the stored shorter side of the training images; larger ones are resized, "
-                            "aspect kept (default: automatic, 915 for 224 px inputs, the smallest cap at which "
-                            "every random crop is still a downscale); 0 keeps every image as decoded")
+    train.add_argument(
+        "--manifest", required=True, type=check.existing_file, help="few-shot manifest written by 'split'"
+    )
+    train.add_argument(
+        "--epochs",
+        type=check.non_negative_int,
+        default=None,
+        help="training epochs whose views are cached (default: from --params; 0 caches the store only)",
+    )
+    train.add_argument(
+        "--seed", type=check.non_negative_int, required=True, help="augmentation seed of the training run"
+    )
+    train.add_argument(
+        "--train-short-side",
+        type=check.non_negative_int,
+        default=None,
+        metavar="PIXELS",
+        help="cap on the stored shorter side of the training images; larger ones are resized, "
+        "aspect kept (default: automatic, 915 for 224 px inputs, the smallest cap at which "
+        "every random crop is still a downscale); 0 keeps every image as decoded",
+    )
     _common(train)
 
 
@@ -96,8 +130,9 @@ def _check_options(args: argparse.Namespace) -> None:
     from prompt_ot.errors import UserError
 
     if args.batch_size < 1:  # named as the library names it too (cache.build_*_cache's batch_size)
-        raise UserError(f"--batch-size must be a positive integer (batch_size: images per frozen forward), "
-                        f"got {args.batch_size}")
+        raise UserError(
+            f"--batch-size must be a positive integer (batch_size: images per frozen forward), got {args.batch_size}"
+        )
     check.check_device(args.device)
     if args.side == "train":  # the manifest's images are read from its dataset's folder under --root
         from prompt_ot.data.fewshot import read_manifest
@@ -106,8 +141,10 @@ def _check_options(args: argparse.Namespace) -> None:
         dataset = read_manifest(args.manifest).dataset
         folder = dataset_spec(dataset).dataset_dir(args.root)
         if not folder.is_dir():
-            raise UserError(f"dataset folder {folder} does not exist; run 'python -m prompt_ot download {dataset} "
-                            f"--root {args.root}' or point --root at the folder that holds the manifest's images")
+            raise UserError(
+                f"dataset folder {folder} does not exist; run 'python -m prompt_ot download {dataset} "
+                f"--root {args.root}' or point --root at the folder that holds the manifest's images"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,16 +152,32 @@ def run(args: argparse.Namespace) -> int:
 
     _check_options(args)
     _from_params(args)
-    options = {"batch_size": args.batch_size, "device": args.device, "workers": args.workers,
-               "precision": args.precision, "skip_bad": args.skip_bad, "replace": args.replace, "progress": True}
+    options = {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "workers": args.workers,
+        "precision": args.precision,
+        "skip_bad": args.skip_bad,
+        "replace": args.replace,
+        "progress": True,
+    }
     if args.side == "test":
-        result = build_test_cache(args.dataset, args.root, args.backbone, args.pretrained, args.out,
-                                  templates=args.templates, **options)
+        result = build_test_cache(
+            args.dataset, args.root, args.backbone, args.pretrained, args.out, templates=args.templates, **options
+        )
         unit = "test images"
     else:
-        result = build_train_cache(args.manifest, args.root, args.backbone, args.pretrained, args.out,
-                                   epochs=args.epochs, seed=args.seed, train_short_side=args.train_short_side,
-                                   **options)
+        result = build_train_cache(
+            args.manifest,
+            args.root,
+            args.backbone,
+            args.pretrained,
+            args.out,
+            epochs=args.epochs,
+            seed=args.seed,
+            train_short_side=args.train_short_side,
+            **options,
+        )
         unit = f"training views ({args.epochs} epochs, {args.precision})"
     if not result.built:
         print(f"reused {result.path}: up to date")

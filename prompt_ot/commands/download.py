@@ -13,24 +13,51 @@ from prompt_ot.utils import args as check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("datasets", nargs="*", metavar="dataset",
-                        help="registry names (see --list); 'all' means the 15 benchmark datasets")
-    parser.add_argument("--root", default="data", type=check.dir_path,
-                        help="data root; dataset X goes to ROOT/<X's folder> (default: data)")
-    parser.add_argument("--check", action="store_true",
-                        help="fetch nothing: validate the folder (split readable, listed images present) and mark it complete")
-    parser.add_argument("--sample", type=check.positive_int, default=None, metavar="N",
-                        help="with --check, check N random listed images instead of all of them")
+    parser.add_argument(
+        "datasets",
+        nargs="*",
+        metavar="dataset",
+        help="registry names (see --list); 'all' means the 15 benchmark datasets",
+    )
+    parser.add_argument(
+        "--root",
+        default="data",
+        type=check.dir_path,
+        help="data root; dataset X goes to ROOT/<X's folder> (default: data)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="fetch nothing: validate the folder (split readable, listed images present) and mark it complete",
+    )
+    parser.add_argument(
+        "--sample",
+        type=check.positive_int,
+        default=None,
+        metavar="N",
+        help="with --check, check N random listed images instead of all of them",
+    )
     parser.add_argument("--force", action="store_true", help="fetch again even if the dataset is marked complete")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after unpacking")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="accept files whose sha256 differs from the pinned one (the computed sha256 is still recorded)")
-    parser.add_argument("--timeout", type=check.positive_float, default=60.0,
-                        help="seconds without data before an attempt fails")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="accept files whose sha256 differs from the pinned one (the computed sha256 is still recorded)",
+    )
+    parser.add_argument(
+        "--timeout", type=check.positive_float, default=60.0, help="seconds without data before an attempt fails"
+    )
     parser.add_argument("--retries", type=check.positive_int, default=4, help="attempts per URL for transient failures")
-    parser.add_argument("--list", action="store_true", help="list the datasets, their folders and whether they are complete")
-    parser.add_argument("--stamp", default=None, type=check.out_file, metavar="FILE",
-                        help="after success, write a small JSON stamp here (the pipeline's output for this stage)")
+    parser.add_argument(
+        "--list", action="store_true", help="list the datasets, their folders and whether they are complete"
+    )
+    parser.add_argument(
+        "--stamp",
+        default=None,
+        type=check.out_file,
+        metavar="FILE",
+        help="after success, write a small JSON stamp here (the pipeline's output for this stage)",
+    )
 
 
 def _print_list(root: str) -> None:
@@ -39,8 +66,13 @@ def _print_list(root: str) -> None:
 
     for name in dataset_names():
         spec = dataset_spec(name)
-        how = "local" if spec.prepare_fn else "manual" if spec.manual_steps and not spec.sources else (
-            "auto+manual" if spec.manual_steps else "auto")
+        how = (
+            "local"
+            if spec.prepare_fn
+            else "manual"
+            if spec.manual_steps and not spec.sources
+            else ("auto+manual" if spec.manual_steps else "auto")
+        )
         state = "complete" if dataset_is_complete(spec, root) else "-"
         print(f"{name:<16} {spec.kind:<12} {spec.folder:<22} {how:<12} {state}")
 
@@ -55,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.datasets:
         raise UserError(f"name at least one dataset (or 'all'); known datasets: {', '.join(dataset_names())}")
-    names = [n for arg in args.datasets for n in (
-        dataset_names("benchmark") + dataset_names("target_only") if arg == "all" else [arg])]
+    names = [
+        n
+        for arg in args.datasets
+        for n in (dataset_names("benchmark") + dataset_names("target_only") if arg == "all" else [arg])
+    ]
     specs = [dataset_spec(name) for name in names]  # every name checked before anything is fetched
     settings = FetchSettings(timeout=args.timeout, retries=args.retries)
     failures: list[str] = []
@@ -73,16 +108,23 @@ def run(args: argparse.Namespace) -> int:
                 mark_complete(spec, args.root, report)
                 print(f"{spec.name}: complete")
             else:
-                download_dataset(spec, args.root, force=args.force, verify=not args.no_verify,
-                                 keep_archives=args.keep_archives, settings=settings)
+                download_dataset(
+                    spec,
+                    args.root,
+                    force=args.force,
+                    verify=not args.no_verify,
+                    keep_archives=args.keep_archives,
+                    settings=settings,
+                )
         except UserError as err:
             if len(specs) == 1:
                 raise
             print(f"error: {err}")
             failures.append(spec.name)
     if failures:
-        raise UserError(f"{len(failures)} of {len(specs)} datasets are not complete: {', '.join(failures)} "
-                        f"(see the messages above)")
+        raise UserError(
+            f"{len(failures)} of {len(specs)} datasets are not complete: {', '.join(failures)} (see the messages above)"
+        )
     if args.stamp:
         _write_stamp(args.stamp, specs, args.root)
     return 0
@@ -98,7 +140,9 @@ def _write_stamp(path: str, specs, root: str) -> None:
 
     for spec in specs:
         if not dataset_is_complete(spec, root):
-            raise UserError(f"{spec.name} is not marked complete under {root}; run 'python -m prompt_ot download "
-                            f"{spec.name} --root {root} --check' after providing its files")
+            raise UserError(
+                f"{spec.name} is not marked complete under {root}; run 'python -m prompt_ot download "
+                f"{spec.name} --root {root} --check' after providing its files"
+            )
     payload = {"datasets": [r.name for r in specs], "folders": [r.folder for r in specs], "complete": True}
     atomic_write_text(path, json.dumps(payload, indent=1) + "\n")

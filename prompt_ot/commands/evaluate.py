@@ -20,22 +20,28 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--protocol", required=True,
-                        choices=["base2novel", "cross_dataset", "domain_generalization", "few_shot"])
+    parser.add_argument(
+        "--protocol", required=True, choices=["base2novel", "cross_dataset", "domain_generalization", "few_shot"]
+    )
     parser.add_argument("--method", required=True, type=check.non_empty)
-    parser.add_argument("--dataset", required=True, type=check.dataset_name,
-                        help="the dataset the prompts were trained on")
+    parser.add_argument(
+        "--dataset", required=True, type=check.dataset_name, help="the dataset the prompts were trained on"
+    )
     parser.add_argument("--shots", type=check.positive_int, required=True)
     parser.add_argument("--seed", type=check.non_negative_int, required=True)
-    parser.add_argument("--prompts", required=True, type=check.existing_file,
-                        help="prompts.safetensors written by 'train'")
-    parser.add_argument("--test-cache-root", required=True, type=check.existing_dir,
-                        help="folder holding one test cache per dataset")
-    parser.add_argument("--targets", nargs="*", default=[], type=check.dataset_name,
-                        help="further datasets to test on (all classes)")
+    parser.add_argument(
+        "--prompts", required=True, type=check.existing_file, help="prompts.safetensors written by 'train'"
+    )
+    parser.add_argument(
+        "--test-cache-root", required=True, type=check.existing_dir, help="folder holding one test cache per dataset"
+    )
+    parser.add_argument(
+        "--targets", nargs="*", default=[], type=check.dataset_name, help="further datasets to test on (all classes)"
+    )
     parser.add_argument("--out", required=True, type=check.out_file, help="metrics file to write (JSON)")
-    parser.add_argument("--device", default="auto", type=check.device_name,
-                        help="auto (a free GPU, else the CPU), cpu, cuda:N")
+    parser.add_argument(
+        "--device", default="auto", type=check.device_name, help="auto (a free GPU, else the CPU), cpu, cuda:N"
+    )
 
 
 class _CachedTestImages:
@@ -67,15 +73,17 @@ def evaluate_part(model, method, part, template: str, batch_size: int, device: s
 
     if not uses_frozen_image_encoder(method) or part.precision != precision:
         with autocast(device, precision):
-            return evaluate(model(), _CachedTestImages(part), part.classnames, template, batch_size=batch_size,
-                            device=device)
+            return evaluate(
+                model(), _CachedTestImages(part), part.classnames, template, batch_size=batch_size, device=device
+            )
     if method.prompts.conditional:  # each image its own class prompts, from its (cached) frozen image feature
         prompted = model()
         prompted.set_classnames(part.classnames, template)
         with torch.no_grad(), autocast(device, precision):
             features = part.image_features.to(device, prompted.dtype)
-            predictions = torch.cat([prompted.conditional_logits(chunk).argmax(-1).cpu()
-                                     for chunk in features.split(batch_size)])
+            predictions = torch.cat(
+                [prompted.conditional_logits(chunk).argmax(-1).cpu() for chunk in features.split(batch_size)]
+            )
         return evaluated(predictions, part.labels)
     if method.prompts.text_depth == 0 and template in part.templates:
         class_text = part.text_features(template)
@@ -94,8 +102,10 @@ def _check_targets(args) -> None:
     if args.protocol in ("cross_dataset", "domain_generalization") and not args.targets:
         raise UserError(f"--targets is required for the {args.protocol} protocol; name the datasets to test on")
     if args.protocol in ("base2novel", "few_shot") and args.targets:
-        raise UserError(f"--targets {' '.join(args.targets)}: the {args.protocol} protocol tests on --dataset only; "
-                        "drop --targets, or use --protocol cross_dataset or domain_generalization")
+        raise UserError(
+            f"--targets {' '.join(args.targets)}: the {args.protocol} protocol tests on --dataset only; "
+            "drop --targets, or use --protocol cross_dataset or domain_generalization"
+        )
 
 
 def run(args) -> int:
@@ -109,7 +119,6 @@ def run(args) -> int:
     from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_method, resolve_run
     from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
-    from prompt_ot.errors import UserError
     from prompt_ot.evaluate import harmonic_mean
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
@@ -124,10 +133,20 @@ def run(args) -> int:
     method, recipe = resolve_run(params, args.method, args.protocol, args.dataset, args.shots, args.params)
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
     prompts, meta = load_prompts(args.prompts)
-    provenance.check(meta.get("provenance"), {
-        "method": method.name, "recipe": recipe.name, "backbone": backbone,
-        "weights": provenance.weights_identity(pretrained), "dataset": args.dataset,
-        "subset": SUBSET_OF[TRAINED_BY[args.protocol]], "shots": args.shots, "seed": args.seed}, str(args.prompts))
+    provenance.check(
+        meta.get("provenance"),
+        {
+            "method": method.name,
+            "recipe": recipe.name,
+            "backbone": backbone,
+            "weights": provenance.weights_identity(pretrained),
+            "dataset": args.dataset,
+            "subset": SUBSET_OF[TRAINED_BY[args.protocol]],
+            "shots": args.shots,
+            "seed": args.seed,
+        },
+        str(args.prompts),
+    )
     device = pick_device(args.device)
 
     @functools.cache
@@ -149,7 +168,9 @@ def run(args) -> int:
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
     accuracy, counts, predictions = {}, {}, {}
     for key, (part, dataset) in parts.items():
-        result = evaluate_part(model, method, part, dataset_spec(dataset).template, batch_size, device, recipe.precision)
+        result = evaluate_part(
+            model, method, part, dataset_spec(dataset).template, batch_size, device, recipe.precision
+        )
         accuracy[key], counts[key] = result.accuracy, result.n
         predictions[f"{key}/predictions"] = result.predictions.numpy()
         predictions[f"{key}/labels"] = result.labels.numpy()
@@ -160,10 +181,24 @@ def run(args) -> int:
     # an adaptive lambda is reported at its value after the tested epoch (written by the train stage)
     weight = meta.get("lambda", regulariser.get("weight")) if adaptive else regulariser.get("weight")
     metrics = RunMetrics(
-        protocol=args.protocol, method=method.name, dataset=args.dataset, seed=args.seed, shots=args.shots,
-        backbone=backbone, pretrained=pretrained, accuracy=accuracy, n=counts, epoch=meta.get("epoch"), hm=hm,
-        base_method=base_method(params, method.name), regulariser_weight=weight, regulariser_adaptive=adaptive,
-        recipe=recipe.name, epochs=recipe.epochs, precision=recipe.precision, provenance=meta["provenance"],
+        protocol=args.protocol,
+        method=method.name,
+        dataset=args.dataset,
+        seed=args.seed,
+        shots=args.shots,
+        backbone=backbone,
+        pretrained=pretrained,
+        accuracy=accuracy,
+        n=counts,
+        epoch=meta.get("epoch"),
+        hm=hm,
+        base_method=base_method(params, method.name),
+        regulariser_weight=weight,
+        regulariser_adaptive=adaptive,
+        recipe=recipe.name,
+        epochs=recipe.epochs,
+        precision=recipe.precision,
+        provenance=meta["provenance"],
         recipe_values=recipe.to_dict(),
     )
     out = Path(args.out)
@@ -173,11 +208,23 @@ def run(args) -> int:
             np.savez_compressed(fh, **predictions)
     write_metrics(out, metrics)
     tracker = tracker_for(params, args.params)
-    tags = {"method": method.name, "base_method": metrics.base_method, "recipe": recipe.name, "dataset": args.dataset,
-            "seed": args.seed, "protocol": args.protocol, "shots": args.shots}
+    tags = {
+        "method": method.name,
+        "base_method": metrics.base_method,
+        "recipe": recipe.name,
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "protocol": args.protocol,
+        "shots": args.shots,
+    }
     name = f"evaluate/{args.protocol}/{method.name}/{args.dataset}_{args.shots}shot/seed{args.seed}"
-    run_params = {"prompts": args.prompts, "targets": list(parts), "recipe": recipe.to_dict(),
-                  "provenance": meta["provenance"], "tested_epoch": meta.get("epoch")}
+    run_params = {
+        "prompts": args.prompts,
+        "targets": list(parts),
+        "recipe": recipe.to_dict(),
+        "provenance": meta["provenance"],
+        "tested_epoch": meta.get("epoch"),
+    }
     with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
         values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
         tracked.log_metrics(values)

@@ -20,13 +20,20 @@ from prompt_ot.utils import args as check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", type=_socket_path,
-                        help="UNIX socket to listen on (jobs name it in $PROMPT_OT_FORKSERVER); with a "
-                        "command, a fresh one in the temporary folder by default")
-    parser.add_argument("--pidfile", type=check.out_file,
-                        help="write the server's pid here once it listens (removed when it stops)")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="after '--': a command to run with the server (its exit status is this command's)")
+    parser.add_argument(
+        "--socket",
+        type=_socket_path,
+        help="UNIX socket to listen on (jobs name it in $PROMPT_OT_FORKSERVER); with a "
+        "command, a fresh one in the temporary folder by default",
+    )
+    parser.add_argument(
+        "--pidfile", type=check.out_file, help="write the server's pid here once it listens (removed when it stops)"
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="after '--': a command to run with the server (its exit status is this command's)",
+    )
 
 
 def _socket_path(text: str) -> str:
@@ -100,8 +107,11 @@ def _run_with_server(command: list[str], socket_arg: str | None) -> int:
     _check_socket(socket_path)
     pidfile = folder / "server.pid"
     log = open(folder / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path),
-                               "--pidfile", str(pidfile)], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path), "--pidfile", str(pidfile)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         while not pidfile.exists():
             if server.poll() is not None:

@@ -15,21 +15,45 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--metrics", nargs="+", metavar="FILE", type=check.existing_file,
-                        help="metrics files written by the evaluate stage")
-    source.add_argument("--metrics-list", metavar="LISTFILE", type=check.existing_file,
-                        help="a text file naming one metrics file per line (blank lines and # comments ignored)")
-    source.add_argument("--metrics-dir", metavar="DIR", type=check.existing_dir,
-                        help="a folder searched recursively for metrics files (*.json of the metrics format)")
-    parser.add_argument("--params", metavar="FILE",
-                        help="params.yaml: report only its grid (methods, seeds) and warn about configured seeds "
-                             "without runs; without it every metrics file found is reported")
-    parser.add_argument("--published", default="reports/published", metavar="DIR", type=_published,
-                        help="folder of published reference numbers (default: reports/published)")
-    parser.add_argument("--no-published", action="store_true", help="leave the published rows out (also: --published none)")
+    source.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="FILE",
+        type=check.existing_file,
+        help="metrics files written by the evaluate stage",
+    )
+    source.add_argument(
+        "--metrics-list",
+        metavar="LISTFILE",
+        type=check.existing_file,
+        help="a text file naming one metrics file per line (blank lines and # comments ignored)",
+    )
+    source.add_argument(
+        "--metrics-dir",
+        metavar="DIR",
+        type=check.existing_dir,
+        help="a folder searched recursively for metrics files (*.json of the metrics format)",
+    )
+    parser.add_argument(
+        "--params",
+        metavar="FILE",
+        help="params.yaml: report only its grid (methods, seeds) and warn about configured seeds "
+        "without runs; without it every metrics file found is reported",
+    )
+    parser.add_argument(
+        "--published",
+        default="reports/published",
+        metavar="DIR",
+        type=_published,
+        help="folder of published reference numbers (default: reports/published)",
+    )
+    parser.add_argument(
+        "--no-published", action="store_true", help="leave the published rows out (also: --published none)"
+    )
     parser.add_argument("--no-figures", action="store_true", help="write the tables only (no matplotlib figures)")
-    parser.add_argument("--out", default="reports", metavar="DIR", type=check.out_dir,
-                        help="report folder (default: reports)")
+    parser.add_argument(
+        "--out", default="reports", metavar="DIR", type=check.out_dir, help="report folder (default: reports)"
+    )
 
 
 def _published(text: str) -> str:
@@ -53,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     # "none" (e.g. paths.published in the demo, whose numbers are not comparable) means no published rows
     no_published = args.no_published or str(args.published).lower() == "none"
     published = read_published(None if no_published else args.published)
-    report = build_report(paths, published, args.out, figures=not args.no_figures, params=params,
-                          params_source=str(args.params))
+    report = build_report(
+        paths, published, args.out, figures=not args.no_figures, params=params, params_source=str(args.params)
+    )
     from prompt_ot.report.summary import write_summary
 
     write_summary(report.tables, args.out)  # OUT/metrics.json: the headline numbers, DVC's metrics of the report
@@ -64,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)
-    print(f"wrote {len(report.tables)} tables from {len(paths)} metrics files and {len(report.written)} files "
-          f"under {args.out} (index: {args.out}/tables/index.md)")
+    print(
+        f"wrote {len(report.tables)} tables from {len(paths)} metrics files and {len(report.written)} files "
+        f"under {args.out} (index: {args.out}/tables/index.md)"
+    )
     return 0

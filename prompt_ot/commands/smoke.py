@@ -19,8 +19,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shots", type=check.positive_int, default=16)
     parser.add_argument("--seed", type=check.non_negative_int, default=1)
     parser.add_argument("--backbone", default="tiny-vit", type=check.non_empty)
-    parser.add_argument("--out", default="smoke_out", type=check.out_dir,
-                        help="folder for prompts.safetensors and metrics.json")
+    parser.add_argument(
+        "--out", default="smoke_out", type=check.out_dir, help="folder for prompts.safetensors and metrics.json"
+    )
 
 
 def _digits_tensors(image_size: int):
@@ -56,7 +57,9 @@ def run(args) -> int:
     test_mask = torch.zeros(len(labels), dtype=torch.bool)
     test_mask[order[: len(labels) // 2]] = True
     base, novel = list(range(5)), list(range(5, 10))
-    train_idx = [int(i) for c in base for i in order[~test_mask[order]][labels[order][~test_mask[order]] == c][: args.shots]]
+    train_idx = [
+        int(i) for c in base for i in order[~test_mask[order]][labels[order][~test_mask[order]] == c][: args.shots]
+    ]
 
     def subset(indices, offset):
         return torch.utils.data.TensorDataset(images[indices], labels[indices] - offset)
@@ -68,18 +71,37 @@ def run(args) -> int:
 
     model = build_model(method, clip, tokenizer, seed=args.seed)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu")
-    result = train(method, model, train_set, [DIGITS[c] for c in base], config, backbone=args.backbone,
-                   on_epoch_end=lambda r: print(f"epoch {r['epoch']}/{args.epochs}  loss {r['loss']:.4f}  "
-                                                f"train acc {100 * r['train_accuracy']:.1f}%  {r['seconds']:.1f}s", flush=True))
+    result = train(
+        method,
+        model,
+        train_set,
+        [DIGITS[c] for c in base],
+        config,
+        backbone=args.backbone,
+        on_epoch_end=lambda r: print(
+            f"epoch {r['epoch']}/{args.epochs}  loss {r['loss']:.4f}  "
+            f"train acc {100 * r['train_accuracy']:.1f}%  {r['seconds']:.1f}s",
+            flush=True,
+        ),
+    )
     base_acc = evaluate(model, base_test, [DIGITS[c] for c in base]).accuracy
     novel_acc = evaluate(model, novel_test, [DIGITS[c] for c in novel]).accuracy
-    metrics = {"method": method.name, "backbone": args.backbone, "seed": args.seed, "epochs": args.epochs,
-               "base": base_acc, "novel": novel_acc, "hm": harmonic_mean(base_acc, novel_acc),
-               "history": result.history}
+    metrics = {
+        "method": method.name,
+        "backbone": args.backbone,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "base": base_acc,
+        "novel": novel_acc,
+        "hm": harmonic_mean(base_acc, novel_acc),
+        "history": result.history,
+    }
     out = Path(args.out)
     save_prompts(out / "prompts.safetensors", result.prompts, {"method": method.name, "backbone": args.backbone})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    print(f"{method.name}: base {base_acc:.2f}%  novel {novel_acc:.2f}%  HM {metrics['hm']:.2f}  "
-          f"({time.perf_counter() - started:.0f}s; random-weight backbone, so near chance is expected)")
+    print(
+        f"{method.name}: base {base_acc:.2f}%  novel {novel_acc:.2f}%  HM {metrics['hm']:.2f}  "
+        f"({time.perf_counter() - started:.0f}s; random-weight backbone, so near chance is expected)"
+    )
     print(f"wrote {out / 'metrics.json'} and {out / 'prompts.safetensors'}")
     return 0

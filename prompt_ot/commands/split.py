@@ -9,17 +9,24 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", type=check.dataset_name, help="registry name of the dataset, e.g. oxford_pets")
-    parser.add_argument("--root", default="data", type=check.dir_path,
-                        help="data root that holds the dataset's folder (default: data)")
     parser.add_argument(
-        "--subset", default="all", type=check.subset_name,
+        "--root", default="data", type=check.dir_path, help="data root that holds the dataset's folder (default: data)"
+    )
+    parser.add_argument(
+        "--subset",
+        default="all",
+        type=check.subset_name,
         help="class subset: all, base or novel (base-to-novel protocol); default all",
     )
     parser.add_argument("--shots", type=check.positive_int, default=16, help="training images per class (default 16)")
     parser.add_argument("--seed", type=check.non_negative_int, default=1, help="sampling seed (default 1)")
-    parser.add_argument("--sampler", default="dassl", choices=["dassl", "per_class"],
-                        help="dassl: the released code's few-shot images (default); per_class: one generator per "
-                             "class, independent of the split file's order (see prompt_ot/data/fewshot.py)")
+    parser.add_argument(
+        "--sampler",
+        default="dassl",
+        choices=["dassl", "per_class"],
+        help="dassl: the released code's few-shot images (default); per_class: one generator per "
+        "class, independent of the split file's order (see prompt_ot/data/fewshot.py)",
+    )
     parser.add_argument("--out", required=True, type=check.out_file, help="manifest path to write (JSON)")
 
 

@@ -30,30 +30,46 @@ SCHEDULER_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_STEP_GPUS"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="experiment parameters (default: params.yaml)")
     parser.add_argument("--protocol", required=True, choices=["base2novel", "cross_dataset", "few_shot"])
-    parser.add_argument("--method", required=True, type=check.non_empty,
-                        help="a method of the registry or a variant from params.yaml")
-    parser.add_argument("--seed", type=check.non_negative_int, nargs="+", required=True,
-                        help="one seed per run (several: a pack)")
-    parser.add_argument("--manifest", nargs="+", required=True,
-                        help="few-shot manifest written by 'split', per run")
-    parser.add_argument("--train-cache", nargs="+", required=True,
-                        help="train cache written by 'cache train', per run")
-    parser.add_argument("--out", nargs="+", required=True, type=check.out_dir,
-                        help="run folder for prompts, metrics and checkpoint, per run")
-    parser.add_argument("--device", default="auto", type=check.device_name,
-                        help="auto (a free GPU, else the CPU), cpu, cuda:N")
+    parser.add_argument(
+        "--method", required=True, type=check.non_empty, help="a method of the registry or a variant from params.yaml"
+    )
+    parser.add_argument(
+        "--seed", type=check.non_negative_int, nargs="+", required=True, help="one seed per run (several: a pack)"
+    )
+    parser.add_argument("--manifest", nargs="+", required=True, help="few-shot manifest written by 'split', per run")
+    parser.add_argument("--train-cache", nargs="+", required=True, help="train cache written by 'cache train', per run")
+    parser.add_argument(
+        "--out",
+        nargs="+",
+        required=True,
+        type=check.out_dir,
+        help="run folder for prompts, metrics and checkpoint, per run",
+    )
+    parser.add_argument(
+        "--device", default="auto", type=check.device_name, help="auto (a free GPU, else the CPU), cpu, cuda:N"
+    )
 
 
 def run_summary(method, recipe, config, result, params, args, job, device: str, seconds: float, pack: int) -> dict:
     from dataclasses import asdict
 
     return {
-        "protocol": args.protocol, "method": method.name, "seed": job.seed, "manifest": str(job.manifest_path),
-        "backbone": params["backbone"], "recipe": recipe.to_dict(), "provenance": job.provenance,
-        "method_config": method.to_dict(), "train_config": asdict(config) | {"device": device},
-        "eval_epoch": recipe.tested_epoch, "frozen_template": job.frozen_template,
-        "frozen_image_features": job.frozen_source, "resumed_from_epoch": result.resumed_from_epoch,
-        "history": result.history, "seconds": seconds, "packed_with": pack - 1,
+        "protocol": args.protocol,
+        "method": method.name,
+        "seed": job.seed,
+        "manifest": str(job.manifest_path),
+        "backbone": params["backbone"],
+        "recipe": recipe.to_dict(),
+        "provenance": job.provenance,
+        "method_config": method.to_dict(),
+        "train_config": asdict(config) | {"device": device},
+        "eval_epoch": recipe.tested_epoch,
+        "frozen_template": job.frozen_template,
+        "frozen_image_features": job.frozen_source,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history,
+        "seconds": seconds,
+        "packed_with": pack - 1,
         # what the scheduler gave this job: the GPUs it may use and, under SLURM, the job and its allocation
         "scheduler": {name.lower(): os.environ.get(name) for name in SCHEDULER_VARIABLES},
     }
@@ -91,8 +107,10 @@ def _jobs(args) -> list[_Job]:
 
     lengths = {len(args.seed), len(args.manifest), len(args.train_cache), len(args.out)}
     if len(lengths) != 1:
-        raise UserError(f"--seed, --manifest, --train-cache and --out need one value per packed run; got "
-                        f"{len(args.seed)}, {len(args.manifest)}, {len(args.train_cache)} and {len(args.out)}")
+        raise UserError(
+            f"--seed, --manifest, --train-cache and --out need one value per packed run; got "
+            f"{len(args.seed)}, {len(args.manifest)}, {len(args.train_cache)} and {len(args.out)}"
+        )
     if len({Path(out).resolve() for out in args.out}) != len(args.out):
         raise UserError(f"packed runs need distinct --out folders, got {args.out}")
     check.check_device(args.device)
@@ -113,13 +131,17 @@ def _resolve(params, args, jobs):
     first = jobs[0].manifest
     for job in jobs[1:]:
         if (job.manifest.dataset, job.manifest.shots) != (first.dataset, first.shots):
-            raise UserError(f"packed runs must share a dataset and shot count: {job.manifest_path} is "
-                            f"{job.manifest.dataset} {job.manifest.shots}-shot, {jobs[0].manifest_path} is "
-                            f"{first.dataset} {first.shots}-shot")
+            raise UserError(
+                f"packed runs must share a dataset and shot count: {job.manifest_path} is "
+                f"{job.manifest.dataset} {job.manifest.shots}-shot, {jobs[0].manifest_path} is "
+                f"{first.dataset} {first.shots}-shot"
+            )
     for job in jobs:
         if job.manifest.subset != SUBSET_OF[args.protocol]:
-            raise UserError(f"manifest {job.manifest_path} lists the {job.manifest.subset!r} classes, but "
-                            f"{args.protocol} trains on {SUBSET_OF[args.protocol]!r}; give the matching manifest")
+            raise UserError(
+                f"manifest {job.manifest_path} lists the {job.manifest.subset!r} classes, but "
+                f"{args.protocol} trains on {SUBSET_OF[args.protocol]!r}; give the matching manifest"
+            )
     return resolve_run(params, args.method, args.protocol, first.dataset, first.shots, args.params)
 
 
@@ -153,16 +175,28 @@ def run(args) -> int:
         job.config = train_config(params, recipe, job.seed, device)
         job.frozen_template = frozen_template
         # cached frozen view features stand in for the frozen forward only when they are those of this run
-        job.frozen_source = "cache" if needs_frozen and job.cache.covers(epochs, recipe.precision) else (
-            "computed while training" if needs_frozen else None)
+        job.frozen_source = (
+            "cache"
+            if needs_frozen and job.cache.covers(epochs, recipe.precision)
+            else ("computed while training" if needs_frozen else None)
+        )
         fingerprint = run_fingerprint(method, job.config, job.manifest.classnames, backbone_id)
         job.stale = _stale_checkpoint(job.out, fingerprint)  # removed below, once every check has passed
         job.done = [] if job.stale else check_resumable(job.out / CHECKPOINT_NAME, fingerprint)
         job.provenance = provenance.record(
-            method=method.name, base_method=base_method(params, method.name), recipe=recipe.name,
-            protocol=args.protocol, backbone=backbone, pretrained=pretrained, dataset=dataset,
-            subset=job.manifest.subset, shots=job.manifest.shots, seed=job.seed, manifest=job.manifest_path,
-            sampler=job.manifest.sampler)
+            method=method.name,
+            base_method=base_method(params, method.name),
+            recipe=recipe.name,
+            protocol=args.protocol,
+            backbone=backbone,
+            pretrained=pretrained,
+            dataset=dataset,
+            subset=job.manifest.subset,
+            shots=job.manifest.shots,
+            seed=job.seed,
+            manifest=job.manifest_path,
+            sampler=job.manifest.sampler,
+        )
 
     for job in jobs:
         if job.stale:
@@ -180,27 +214,52 @@ def run(args) -> int:
             manifest = job.manifest
             name = f"train/{args.protocol}/{method.name}/{manifest.dataset}_{manifest.shots}shot/seed{job.seed}"
             packed = f", packed with {len(jobs) - 1} other run(s)" if len(jobs) > 1 else ""
-            job.log(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {len(manifest.train)} images, "
-                    f"{len(manifest.classnames)} classes, device {device}{packed}")
-            job.log(f"recipe {recipe.name} ({recipe.source}{'; ' + recipe.choice if recipe.choice else ''}): "
-                    f"lr {recipe.lr}, batch {recipe.batch_size}, {epochs} epochs (warm-up {recipe.warmup_epochs} at "
-                    f"{recipe.warmup_lr}), {recipe.precision}, tests epoch {eval_epoch}"
-                    + (f"; set here: {', '.join(recipe.overridden)}" if recipe.overridden else ""))
+            job.log(
+                f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {len(manifest.train)} images, "
+                f"{len(manifest.classnames)} classes, device {device}{packed}"
+            )
+            job.log(
+                f"recipe {recipe.name} ({recipe.source}{'; ' + recipe.choice if recipe.choice else ''}): "
+                f"lr {recipe.lr}, batch {recipe.batch_size}, {epochs} epochs (warm-up {recipe.warmup_epochs} at "
+                f"{recipe.warmup_lr}), {recipe.precision}, tests epoch {eval_epoch}"
+                + (f"; set here: {', '.join(recipe.overridden)}" if recipe.overridden else "")
+            )
             if job.stale:
-                job.log("removed the checkpoint of an earlier run of this folder with other settings (its outputs "
-                        "were gone: the job is rerun); training from scratch")
+                job.log(
+                    "removed the checkpoint of an earlier run of this folder with other settings (its outputs "
+                    "were gone: the job is rerun); training from scratch"
+                )
             if job.done:
                 job.log(f"resuming from the checkpoint after epoch {len(job.done)} of {epochs}")
-            tags = {"method": method.name, "base_method": base_method(params, method.name), "recipe": recipe.name,
-                    "dataset": manifest.dataset, "seed": job.seed, "protocol": args.protocol, "shots": manifest.shots}
-            run_params = {"method": method.to_dict(), "recipe": recipe.to_dict(), "backbone": params["backbone"],
-                          "seed": job.seed, "manifest": str(job.manifest_path), "pack": len(jobs),
-                          "provenance": job.provenance,
-                          "resolved": {"deterministic": job.config.deterministic, "precision": job.config.precision,
-                                       "device": device, "frozen_template": frozen_template,
-                                       "frozen_image_features": job.frozen_source, **recipe.train_values()}}
+            tags = {
+                "method": method.name,
+                "base_method": base_method(params, method.name),
+                "recipe": recipe.name,
+                "dataset": manifest.dataset,
+                "seed": job.seed,
+                "protocol": args.protocol,
+                "shots": manifest.shots,
+            }
+            run_params = {
+                "method": method.to_dict(),
+                "recipe": recipe.to_dict(),
+                "backbone": params["backbone"],
+                "seed": job.seed,
+                "manifest": str(job.manifest_path),
+                "pack": len(jobs),
+                "provenance": job.provenance,
+                "resolved": {
+                    "deterministic": job.config.deterministic,
+                    "precision": job.config.precision,
+                    "device": device,
+                    "frozen_template": frozen_template,
+                    "frozen_image_features": job.frozen_source,
+                    **recipe.train_values(),
+                },
+            }
             job.tracked = stack.enter_context(
-                tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=job.out))
+                tracker.run(name=name, kind="train", params=run_params, tags=tags, run_dir=job.out)
+            )
             if job.done:  # the new run holds every epoch: those of the checkpoint, then its own
                 job.tracked.set_tags({"resumed_from_epoch": len(job.done)})
                 for record in job.done:
@@ -208,27 +267,44 @@ def run(args) -> int:
             job.snapshot = job.out / f"prompts_epoch{eval_epoch}.safetensors"
             if not trains:
                 continue
-            specs.append(RunSpec(method, job.model, job.cache.train_views(), manifest.classnames, job.config,
-                                 checkpoint_dir=job.out,
-                                 frozen_image_features=job.cache if job.frozen_source == "cache" else None,
-                                 backbone=backbone_id, on_epoch_end=_epoch_logger(job, epochs, eval_epoch),
-                                 frozen_template=frozen_template))
+            specs.append(
+                RunSpec(
+                    method,
+                    job.model,
+                    job.cache.train_views(),
+                    manifest.classnames,
+                    job.config,
+                    checkpoint_dir=job.out,
+                    frozen_image_features=job.cache if job.frozen_source == "cache" else None,
+                    backbone=backbone_id,
+                    on_epoch_end=_epoch_logger(job, epochs, eval_epoch),
+                    frozen_template=frozen_template,
+                )
+            )
         results = train_packed(specs) if trains else [TrainResult(prompts={}) for _ in jobs]
         seconds = time.perf_counter() - started
         for job, result in zip(jobs, results):
             prompts = result.prompts
             if eval_epoch != epochs:
                 prompts, _ = load_prompts(job.snapshot)
-            meta = {"method": method.name, "backbone": backbone, "pretrained": pretrained, "epoch": eval_epoch,
-                    "epochs": epochs, "prompts": method.to_dict()["prompts"], "provenance": job.provenance,
-                    "recipe": recipe.to_dict()}
+            meta = {
+                "method": method.name,
+                "backbone": backbone,
+                "pretrained": pretrained,
+                "epoch": eval_epoch,
+                "epochs": epochs,
+                "prompts": method.to_dict()["prompts"],
+                "provenance": job.provenance,
+                "recipe": recipe.to_dict(),
+            }
             tested = [r for r in result.history if r["epoch"] == eval_epoch and "lambda" in r]
             if tested:  # an adaptive lambda: its value after the tested epoch, for the metrics and the report
                 meta["lambda"] = tested[0]["lambda"]
             save_prompts(job.out / "prompts.safetensors", prompts, meta)
             summary = run_summary(method, recipe, job.config, result, params, args, job, device, seconds, len(jobs))
             atomic_write_text(job.out / "train.json", json.dumps(summary, indent=2) + "\n")
-            job.log(f"wrote {job.out / 'prompts.safetensors'} ({sum(v.numel() for v in prompts.values())} prompt parameters)")
+            count = sum(v.numel() for v in prompts.values())
+            job.log(f"wrote {job.out / 'prompts.safetensors'} ({count} prompt parameters)")
             for artifact in ("prompts.safetensors", "train.json", "train.log"):  # weights, config + metrics, log
                 job.tracked.log_artifact(job.out / artifact)
     return 0
@@ -243,10 +319,12 @@ def _epoch_logger(job: _Job, epochs: int, eval_epoch: int):
 
     def on_epoch_end(record: dict) -> None:
         job.tracked.log_metrics(_epoch_metrics(record), step=record["epoch"])
-        job.log(f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
-                f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
-                + (f"lambda {record['lambda']:.4g}  " if "lambda" in record else "")
-                + f"{record['seconds']:.1f}s")
+        job.log(
+            f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  ce {record['ce']:.4f}  "
+            f"reg {record['regulariser']:.4f}  train acc {100 * record['train_accuracy']:.1f}%  "
+            + (f"lambda {record['lambda']:.4g}  " if "lambda" in record else "")
+            + f"{record['seconds']:.1f}s"
+        )
         if record["epoch"] == eval_epoch and eval_epoch != epochs:
             save_prompts(job.snapshot, job.model.prompt_state(), {"epoch": eval_epoch})
 

@@ -17,11 +17,15 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="experiment parameters (default: params.yaml)")
-    parser.add_argument("--out", type=check.out_file,
-                        help="marker written when the file is valid (what the next stages depend on)")
-    parser.add_argument("--resolved", type=check.out_file, metavar="FILE",
-                        help="also write the resolved values each DVC stage declares as params "
-                             "(prompt_ot.stage_params)")
+    parser.add_argument(
+        "--out", type=check.out_file, help="marker written when the file is valid (what the next stages depend on)"
+    )
+    parser.add_argument(
+        "--resolved",
+        type=check.out_file,
+        metavar="FILE",
+        help="also write the resolved values each DVC stage declares as params (prompt_ot.stage_params)",
+    )
 
 
 def run(args) -> int:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -84,8 +85,9 @@ def view_params(seed: int, epoch: int, index: int, height: int, width: int) -> t
     return top, left, h, w, flip
 
 
-def stored_box(box: tuple[int, int, int, int], original: tuple[int, int],
-               stored: tuple[int, int]) -> tuple[int, int, int, int]:
+def stored_box(
+    box: tuple[int, int, int, int], original: tuple[int, int], stored: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """A (top, left, h, w) box on the original (H, W) mapped onto the stored (h, w) pixels.
 
     The same box when the image is stored at its original size; else its edges scaled and rounded to
@@ -106,8 +108,9 @@ def _scaled_span(start: int, length: int, factor: float, limit: int) -> tuple[in
     return first, last - first
 
 
-def view_crop(image: np.ndarray, original_size: tuple[int, int] | None, seed: int, epoch: int,
-              index: int) -> tuple[np.ndarray, bool]:
+def view_crop(
+    image: np.ndarray, original_size: tuple[int, int] | None, seed: int, epoch: int, index: int
+) -> tuple[np.ndarray, bool]:
     """The crop (a numpy view into ``image``) and flip decision of view (seed, epoch, index).
 
     ``original_size`` is the (H, W) the image had before the store resized it (None: its own size);
@@ -149,7 +152,13 @@ def _resize_flip(crop_chw, flip: bool, image_size: int):
 
 
 def train_view(
-    image: np.ndarray, seed: int, epoch: int, index: int, image_size: int, mean=CLIP_MEAN, std=CLIP_STD,
+    image: np.ndarray,
+    seed: int,
+    epoch: int,
+    index: int,
+    image_size: int,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
     original_size: tuple[int, int] | None = None,
 ):
     """The augmented view (float32 CHW tensor, normalised) of a uint8 HxWx3 image under key (seed, epoch, index).
@@ -161,12 +170,10 @@ def train_view(
     return _normalise(_resize_flip(_to_chw(crop), flip, image_size), mean, std)
 
 
-def store_view(store: ImageStore, index: int, seed: int, epoch: int, image_size: int, mean=CLIP_MEAN,
-               std=CLIP_STD):
+def store_view(store: ImageStore, index: int, seed: int, epoch: int, image_size: int, mean=CLIP_MEAN, std=CLIP_STD):
     """View (seed, epoch, index) of a store's image, its box drawn on the image's original size: what
     ``TrainViews`` yields and what the feature cache encodes."""
-    return train_view(store[index], seed, epoch, index, image_size, mean, std,
-                      original_size=store.original_size(index))
+    return train_view(store[index], seed, epoch, index, image_size, mean, std, original_size=store.original_size(index))
 
 
 def test_view(image: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD):
@@ -231,8 +238,10 @@ class TrainViews:
             packed[start : start + size].reshape(crop.shape)[...] = crop
             start += size
         pieces = to_device(host, device).split(sizes)
-        views = [_resize_flip(piece.view(crop.shape).permute(2, 0, 1), flip, self.image_size)
-                 for piece, crop, flip in zip(pieces, crops, flips)]
+        views = [
+            _resize_flip(piece.view(crop.shape).permute(2, 0, 1), flip, self.image_size)
+            for piece, crop, flip in zip(pieces, crops, flips)
+        ]
         labels = to_device(torch.as_tensor(np.asarray(self.store.labels)[rows], dtype=torch.long), device)
         return _normalise(torch.stack(views), *self._moments(device)), labels
 

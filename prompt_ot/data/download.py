@@ -23,9 +23,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from prompt_ot import __version__
 from prompt_ot.data.registry import DatasetSpec, Source, classnames_of
@@ -142,8 +142,13 @@ def _fetch_url(url: str, part: Path, settings: FetchSettings, log: Log) -> None:
 
 
 def fetch(
-    source: Source, target: Path, part_dir: Path, *, settings: FetchSettings = FetchSettings(),
-    verify: bool = True, log: Log = print,
+    source: Source,
+    target: Path,
+    part_dir: Path,
+    *,
+    settings: FetchSettings = FetchSettings(),
+    verify: bool = True,
+    log: Log = print,
 ) -> tuple[str, str]:
     """Download ``source`` to ``target`` from the first URL that works; return (sha256, url).
 
@@ -218,7 +223,7 @@ def _relocated(archive: Path, name: str, member_prefix: str, dest: str) -> str |
     prefix = [p for p in member_prefix.split("/") if p]
     if parts[: len(prefix)] != prefix or len(parts) == len(prefix):
         return None
-    return str(PurePosixPath(dest, *parts[len(prefix):]))
+    return str(PurePosixPath(dest, *parts[len(prefix) :]))
 
 
 def _member_filter(archive: Path, member_prefix: str, dest: str) -> Callable:
@@ -289,8 +294,10 @@ def extract_archive(archive: Path, folder: Path, *, member_prefix: str = "", des
     try:
         tar = tarfile.open(archive, "r:*")
     except tarfile.TarError as err:
-        raise UserError(f"{archive} is neither a zip nor a tar archive (a web page saved under its name?); "
-                        f"delete it and download it again") from err
+        raise UserError(
+            f"{archive} is neither a zip nor a tar archive (a web page saved under its name?); "
+            f"delete it and download it again"
+        ) from err
     written = []
 
     def counted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
@@ -439,8 +446,14 @@ def _obtain(source: Source, target: Path, part_dir: Path, settings: FetchSetting
 
 
 def download_dataset(
-    spec: DatasetSpec, root: str | Path, *, force: bool = False, verify: bool = True,
-    keep_archives: bool = False, settings: FetchSettings = FetchSettings(), log: Log = print,
+    spec: DatasetSpec,
+    root: str | Path,
+    *,
+    force: bool = False,
+    verify: bool = True,
+    keep_archives: bool = False,
+    settings: FetchSettings = FetchSettings(),
+    log: Log = print,
 ) -> CheckReport | None:
     """Make ``<root>/<spec.folder>`` complete: fetch, verify, unpack, check, mark. None if already complete."""
     folder = spec.dataset_dir(root)
@@ -464,17 +477,25 @@ def download_dataset(
                 continue
             target = downloads / source.filename if source.extract else folder / source.filename
             digest, url = _obtain(source, target, downloads, settings, verify, log)
-            state[source.filename] = {"sha256": digest, "bytes": target.stat().st_size, "url": url,
-                                      "pinned": bool(source.sha256), "done": False}
+            state[source.filename] = {
+                "sha256": digest,
+                "bytes": target.stat().st_size,
+                "url": url,
+                "pinned": bool(source.sha256),
+                "done": False,
+            }
             atomic_write_text(_state_path(folder), json.dumps(state, indent=1))
             if source.extract:
                 log(f"  {source.filename}: unpacking")
-                extract_archive(target, folder, member_prefix=getattr(source, "member_prefix", ""),
-                                dest=getattr(source, "dest", ""))
+                extract_archive(
+                    target, folder, member_prefix=getattr(source, "member_prefix", ""), dest=getattr(source, "dest", "")
+                )
                 for inner in getattr(source, "inner_archives", ()):
                     if not (folder / inner).is_file():
-                        raise UserError(f"{source.filename} holds no {inner}; the archive at the source has changed, "
-                                        f"please report it (prompt_ot/data/datasets/{spec.name}.py needs updating)")
+                        raise UserError(
+                            f"{source.filename} holds no {inner}; the archive at the source has changed, "
+                            f"please report it (prompt_ot/data/datasets/{spec.name}.py needs updating)"
+                        )
                     extract_archive(folder / inner, folder)
                     (folder / inner).unlink()
                 if not keep_archives:
@@ -495,8 +516,12 @@ def download_dataset(
     raise UserError(
         f"{spec.name} in {folder} is not complete: {report.problems[0]}"
         + (f" (and {len(report.problems) - 1} more problem(s))" if len(report.problems) > 1 else "")
-        + (f"; follow the steps printed above, then run 'python -m prompt_ot download {spec.name} --root {root} --check'"
-           if spec.manual_steps else "")
+        + (
+            f"; follow the steps printed above, then run "
+            f"'python -m prompt_ot download {spec.name} --root {root} --check'"
+            if spec.manual_steps
+            else ""
+        )
     )
 
 

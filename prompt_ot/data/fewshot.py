@@ -114,8 +114,11 @@ def select_fewshot(split: Split, subset: str, shots: int, seed: int, sampler: st
     val_shots = min(shots, MAX_VAL_SHOTS)
     if sampler == "per_class":
         sub = subsample_classes(split, subset)
-        return {"train": sample_fewshot(sub["train"], shots, seed), "val": sample_fewshot(sub["val"], val_shots, seed),
-                "test": sub["test"]}
+        return {
+            "train": sample_fewshot(sub["train"], shots, seed),
+            "val": sample_fewshot(sub["val"], val_shots, seed),
+            "test": sub["test"],
+        }
     rng = random.Random(seed)  # the stream random.seed(seed) starts; train is drawn before val
     train = sample_dassl(split["train"], shots, rng)
     val = sample_dassl(split["val"], val_shots, rng)
@@ -137,8 +140,15 @@ def _entries(items: list[Item], image_root: Path) -> list[ManifestEntry]:
     return entries
 
 
-def build_manifest(split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int,
-                   sampler: str = DEFAULT_SAMPLER) -> Manifest:
+def build_manifest(
+    split: Split,
+    image_root: str | Path,
+    dataset: str,
+    subset: str,
+    shots: int,
+    seed: int,
+    sampler: str = DEFAULT_SAMPLER,
+) -> Manifest:
     """Sample the few-shot training and validation images of one (dataset, subset, shots, seed)."""
     sub = select_fewshot(split, subset, shots, seed, sampler)
     image_root = Path(image_root)
@@ -200,8 +210,12 @@ def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; anything malformed is a UserError naming the file."""
     path = Path(path)
     fix = "delete it and run 'split' again"
-    raw = read_json(path, what="manifest", fix=fix,
-                    missing=f"manifest {path} does not exist; write it with 'python -m prompt_ot split'")
+    raw = read_json(
+        path,
+        what="manifest",
+        fix=fix,
+        missing=f"manifest {path} does not exist; write it with 'python -m prompt_ot split'",
+    )
     if not isinstance(raw, dict):
         raise UserError(f"manifest {path} is corrupt: not a JSON object; {fix}")
     if raw.get("format_version") != FORMAT_VERSION:
@@ -251,7 +265,13 @@ def verify_files(manifest: Manifest, image_root: str | Path) -> None:
 
 
 def ensure_manifest(
-    path: str | Path, split: Split, image_root: str | Path, dataset: str, subset: str, shots: int, seed: int,
+    path: str | Path,
+    split: Split,
+    image_root: str | Path,
+    dataset: str,
+    subset: str,
+    shots: int,
+    seed: int,
     sampler: str = DEFAULT_SAMPLER,
 ) -> tuple[Manifest, bool]:
     """Reuse the manifest at ``path`` if it exists (checked against the parameters and files), else write it.

@@ -9,10 +9,10 @@ folder into split items.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from prompt_ot.data.registry import Item
+from prompt_ot.data.registry import DatasetSpec, Item
 from prompt_ot.errors import UserError
 
 _WNIDS = """
@@ -169,14 +169,13 @@ def class_folder_items(
 
 def imagenet_subset(
     *, name: str, folder: str, archive: str, wnids: Sequence[str], test_images: int, homepage: str
-) -> "DatasetSpec":
+) -> DatasetSpec:
     """A test-only dataset of some ImageNet classes stored as ``<folder>/<archive stem>/<wnid>/*`` (ImageNet-A, -R).
 
     Labels are positions in ``wnids`` (as CoOp numbers the sorted class folders); class names are ImageNet's CLIP
     names of those wnids; the archive is fetched from the authors' server.
     """
     from prompt_ot.data.download import SourceFile
-    from prompt_ot.data.registry import DatasetSpec
 
     image_dir = archive.removesuffix(".tar")
     wnids = tuple(wnids)

@@ -1,8 +1,8 @@
 """The dataset registry: one small module per dataset under ``prompt_ot/data/datasets/``.
 
-Each module defines ``DATASET = DatasetSpec(...)``, which says where a dataset's files come from, the on-disk layout under ``<root>/<folder>``, where
-its train/val/test split comes from, its class names and its zero-shot template. Every name that a
-user types is checked here, and an unknown one lists the known ones.
+Each module defines ``DATASET = DatasetSpec(...)``, which says where a dataset's files come from, the on-disk
+layout under ``<root>/<folder>``, where its train/val/test split comes from, its class names and its zero-shot
+template. Every name that a user types is checked here, and an unknown one lists the known ones.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from prompt_ot.errors import UserError, unknown_name
 
@@ -50,7 +51,9 @@ class DatasetSpec:
     manual_steps: str | None = None  # printed when no automatic source works
     load_split_fn: Callable[[Path], Split] | None = None  # for datasets without a CoOp split file
     classnames_fn: Callable[[], list[str]] | None = None  # fixed class list (ImageNet family)
-    prepare_fn: Callable[[Path], None] | None = None  # builds the folder locally instead of fetching sources (demo data)
+    prepare_fn: Callable[[Path], None] | None = (
+        None  # builds the folder locally instead of fetching sources (demo data)
+    )
     kind: str = "benchmark"  # "benchmark", "target_only" (ImageNet variants), "demo"
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -79,8 +82,12 @@ def read_coop_split(path: Path) -> Split:
     """Read a CoOp ``split_zhou_<Name>.json``: {"train"|"val"|"test": [[relpath, label, classname], ...]}."""
     from prompt_ot.utils.io import read_json
 
-    raw = read_json(path, what="split file", fix="delete it and download it again",
-                    missing=f"split file {path} is missing; download it again or place the CoOp split file there")
+    raw = read_json(
+        path,
+        what="split file",
+        fix="delete it and download it again",
+        missing=f"split file {path} is missing; download it again or place the CoOp split file there",
+    )
     split: Split = {}
     for key in ("train", "val", "test"):
         entries = raw.get(key) if isinstance(raw, dict) else None

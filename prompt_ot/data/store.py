@@ -32,9 +32,9 @@ import operator
 import os
 import shutil
 import struct
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -177,15 +177,24 @@ def _preprocess(mode: str, image_size: int, train_short_side: int | None) -> tup
     if mode == "test":
         if train_short_side is not None:
             raise UserError("train_short_side applies to training stores only; test stores hold image_size crops")
-        record = {"convert": "RGB", "resize_shorter_side": image_size, "interpolation": "bicubic (PIL, antialiased)",
-                  "center_crop": image_size}
+        record = {
+            "convert": "RGB",
+            "resize_shorter_side": image_size,
+            "interpolation": "bicubic (PIL, antialiased)",
+            "center_crop": image_size,
+        }
         return record, image_size
     check_train_short_side(train_short_side)
     cap = default_train_short_side(image_size) if train_short_side is None else train_short_side
     if 0 < cap < image_size:
         raise UserError(f"train_short_side must be 0 (no resize) or at least image_size {image_size}, got {cap}")
-    record = {"convert": "RGB", "resize_shorter_side_above": cap or None,
-              "interpolation": "bicubic (PIL, antialiased)", "aspect_ratio": "kept", "center_crop": None}
+    record = {
+        "convert": "RGB",
+        "resize_shorter_side_above": cap or None,
+        "interpolation": "bicubic (PIL, antialiased)",
+        "aspect_ratio": "kept",
+        "center_crop": None,
+    }
     return record, cap
 
 
@@ -199,7 +208,7 @@ def build_store(
     skip_bad: bool = False,
     classnames: Sequence[str] | None = None,
     workers: int | None = None,
-) -> "ImageStore":
+) -> ImageStore:
     """Decode ``items`` (paths under ``image_root``) into a store at ``out_dir`` and open it.
 
     ``train_short_side`` ("train" mode only): cap on the stored shorter side, None for
@@ -236,8 +245,7 @@ def build_store(
             log.info("rebuilding image store %s: %s", out_dir, err)
     tmp = building_folder(out_dir)  # first removes what killed builds of this target left
     try:
-        kept, originals, bad, writer = _decode_all(items, image_root, tmp / PIXELS_NAME, mode, size, skip_bad,
-                                                   workers)
+        kept, originals, bad, writer = _decode_all(items, image_root, tmp / PIXELS_NAME, mode, size, skip_bad, workers)
         if bad:
             shown = "; ".join(f"{path} ({why})" for path, why in bad[:5]) + ("; ..." if len(bad) > 5 else "")
             log.warning("skipped %d bad images: %s", len(bad), shown)
@@ -262,8 +270,7 @@ def build_store(
     return ImageStore(out_dir)
 
 
-def _decode_all(items, image_root: Path, pixels_path: Path, mode: str, size: int, skip_bad: bool,
-                workers: int | None):
+def _decode_all(items, image_root: Path, pixels_path: Path, mode: str, size: int, skip_bad: bool, workers: int | None):
     """Decode every item in order (a few threads), appending its pixels to ``pixels_path``.
 
     Returns the kept items, their original sizes, the (relpath, reason) of the bad ones and the writer.
@@ -308,8 +315,12 @@ class ImageStore:
         self.path = Path(path)
         index_path = self.path / INDEX_NAME
         fix = "delete the folder and build the store again"
-        index = read_json(index_path, what="image store index", fix=fix,
-                          missing=f"no complete image store at {self.path} (no {INDEX_NAME}); build it first")
+        index = read_json(
+            index_path,
+            what="image store index",
+            fix=fix,
+            missing=f"no complete image store at {self.path} (no {INDEX_NAME}); build it first",
+        )
         version = index.get("format_version") if isinstance(index, dict) else None
         if version == 1:
             raise UserError(
@@ -339,8 +350,12 @@ class ImageStore:
         self._offsets = np.asarray(index["offsets"], dtype=np.int64).reshape(n)
         nbytes = self.stored_sizes.prod(axis=1) * 3
         expected = np.concatenate([[0], np.cumsum(nbytes)])
-        if (self.stored_sizes < 1).any() or (self.original_sizes < 1).any() or \
-                not np.array_equal(self._offsets, expected[:-1]) or int(expected[-1]) != index["pixels_bytes"]:
+        if (
+            (self.stored_sizes < 1).any()
+            or (self.original_sizes < 1).any()
+            or not np.array_equal(self._offsets, expected[:-1])
+            or int(expected[-1]) != index["pixels_bytes"]
+        ):
             raise ValueError("image sizes and offsets do not add up")
         self._nbytes: int = int(expected[-1])
 
@@ -351,8 +366,9 @@ class ImageStore:
         except OSError as err:
             raise UserError(f"image store file {path} is missing ({err}); rebuild the store") from None
         if found != self._nbytes:
-            raise UserError(f"image store file {path} has {found} bytes, the index lists {self._nbytes}; "
-                            "rebuild the store")
+            raise UserError(
+                f"image store file {path} has {found} bytes, the index lists {self._nbytes}; rebuild the store"
+            )
         if self._nbytes == 0:  # every image skipped: nothing to map
             return np.empty(0, dtype=np.uint8)
         return np.memmap(path, dtype=np.uint8, mode="r")

@@ -13,8 +13,6 @@ import inspect
 from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.losses.adaptive import AdaptiveSettings, DualWeight, check_adaptive
 from prompt_ot.losses.base import Regulariser, RegulariserInputs, check_positive
-
-
 from prompt_ot.losses.ot import (
     BACKENDS,
     MODALITIES,

@@ -66,20 +66,25 @@ def check_adaptive(spec, initial: float) -> AdaptiveSettings | None:
     if spec is True:
         spec = {}
     if not isinstance(spec, dict):
-        raise UserError(f"regulariser parameter 'adaptive' must be a mapping of {', '.join(KEYS)} (or true for the "
-                        f"defaults, null for a fixed lambda), got {spec!r}")
+        raise UserError(
+            f"regulariser parameter 'adaptive' must be a mapping of {', '.join(KEYS)} (or true for the "
+            f"defaults, null for a fixed lambda), got {spec!r}"
+        )
     unknown = sorted(str(k) for k in spec if k not in KEYS)
     if unknown:
-        raise UserError(f"unknown regulariser parameter(s) {', '.join('adaptive.' + k for k in unknown)}; "
-                        f"known: {', '.join('adaptive.' + k for k in KEYS)}")
+        raise UserError(
+            f"unknown regulariser parameter(s) {', '.join('adaptive.' + k for k in unknown)}; "
+            f"known: {', '.join('adaptive.' + k for k in KEYS)}"
+        )
     values = {}
     for key in ("budget", "dual_lr", "max_weight"):
         if key in spec:
             values[key] = _number(key, spec[key])
     if "relative" in spec:
         if not isinstance(spec["relative"], bool):
-            raise UserError(f"regulariser parameter 'adaptive.relative' must be true or false, "
-                            f"got {spec['relative']!r}")
+            raise UserError(
+                f"regulariser parameter 'adaptive.relative' must be true or false, got {spec['relative']!r}"
+            )
         values["relative"] = spec["relative"]
     settings = AdaptiveSettings(**values)
     if settings.budget < 0:
@@ -89,8 +94,10 @@ def check_adaptive(spec, initial: float) -> AdaptiveSettings | None:
     if not settings.max_weight > 0:
         raise UserError(f"regulariser parameter 'adaptive.max_weight' must be > 0, got {spec['max_weight']!r}")
     if settings.max_weight < initial:
-        raise UserError(f"regulariser parameter 'adaptive.max_weight' = {settings.max_weight:g} is below the initial "
-                        f"lambda 'weight' = {initial:g}; raise max_weight or lower weight")
+        raise UserError(
+            f"regulariser parameter 'adaptive.max_weight' = {settings.max_weight:g} is below the initial "
+            f"lambda 'weight' = {initial:g}; raise max_weight or lower weight"
+        )
     return settings
 
 

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from prompt_ot.errors import UserError, unknown_name
-from prompt_ot.losses.base import Regulariser, RegulariserInputs, check_positive
 from prompt_ot.losses.adaptive import DualWeight, check_adaptive
+from prompt_ot.losses.base import Regulariser, RegulariserInputs, check_positive
 
 MODALITIES = ("joint", "vision", "text")
 SOLVERS = ("exact", "sinkhorn", "unbalanced")
@@ -154,7 +154,9 @@ def assignment_plan(cost: Tensor) -> Tensor:
     """
     size = cost.shape[-1]
     if cost.shape[-2] != size or size > MAX_ENUMERATED_BATCH:
-        raise ValueError(f"assignment_plan needs a square cost with B <= {MAX_ENUMERATED_BATCH}, got {tuple(cost.shape)}")
+        raise ValueError(
+            f"assignment_plan needs a square cost with B <= {MAX_ENUMERATED_BATCH}, got {tuple(cost.shape)}"
+        )
     perms = _permutations(size, str(cost.device))  # (P, B)
     rows = torch.arange(size, device=cost.device)
     totals = cost[..., rows, perms].sum(-1)  # (..., P): cost of sending row i to column perms[p, i]
@@ -256,8 +258,16 @@ class OTRegulariser(Regulariser):
     def transport_loss(self, fine_tuned: Tensor, frozen: Tensor) -> Tensor:
         """The weighted OT loss between explicit rows u (fine-tuned) and v (pre-trained)."""
         cost = transport_cost(fine_tuned, frozen, self.eta)
-        plan = transport_plan(cost, self.solver, self.reg, self.reg_m, self.stop_threshold, self.max_iterations,
-                              self.backend, self.device_iterations)
+        plan = transport_plan(
+            cost,
+            self.solver,
+            self.reg,
+            self.reg_m,
+            self.stop_threshold,
+            self.max_iterations,
+            self.backend,
+            self.device_iterations,
+        )
         self.last_plan = plan
         term = (plan * cost).sum()
         if self.dual is None:

@@ -84,11 +84,15 @@ class PromptSRCLoss(Regulariser):
             raise ValueError("PromptSRCLoss needs image and frozen_image features and the logit scale")
         text = F.l1_loss(inputs.class_text, inputs.frozen_class_text)
         image = F.l1_loss(inputs.image, inputs.frozen_image)
-        logits = inputs.logits if inputs.logits is not None else inputs.logit_scale * inputs.image @ inputs.class_text.t()
+        logits = (
+            inputs.logits if inputs.logits is not None else inputs.logit_scale * inputs.image @ inputs.class_text.t()
+        )
         logits = logits.float()
         zero_shot = (inputs.logit_scale * inputs.frozen_image @ inputs.frozen_class_text.t()).float()
-        kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zero_shot, dim=1), reduction="sum",
-                      log_target=True) / logits.numel()
+        kl = (
+            F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zero_shot, dim=1), reduction="sum", log_target=True)
+            / logits.numel()
+        )
         return self.text_weight * text + self.image_weight * image + self.logit_weight * kl
 
     def extra_repr(self) -> str:

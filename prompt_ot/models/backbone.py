@@ -8,11 +8,10 @@ instead of a minute of network retries.
 
 from __future__ import annotations
 
-import pickle
-
 import contextlib
 import logging
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +67,8 @@ def _how_to_provide(name: str, tag: str, cache_dir: str | None) -> str:
         f"(offline{' : HF_HUB_OFFLINE is set' if _offline_env() else ''}). Either pass a local checkpoint file "
         f"(--pretrained /path/to/{name}.safetensors or a .pt/.bin state dict), or download it once on a machine "
         f"with internet into the Hugging Face cache (python -c \"import open_clip; open_clip.create_model('{name}', "
-        f"pretrained='{tag}')\") and copy the cache directory here ({cache_dir or 'HF_HOME, default ~/.cache/huggingface'})."
+        f"pretrained='{tag}')\") and copy the cache directory here "
+        f"({cache_dir or 'HF_HOME, default ~/.cache/huggingface'})."
     )
 
 
@@ -85,7 +85,9 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
 
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
-        raise unknown_name(f"pretrained tag for {name}", pretrained, open_clip.list_pretrained_tags_by_model(name) or ["none"])
+        raise unknown_name(
+            f"pretrained tag for {name}", pretrained, open_clip.list_pretrained_tags_by_model(name) or ["none"]
+        )
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
@@ -116,8 +118,9 @@ def _quiet_random_init_warning():
         root.removeFilter(drop)
 
 
-def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu",
-                  precision: str = "fp32"):
+def load_backbone(
+    name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu", precision: str = "fp32"
+):
     """Build an open_clip CLIP in eval mode with every parameter frozen.
 
     ``precision`` "fp16" casts the weights to half as the released code's ``PREC: fp16`` does
@@ -137,8 +140,9 @@ def load_backbone(name: str, pretrained: str | None = None, cache_dir: str | Non
         # random weights are seeded, so every stage that builds the same untrained backbone gets the same one
         with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
             torch.manual_seed(RANDOM_INIT_SEED)
-            model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir,
-                                           precision=weights_precision(precision))
+            model = open_clip.create_model(
+                name, pretrained=weights, device=device, cache_dir=cache_dir, precision=weights_precision(precision)
+            )
     except (RuntimeError, KeyError, ValueError) as err:
         if weights is None:
             raise

@@ -50,19 +50,26 @@ class PromptConfig:
         ):
             if not 0 <= value <= limit:
                 raise UserError(f"prompt {key}={value} is out of range: use 0 (off) to {limit} (the encoder's layers)")
-        for key, value, depth in (("text_ctx", self.text_ctx, self.text_depth), ("vision_ctx", self.vision_ctx, self.vision_depth)):
+        for key, value, depth in (
+            ("text_ctx", self.text_ctx, self.text_depth),
+            ("vision_ctx", self.vision_ctx, self.vision_depth),
+        ):
             if value < 0 or (depth > 0 and value == 0):
                 raise UserError(f"prompt {key}={value} must be a positive token count when its depth is > 0")
         if self.coupled and (self.vision_ctx, self.vision_depth) != (self.text_ctx, self.text_depth):
-            raise UserError(f"coupled prompts map each text prompt to a vision prompt: vision_ctx/vision_depth "
-                            f"({self.vision_ctx}/{self.vision_depth}) must equal text_ctx/text_depth "
-                            f"({self.text_ctx}/{self.text_depth})")
+            raise UserError(
+                f"coupled prompts map each text prompt to a vision prompt: vision_ctx/vision_depth "
+                f"({self.vision_ctx}/{self.vision_depth}) must equal text_ctx/text_depth "
+                f"({self.text_ctx}/{self.text_depth})"
+            )
         if self.coupled and self.text_depth == 0:
             raise UserError("coupled prompts need text_depth > 0")
         if self.meta_net < 0 or (self.meta_net and self.text_depth != 1):
-            raise UserError(f"meta_net={self.meta_net} must be 0 (off) or a positive width divisor, and the "
-                            f"conditional context needs text prompts at the input only (text_depth 1, got "
-                            f"{self.text_depth})")
+            raise UserError(
+                f"meta_net={self.meta_net} must be 0 (off) or a positive width divisor, and the "
+                f"conditional context needs text prompts at the input only (text_depth 1, got "
+                f"{self.text_depth})"
+            )
 
     @property
     def conditional(self) -> bool:
@@ -91,8 +98,12 @@ def _image_feature_width(visual: nn.Module) -> int:
 def _first_token_pooling(visual: nn.Module) -> bool:
     """Whether the image feature is the class token after ``ln_post`` (CLIP's ViTs), with standard blocks."""
     block = visual.transformer.resblocks[-1]
-    return (getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok"
-            and isinstance(getattr(block, "attn", None), nn.MultiheadAttention) and not hasattr(block, "ln_1_kv"))
+    return (
+        getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and isinstance(getattr(block, "attn", None), nn.MultiheadAttention)
+        and not hasattr(block, "ln_1_kv")
+    )
 
 
 def _first_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -157,8 +168,9 @@ class PromptedCLIP(nn.Module):
         if config.meta_net:
             image_width = _image_feature_width(clip.visual)
             hidden = max(1, image_width // config.meta_net)
-            self.meta_net = nn.Sequential(nn.Linear(image_width, hidden), nn.ReLU(inplace=True),
-                                          nn.Linear(hidden, text_width)).to(dtype)
+            self.meta_net = nn.Sequential(
+                nn.Linear(image_width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, text_width)
+            ).to(dtype)
         self.register_buffer("class_tokens", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("frozen_class_tokens", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.classnames: list[str] = []
@@ -175,15 +187,26 @@ class PromptedCLIP(nn.Module):
         device = self.clip.token_embedding.weight.device
         classnames = [c.replace("_", " ") for c in classnames]  # CoOp's split files keep underscores
         self.classnames = list(classnames)
-        prefix = " ".join([PLACEHOLDER] * self.config.text_ctx + ([self.config.fixed_words] if self.config.fixed_words else []))
-        prompted = [f"{prefix} {c}." for c in classnames] if self.config.text_depth > 0 else [template.format(c) for c in classnames]
+        prefix = " ".join(
+            [PLACEHOLDER] * self.config.text_ctx + ([self.config.fixed_words] if self.config.fixed_words else [])
+        )
+        prompted = (
+            [f"{prefix} {c}." for c in classnames]
+            if self.config.text_depth > 0
+            else [template.format(c) for c in classnames]
+        )
         self.class_tokens = self.tokenizer(prompted).to(device)
         self._classes_version = getattr(self, "_classes_version", 0) + 1  # invalidates the cached text layout
         self.frozen_class_tokens = self.tokenizer([template.format(c) for c in classnames]).to(device)
 
     # ------------------------------------------------------------------ text
-    def encode_tokens(self, tokens: torch.Tensor, use_prompts: bool = True, truncate: bool = True,
-                      layer_prompts: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def encode_tokens(
+        self,
+        tokens: torch.Tensor,
+        use_prompts: bool = True,
+        truncate: bool = True,
+        layer_prompts: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Text features (unnormalised) of token ids, truncated at the longest end-of-text position.
 
         ``layer_prompts`` (one (rows, n, width) tensor per prompted layer) gives each row its own prompts,
@@ -226,8 +249,10 @@ class PromptedCLIP(nn.Module):
         if len(self.class_tokens) == 0:
             raise RuntimeError("call set_classnames() first")
         if self.conditional:
-            raise RuntimeError("the class prompts of a conditional model depend on the image: use "
-                               "conditional_class_text(image_features)")
+            raise RuntimeError(
+                "the class prompts of a conditional model depend on the image: use "
+                "conditional_class_text(image_features)"
+            )
         if self.config.text_depth > 0:
             return shared_prefix_text([self])[0]
         return F.normalize(self.encode_tokens(self.class_tokens, use_prompts=True), dim=-1)
@@ -252,8 +277,10 @@ class PromptedCLIP(nn.Module):
         """Logits (B, C) of normalised image features against each image's own class prompts, in chunks of at
         most ``max_rows`` prompt sequences."""
         chunk = max(1, max_rows // max(1, len(self.class_tokens)))
-        logits = [self.logit_scale * torch.einsum("bd,bcd->bc", part, self.conditional_class_text(part).to(part.dtype))
-                  for part in image_features.split(chunk)]
+        logits = [
+            self.logit_scale * torch.einsum("bd,bcd->bc", part, self.conditional_class_text(part).to(part.dtype))
+            for part in image_features.split(chunk)
+        ]
         return torch.cat(logits)
 
     @torch.no_grad()
@@ -271,8 +298,9 @@ class PromptedCLIP(nn.Module):
         return F.normalize(features.view(len(templates), len(self.classnames), -1).float().mean(0), dim=-1)
 
     # ------------------------------------------------------------------ vision
-    def encode_image(self, images: torch.Tensor, use_prompts: bool = True,
-                     layer_prompts: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def encode_image(
+        self, images: torch.Tensor, use_prompts: bool = True, layer_prompts: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Image features (unnormalised); prompt tokens are appended after the patch tokens.
 
         ``layer_prompts`` as in :meth:`encode_tokens`: per-row prompts of packed runs.
@@ -367,8 +395,10 @@ class PromptedCLIP(nn.Module):
 # ---------------------------------------------------------------------- packed runs
 def _rows(prompt_lists, counts: list[int]) -> list[torch.Tensor]:
     """Per-layer (sum(counts), n, width) prompts: each model's prompts repeated for its rows."""
-    return [torch.cat([layer.unsqueeze(0).expand(count, -1, -1) for layer, count in zip(layers, counts)])
-            for layers in zip(*prompt_lists)]
+    return [
+        torch.cat([layer.unsqueeze(0).expand(count, -1, -1) for layer, count in zip(layers, counts)])
+        for layers in zip(*prompt_lists)
+    ]
 
 
 def packed_image_features(models: list[PromptedCLIP], images: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -437,9 +467,13 @@ def _text_layout(groups: list[torch.Tensor], owner: PromptedCLIP, key) -> _TextL
     # Everything indexed by a mask is turned into indices here, once: boolean indexing on a GPU waits for
     # the host, and this layout is used every step.
     layout = _TextLayout(
-        suffix_tokens=tokens[:, prefix : prefix + width][valid].to(device), suffix_positions=positions.to(device),
-        grid=grid.flatten().to(device), cells=valid.flatten().nonzero().squeeze(1).to(device), width=width,
-        row_run=row_run.to(device), eot=(starts + lengths - 1).to(device),
+        suffix_tokens=tokens[:, prefix : prefix + width][valid].to(device),
+        suffix_positions=positions.to(device),
+        grid=grid.flatten().to(device),
+        cells=valid.flatten().nonzero().squeeze(1).to(device),
+        width=width,
+        row_run=row_run.to(device),
+        eot=(starts + lengths - 1).to(device),
         prefix_mask=torch.ones(prefix, prefix, dtype=torch.bool).tril().to(device),
         suffix_mask=((keys[None, :] < prefix) | (keys[None, :] - prefix <= columns[:, None])).to(device),
     )
@@ -510,6 +544,9 @@ def _prefix_forward(first: PromptedCLIP, layout: _TextLayout, heads: list[torch.
         x_s = x_s + block.ls_2(block.mlp(block.ln_2(x_s)))
     pooled = clip.ln_final(x_s[layout.eot])
     if clip.text_projection is not None:
-        pooled = (clip.text_projection(pooled) if isinstance(clip.text_projection, nn.Linear)
-                  else pooled @ clip.text_projection)
+        pooled = (
+            clip.text_projection(pooled)
+            if isinstance(clip.text_projection, nn.Linear)
+            else pooled @ clip.text_projection
+        )
     return F.normalize(pooled, dim=-1)

@@ -12,8 +12,7 @@ from prompt_ot.results import FORMAT, read_metrics
 
 RUN_KEYS = ["protocol", "method", "dataset", "shots", "seed"]  # what identifies one run
 # every column of a run that is not an accuracy (the wide frame's other columns are accuracy keys)
-RUN_COLUMNS = RUN_KEYS + ["base_method", "weight", "adaptive", "backbone", "path", "recipe", "tested_epoch",
-                          "epochs"]
+RUN_COLUMNS = RUN_KEYS + ["base_method", "weight", "adaptive", "backbone", "path", "recipe", "tested_epoch", "epochs"]
 
 
 def metrics_paths(files=None, list_file=None, directory=None, pattern: str = "*.json") -> list[Path]:
@@ -51,8 +50,9 @@ def _other_json(path: Path) -> bool:
 def _check(metrics, path: Path) -> None:
     keys = set(metrics.accuracy)
     if metrics.protocol == "base2novel" and not {"base", "novel"} <= keys:
-        raise UserError(f"metrics file {path}: a base2novel run needs accuracies 'base' and 'novel', "
-                        f"has {sorted(keys)}")
+        raise UserError(
+            f"metrics file {path}: a base2novel run needs accuracies 'base' and 'novel', has {sorted(keys)}"
+        )
     if metrics.protocol == "few_shot" and "all" not in keys:
         raise UserError(f"metrics file {path}: a few_shot run needs accuracy 'all', has {sorted(keys)}")
     if not keys:
@@ -72,8 +72,10 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
         _check(metrics, path)
         run = tuple(getattr(metrics, k) for k in RUN_KEYS)
         if run in seen:
-            raise UserError(f"metrics files {seen[run]} and {path} describe the same run {dict(zip(RUN_KEYS, run))}; "
-                            f"keep one of them")
+            raise UserError(
+                f"metrics files {seen[run]} and {path} describe the same run {dict(zip(RUN_KEYS, run))}; "
+                f"keep one of them"
+            )
         seen[run] = path
         backbones.setdefault(metrics.backbone, path)
         accuracy = {k: float(v) for k, v in metrics.accuracy.items()}
@@ -81,11 +83,20 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
             base, novel = accuracy["base"], accuracy["novel"]
             accuracy["hm"] = 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
         weight = metrics.regulariser_weight
-        rows.append({**dict(zip(RUN_KEYS, run)), "base_method": metrics.base_method or metrics.method,
-                     "weight": float("nan") if weight is None else float(weight),
-                     "adaptive": bool(metrics.regulariser_adaptive), "backbone": metrics.backbone,
-                     "path": str(path), "recipe": metrics.recipe, "tested_epoch": metrics.epoch,
-                     "epochs": metrics.epochs, "accuracy": accuracy})
+        rows.append(
+            {
+                **dict(zip(RUN_KEYS, run)),
+                "base_method": metrics.base_method or metrics.method,
+                "weight": float("nan") if weight is None else float(weight),
+                "adaptive": bool(metrics.regulariser_adaptive),
+                "backbone": metrics.backbone,
+                "path": str(path),
+                "recipe": metrics.recipe,
+                "tested_epoch": metrics.epoch,
+                "epochs": metrics.epochs,
+                "accuracy": accuracy,
+            }
+        )
     if len(backbones) > 1:
         listed = "; ".join(f"{b} (e.g. {p})" for b, p in backbones.items())
         raise UserError(f"the metrics files mix backbones: {listed}; report one backbone at a time")

@@ -59,21 +59,57 @@ AVERAGE = "average"  # the dataset of a row that averages over datasets
 PUBLISHED_SHOTS = 16  # the published files' shots per class (published_few_shot.csv has its own column)
 TRANSFER_SOURCE = "imagenet"  # the source dataset of the published cross-dataset and domain-shift numbers
 
-BENCHMARK_DATASETS = frozenset({"imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
-                                "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"})
+BENCHMARK_DATASETS = frozenset(
+    {
+        "imagenet",
+        "caltech101",
+        "oxford_pets",
+        "stanford_cars",
+        "flowers102",
+        "food101",
+        "fgvc_aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    }
+)
 CROSS_TARGETS = BENCHMARK_DATASETS - {"imagenet"}
 DOMAIN_TARGETS = frozenset({"imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"})
 # what a published average covers, per protocol
-AVERAGE_COVERS = {"base2novel": BENCHMARK_DATASETS, "cross_dataset": CROSS_TARGETS,
-                  "domain_generalization": DOMAIN_TARGETS, "few_shot": BENCHMARK_DATASETS}
+AVERAGE_COVERS = {
+    "base2novel": BENCHMARK_DATASETS,
+    "cross_dataset": CROSS_TARGETS,
+    "domain_generalization": DOMAIN_TARGETS,
+    "few_shot": BENCHMARK_DATASETS,
+}
 
-PROTOCOLS = {"base2novel": "Base-to-novel", "cross_dataset": "Cross-dataset",
-             "domain_generalization": "Domain generalisation", "few_shot": "Few-shot"}
+PROTOCOLS = {
+    "base2novel": "Base-to-novel",
+    "cross_dataset": "Cross-dataset",
+    "domain_generalization": "Domain generalisation",
+    "few_shot": "Few-shot",
+}
 METRICS = {"base": "Base", "novel": "Novel", "hm": "HM", "accuracy": "Accuracy"}
 WIDE_OTHER_COLUMNS = {"method", "source", "target_avg", "protocol", "epochs", "shots"}  # not datasets
 
-COLUMNS = ["protocol", "method", "name", "dataset", "shots", "metric", "ours_mean", "ours_std", "n_seeds",
-           "published", "difference", "spread_limit", "within_spread", "published_method", "source"]
+COLUMNS = [
+    "protocol",
+    "method",
+    "name",
+    "dataset",
+    "shots",
+    "metric",
+    "ours_mean",
+    "ours_std",
+    "n_seeds",
+    "published",
+    "difference",
+    "spread_limit",
+    "within_spread",
+    "published_method",
+    "source",
+]
 
 
 @dataclass
@@ -88,19 +124,25 @@ class Gap:
     def summary(self) -> str:
         """One line for the log and the index."""
         flags = self.frame["within_spread"]
-        text = (f"reproduction gap: {_count(len(self.frame), 'number')} compared with published ones, "
-                f"{int(flags.fillna(False).sum())} within {self.k:g} std over seeds")
+        text = (
+            f"reproduction gap: {_count(len(self.frame), 'number')} compared with published ones, "
+            f"{int(flags.fillna(False).sum())} within {self.k:g} std over seeds"
+        )
         if flags.isna().any():
             text += f", {int(flags.isna().sum())} n/a (one seed)"
         text += f"; {self.left_out_sentence()} (tables/{NAME}.md)"
         return text
 
     def left_out_sentence(self) -> str:
-        text = (f"left out {_count(self.left_out, '(method, protocol, dataset) combination')} of ours without a "
-                f"published number")
+        text = (
+            f"left out {_count(self.left_out, '(method, protocol, dataset) combination')} of ours without a "
+            f"published number"
+        )
         if self.other_datasets:
-            text += (f", and {_count(self.other_datasets, 'average')} of ours over other datasets than the "
-                     f"published average's")
+            text += (
+                f", and {_count(self.other_datasets, 'average')} of ours over other datasets than the "
+                f"published average's"
+            )
         return text
 
 
@@ -141,10 +183,20 @@ def published_numbers(published: Published) -> pd.DataFrame:
         if pd.isna(value) or pd.isna(shots) or not isinstance(pub["method"], str) or not isinstance(dataset, str):
             return
         dataset = _dataset_id(dataset)
-        records.append({"protocol": protocol, "published_method": pub["method"], "key": _normalise(pub["method"]),
-                        "dataset": dataset, "shots": int(shots), "metric": metric, "published": float(value),
-                        "source": pub.get("source") or "", "trained_on": trained_on,
-                        "covers": AVERAGE_COVERS[protocol] if dataset == AVERAGE else None})
+        records.append(
+            {
+                "protocol": protocol,
+                "published_method": pub["method"],
+                "key": _normalise(pub["method"]),
+                "dataset": dataset,
+                "shots": int(shots),
+                "metric": metric,
+                "published": float(value),
+                "source": pub.get("source") or "",
+                "trained_on": trained_on,
+                "covers": AVERAGE_COVERS[protocol] if dataset == AVERAGE else None,
+            }
+        )
 
     for _, pub in published.base2novel.iterrows():
         for metric in ("base", "novel", "hm"):
@@ -166,8 +218,18 @@ def published_numbers(published: Published) -> pd.DataFrame:
             add(protocol, pub, AVERAGE, PUBLISHED_SHOTS, "accuracy", pub["target_avg"], TRANSFER_SOURCE)
     for _, pub in published.few_shot.iterrows():
         add("few_shot", pub, pub["dataset"], pub["shots"], "accuracy", pub["accuracy"])
-    columns = ["protocol", "published_method", "key", "dataset", "shots", "metric", "published", "source",
-               "trained_on", "covers"]
+    columns = [
+        "protocol",
+        "published_method",
+        "key",
+        "dataset",
+        "shots",
+        "metric",
+        "published",
+        "source",
+        "trained_on",
+        "covers",
+    ]
     return pd.DataFrame(records, columns=columns)
 
 
@@ -198,12 +260,28 @@ def our_numbers(runs: pd.DataFrame) -> list[_Ours]:
         for (method, shots), part in wide(runs, "base2novel").groupby(["method", "shots"], sort=False):
             identity = _identity(part)
             for dataset, of_dataset in part.groupby("dataset", sort=False):
-                out.append(_Ours("base2novel", method, *identity, dataset, int(shots),
-                                 seed_cells(of_dataset, ["base", "novel", "hm"])))
+                out.append(
+                    _Ours(
+                        "base2novel",
+                        method,
+                        *identity,
+                        dataset,
+                        int(shots),
+                        seed_cells(of_dataset, ["base", "novel", "hm"]),
+                    )
+                )
             cells, _ = tables.average_cells(part)
-            out.append(_Ours("base2novel", method, *identity, AVERAGE, int(shots),
-                             {"base": cells["base"], "novel": cells["novel"], "hm": cells["hm_of_avg"]},
-                             covers=frozenset(part["dataset"])))
+            out.append(
+                _Ours(
+                    "base2novel",
+                    method,
+                    *identity,
+                    AVERAGE,
+                    int(shots),
+                    {"base": cells["base"], "novel": cells["novel"], "hm": cells["hm_of_avg"]},
+                    covers=frozenset(part["dataset"]),
+                )
+            )
     for protocol in ("cross_dataset", "domain_generalization"):
         if protocol not in protocols:
             continue
@@ -215,17 +293,43 @@ def our_numbers(runs: pd.DataFrame) -> list[_Ours]:
             covers = next(iter(set(part["targets"]))) if part["targets"].nunique() == 1 else None
             for dataset, column in columns.items():
                 if not math.isnan(cells[column].mean):
-                    out.append(_Ours(protocol, method, *identity, dataset, int(shots), {"accuracy": cells[column]},
-                                     trained_on=source, covers=covers if dataset == AVERAGE else None))
+                    out.append(
+                        _Ours(
+                            protocol,
+                            method,
+                            *identity,
+                            dataset,
+                            int(shots),
+                            {"accuracy": cells[column]},
+                            trained_on=source,
+                            covers=covers if dataset == AVERAGE else None,
+                        )
+                    )
     if "few_shot" in protocols:
         for (method, shots), part in wide(runs, "few_shot").groupby(["method", "shots"], sort=False):
             identity = _identity(part)
             for dataset, of_dataset in part.groupby("dataset", sort=False):
-                out.append(_Ours("few_shot", method, *identity, dataset, int(shots),
-                                 {"accuracy": seed_cells(of_dataset, ["all"])["all"]}))
-            out.append(_Ours("few_shot", method, *identity, AVERAGE, int(shots),
-                             {"accuracy": dataset_average(part, ["all"]).cell("all")},
-                             covers=frozenset(part["dataset"])))
+                out.append(
+                    _Ours(
+                        "few_shot",
+                        method,
+                        *identity,
+                        dataset,
+                        int(shots),
+                        {"accuracy": seed_cells(of_dataset, ["all"])["all"]},
+                    )
+                )
+            out.append(
+                _Ours(
+                    "few_shot",
+                    method,
+                    *identity,
+                    AVERAGE,
+                    int(shots),
+                    {"accuracy": dataset_average(part, ["all"]).cell("all")},
+                    covers=frozenset(part["dataset"]),
+                )
+            )
     return out
 
 
@@ -252,17 +356,33 @@ def reproduction_gap(runs: pd.DataFrame, published: Published, k: float = SPREAD
                     covers_differ = True
                     continue
                 difference = cell.mean - pub.published
-                records.append({
-                    "protocol": ours.protocol, "method": ours.method,
-                    "name": ours.name, "dataset": ours.dataset,
-                    "shots": ours.shots, "metric": metric, "ours_mean": cell.mean, "ours_std": cell.std,
-                    "n_seeds": cell.n_seeds, "published": pub.published, "difference": difference,
-                    "spread_limit": k * cell.std, "within_spread": _within(difference, cell, k),
-                    "published_method": pub.published_method, "source": pub.source,
-                    "_order": (list(PROTOCOLS).index(ours.protocol), method_order(ours.method, ours.base_method,
-                                                                                   ours.weight),
-                               (math.inf, "") if ours.dataset == AVERAGE else dataset_order(ours.dataset), ours.shots,
-                               list(METRICS).index(metric), pub.published_method)})
+                records.append(
+                    {
+                        "protocol": ours.protocol,
+                        "method": ours.method,
+                        "name": ours.name,
+                        "dataset": ours.dataset,
+                        "shots": ours.shots,
+                        "metric": metric,
+                        "ours_mean": cell.mean,
+                        "ours_std": cell.std,
+                        "n_seeds": cell.n_seeds,
+                        "published": pub.published,
+                        "difference": difference,
+                        "spread_limit": k * cell.std,
+                        "within_spread": _within(difference, cell, k),
+                        "published_method": pub.published_method,
+                        "source": pub.source,
+                        "_order": (
+                            list(PROTOCOLS).index(ours.protocol),
+                            method_order(ours.method, ours.base_method, ours.weight),
+                            (math.inf, "") if ours.dataset == AVERAGE else dataset_order(ours.dataset),
+                            ours.shots,
+                            list(METRICS).index(metric),
+                            pub.published_method,
+                        ),
+                    }
+                )
                 compared = True
         if not compared:
             other_datasets += int(covers_differ)
@@ -280,24 +400,34 @@ def reproduction_gap(runs: pd.DataFrame, published: Published, k: float = SPREAD
 def _caption(gap: Gap) -> list[str]:
     """Plain text sentences (LaTeX-escaped by the LaTeX writer)."""
     k = f"{gap.k:g}"
-    parts = ["Reproduction gap: our accuracy (%), mean ± std over seeds, beside the published number; "
-             "Diff. = ours - published."]
-    parts.append(f"Within {k} std: the absolute difference is at most {k} times our standard deviation over "
-                 f"seeds (sample std, ddof=1, the ± shown; for an average, over the seeds' dataset averages); "
-                 f"n/a with fewer than two seeds.")
+    parts = [
+        "Reproduction gap: our accuracy (%), mean ± std over seeds, beside the published number; "
+        "Diff. = ours - published."
+    ]
+    parts.append(
+        f"Within {k} std: the absolute difference is at most {k} times our standard deviation over "
+        f"seeds (sample std, ddof=1, the ± shown; for an average, over the seeds' dataset averages); "
+        f"n/a with fewer than two seeds."
+    )
     if gap.frame.empty:
-        parts.append("No published numbers were read (no published folder was given), so nothing is compared."
-                     if gap.n_published == 0 else
-                     "None of the published numbers matches a method, dataset and shot count of these runs.")
+        parts.append(
+            "No published numbers were read (no published folder was given), so nothing is compared."
+            if gap.n_published == 0
+            else "None of the published numbers matches a method, dataset and shot count of these runs."
+        )
     else:
-        parts.append("A published average covers the benchmark's datasets (11 for base-to-novel and few-shot, the 10 "
-                     "cross-dataset targets, the 4 ImageNet variants) and is compared only with an average of ours "
-                     "over the same datasets; HM of avg. is the harmonic mean of the average base and novel "
-                     "accuracies, HM per dataset that dataset's HM.")
+        parts.append(
+            "A published average covers the benchmark's datasets (11 for base-to-novel and few-shot, the 10 "
+            "cross-dataset targets, the 4 ImageNet variants) and is compared only with an average of ours "
+            "over the same datasets; HM of avg. is the harmonic mean of the average base and novel "
+            "accuracies, HM per dataset that dataset's HM."
+        )
     parts.append(gap.left_out_sentence().replace("left out", "Left out:", 1) + ".")
     if gap.backbone and not gap.frame.empty:
-        parts.append(f"Our backbone: {gap.backbone}; the published numbers are CLIP ViT-B/16, 16 shots per class "
-                     f"unless the row says otherwise.")
+        parts.append(
+            f"Our backbone: {gap.backbone}; the published numbers are CLIP ViT-B/16, 16 shots per class "
+            f"unless the row says otherwise."
+        )
     return parts
 
 
@@ -324,8 +454,9 @@ def _display(gap: Gap, latex: bool) -> pd.DataFrame:
         ours = format_cell(Cell(r.ours_mean, r.ours_std, r.n_seeds), latex=latex)
         difference = f"${r.difference:+.{DECIMALS}f}$" if latex else f"{r.difference:+.{DECIMALS}f}"
         within = "n/a" if pd.isna(r.within_spread) else ("yes" if r.within_spread else "no")
-        rows.append([name, esc(protocol), esc(dataset), esc(metric), ours, f"{r.published:.{DECIMALS}f}",
-                     difference, within])
+        rows.append(
+            [name, esc(protocol), esc(dataset), esc(metric), ours, f"{r.published:.{DECIMALS}f}", difference, within]
+        )
     header = ["Method", "Protocol", "Dataset", "Metric", "Ours", "Published", "Diff.", f"Within {gap.k:g} std"]
     if latex:
         header = [_latex_text(h) for h in header]
@@ -347,8 +478,12 @@ def to_latex(gap: Gap) -> str:
         return head + f"\\paragraph{{Reproduction gap.}} {caption_text(gap, latex=True)}\n"
     frame = _display(gap, latex=True)
     tabular = frame.style.hide(axis="index").to_latex(
-        hrules=True, environment="longtable", column_format="llll" + "r" * 3 + "c",
-        caption=caption_text(gap, latex=True), label=f"tab:{NAME}")
+        hrules=True,
+        environment="longtable",
+        column_format="llll" + "r" * 3 + "c",
+        caption=caption_text(gap, latex=True),
+        label=f"tab:{NAME}",
+    )
     # eight columns of text: a smaller font and narrower gaps keep a longtable (never scaled) within the line
     return head + "{\\footnotesize\\setlength{\\tabcolsep}{4pt}\n" + tabular + "}\n"
 

@@ -19,14 +19,19 @@ def select_grid(runs: pd.DataFrame, params: dict, source: str) -> tuple[pd.DataF
     if not inside.all():
         other_methods = sorted(set(runs["method"]) - methods)
         other_seeds = sorted(set(runs["seed"]) - seeds)
-        what = [f"methods {', '.join(other_methods)}" if other_methods else "",
-                f"seeds {', '.join(map(str, other_seeds))}" if other_seeds else ""]
-        notes.append(f"left out {int((~inside).sum())} runs outside the grid of {source} "
-                     f"({'; '.join(w for w in what if w)})")
+        what = [
+            f"methods {', '.join(other_methods)}" if other_methods else "",
+            f"seeds {', '.join(map(str, other_seeds))}" if other_seeds else "",
+        ]
+        notes.append(
+            f"left out {int((~inside).sum())} runs outside the grid of {source} ({'; '.join(w for w in what if w)})"
+        )
     kept = runs[inside].reset_index(drop=True)
     if kept.empty:
-        raise UserError(f"none of the {len(runs)} metrics files belongs to the grid of {source} (methods "
-                        f"{', '.join(sorted(methods))}; seeds {', '.join(map(str, sorted(seeds)))})")
+        raise UserError(
+            f"none of the {len(runs)} metrics files belongs to the grid of {source} (methods "
+            f"{', '.join(sorted(methods))}; seeds {', '.join(map(str, sorted(seeds)))})"
+        )
     warnings = []
     for (protocol, method), part in kept.groupby(["protocol", "method"], sort=True):
         missing = sorted(seeds - set(part["seed"]))

@@ -65,8 +65,11 @@ def best_mask(table: Table) -> dict[tuple[int, str], bool]:
             groups.setdefault(row.group, []).append(i)
     for column in table.columns:
         for members in groups.values():
-            values = {i: round(table.rows[i].cells[column].mean, DECIMALS) for i in members
-                      if column in table.rows[i].cells and not math.isnan(table.rows[i].cells[column].mean)}
+            values = {
+                i: round(table.rows[i].cells[column].mean, DECIMALS)
+                for i in members
+                if column in table.rows[i].cells and not math.isnan(table.rows[i].cells[column].mean)
+            }
             if len(values) < 2:
                 continue
             best = max(values.values())

@@ -47,8 +47,16 @@ DATASET_NAMES: dict[str, str] = {
 }
 
 _LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 _LATEX_PATTERN = re.compile("|".join(re.escape(ch) for ch in _LATEX_SPECIALS))
 
@@ -63,8 +71,13 @@ def dataset_name(dataset: str, latex: bool = False) -> str:
     return latex_escape(name) if latex else name
 
 
-def method_name(method: str, base_method: str | None = None, weight: float | None = None,
-                latex: bool = False, adaptive: bool = False) -> str:
+def method_name(
+    method: str,
+    base_method: str | None = None,
+    weight: float | None = None,
+    latex: bool = False,
+    adaptive: bool = False,
+) -> str:
     """Display name of a method; a variant (``method != base_method``) is its base's name plus its lambda, or
     plus "adaptive λ" when its lambda adapted while training (``adaptive``)."""
     if base_method and base_method != method and adaptive:

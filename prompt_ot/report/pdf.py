@@ -27,16 +27,19 @@ TEX_PACKAGES = "texlive-latex-base texlive-latex-recommended"
 MAX_PASSES = 3
 
 
-def compile_paper(report_dir: str | Path, out: str | Path | None = None, tex: str | Path = PAPER,
-                  timeout: float = 300) -> Path:
+def compile_paper(
+    report_dir: str | Path, out: str | Path | None = None, tex: str | Path = PAPER, timeout: float = 300
+) -> Path:
     """Compile ``tex`` around ``report_dir``'s tables into ``out`` (default ``report_dir/paper.pdf``); return it."""
     from prompt_ot.utils.io import atomic_path
 
     report_dir, tex = Path(report_dir).resolve(), Path(tex)
     out = Path(out) if out is not None else report_dir / "paper.pdf"
     if not (report_dir / "tables" / "all.tex").is_file():
-        raise UserError(f"no report tables in {report_dir / 'tables'} (all.tex is missing): "
-                        f"run `python -m prompt_ot report --out {report_dir}` first")
+        raise UserError(
+            f"no report tables in {report_dir / 'tables'} (all.tex is missing): "
+            f"run `python -m prompt_ot report --out {report_dir}` first"
+        )
     if not tex.is_file():
         raise UserError(f"no LaTeX document at {tex}")
     pdflatex = shutil.which("pdflatex")
@@ -47,12 +50,20 @@ def compile_paper(report_dir: str | Path, out: str | Path | None = None, tex: st
     with tempfile.TemporaryDirectory(prefix="prompt-ot-paper-") as build:
         shutil.copyfile(tex, Path(build) / "paper.tex")
         for _ in range(MAX_PASSES):
-            result = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-file-line-error",
-                                     "paper.tex"], cwd=build, env=env, stdin=subprocess.DEVNULL,
-                                    capture_output=True, text=True, errors="replace", timeout=timeout)
+            result = subprocess.run(
+                [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", "paper.tex"],
+                cwd=build,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+            )
             if result.returncode != 0:
-                raise UserError(f"pdflatex failed on {tex} with the tables of {report_dir}:\n"
-                                f"{result.stdout[-3000:].strip()}")
+                raise UserError(
+                    f"pdflatex failed on {tex} with the tables of {report_dir}:\n{result.stdout[-3000:].strip()}"
+                )
             log = (Path(build) / "paper.log").read_text(errors="replace")
             if "Rerun" not in log:
                 break

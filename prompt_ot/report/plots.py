@@ -48,8 +48,15 @@ def tradeoff(average: Table, out: Path) -> list[Path]:
     ax.clabel(contours, fmt="HM %.0f", fontsize=7)
     for i, row in enumerate(rows):
         base_cell, novel_cell = row.cells["base"], row.cells["novel"]
-        ax.errorbar(base_cell.mean, novel_cell.mean, xerr=_std(base_cell.std), yerr=_std(novel_cell.std),
-                    fmt=MARKERS[i // 10 % len(MARKERS)], capsize=3, label=row.label)
+        ax.errorbar(
+            base_cell.mean,
+            novel_cell.mean,
+            xerr=_std(base_cell.std),
+            yerr=_std(novel_cell.std),
+            fmt=MARKERS[i // 10 % len(MARKERS)],
+            capsize=3,
+            label=row.label,
+        )
     ax.set_xlabel("base accuracy (%), average over datasets")
     ax.set_ylabel("novel accuracy (%), average over datasets")
     ax.set_title("Base-to-novel trade-off (mean ± std over seeds)")
@@ -69,8 +76,11 @@ def lambda_sweeps(average: Table) -> dict[str, list]:
             adaptive.setdefault(row.extra["base_method"], []).append(row)
         elif row.extra.get("lambda") is not None:
             sweeps.setdefault(row.extra["base_method"], []).append(row)
-    return {base: sorted(rows, key=lambda r: r.extra["lambda"]) + adaptive.get(base, [])
-            for base, rows in sweeps.items() if len({r.extra["lambda"] for r in rows}) >= 2}
+    return {
+        base: sorted(rows, key=lambda r: r.extra["lambda"]) + adaptive.get(base, [])
+        for base, rows in sweeps.items()
+        if len({r.extra["lambda"] for r in rows}) >= 2
+    }
 
 
 ADAPTIVE_MARKERS = "*Xp"
@@ -88,23 +98,46 @@ def lambda_sweep(base_method: str, rows: list, out: Path) -> list[Path]:
     rows = [r for r in rows if not r.extra.get("adaptive")]
     weights = [r.extra["lambda"] for r in rows]
     for column, label in (("base", "base"), ("novel", "novel"), ("hm_of_avg", "HM of averages")):
-        line = ax.errorbar(weights, [r.cells[column].mean for r in rows],
-                           yerr=[_std(r.cells[column].std) for r in rows], marker="o", capsize=3, label=label)
+        line = ax.errorbar(
+            weights,
+            [r.cells[column].mean for r in rows],
+            yerr=[_std(r.cells[column].std) for r in rows],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
         colour = line.lines[0].get_color()
         for k, row in enumerate(adaptive):
-            ax.errorbar([row.extra["adaptive_lambda"]], [row.cells[column].mean], yerr=[_std(row.cells[column].std)],
-                        marker=ADAPTIVE_MARKERS[k % len(ADAPTIVE_MARKERS)], markersize=11, color=colour,
-                        markeredgecolor="black", capsize=3, linestyle="none")
+            ax.errorbar(
+                [row.extra["adaptive_lambda"]],
+                [row.cells[column].mean],
+                yerr=[_std(row.cells[column].std)],
+                marker=ADAPTIVE_MARKERS[k % len(ADAPTIVE_MARKERS)],
+                markersize=11,
+                color=colour,
+                markeredgecolor="black",
+                capsize=3,
+                linestyle="none",
+            )
     for k, row in enumerate(adaptive):  # a dotted line at its lambda; the legend shows its marker
         ax.axvline(row.extra["adaptive_lambda"], color="0.5", linestyle=":", linewidth=1)
-        ax.plot([], [], marker=ADAPTIVE_MARKERS[k % len(ADAPTIVE_MARKERS)], markersize=9, color="0.5",
-                markeredgecolor="black", linestyle=":",
-                label=f"{row.label}: mean λ when tested {row.extra['adaptive_lambda']:.3g}")
+        ax.plot(
+            [],
+            [],
+            marker=ADAPTIVE_MARKERS[k % len(ADAPTIVE_MARKERS)],
+            markersize=9,
+            color="0.5",
+            markeredgecolor="black",
+            linestyle=":",
+            label=f"{row.label}: mean λ when tested {row.extra['adaptive_lambda']:.3g}",
+        )
     weights = weights + [r.extra["adaptive_lambda"] for r in adaptive]
     positive = [w for w in weights if w > 0]
     if positive and max(weights) / min(positive) >= 10:
-        ax.set_xscale("log" if len(positive) == len(weights) else "symlog", **(
-            {} if len(positive) == len(weights) else {"linthresh": min(positive)}))
+        ax.set_xscale(
+            "log" if len(positive) == len(weights) else "symlog",
+            **({} if len(positive) == len(weights) else {"linthresh": min(positive)}),
+        )
     ax.set_xlabel("regulariser weight λ")
     ax.set_ylabel("accuracy (%), average over datasets")
     ax.set_title(f"{method_name(base_method)}: accuracy against λ (mean ± std over seeds)")
@@ -118,8 +151,14 @@ def few_shot(table: Table, out: Path) -> list[Path]:
     ax = fig.add_subplot()
     for row in table.rows:
         shots = [k for k in table.columns if k in row.cells and not math.isnan(row.cells[k].mean)]
-        ax.errorbar([int(k) for k in shots], [row.cells[k].mean for k in shots],
-                    yerr=[_std(row.cells[k].std) for k in shots], marker="o", capsize=3, label=row.label)
+        ax.errorbar(
+            [int(k) for k in shots],
+            [row.cells[k].mean for k in shots],
+            yerr=[_std(row.cells[k].std) for k in shots],
+            marker="o",
+            capsize=3,
+            label=row.label,
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("shots per class")
     ax.set_ylabel("accuracy (%), average over datasets")

@@ -69,8 +69,10 @@ def read_published(folder: str | Path | None) -> Published:
         return Published()
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"published numbers folder {folder} does not exist; point --published at "
-                        f"reports/published or pass --no-published")
+        raise UserError(
+            f"published numbers folder {folder} does not exist; point --published at "
+            f"reports/published or pass --no-published"
+        )
     return Published(
         base2novel=_read(folder / BASE2NOVEL, BASE2NOVEL_COLUMNS),
         other=_read(folder / OTHER, OTHER_COLUMNS),

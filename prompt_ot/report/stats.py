@@ -60,6 +60,8 @@ def missing_seed_warnings(runs: pd.DataFrame, protocol: str, by: list[str]) -> l
             missing = sorted(seeds - set(runs_of_dataset["seed"]))
             if missing:
                 label = " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-                lines.append(f"{protocol} {label} on {dataset}: {len(seeds) - len(missing)} of {len(seeds)} seeds "
-                             f"(missing {', '.join(map(str, missing))}); its mean uses the seeds present")
+                lines.append(
+                    f"{protocol} {label} on {dataset}: {len(seeds) - len(missing)} of {len(seeds)} seeds "
+                    f"(missing {', '.join(map(str, missing))}); its mean uses the seeds present"
+                )
     return lines

@@ -18,11 +18,17 @@ import math
 from pathlib import Path
 
 NAME = "metrics.json"
-_TABLES = {"base2novel_average": "base2novel", "cross_dataset": "cross_dataset",
-           "domain_generalization": "domain_generalization", "few_shot": "few_shot"}
-_KEYS = {"base2novel": {"base": "base", "novel": "novel", "hm_of_avg": "hm", "avg_of_hm": "avg_of_hm"},
-         "cross_dataset": {"source": "source", "target_avg": "target_avg"},
-         "domain_generalization": {"source": "source", "target_avg": "target_avg"}}
+_TABLES = {
+    "base2novel_average": "base2novel",
+    "cross_dataset": "cross_dataset",
+    "domain_generalization": "domain_generalization",
+    "few_shot": "few_shot",
+}
+_KEYS = {
+    "base2novel": {"base": "base", "novel": "novel", "hm_of_avg": "hm", "avg_of_hm": "avg_of_hm"},
+    "cross_dataset": {"source": "source", "target_avg": "target_avg"},
+    "domain_generalization": {"source": "source", "target_avg": "target_avg"},
+}
 
 
 def summary(tables) -> dict:
@@ -36,8 +42,11 @@ def summary(tables) -> dict:
         for row in table.rows:
             if row.published:
                 continue
-            values = {name: row.cells[column].mean for column, name in keys.items()
-                      if column in row.cells and not math.isnan(row.cells[column].mean)}
+            values = {
+                name: row.cells[column].mean
+                for column, name in keys.items()
+                if column in row.cells and not math.isnan(row.cells[column].mean)
+            }
             if not values:
                 continue
             into = out.setdefault(protocol, {})

@@ -30,21 +30,49 @@ Tests replace ``store._client`` and ``retry._is_locked`` where they are defined:
 time.
 """
 
-from prompt_ot.tracking.retry import LOCK_RETRY_SECONDS
-from prompt_ot.tracking.store import DEFAULT_EXPERIMENT, ENABLE_ENV, artifact_location
-from prompt_ot.tracking.store import tracking_enabled, tracking_uri
-from prompt_ot.tracking.params import flatten_params, git_state
-from prompt_ot.tracking.records import LIVE_FILE, PENDING_FILE, PENDING_FORMAT, SYNCED_FILE
-from prompt_ot.tracking.records import find_pending, live_file, pending_file, synced_file
 from prompt_ot.tracking.cleanup import ABANDONED_TAG
+from prompt_ot.tracking.params import flatten_params, git_state
 from prompt_ot.tracking.pipeline import finish, prepare
+from prompt_ot.tracking.records import (
+    LIVE_FILE,
+    PENDING_FILE,
+    PENDING_FORMAT,
+    SYNCED_FILE,
+    find_pending,
+    live_file,
+    pending_file,
+    synced_file,
+)
+from prompt_ot.tracking.retry import LOCK_RETRY_SECONDS
 from prompt_ot.tracking.run import TrackedRun
-from prompt_ot.tracking.tracker import PARENT_ENV, Tracker, tracker_for
+from prompt_ot.tracking.store import DEFAULT_EXPERIMENT, ENABLE_ENV, artifact_location, tracking_enabled, tracking_uri
 from prompt_ot.tracking.sync import SyncOutcome, sync_pending
+from prompt_ot.tracking.tracker import PARENT_ENV, Tracker, tracker_for
 
 __all__ = [
-    "ABANDONED_TAG", "DEFAULT_EXPERIMENT", "ENABLE_ENV", "LIVE_FILE", "LOCK_RETRY_SECONDS", "PARENT_ENV",
-    "PENDING_FILE", "PENDING_FORMAT", "SYNCED_FILE", "SyncOutcome", "TrackedRun", "Tracker", "artifact_location",
-    "find_pending", "finish", "flatten_params", "git_state", "live_file", "pending_file", "prepare", "sync_pending",
-    "synced_file", "tracker_for", "tracking_enabled", "tracking_uri",
+    "ABANDONED_TAG",
+    "DEFAULT_EXPERIMENT",
+    "ENABLE_ENV",
+    "LIVE_FILE",
+    "LOCK_RETRY_SECONDS",
+    "PARENT_ENV",
+    "PENDING_FILE",
+    "PENDING_FORMAT",
+    "SYNCED_FILE",
+    "SyncOutcome",
+    "TrackedRun",
+    "Tracker",
+    "artifact_location",
+    "find_pending",
+    "finish",
+    "flatten_params",
+    "git_state",
+    "live_file",
+    "pending_file",
+    "prepare",
+    "sync_pending",
+    "synced_file",
+    "tracker_for",
+    "tracking_enabled",
+    "tracking_uri",
 ]

@@ -56,8 +56,10 @@ def _end_previous_parent(client, out: Path, uri: str, name: str) -> None:
         return
     ended_ms = int(out.stat().st_mtime * 1000)
     if _end_abandoned(client, run_id, ended_ms, f"its pipeline ended without closing it; found by {name}"):
-        _warn(f"ended the previous pipeline's MLflow parent run {run_id} as KILLED: that invocation was "
-              f"interrupted before it could close it")
+        _warn(
+            f"ended the previous pipeline's MLflow parent run {run_id} as KILLED: that invocation was "
+            f"interrupted before it could close it"
+        )
 
 
 def _end_abandoned_live_run(client, path: Path, run_dir: Path, uri: str) -> bool:
@@ -73,13 +75,22 @@ def _end_abandoned_live_run(client, path: Path, run_dir: Path, uri: str) -> bool
         path.unlink(missing_ok=True)
         return True
     if owner_running(info) and info.get("pid") != os.getpid():
-        _warn(f"{path} says process {info.get('pid')} is still recording run {info.get('run_id')} for this "
-              f"folder; two jobs are writing {run_dir} at once")
+        _warn(
+            f"{path} says process {info.get('pid')} is still recording run {info.get('run_id')} for this "
+            f"folder; two jobs are writing {run_dir} at once"
+        )
         return False
     if info.get("tracking_uri") == uri and info.get("run_id"):
-        if _end_abandoned(client, info["run_id"], last_ms, f"its process ({info.get('host')}, pid "
-                          f"{info.get('pid')}) ended without closing it; found by the rerun into {run_dir}"):
-            _warn(f"ended MLflow run {info['run_id']} ({info.get('run_name')}) as KILLED: the process that "
-                  f"recorded it was killed; this rerun records a new run")
+        if _end_abandoned(
+            client,
+            info["run_id"],
+            last_ms,
+            f"its process ({info.get('host')}, pid "
+            f"{info.get('pid')}) ended without closing it; found by the rerun into {run_dir}",
+        ):
+            _warn(
+                f"ended MLflow run {info['run_id']} ({info.get('run_name')}) as KILLED: the process that "
+                f"recorded it was killed; this rerun records a new run"
+            )
     path.unlink(missing_ok=True)
     return True

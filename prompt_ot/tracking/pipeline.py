@@ -15,8 +15,14 @@ from prompt_ot.tracking.messages import _reason, _redact, _warn
 from prompt_ot.tracking.params import git_state
 from prompt_ot.tracking.records import _now_ms, pending_file
 from prompt_ot.tracking.retry import _retry
-from prompt_ot.tracking.store import DEFAULT_EXPERIMENT, ENABLE_ENV, tracking_enabled, tracking_uri
-from prompt_ot.tracking.store import _ensure_experiment, _http_limits
+from prompt_ot.tracking.store import (
+    DEFAULT_EXPERIMENT,
+    ENABLE_ENV,
+    _ensure_experiment,
+    _http_limits,
+    tracking_enabled,
+    tracking_uri,
+)
 from prompt_ot.utils.io import atomic_write_text
 
 
@@ -34,8 +40,14 @@ def prepare(
     root = Path(project_root).resolve()
     uri = tracking_uri(root)
     name = parent_name or time.strftime("pipeline/%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    info: dict[str, Any] = {"tracking_uri": uri, "experiment": experiment, "experiment_id": None,
-                            "parent_run_id": None, "parent_run_name": name, "error": None}
+    info: dict[str, Any] = {
+        "tracking_uri": uri,
+        "experiment": experiment,
+        "experiment_id": None,
+        "parent_run_id": None,
+        "parent_run_name": name,
+        "error": None,
+    }
     if not tracking_enabled():  # no store, no parent run, no warning: the runs will not be tracked either
         info["error"] = f"tracking is off ({ENABLE_ENV}={os.environ.get(ENABLE_ENV)})"
         if out is not None:
@@ -52,8 +64,11 @@ def prepare(
             info["parent_run_id"] = parent.info.run_id
     except Exception as exc:
         info["error"] = _reason(exc)
-        _warn(f"MLflow tracking at {_redact(uri)} is unavailable ({info['error']}); runs will record their results "
-              f"in {pending_file('<kind>')} in their folders; re-log them later with: python -m prompt_ot mlflow sync <runs dir>")
+        _warn(
+            f"MLflow tracking at {_redact(uri)} is unavailable ({info['error']}); runs will record their results "
+            f"in {pending_file('<kind>')} in their folders; re-log them later with: "
+            "python -m prompt_ot mlflow sync <runs dir>"
+        )
     if out is not None:
         atomic_write_text(out, json.dumps(info, indent=2) + "\n")
     return info
@@ -77,8 +92,10 @@ def finish(parent_file: str | Path, status: str = "FINISHED") -> str | None:
         # the end is recorded in the parent file; `mlflow sync` (or the next pipeline's `prepare`) applies it
         info["pending_end"] = {"status": status, "end_time": _now_ms()}
         atomic_write_text(path, json.dumps(info, indent=2) + "\n")
-        _warn(f"could not end the MLflow parent run {run_id} ({_reason(exc)}); it stays RUNNING until "
-              f"`python -m prompt_ot mlflow sync {path.parent}` ends it {status}")
+        _warn(
+            f"could not end the MLflow parent run {run_id} ({_reason(exc)}); it stays RUNNING until "
+            f"`python -m prompt_ot mlflow sync {path.parent}` ends it {status}"
+        )
         return None
     return run_id
 

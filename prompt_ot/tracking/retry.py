@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
-
+from collections.abc import Callable
 
 LOCK_RETRY_SECONDS = 120.0  # total time one call may spend waiting on a locked SQLite database
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from prompt_ot.tracking.batches import _log_batches, _upload
 from prompt_ot.tracking.cleanup import _end_abandoned_live_run
@@ -26,8 +26,15 @@ if TYPE_CHECKING:
 class TrackedRun:
     """One run: logs to MLflow while it works and keeps a full record for ``mlflow_pending.json`` when it does not."""
 
-    def __init__(self, tracker: Tracker, name: str, kind: str, params: Mapping[str, Any],
-                 tags: Mapping[str, Any], run_dir: str | Path | None):
+    def __init__(
+        self,
+        tracker: Tracker,
+        name: str,
+        kind: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any],
+        run_dir: str | Path | None,
+    ):
         self.tracker = tracker
         self.kind = kind
         self.run_dir = Path(run_dir).resolve() if run_dir is not None else None
@@ -35,12 +42,20 @@ class TrackedRun:
         self.online = False
         self._live_written = False
         self.record: dict[str, Any] = {
-            "format": PENDING_FORMAT, "tracking_uri": tracker.uri, "experiment": tracker.experiment,
-            "run_name": name, "parent_run_id": None, "partial_run_id": None, "status": "RUNNING",
-            "start_time": _now_ms(), "end_time": None, "error": None,
+            "format": PENDING_FORMAT,
+            "tracking_uri": tracker.uri,
+            "experiment": tracker.experiment,
+            "run_name": name,
+            "parent_run_id": None,
+            "partial_run_id": None,
+            "status": "RUNNING",
+            "start_time": _now_ms(),
+            "end_time": None,
+            "error": None,
             "params": flatten_params(params),
             "tags": {**{str(k): str(v) for k, v in tags.items()}, "kind": kind},
-            "metrics": [], "artifacts": [],
+            "metrics": [],
+            "artifacts": [],
         }
 
     def _start(self) -> None:
@@ -67,8 +82,13 @@ class TrackedRun:
                 tags["mlflow.parentRunId"] = parent
             with _http_limits(self.tracker.uri, probe=True):
                 mine = self._end_abandoned_run(client)
-                run = _retry(client.create_run, experiment_id, start_time=self.record["start_time"], tags=tags,
-                             run_name=self.record["run_name"])
+                run = _retry(
+                    client.create_run,
+                    experiment_id,
+                    start_time=self.record["start_time"],
+                    tags=tags,
+                    run_name=self.record["run_name"],
+                )
             self.run_id = self.record["partial_run_id"] = run.info.run_id
             self.online = True
             if mine:
@@ -86,9 +106,19 @@ class TrackedRun:
         if self._live_path is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._live_written = True
-            atomic_write_text(self._live_path, json.dumps(
-                {"run_id": self.run_id, "run_name": self.record["run_name"], "tracking_uri": self.tracker.uri,
-                 **owner()}, indent=1) + "\n")
+            atomic_write_text(
+                self._live_path,
+                json.dumps(
+                    {
+                        "run_id": self.run_id,
+                        "run_name": self.record["run_name"],
+                        "tracking_uri": self.tracker.uri,
+                        **owner(),
+                    },
+                    indent=1,
+                )
+                + "\n",
+            )
 
     def _end_abandoned_run(self, client) -> bool:
         """End the RUNNING run a killed process left for this folder and kind; False when there is no folder, or

@@ -76,8 +76,9 @@ def _sync_one(client, uri: str, path: Path, outcome: SyncOutcome) -> None:
     tags = {**record["tags"], "prompt_ot.logged_late": "true"}
     if _run_exists(client, record.get("parent_run_id")):
         tags["mlflow.parentRunId"] = record["parent_run_id"]
-    run = _retry(client.create_run, experiment_id, start_time=record["start_time"], tags=tags,
-                 run_name=record["run_name"])
+    run = _retry(
+        client.create_run, experiment_id, start_time=record["start_time"], tags=tags, run_name=record["run_name"]
+    )
     run_id = run.info.run_id
     try:
         _log_batches(client, run_id, params=record["params"], metrics=record["metrics"])
@@ -92,9 +93,15 @@ def _sync_one(client, uri: str, path: Path, outcome: SyncOutcome) -> None:
         with contextlib.suppress(Exception):
             client.delete_run(run_id)
         raise
-    synced = {**record, "synced_run_id": run_id, "synced_to": uri, "synced_at": _now_ms(),
-              "missing_artifacts": outcome.missing_artifacts}
-    atomic_write_text(path.with_name(path.name.replace("mlflow_pending_", "mlflow_synced_")),
-                      json.dumps(synced, indent=1) + "\n")
+    synced = {
+        **record,
+        "synced_run_id": run_id,
+        "synced_to": uri,
+        "synced_at": _now_ms(),
+        "missing_artifacts": outcome.missing_artifacts,
+    }
+    atomic_write_text(
+        path.with_name(path.name.replace("mlflow_pending_", "mlflow_synced_")), json.dumps(synced, indent=1) + "\n"
+    )
     path.unlink()
     outcome.run_id = run_id

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import prompt_ot.tracking.store as _store  # `_store._client` is looked up at call time: tests replace it there
 from prompt_ot.tracking.messages import _reason, _redact, _warn
@@ -16,8 +16,14 @@ from prompt_ot.tracking.params import git_state
 from prompt_ot.tracking.records import pending_file
 from prompt_ot.tracking.retry import _retry
 from prompt_ot.tracking.run import TrackedRun
-from prompt_ot.tracking.store import DEFAULT_EXPERIMENT, tracking_enabled, tracking_uri
-from prompt_ot.tracking.store import _ensure_experiment, _http_limits, _run_exists
+from prompt_ot.tracking.store import (
+    DEFAULT_EXPERIMENT,
+    _ensure_experiment,
+    _http_limits,
+    _run_exists,
+    tracking_enabled,
+    tracking_uri,
+)
 
 PARENT_ENV = "PROMPT_OT_MLFLOW_PARENT"  # a parent run id, or the path of a file written by `prepare`
 
@@ -26,8 +32,14 @@ class Tracker:
     """Opens tracked runs in one experiment and finds their parent; after an MLflow failure, warns once and
     sends later runs straight to pending files (no waiting on a dead server per run)."""
 
-    def __init__(self, project_root: str | Path, experiment: str = DEFAULT_EXPERIMENT,
-                 parent_file: str | Path | None = None, enabled: bool | None = None, defer: bool = False):
+    def __init__(
+        self,
+        project_root: str | Path,
+        experiment: str = DEFAULT_EXPERIMENT,
+        parent_file: str | Path | None = None,
+        enabled: bool | None = None,
+        defer: bool = False,
+    ):
         self.project_root = Path(project_root).resolve()
         self.experiment = experiment
         self.parent_file = Path(parent_file) if parent_file is not None else None
@@ -44,8 +56,14 @@ class Tracker:
         self._parent: tuple[str | None] | None = None
 
     @contextlib.contextmanager
-    def run(self, name: str, kind: str, params: Mapping[str, Any] | None = None,
-            tags: Mapping[str, Any] | None = None, run_dir: str | Path | None = None) -> Iterator["TrackedRun"]:
+    def run(
+        self,
+        name: str,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_dir: str | Path | None = None,
+    ) -> Iterator[TrackedRun]:
         """A tracked run; ended FINISHED, or FAILED (KILLED on Ctrl-C) when the body raises."""
         tracked = TrackedRun(self, name, kind, params or {}, tags or {}, run_dir)
         tracked._start()
@@ -108,14 +126,19 @@ class Tracker:
         self.failure = reason
         where = f"{run_dir / pending_file(kind)}" if run_dir is not None else "nowhere (no run folder given)"
         relog = f"python -m prompt_ot mlflow sync {run_dir.parent}" if run_dir is not None else "not possible"
-        _warn(f"MLflow tracking at {_redact(self.uri)} failed ({reason}); results are on disk and what MLflow "
-              f"missed is recorded in {where} (and likewise for later runs); re-log with: {relog}")
+        _warn(
+            f"MLflow tracking at {_redact(self.uri)} failed ({reason}); results are on disk and what MLflow "
+            f"missed is recorded in {where} (and likewise for later runs); re-log with: {relog}"
+        )
 
 
 def tracker_for(params: Mapping[str, Any], params_path: str | Path) -> Tracker:
     """The tracker of a stage command: the project is the folder of the params file; its ``mlflow`` block
     names the experiment and may defer logging to the end of the pipeline."""
     settings = params.get("mlflow") or {}
-    return Tracker(Path(params_path).resolve().parent, settings.get("experiment", DEFAULT_EXPERIMENT),
-                   parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json",
-                   defer=bool(settings.get("defer", False)))
+    return Tracker(
+        Path(params_path).resolve().parent,
+        settings.get("experiment", DEFAULT_EXPERIMENT),
+        parent_file=Path(params["paths"]["runs"]) / "mlflow_parent.json",
+        defer=bool(settings.get("defer", False)),
+    )

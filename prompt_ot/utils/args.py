@@ -121,8 +121,10 @@ def check_device(device: str, option: str = "--device") -> None:
     if count == 0:
         raise UserError(f"{option} {device}: no CUDA device on this machine; use {option} cpu or auto")
     if index >= count:
-        raise UserError(f"{option} {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
-                        f"use one of them or {option} auto")
+        raise UserError(
+            f"{option} {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+            f"use one of them or {option} auto"
+        )
 
 
 def template(text: str) -> str:
@@ -133,8 +135,9 @@ def template(text: str) -> str:
     except (ValueError, IndexError, KeyError):
         fields = None
     if fields != [""]:
-        raise ArgumentTypeError(f"template {text!r} must contain exactly one '{{}}' where the class name goes "
-                                "(and no other braces)")
+        raise ArgumentTypeError(
+            f"template {text!r} must contain exactly one '{{}}' where the class name goes (and no other braces)"
+        )
     return text
 
 

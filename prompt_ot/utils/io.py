@@ -17,8 +17,8 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 _KINDS = ("building", "old")  # what a hidden sibling holds: a build in progress, or the folder it replaces
@@ -187,8 +187,12 @@ def remove_stale_folders(out_dir: str | Path) -> list[Path]:
         if not path.exists():
             removed.append(path)
     if removed:
-        log.info("removed %d folder(s) left by killed builds of %s: %s", len(removed), out_dir,
-                 ", ".join(p.name for p in removed))
+        log.info(
+            "removed %d folder(s) left by killed builds of %s: %s",
+            len(removed),
+            out_dir,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

@@ -23,6 +23,9 @@ DATASET = DatasetSpec(
     image_dir="101_ObjectCategories",
     split_file="split_zhou_Caltech101.json",
     notes="layout: caltech-101/101_ObjectCategories/<class>/image_XXXX.jpg + split_zhou_Caltech101.json",
-    extra={"num_classes": 100, "split_sizes": (4128, 1649, 2465),
-           "homepage": "https://data.caltech.edu/records/mzrjq-6wc02"},
+    extra={
+        "num_classes": 100,
+        "split_sizes": (4128, 1649, 2465),
+        "homepage": "https://data.caltech.edu/records/mzrjq-6wc02",
+    },
 )

@@ -16,8 +16,16 @@ from prompt_ot.data.registry import DatasetSpec
 from prompt_ot.errors import UserError
 
 CLASSNAMES = [
-    "T-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package installs the files
 SPLIT_FILE = "split_zhou_FashionMNIST.json"

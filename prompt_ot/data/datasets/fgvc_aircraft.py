@@ -28,7 +28,9 @@ def load_split(folder: Path) -> Split:
         for number, line in enumerate(_lines(path), start=1):
             image_id, _, variant = line.partition(" ")
             if variant not in label_of:
-                raise UserError(f"{path} line {number}: variant {variant!r} is not in variants.txt; the files do not match")
+                raise UserError(
+                    f"{path} line {number}: variant {variant!r} is not in variants.txt; the files do not match"
+                )
             items.append(Item(f"{image_id}.jpg", label_of[variant], variant))
         split[key] = items
     return split
@@ -39,13 +41,19 @@ DATASET = DatasetSpec(
     folder="fgvc_aircraft",
     template="a photo of a {}, a type of aircraft.",
     sources=(
-        SourceFile(url="https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
-                   filename="fgvc-aircraft-2013b.tar.gz", member_prefix="fgvc-aircraft-2013b/data/"),
+        SourceFile(
+            url="https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+            filename="fgvc-aircraft-2013b.tar.gz",
+            member_prefix="fgvc-aircraft-2013b/data/",
+        ),
     ),
     image_dir="images",
     load_split_fn=load_split,
     notes="layout: fgvc_aircraft/images/ + variants.txt + images_variant_{train,val,test}.txt "
     "(the archive's data/ folder)",
-    extra={"num_classes": 100, "split_sizes": (3334, 3333, 3333),
-           "homepage": "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/"},
+    extra={
+        "num_classes": 100,
+        "split_sizes": (3334, 3333, 3333),
+        "homepage": "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/",
+    },
 )

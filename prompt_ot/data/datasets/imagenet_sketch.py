@@ -37,5 +37,9 @@ DATASET = DatasetSpec(
     classnames_fn=imagenet_classnames,
     kind="target_only",
     notes="layout: imagenet-sketch/images/<wnid>/*.JPEG",
-    extra={"num_classes": 1000, "split_sizes": (0, 0, 50889), "homepage": "https://github.com/HaohanWang/ImageNet-Sketch"},
+    extra={
+        "num_classes": 1000,
+        "split_sizes": (0, 0, 50889),
+        "homepage": "https://github.com/HaohanWang/ImageNet-Sketch",
+    },
 )

@@ -32,6 +32,9 @@ DATASET = DatasetSpec(
     split_file="split_zhou_StanfordCars.json",
     manual_steps=MANUAL_STEPS,
     notes="layout: stanford_cars/{cars_train,cars_test}/ + split_zhou_StanfordCars.json",
-    extra={"num_classes": 196, "split_sizes": (6509, 1635, 8041),
-           "homepage": "https://ai.stanford.edu/~jkrause/cars/car_dataset.html"},
+    extra={
+        "num_classes": 196,
+        "split_sizes": (6509, 1635, 8041),
+        "homepage": "https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
+    },
 )

@@ -17,5 +17,9 @@ DATASET = DatasetSpec(
     image_dir="UCF-101-midframes",
     split_file="split_zhou_UCF101.json",
     notes="layout: ucf101/UCF-101-midframes/<Action>/<video>.jpg + split_zhou_UCF101.json",
-    extra={"num_classes": 101, "split_sizes": (7639, 1898, 3783), "homepage": "https://www.crcv.ucf.edu/data/UCF101.php"},
+    extra={
+        "num_classes": 101,
+        "split_sizes": (7639, 1898, 3783),
+        "homepage": "https://www.crcv.ucf.edu/data/UCF101.php",
+    },
 )
