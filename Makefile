@@ -1,7 +1,11 @@
 # Set-up and entry points. Every target creates the virtual environment first if it is missing.
-#   make demo   the main job: the offline demo, the whole pipeline on the CPU (demo/params.yaml)
-#   make test   the default test suite (CPU, offline)
-#   make paper  reports/paper.tex around the demo's tables, compiled into demo/reports/paper.pdf (pdflatex)
+#   make system-deps  Debian packages: the demo's image data, TeX for the paper, SLURM for the cluster tests (root)
+#   make setup        the virtual environment (.venv) with the pinned packages of requirements.lock
+#   make demo         the main job: the offline demo, the whole pipeline on the CPU (demo/params.yaml)
+#   make test         every test that runs without a GPU (what CI runs, after make lint)
+#   make test-fast    all but the system tests (services, whole pipelines): the edit-test loop
+#   make lint         ruff: lint and format check
+#   make paper        reports/paper.tex around the demo's tables, compiled into demo/reports/paper.pdf (pdflatex)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +17,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 CORES ?= 2
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo demo-data paper smoke test test-all bench clean
+.PHONY: system-deps setup demo demo-data paper smoke test test-fast test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,17 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Debian's packages that parts of the project use; each is optional (what is missing is downloaded instead, or its
+# tests skip with one line): the demo's image data, TeX and pdftotext for `make paper` and its tests, and a one-node
+# SLURM cluster (slurmctld, slurmd, slurmdbd on MariaDB, munge) that tests/test_slurm.py starts and stops itself
+DEBIAN_PACKAGES := dataset-fashion-mnist openclipart-png texlive-latex-base texlive-latex-recommended poppler-utils \
+	slurm-wlm slurmdbd munge mariadb-server mariadb-client
+system-deps:
+	@if ! command -v apt-get >/dev/null; then echo "system-deps: no apt-get here; install the equivalents of: $(DEBIAN_PACKAGES)"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "system-deps: run as root (sudo make system-deps)" >&2; exit 1; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(DEBIAN_PACKAGES) >/dev/null && echo "system-deps: installed $(DEBIAN_PACKAGES)"; fi
 
 # Fashion-MNIST from Debian when apt is usable; otherwise the recipe falls back to torchvision's download
 demo-data:
@@ -57,11 +72,22 @@ paper:
 smoke: setup
 	$(PY) -m prompt_ot smoke --method prompt_ot --epochs 3 --out smoke_out
 
+# pytest-xdist: 4 workers on 2 cores, since the system tests mostly wait (SLURM's polling, servers starting, one
+# DVC stage at a time); tests that share a module's fixture run in one worker (tests/conftest.py groups them), in the
+# order tests/conftest.py puts them, the longest chains first
+XDIST ?= -n 4 --dist loadgroup --no-loadscope-reorder
 test: setup
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu" $(XDIST) --durations=20
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not system and not slow and not gpu" $(XDIST) --durations=10
 
 test-all: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST) --durations=20
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # every benchmark in bench/ (bench/bench_*.py) in its documented default configuration, one after the
 # other; each writes its report in reports/perf/ (bench/README.md lists them and how long they take)

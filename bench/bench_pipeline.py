@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine_info, write_report  # noqa: E402
-from workflow_helpers import make_workspace, quiet_env  # noqa: E402
+
+from tests.support.workflow import make_workspace, quiet_env  # noqa: E402
 
 SNAKEMAKE = ["snakemake", "-n", "--quiet", "rules", "--cores", "1"]
 DVC_STATUS = ["dvc", "status"]

@@ -30,7 +30,8 @@ import sys
 
 from prompt_ot.forkclient import _EXIT, _IN_CHILD, _SIGNAL, _recv_exact
 
-# what the server imports once: everything heavy that the stage commands import
+# what the server imports once: everything heavy that the stage commands import (MLflow's client and its SQLite
+# store too: a job that logs live spends about 2 s importing them; none of these imports starts a thread)
 PRELOAD = (
     "numpy",
     "torch",
@@ -40,6 +41,9 @@ PRELOAD = (
     "PIL.Image",
     "yaml",
     "jsonschema",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.artifact.local_artifact_repo",
     "prompt_ot.commands.train",
     "prompt_ot.commands.evaluate",
     "prompt_ot.commands.cache",

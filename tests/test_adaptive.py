@@ -22,7 +22,7 @@ from prompt_ot.losses import OTRegulariser, RegulariserInputs, build_regulariser
 from prompt_ot.losses.adaptive import DEFAULT_BUDGET, DEFAULT_DUAL_LR, DEFAULT_MAX_WEIGHT, AdaptiveSettings, DualWeight
 from prompt_ot.methods import build_model, get_method
 from prompt_ot.train import RunSpec, TrainConfig, run_fingerprint, train, train_packed
-from tests.helpers import ToyImages, tiny_clip
+from tests.support.models import ToyImages, tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red thing", "green thing", "blue thing"]
@@ -299,7 +299,7 @@ def test_an_adaptive_step_reads_nothing_on_the_host(tiny):
     """The CPU twin of the GPU test below: a packed step with an adaptive lambda, relative (while it measures the
     first epoch and after) and absolute, records no host read (``HostReads``), the dual update included."""
     from prompt_ot.train import _packed_step
-    from tests.helpers import HostReads
+    from tests.support.host_reads import HostReads
 
     device = torch.device("cpu")
     runs = _device_runs(tiny, device, ADAPTIVE_PACK)
@@ -516,14 +516,13 @@ def test_the_lambda_sweep_figure_marks_the_adaptive_run(tmp_path, sweep_runs, mo
 def test_the_train_and_evaluate_stages_report_lambda_at_the_tested_epoch(tmp_path):
     """An adaptive variant through the CLI: the train log and train.json hold lambda per epoch, and the metrics file
     the lambda after the tested epoch (here epoch 1 of 2) with ``regulariser_adaptive``."""
-    from fixtures_data import make_fixture
-    from test_cli_errors import small_params
-
     from prompt_ot.cli import main
+    from tests.support.data import make_fixture
+    from tests.support.params import shrunk_params
 
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
-    params = small_params()
+    params = shrunk_params("paper")
     params["methods"] = ["prompt_ot_adaptive"]
     params["variants"] = {
         "prompt_ot_adaptive": {

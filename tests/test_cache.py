@@ -28,7 +28,7 @@ from prompt_ot.evaluate import evaluate
 from prompt_ot.methods import build_model, get_method
 from prompt_ot.models.prompted import PromptedCLIP
 from prompt_ot.train import TrainConfig, train
-from tests.helpers import tiny_clip
+from tests.support.models import tiny_clip
 
 EPOCHS = 2
 SEED = 1
@@ -205,7 +205,7 @@ def test_a_device_training_step_reads_nothing_back_on_the_host(digits, tiny, pre
     (it builds the text layout and the permutation table once); every later step must not.
     """
     from prompt_ot.train import _packed_step
-    from tests.helpers import HostReads
+    from tests.support.host_reads import HostReads
 
     device = torch.device("cpu")
     runs = _device_pack(digits, tiny, precision, pack, device, backend="torch")

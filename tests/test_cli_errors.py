@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_data import LAYOUTS, archive_folder, make_fixture
 from test_download import LocalServer
 
 from prompt_ot.cli import main
 from prompt_ot.data import registry
 from prompt_ot.data.download import dataset_is_complete
 from prompt_ot.data.registry import dataset_spec
+from tests.support.data import LAYOUTS, archive_folder, make_fixture
+from tests.support.params import shrunk_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_FILE = LAYOUTS["dtd"].split_file
@@ -73,24 +74,6 @@ def jpeg_bytes(size: int = 48) -> bytes:
     return buffer.getvalue()
 
 
-def small_params(**train) -> dict:
-    """The project's params.yaml (the released recipes) shrunk to dtd with the tiny random CLIP, 2 epochs tested at
-    the last, in fp32, deferred MLflow."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["backbone"] = {"name": "tiny-vit", "pretrained": "none"}
-    params["datasets"] = ["dtd"]
-    params["seeds"] = [1]
-    params["protocols"] = {
-        "base2novel": {"datasets": ["dtd"], "shots": 2},
-        "cross_dataset": {"sources": [], "shots": 2, "evaluate": {"targets": []}},
-        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-        "few_shot": {"datasets": [], "shots": []},
-    }
-    params["train"].update(epochs=2, eval_epoch=0, precision="fp32", num_workers=0, **train)
-    params["mlflow"] = {"experiment": "cli-errors", "defer": True}
-    return params
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """dtd fixture data, a manifest, a train cache and one finished coop run, all made through the CLI."""
@@ -98,7 +81,7 @@ def work(tmp_path_factory):
     root = base / "data"
     make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
     params = base / "params.yaml"
-    params.write_text(yaml.safe_dump(small_params()))
+    params.write_text(yaml.safe_dump(shrunk_params("paper")))
     manifest, cache, run = base / "manifest.json", base / "train_cache", base / "runs" / "coop"
     assert (
         main(
@@ -201,7 +184,7 @@ BAD_PARAMS = {
 @pytest.mark.parametrize("case", list(BAD_PARAMS))
 def test_bad_params_stop_train_with_one_message_and_touch_nothing(work, capsys, tmp_path, case):
     change, words = BAD_PARAMS[case]
-    params = small_params()
+    params = shrunk_params("paper")
     change(params)
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
@@ -218,7 +201,7 @@ def test_bad_params_stop_train_with_one_message_and_touch_nothing(work, capsys, 
 
 
 def test_bad_params_in_a_real_process_exit_2_without_traceback(work, tmp_path):
-    params = small_params()
+    params = shrunk_params("paper")
     params["train"]["epochs"] = 0
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
@@ -414,7 +397,7 @@ def test_checkpoint_of_another_backbone_is_refused_and_kept(work, capsys, tmp_pa
     clip, _, _ = load_backbone("tiny-vit")
     weights = tmp_path / "tiny-vit-other.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
-    params = small_params()
+    params = shrunk_params("paper")
     params["backbone"]["pretrained"] = str(weights)
     other = tmp_path / "params.yaml"
     other.write_text(yaml.safe_dump(params))
@@ -653,7 +636,7 @@ def test_evaluate_refuses_prompts_of_another_run_naming_both(work, capsys, tmp_p
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts, save_prompts
 
-    raw = small_params()
+    raw = shrunk_params("paper")
     del raw["train"]["precision"]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
@@ -805,7 +788,7 @@ def test_nan_and_infinity_are_refused_for_every_number_of_the_shipped_params(tmp
 
 def test_nan_in_a_free_form_block_and_through_the_cli(capsys, tmp_path):
     """A variant's regulariser block has no schema of its own: the finite rule covers it all the same."""
-    params = small_params()
+    params = shrunk_params("paper")
     params["variants"] = {"prompt_ot_nan": {"method": "prompt_ot", "regulariser": {"weight": float("nan")}}}
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_data import make_fixture
 
 from prompt_ot.cli import COMMANDS, command_parser, main
-from tests.test_cli_errors import small_params
+from tests.support.data import make_fixture
+from tests.support.params import shrunk_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PREVIOUS = b"a result computed earlier\n"
@@ -386,9 +386,8 @@ def test_the_table_covers_every_option_of_every_stage():
 
 # ------------------------------------------------------------------ the fixture: every base line, run once
 def _small_params() -> dict:
-    params = small_params()  # tests/test_cli_errors.py's: dtd, the tiny random CLIP, 2 epochs
-    params["mlflow"] = {"experiment": "cli-options", "defer": True}
-    return params
+    # the paper grid's params cut to dtd, the tiny random CLIP, 2 epochs
+    return shrunk_params("paper", mlflow={"experiment": "cli-options"})
 
 
 def expand(value, paths: dict):

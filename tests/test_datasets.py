@@ -6,11 +6,11 @@ import json
 import re
 
 import pytest
-from fixtures_data import LAYOUTS, make_fixture
 
 from prompt_ot.data.download import check_dataset
 from prompt_ot.data.registry import classnames_of, dataset_names, dataset_spec
 from prompt_ot.errors import UserError
+from tests.support.data import LAYOUTS, make_fixture
 
 BENCHMARK = [
     "imagenet",

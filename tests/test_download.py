@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from fixtures_data import archive_folder, make_fixture, png_bytes
 
 from prompt_ot.cli import main as cli_main
 from prompt_ot.data import registry
@@ -29,6 +28,7 @@ from prompt_ot.data.download import (
 )
 from prompt_ot.data.registry import dataset_spec
 from prompt_ot.errors import UserError
+from tests.support.data import archive_folder, make_fixture, png_bytes
 
 FAST = FetchSettings(timeout=5, retries=3, backoff=0)
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every offset distinguishable

@@ -1,26 +1,28 @@
 """`dvc exp` on the demo's pipeline, shrunken: a copy of the project laid out as it is (the paper grid's dvc.yaml and
 params.yaml at the root, ``demo/dvc.yaml``, the project's .gitignore, so that run folders and reports are not in git),
-with ``demo/params.yaml`` shrunken to the digits, a tiny pretraining, Prompt-OT and one variant of it
-with its own OT weight, one seed and two epochs.
+with ``demo/params.yaml`` the session grid's (tests/support/grid.py) cut to Prompt-OT and one variant of it with its
+own OT weight, one seed. The grid's outputs (data, pretrained backbone, splits, caches, Prompt-OT's run) are copied
+in and recorded with `dvc commit`, as docs/running.md does with the demo's Snakemake outputs.
 
-From ``demo/``, the commands of the README ("Exploring with dvc exp"): `dvc repro`, `dvc exp save -n baseline`, then
-`dvc exp run -S variants.<variant>.regulariser.weight=3` reruns only the params check, the variant's training (its old
-checkpoint replaced, not resumed from) and evaluation and the report: no pretraining, split, cache or other method's
-stage. `dvc exp show --json` lists the experiment with its weight and metrics next to the baseline, `dvc metrics diff`
-shows the variant's metrics changed and no other's, and `dvc plots diff` renders the demo's plots for both revisions.
-About 2 minutes on 2 cores (every stage a fork of the fork server, as in test_e2e.py)."""
+From ``demo/``, the commands of docs/running.md ("Exploring with dvc exp"): `dvc repro`, `dvc exp save -n baseline`,
+then `dvc exp run -S variants.<variant>.regulariser.weight=3` reruns only the params check, the variant's training (its
+old checkpoint replaced, not resumed from) and evaluation and the report: no pretraining, split, cache or other
+method's stage. `dvc exp show --json` lists the experiment with its weight and metrics next to the baseline, `dvc
+metrics diff` shows the variant's metrics changed and no other's, and `dvc plots diff` renders the demo's plots for
+both revisions. Every stage a fork of the fork server."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 
-import yaml
+import pytest
 
-from tests.test_e2e import fork_server
-from tests.test_report import full_report  # noqa: F401 - a fixture
-from tests.workflow_helpers import ROOT, make_workspace, quiet_env
+from tests.support.forkserver import fork_server
+from tests.support.grid import SHOTS, grid_params
+from tests.support.grid import run_dir as grid_run
+from tests.support.workflow import DVC, ROOT, adopt_done_stages, env, make_workspace, write_params
+
+pytestmark = pytest.mark.system
 
 VARIANT = "prompt_ot_w1"
 KEY = f"variants.{VARIANT}.regulariser.weight"
@@ -32,36 +34,30 @@ PLOTS = [
     "dvc.yaml::reports/figures/base2novel_tradeoff.png",
 ]
 STAGES_OF_VARIANT = {f"train_base2novel@{VARIANT}-digits-1", f"evaluate_base2novel@{VARIANT}-digits-1"}
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
 
 
-def shrunken_demo_params() -> str:
-    """demo/params.yaml, shrunken: pretraining two short epochs on the digits, Prompt-OT (OT weight 10) and a variant
-    of it with weight 1, one seed, two epochs of 4-shot training."""
-    params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
-    params["pretrain"].update(datasets=["digits"], epochs=2, batch_size=64, repeat={"digits": 1})
-    params["pretrain"].pop("images_per_class", None)
-    params.update(
-        datasets=["digits"],
-        methods=METHODS,
-        seeds=[1],
-        variants={VARIANT: {"method": "prompt_ot", "regulariser": {"weight": 1.0}}},
-    )
-    params["protocols"]["base2novel"].update(datasets=["digits"], shots=4)
-    params["train"].update(epochs=2)
-    return yaml.safe_dump(params, sort_keys=False)
-
-
-def demo_workspace(folder):
-    """The project's layout in a fresh git + DVC repository with one commit: demo/ as in the project."""
+def demo_workspace(folder, grid):
+    """The project's layout in a fresh git + DVC repository with one commit: demo/ as in the project, holding the
+    grid's outputs for Prompt-OT's first seed, recorded in demo/dvc.lock as done."""
     repo = make_workspace(folder)
     demo = repo / "demo"
     demo.mkdir()
     shutil.copy2(ROOT / "demo" / "dvc.yaml", demo / "dvc.yaml")
-    (demo / "params.yaml").write_text(shrunken_demo_params())
+    variants = {VARIANT: {"method": "prompt_ot", "regulariser": {"weight": 1.0}}}
+    write_params(demo, grid_params(methods=METHODS, seeds=[1], variants=variants))
     shutil.copy2(ROOT / ".gitignore", repo / ".gitignore")  # /demo/runs/, /demo/reports/, ... are not in git
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "pipeline"], cwd=repo, check=True)
+    for done in ("data", "cache", "runs/backbone", "runs/manifests", "runs/stamps", grid_run("prompt_ot", 1)):
+        shutil.copytree(grid / done, demo / done, symlinks=True)
+    adopt_done_stages(demo, redo=[*STAGES_OF_VARIANT, "report"])
     return demo
 
 
@@ -73,22 +69,8 @@ def test_the_demo_dvc_yaml_is_a_copy_of_the_root_one():
 
 
 def dvc(*args, cwd, **extra_env):
-    env = (
-        quiet_env()
-        | {
-            "HF_HUB_OFFLINE": "1",
-            "GIT_AUTHOR_NAME": "test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-        }
-        | extra_env
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"  # the stages' `python`
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
+    cmd = [*DVC, *args]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(**GIT_IDENTITY, **extra_env))
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -112,9 +94,9 @@ def files(data: dict, suffix: str) -> dict:
     return data[key]["data"]
 
 
-def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
-    demo = demo_workspace(tmp_path / "repo")
-    run_dir = lambda method: demo / "runs" / "base2novel" / method / "digits_4shot" / "seed1"  # noqa: E731
+def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(shrunken_grid, tmp_path):
+    demo = demo_workspace(tmp_path / "repo", shrunken_grid)
+    run_dir = lambda method: demo / grid_run(method, 1)  # noqa: E731
     with fork_server(tmp_path) as (socket_path, children):
         fork = {"PROMPT_OT_FORKSERVER": str(socket_path)}
         dvc("repro", cwd=demo, **fork)
@@ -123,7 +105,7 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
             path: (path.stat().st_mtime_ns, path.read_bytes())
             for path in (
                 demo / "runs/backbone/demo-vit.safetensors",
-                demo / "runs/manifests/digits/base_4shot_seed1.json",
+                demo / f"runs/manifests/digits/base_{SHOTS}shot_seed1.json",
                 run_dir("prompt_ot") / "prompts.safetensors",
                 run_dir("prompt_ot") / "metrics.json",
             )
@@ -170,8 +152,8 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
     # dvc metrics diff: the variant's numbers changed, nobody else's
     raw = json.loads(dvc("metrics", "diff", "baseline", "weight3", "--json", cwd=demo).stdout)
     diff = {path.removeprefix("demo/"): changes for path, changes in raw.items()}
-    assert set(diff) == {f"runs/base2novel/{VARIANT}/digits_4shot/seed1/metrics.json", "reports/metrics.json"}, diff
-    assert diff[f"runs/base2novel/{VARIANT}/digits_4shot/seed1/metrics.json"]["regulariser_weight"]["new"] == 3
+    assert set(diff) == {f"{grid_run(VARIANT, 1)}/metrics.json", "reports/metrics.json"}, diff
+    assert diff[f"{grid_run(VARIANT, 1)}/metrics.json"]["regulariser_weight"]["new"] == 3
     summary_diff = diff["reports/metrics.json"]
     assert summary_diff and all(key.startswith(f"base2novel.{VARIANT}.") for key in summary_diff), summary_diff
     assert f"base2novel.{VARIANT}.hm" in summary_diff, summary_diff  # the weight moved the accuracy
@@ -195,34 +177,3 @@ def test_dvc_exp_run_reruns_only_the_stages_of_the_changed_variant(tmp_path):
     hm = {(row["rev"], row["method"]): float(row["hm_of_avg_mean"]) for row in values}
     assert hm[("baseline", "prompt_ot")] == hm[("weight3", "prompt_ot")]
     assert hm[("baseline", VARIANT)] != hm[("weight3", VARIANT)]
-
-
-def test_the_report_summary_holds_each_protocols_means_and_no_published_row(full_report):
-    """reports/metrics.json, DVC's metrics of the report: the tables' means of this suite's rows, per protocol."""
-    import math
-
-    from prompt_ot.report.build import build_tables
-    from prompt_ot.report.collect import load_runs, metrics_paths
-    from prompt_ot.report.published import read_published
-    from prompt_ot.report.summary import summary
-
-    written = json.loads((full_report / "metrics.json").read_text())
-    tables = build_tables(
-        load_runs(metrics_paths(directory=full_report.parent / "runs")), read_published(ROOT / "reports" / "published")
-    ).tables
-    assert written == json.loads(json.dumps(summary(tables)))
-    average = {t.name: t for t in tables}["base2novel_average"]
-    for row in average.rows:
-        if row.published:
-            assert row.key not in written["base2novel"]
-        else:
-            assert written["base2novel"][row.key]["hm"] == row.cells["hm_of_avg"].mean
-    assert set(written) == {"base2novel", "cross_dataset", "domain_generalization", "few_shot"}
-    for protocol in ("cross_dataset", "domain_generalization"):  # per source dataset
-        assert set(written[protocol]) == {"imagenet"}
-        assert all(
-            set(v) == {"source", "target_avg"} and all(math.isfinite(x) for x in v.values())
-            for v in written[protocol]["imagenet"].values()
-        )
-    assert set(written["few_shot"]) == {"coop", "prompt_ot"}
-    assert all(set(v) == {"1shot", "2shot", "4shot"} for v in written["few_shot"].values())

@@ -1,62 +1,52 @@
-"""End to end: the offline demo's configuration, shrunken (the pipeline pretrains its small CLIP on the real
-digits only, then five methods, two seeds, two epochs), through `snakemake` with every job its own process and
-through `dvc repro` with every stage a fork of the fork server (`prompt_ot.forkserver`), each in a temporary copy
-of the pipeline. Both produce byte-identical metrics files, prompts and tables (so the tools agree and a forked
-job equals its own process); the MLflow runs are complete; the pretrained backbone is far above chance; a second
-`dvc repro` has nothing to do."""
+"""End to end: the offline demo's configuration, shrunken (the session grid of tests/support/grid.py: the pipeline
+pretrains its small CLIP on the digits, six methods, two seeds), through the real tools. Each equality has its own
+test, so that a failure names the one that broke:
 
-import contextlib
+- Snakemake runs the grid: the pretrained backbone is far above chance, every run has its metrics, tables and
+  figures are written, and MLflow holds every train and evaluate run, complete, under the pipeline's parent run;
+- the same grid through `dvc repro` in another folder, from the splits on (the downloaded data and the pretrained
+  backbone are the grid's, recorded with `dvc commit`), gives byte-identical manifests, feature caches, metrics files,
+  tables and prompt files (the tools agree);
+- a training and an evaluation job run in a process of their own write the same bytes as the same jobs forked from
+  the fork server (which ran the grid's jobs);
+- a second `dvc repro` has nothing to do.
+"""
+
+from __future__ import annotations
+
 import json
-import subprocess
+import shlex
+import shutil
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
-from tests.workflow_helpers import ROOT, make_workspace, quiet_env
+from tests.support.forkserver import fork_server
+from tests.support.grid import METHODS, SEEDS, SHOTS, TRAINED, grid_params, run_dir
+from tests.support.workflow import (
+    DVC,
+    MLFLOW_OFF,
+    adopt_done_stages,
+    copy_workspace,
+    dvc_stage_names,
+    files_of,
+    make_workspace,
+    mlflow_client,
+    run,
+    tables_of,
+)
 
-METHODS = ["zeroshot", "cocoop", "maple", "promptsrc", "prompt_ot"]
-SEEDS = [1, 2]
+pytestmark = pytest.mark.system
+
 CHANCE = 100 / 10  # digits: 10 classes
-
-
-def tiny_params() -> str:
-    """The offline demo's configuration, shrunken: pretraining on digits only, two methods, two seeds."""
-    params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
-    params["pretrain"].update(datasets=["digits"], epochs=3, batch_size=128, repeat={"digits": 4})
-    params["pretrain"].pop("images_per_class", None)
-    params.update(datasets=["digits"], methods=METHODS, seeds=SEEDS)
-    params["protocols"]["base2novel"].update(datasets=["digits"], shots=4)
-    params["train"].update(epochs=2)
-    return yaml.safe_dump(params, sort_keys=False)
-
-
-def run(cmd, cwd, **extra_env):
-    env = quiet_env() | {"HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": ""} | extra_env
-    env.pop("MLFLOW_TRACKING_URI")
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def metrics_of(folder):
-    files = sorted(folder.glob("runs/base2novel/*/digits_4shot/seed*/metrics.json"))
-    return {str(f.relative_to(folder)): f.read_bytes() for f in files}
-
-
-def mlflow_runs(folder):
-    code = (
-        "import mlflow, json; mlflow.set_tracking_uri('sqlite:///' + __import__('os').path.abspath('mlflow.db'));"
-        "runs = mlflow.search_runs(experiment_names=['prompt-ot-demo'], output_format='list');"
-        "c = mlflow.MlflowClient();"
-        "print(json.dumps([{'tags': r.data.tags, 'metrics': r.data.metrics, 'status': r.info.status,"
-        " 'artifacts': sorted(a.path for a in c.list_artifacts(r.info.run_id))} for r in runs]))"
-    )
-    return json.loads(run([sys.executable, "-c", code], folder).stdout)
+METRICS = f"runs/base2novel/*/digits_{SHOTS}shot/seed*/metrics.json"
+PROMPTS = f"runs/base2novel/*/digits_{SHOTS}shot/seed*/prompts.safetensors"
 
 
 def check_outputs(folder):
-    metrics = metrics_of(folder)
+    metrics = files_of(folder, METRICS)
     assert len(metrics) == len(METHODS) * len(SEEDS)
     for raw in metrics.values():
         m = json.loads(raw)
@@ -67,87 +57,101 @@ def check_outputs(folder):
     table = (folder / "reports/tables/base2novel_average.tex").read_text()
     assert "Prompt-OT" in table and "CLIP (zero-shot)" in table and "\\toprule" in table
     assert "Published" not in table  # the demo's configuration leaves the (incomparable) published rows out
-    csv = (folder / "reports/tables/base2novel_average.csv").read_text()
-    assert "prompt_ot" in csv
+    assert "prompt_ot" in (folder / "reports/tables/base2novel_average.csv").read_text()
     assert (folder / "reports/figures").is_dir()
     return metrics
 
 
-def test_shrunken_grid_through_snakemake_and_dvc(tmp_path):
-    smk = make_workspace(tmp_path / "snakemake", tiny_params())
-    run([sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=2"], smk)
-    smk_metrics = check_outputs(smk)
+def test_snakemake_runs_the_grid_and_logs_complete_mlflow_runs(shrunken_grid):
+    check_outputs(shrunken_grid)
     # the backbone was pretrained by the pipeline itself and knows the digits far above chance
-    backbone = json.loads((smk / "runs/backbone/backbone.json").read_text())
+    backbone = json.loads((shrunken_grid / "runs/backbone/backbone.json").read_text())
     assert backbone["pretrained_here"] and backbone["zero_shot_accuracy"]["digits"] > CHANCE + 40
-    zeroshot = json.loads(smk_metrics["runs/base2novel/zeroshot/digits_4shot/seed1/metrics.json"])
+    zeroshot = json.loads((shrunken_grid / run_dir("zeroshot", 1) / "metrics.json").read_text())
     assert min(zeroshot["accuracy"].values()) > 20 + 40  # 5 classes on each side: chance is 20%
-    runs = mlflow_runs(smk)
-    kinds = sorted(r["tags"].get("kind") for r in runs)
-    assert kinds.count("train") == len(METHODS) * len(SEEDS)
-    assert kinds.count("evaluate") == len(METHODS) * len(SEEDS)
-    children = [r for r in runs if r["tags"].get("kind") in ("train", "evaluate")]
-    assert all("mlflow.parentRunId" in r["tags"] for r in children), "child runs must hang under the pipeline's parent"
-    parents = [r for r in runs if r["tags"].get("kind") == "pipeline"]
-    assert len(parents) == 1 and parents[0]["status"] == "FINISHED"
-    trained = [r for r in runs if r["tags"].get("kind") == "train"]
-    assert all(r["artifacts"] == ["prompts.safetensors", "train.json", "train.log"] for r in trained)
-    assert all(r["status"] == "FINISHED" for r in trained)
-    assert all(len(r["metrics"]) >= 4 for r in trained if r["tags"]["method"] == "prompt_ot")  # per-epoch metrics
-    assert {(r["tags"]["method"], r["tags"]["seed"]) for r in trained} == {(m, str(s)) for m in METHODS for s in SEEDS}
 
-    dvc = make_workspace(tmp_path / "dvc", tiny_params())
-    with fork_server(tmp_path) as (socket_path, children):
-        run([sys.executable, "-m", "dvc", "repro"], dvc, PROMPT_OT_FORKSERVER=str(socket_path))
-        assert children() == 0  # every stage's child has ended
-    dvc_metrics = check_outputs(dvc)
-    # deferred MLflow logging: without Snakemake's closing sync the runs wait on disk for `mlflow sync`
-    assert len(list((dvc / "runs").rglob("mlflow_pending_*.json"))) == 2 * len(METHODS) * len(SEEDS)
-    assert dvc_metrics == smk_metrics, "the same grid gave different metrics under Snakemake and DVC"
-    tables = sorted(p.relative_to(smk) for p in (smk / "reports" / "tables").glob("*.csv"))
-    assert tables and tables == sorted(p.relative_to(dvc) for p in (dvc / "reports" / "tables").glob("*.csv"))
-    for table in tables:
-        assert (smk / table).read_bytes() == (dvc / table).read_bytes(), f"{table} differs between the tools"
-    weights = sorted((smk / "runs").rglob("prompts.safetensors"))
-    assert len(weights) == len(METHODS) * len(SEEDS)
-    for prompts in weights:  # canonical safetensors headers: identical runs write identical bytes
-        assert prompts.read_bytes() == (dvc / prompts.relative_to(smk)).read_bytes(), prompts
-    again = run([sys.executable, "-m", "dvc", "repro"], dvc)
-    assert "Running stage" not in again.stdout
-    status = run([sys.executable, "-m", "dvc", "status"], dvc)
-    assert "up to date" in status.stdout
+    client = mlflow_client(f"sqlite:///{shrunken_grid / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    kinds = sorted(r.data.tags.get("kind") for r in runs)
+    assert kinds.count("train") == kinds.count("evaluate") == len(METHODS) * len(SEEDS)
+    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("kind") in ("train", "evaluate")]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    trained = [r for r in runs if r.data.tags.get("kind") == "train"]
+    assert {(r.data.tags["method"], r.data.tags["seed"]) for r in trained} == {
+        (m, str(s)) for m in METHODS for s in SEEDS
+    }
+    for r in trained:
+        assert sorted(a.path for a in client.list_artifacts(r.info.run_id)) == [
+            "prompts.safetensors",
+            "train.json",
+            "train.log",
+        ]
+        if r.data.tags["method"] in TRAINED:  # per-epoch metrics, one value per epoch
+            assert len(client.get_metric_history(r.info.run_id, "loss")) == grid_params()["train"]["epochs"]
 
 
-@contextlib.contextmanager
-def fork_server(folder):
-    """A running `python -m prompt_ot forkserver` (stopped by pid), its socket and a count of its live children."""
-    import os
-    import signal
-    import time
+@pytest.fixture(scope="module")
+def dvc_grid(shrunken_grid, tmp_path_factory):
+    """The grid's params through `dvc repro`, every stage forked from a fork server: (folder, the number of the
+    server's children still alive when it ended). The grid's data and pretrained backbone are copied in and taken as
+    done (its pretraining is the one expensive stage; tests/test_pretrain.py shows it deterministic)."""
+    folder = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", grid_params())
+    for done in ("data", "runs/stamps", "runs/backbone"):
+        shutil.copytree(shrunken_grid / done, folder / done, symlinks=True)
+    names = dvc_stage_names(folder)
+    adopt_done_stages(folder, redo=[n for n in names if not n.startswith(("download@", "backbone"))])
+    with fork_server(folder.parent) as (socket_path, children):
+        run([*DVC, "repro"], folder, PROMPT_OT_FORKSERVER=str(socket_path))
+        return folder, children()
 
-    socket_path, pidfile = folder / "fork.sock", folder / "fork.pid"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prompt_ot", "forkserver", "--socket", str(socket_path), "--pidfile", str(pidfile)],
-        env=quiet_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+
+def test_snakemake_and_dvc_give_byte_identical_metrics_tables_and_prompts(shrunken_grid, dvc_grid):
+    folder, alive = dvc_grid
+    assert alive == 0  # every stage's child has ended
+    for derived in ("runs/manifests/**/*.json", "cache/**/*.npy"):  # what the stages before training wrote
+        ours = files_of(folder, derived)
+        assert ours and ours == files_of(shrunken_grid, derived), f"{derived}: Snakemake and DVC differ"
+    assert check_outputs(folder) == files_of(shrunken_grid, METRICS), "Snakemake and DVC gave different metrics"
+    tables = tables_of(shrunken_grid)
+    assert tables and tables.keys() == tables_of(folder).keys()
+    for name, data in tables.items():
+        assert tables_of(folder)[name] == data, f"{name} differs between the tools"
+    prompts = files_of(shrunken_grid, PROMPTS)
+    assert len(prompts) == len(METHODS) * len(SEEDS)
+    assert files_of(folder, PROMPTS) == prompts  # canonical safetensors headers: identical runs, identical bytes
+
+
+def _stage_command(folder, stage: str) -> list[str]:
+    code = (
+        "import json, sys; from dvc.repo import Repo; "
+        "print(json.dumps([s.cmd for s in Repo('.').index.stages if s.addressing == sys.argv[1]]))"
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not pidfile.exists():
-            assert server.poll() is None, f"the fork server did not start:\n{server.stdout.read()}"
-            assert time.monotonic() < deadline, "the fork server did not listen within 120 s"
-            time.sleep(0.2)
+    (cmd,) = json.loads(run([sys.executable, "-c", code, stage], folder).stdout)
+    return shlex.split(cmd)
 
-        def children():
-            return len(subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split())
 
-        yield socket_path, children
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(server.pid, signal.SIGKILL)
-            server.wait()
+def test_a_forked_job_writes_the_same_bytes_as_its_own_process(shrunken_grid, tmp_path):
+    """The grid's jobs ran as forks of the fork server; the same train and evaluate commands (dvc.yaml's, which
+    Snakemake's equal: tests/test_workflow.py), each in a process of its own, write the same bytes."""
+    method = "prompt_ot"
+    folder = copy_workspace(shrunken_grid, tmp_path / "ws", run_dir(method, 1), "mlflow.db", "mlartifacts")
+    for stage in (f"train_base2novel@{method}-digits-1", f"evaluate_base2novel@{method}-digits-1"):
+        cmd = _stage_command(folder, stage)
+        assert cmd[:3] == ["python", "-m", "prompt_ot"]
+        run([sys.executable, *cmd[1:]], folder, PROMPT_OT_FORKSERVER="", **MLFLOW_OFF)
+    for name in ("prompts.safetensors", "metrics.json"):
+        own, forked = (f / run_dir(method, 1) / name for f in (folder, shrunken_grid))
+        assert own.read_bytes() == forked.read_bytes(), f"{name}: own process and forked job differ"
+    own, forked = (np.load(f / run_dir(method, 1) / "predictions.npz") for f in (folder, shrunken_grid))
+    assert own.files == forked.files and all(np.array_equal(own[k], forked[k]) for k in own.files)
+
+
+def test_a_second_dvc_repro_has_nothing_to_do(dvc_grid):
+    folder, _ = dvc_grid
+    again = run([*DVC, "repro"], folder)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in run([*DVC, "status"], folder).stdout
+    assert yaml.safe_load((folder / "dvc.lock").read_text())["stages"]["report"]

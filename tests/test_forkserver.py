@@ -3,19 +3,25 @@
 signals sent to a job reach its child; a job killed outright takes its child with it; without a server the
 command runs in its own process."""
 
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.test_e2e import fork_server
-from tests.workflow_helpers import ROOT, quiet_env
+from tests.support.forkserver import fork_server
+from tests.support.workflow import ROOT, quiet_env
+
+pytestmark = pytest.mark.system  # each test starts a fork server
 
 
-def _prompt_ot(*args, socket_path=None, **kw):
+def _prompt_ot(*args, socket_path=None, tmpdir=None, **kw):
     env = quiet_env() | ({"PROMPT_OT_FORKSERVER": str(socket_path)} if socket_path else {})
+    env |= {"TMPDIR": str(tmpdir)} if tmpdir else {}  # where the wrapper form makes its server's folder
     return subprocess.Popen(
         [sys.executable, "-m", "prompt_ot", *map(str, args)],
         env=env,
@@ -109,10 +115,20 @@ def test_the_wrapper_form_serves_while_its_command_runs_and_then_stops(tmp_path)
     )
     out, err = job.communicate(timeout=180)
     assert job.returncode == 0 and "is valid" in out
-    failing = _prompt_ot("forkserver", "--", "false", cwd=tmp_path)
-    failing.communicate(timeout=180)
-    assert failing.returncode == 1  # the command's own status
-    leftover = subprocess.run(["pgrep", "-f", "forkserver --socket .*prompt_ot_fork_"], capture_output=True, text=True)
+    # this test's servers' folders under a short folder of its own (a UNIX socket path has at most 107 bytes), so that
+    # servers of other tests running beside it are not counted
+    short = Path(tempfile.mkdtemp(prefix="fs-"))
+    try:
+        mine = f"forkserver --socket {short}/prompt_ot_fork_"
+        # the command sees its server running, and its own exit status (3) is the wrapper's
+        job = _prompt_ot(
+            "forkserver", "--", "sh", "-c", f"pgrep -f '{mine}' > seen.txt; exit 3", cwd=tmp_path, tmpdir=short
+        )
+        job.communicate(timeout=180)
+        assert job.returncode == 3 and (tmp_path / "seen.txt").read_text().strip()
+        leftover = subprocess.run(["pgrep", "-f", mine], capture_output=True, text=True)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     assert leftover.stdout.strip() == "", "a fork server outlived its command"
     missing = _prompt_ot("forkserver", "--", "no-such-command-here", cwd=tmp_path)
     out, err = missing.communicate(timeout=60)

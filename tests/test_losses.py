@@ -380,7 +380,7 @@ def test_plan_and_gradient_stay_on_the_gpu(solver):
 def test_the_device_backend_reads_nothing_on_the_host(solver, batch):
     """The CPU twin of the GPU test above: after a warm-up, the torch backend's loss and gradient read no
     tensor value on the host (a single problem's argmin is a 0-dim index, which indexing would read)."""
-    from tests.helpers import HostReads
+    from tests.support.host_reads import HostReads
 
     inputs = random_inputs(batch=batch, dtype=torch.float32, seed=17)
     image = inputs.image.requires_grad_()

@@ -1,19 +1,18 @@
-"""MLflow against a real tracking server (issue: MLflow server): each test starts `mlflow server` on 127.0.0.1
-(SQLite backend, an artifact folder the server proxies uploads and downloads into, one worker) and runs a
-shrunken grid of the offline demo through `snakemake` with MLFLOW_TRACKING_URI pointing at it, MLflow logging
-live from every job. The runs, their nesting, params, per-epoch metric histories and artifacts are read back
-through the MLflow client, over HTTP.
+"""MLflow against a real tracking server: each test starts `mlflow server` on 127.0.0.1 (SQLite backend, an artifact
+folder the server proxies uploads and downloads into, one worker; tests/support/mlflow_server.py) and reruns part of
+the session's shrunken grid (tests/support/grid.py: a copy with those runs removed) through `snakemake` with
+MLFLOW_TRACKING_URI pointing at it, MLflow logging live from every job. The runs, their nesting, params, per-epoch
+metric histories and artifacts are read back through the MLflow client, over HTTP.
 
-- the grid against a running server: everything arrives live, and the artifacts land in the server's folder;
+- the runs against a running server: everything arrives live, and the artifacts land in the server's folder;
 - the server killed while the first training run is mid-way and started again on the same port and store a
   few seconds later: the pipeline completes, then `python -m prompt_ot mlflow sync` logs what was missed, and
   afterwards every run is there once, complete (the half-logged ones are replaced, not duplicated);
 - the race in that test where the pipeline ends before the server is back, in process: the parent run's end
   waits in its file until `mlflow sync` (or the next pipeline) applies it.
 
-The grid: a seeded random-weights tiny CLIP (no pretraining: MLflow is the point here), digits, 8 shots,
-zero-shot CLIP and Prompt-OT, targets the evaluations (not the report). Each test skips with one line where
-the server cannot start. About 70 s and 100 s on 2 otherwise quiet cores (each server start is 10-15 s of it).
+The reruns: zero-shot CLIP and Prompt-OT (a run without epochs, and one with per-epoch metrics), seed 1, targets the
+evaluations (not the report). Each test skips with one line where the server cannot start.
 """
 
 from __future__ import annotations
@@ -21,119 +20,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.test_reliability import HISTORY_KEYS, SHOTS, env, grid_params, summary
-from tests.workflow_helpers import make_workspace, quiet_env
+from tests.support.forkserver import FORKED
+from tests.support.grid import EPOCHS, EXPERIMENT, HISTORY_KEYS, SHOTS, run_dir
+from tests.support.mlflow_server import MlflowServer, free_port
+from tests.support.workflow import SNAKEMAKE, copy_workspace, env, mlflow_client, summary
 
 METHODS = ["zeroshot", "prompt_ot"]  # a run without epochs, and one with per-epoch metrics
-EXPERIMENT = "prompt-ot-demo"  # demo/params.yaml's
 TRAIN_ARTIFACTS = ["prompts.safetensors", "train.json", "train.log"]
 EVALUATE_ARTIFACTS = ["metrics.json", "predictions.npz"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` in its own process group (it spawns uvicorn workers), stopped by group: SIGTERM, then
-    SIGKILL. Restartable on the same port and store."""
-
-    def __init__(self, folder: Path, port: int):
-        self.folder, self.port = folder, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def artifacts(self) -> Path:
-        return self.folder / "artifacts"
-
-    def start(self, timeout: float = 180) -> str | None:
-        """Start and wait for /health; None when it answers, else why not (the server is then stopped)."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--backend-store-uri",
-            f"sqlite:///{self.folder / 'server.db'}",
-            "--artifacts-destination",
-            str(self.artifacts),
-            "--workers",
-            "1",
-        ]
-        # no background job runner: it would start seven huey consumers (~1 GB) that nothing here uses
-        server_env = quiet_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        server_env.pop("MLFLOW_TRACKING_URI", None)
-        log = open(self.folder / "server.log", "a")
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.folder, env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (code := self.proc.poll()) is not None:
-                lines = (self.folder / "server.log").read_text().strip().splitlines()
-                errors = [line for line in lines if "error" in line.lower()]  # the cause, not the shutdown after it
-                self.stop()
-                return f"it exited with {code}: {(errors or lines or ['no output'])[-1]}"
-            if self.healthy():
-                return None
-            time.sleep(0.25)
-        self.stop()
-        return f"/health did not answer within {timeout:.0f} s"
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def stop(self, hard: bool = False) -> None:
-        """SIGTERM the whole process group, SIGKILL what is left after 30 s (at once when ``hard``); return once
-        the group is gone."""
-        if self.proc is None:
-            return
-        group, proc, self.proc = self.proc.pid, self.proc, None
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10))[hard:]:
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                proc.poll()  # reap the leader, so it does not keep the group alive as a zombie
-                try:
-                    os.killpg(group, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                continue
-            break
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    server = MlflowServer(tmp_path / "server", _free_port())
+    server = MlflowServer(tmp_path / "server", free_port())
     try:
         problem = server.start()
         if problem:
@@ -143,22 +49,18 @@ def mlflow_server(tmp_path):
         server.stop()
 
 
-def server_grid(folder: Path, seeds: list[int], epochs: int) -> Path:
-    params = yaml.safe_load(grid_params(defer=False))  # live logging: what talks to the server during training
-    params.update(methods=METHODS, seeds=seeds)
-    params["train"]["epochs"] = epochs
-    return make_workspace(folder, yaml.safe_dump(params, sort_keys=False))
-
-
-def run_dir(method: str, seed: int | str) -> str:
-    return f"runs/base2novel/{method}/digits_{SHOTS}shot/seed{seed}"
+def server_grid(grid: Path, folder: Path, seeds: list[int]) -> Path:
+    """A copy of the grid without the runs of METHODS for ``seeds`` and without its MLflow store: the pipeline
+    redoes those runs, logging to the server."""
+    runs = [run_dir(m, s) for m in METHODS for s in seeds]
+    return copy_workspace(grid, folder, *runs, "mlflow.db", "mlartifacts", "runs/mlflow_parent.json")
 
 
 def snakemake(seeds: list[int]) -> list[str]:
-    """The evaluations as targets: the report's tables (a job of ~15 s) add nothing to what MLflow receives.
-    The targets come first: --resources takes several values."""
+    """The evaluations as targets: the report's tables add nothing to what MLflow receives. The targets come
+    first: --resources takes several values. Jobs are forked from the fork server, as `make demo` runs them."""
     targets = [f"{run_dir(m, s)}/metrics.json" for m in METHODS for s in seeds]
-    return [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--resources", "gpu=2"]
+    return [*FORKED, *SNAKEMAKE, *targets, "--cores", "2", "--resources", "gpu=2"]
 
 
 def check_runs_complete(client, folder: Path, seeds: list[int], epochs: int, download: Path) -> dict:
@@ -215,15 +117,10 @@ def check_runs_complete(client, folder: Path, seeds: list[int], epochs: int, dow
     return {key: run for key, run in zip(keys, children)}
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def test_shrunken_grid_logs_live_to_a_real_mlflow_server(mlflow_server, tmp_path):
-    seeds, epochs = [1], 2
-    folder = server_grid(tmp_path / "grid", seeds, epochs)
+@pytest.mark.system
+def test_shrunken_grid_logs_live_to_a_real_mlflow_server(shrunken_grid, mlflow_server, tmp_path):
+    seeds, epochs = [1], EPOCHS
+    folder = server_grid(shrunken_grid, tmp_path / "grid", seeds)
     result = subprocess.run(
         snakemake(seeds),
         cwd=folder,
@@ -236,7 +133,7 @@ def test_shrunken_grid_logs_live_to_a_real_mlflow_server(mlflow_server, tmp_path
     assert "warning: MLflow" not in result.stderr, result.stderr[-3000:]
     assert not list(folder.rglob("mlflow_pending_*.json")), "a job fell back to a pending record"
     assert json.loads((folder / "runs/mlflow_parent.json").read_text())["tracking_uri"] == mlflow_server.uri
-    runs = check_runs_complete(_client(mlflow_server.uri), folder, seeds, epochs, tmp_path / "download")
+    runs = check_runs_complete(mlflow_client(mlflow_server.uri), folder, seeds, epochs, tmp_path / "download")
     assert not any("prompt_ot.logged_late" in r.data.tags for r in runs.values())  # all of it live
     # nothing went to a local store: the artifacts went over HTTP into the server's own folder
     assert not (folder / "mlflow.db").exists() and not (folder / "mlartifacts").exists()
@@ -244,9 +141,10 @@ def test_shrunken_grid_logs_live_to_a_real_mlflow_server(mlflow_server, tmp_path
     assert set(TRAIN_ARTIFACTS + EVALUATE_ARTIFACTS) <= stored
 
 
-def test_server_stopped_mid_training_and_restarted_loses_nothing_after_sync(mlflow_server, tmp_path):
-    seeds, epochs = [1], 6
-    folder = server_grid(tmp_path / "grid", seeds, epochs)
+@pytest.mark.system
+def test_server_stopped_mid_training_and_restarted_loses_nothing_after_sync(shrunken_grid, mlflow_server, tmp_path):
+    seeds, epochs = [1], EPOCHS
+    folder = server_grid(shrunken_grid, tmp_path / "grid", seeds)
     log_path = tmp_path / "snakemake.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -306,7 +204,7 @@ def test_server_stopped_mid_training_and_restarted_loses_nothing_after_sync(mlfl
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert f"synced {len(pending)} of {len(pending)} pending runs" in synced.stdout
     assert not list(folder.rglob("mlflow_pending_*.json"))
-    client = _client(mlflow_server.uri)
+    client = mlflow_client(mlflow_server.uri)
     runs = check_runs_complete(client, folder, seeds, epochs, tmp_path / "download")
     late = {k for k, r in runs.items() if r.data.tags.get("prompt_ot.logged_late") == "true"}
     assert len(late) == len(pending)

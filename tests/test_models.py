@@ -6,7 +6,7 @@ import torch
 
 from prompt_ot.errors import UserError
 from prompt_ot.models.prompted import PromptConfig, PromptedCLIP
-from tests.helpers import tiny_clip
+from tests.support.models import reference_deep_vision, tiny_clip
 
 CLASSNAMES = ["dog", "cat", "great white shark", "a rather long class name with many words in it"]
 
@@ -96,21 +96,6 @@ def test_prompts_change_features_and_init_from_words(tiny):
     shallow.set_classnames(["dog"])
     hand = clip.encode_text(tokenizer(["a photo of a dog."]))
     torch.testing.assert_close(shallow.encode_tokens(shallow.class_tokens), hand, rtol=0, atol=1e-5)
-
-
-def reference_deep_vision(clip, images, prompts):
-    """Straightforward IVLP vision forward written out block by block, as the reference."""
-    v = clip.visual
-    x = v.conv1(images).flatten(2).transpose(1, 2)
-    x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], 1) + v.positional_embedding
-    n = prompts[0].shape[0]
-    x = v.ln_pre(torch.cat([x, prompts[0].expand(x.shape[0], -1, -1)], 1))
-    for i, block in enumerate(v.transformer.resblocks):
-        if 0 < i < len(prompts):
-            x = torch.cat([x[:, :-n], prompts[i].expand(x.shape[0], -1, -1)], 1)  # replace, not add
-        x = block(x)
-    x = v.ln_post(x[:, :-n])
-    return x[:, 0] @ v.proj
 
 
 def test_deep_vision_prompts_follow_replace_rule(tiny):

@@ -14,8 +14,7 @@ from prompt_ot.losses import RegulariserInputs, build_regulariser
 from prompt_ot.methods import build_model, get_method, gpa_weights
 from prompt_ot.models.prompted import PromptConfig, PromptedCLIP
 from prompt_ot.train import TrainConfig, train
-from tests.helpers import ToyImages, tiny_clip
-from tests.test_models import reference_deep_vision
+from tests.support.models import ToyImages, reference_deep_vision, tiny_clip
 
 CLASSES = ["red thing", "green thing", "blue thing"]
 NAMES = ["dog", "cat", "great white shark", "a rather long class name with many words in it", "x"]
@@ -62,6 +61,7 @@ def test_cocoop_with_a_zero_meta_net_is_coop(tiny):
 def test_cocoop_batched_prompts_equal_a_loop_of_full_forwards_with_gradients(tiny):
     """All B x C prompt sequences in one forward (each image's prefix computed once) equal, features and
     gradients, a loop over images of full 77-token text forwards of that image's context."""
+    torch.manual_seed(0)  # the inputs below do not depend on which tests ran before in this process
     clip, tokenizer, _ = tiny
     model = build_model(get_method("cocoop"), clip, tokenizer, seed=2)
     _perturb(model)
@@ -344,16 +344,16 @@ def cli_work(tmp_path_factory):
     """dtd and eurosat fixtures, the released recipes shortened to 2 fp32 epochs, cross-dataset dtd -> eurosat and
     2-shot few-shot on dtd: manifests and caches made through the CLI."""
     import yaml
-    from fixtures_data import make_fixture
-    from test_cli_errors import small_params
 
     from prompt_ot.cli import main
+    from tests.support.data import make_fixture
+    from tests.support.params import shrunk_params
 
     base = tmp_path_factory.mktemp("new_methods_cli")
     root = base / "data"
     for name in ("dtd", "eurosat"):
         make_fixture(name, root, num_classes=4, per_split=(4, 1, 2))
-    params = small_params()
+    params = shrunk_params("paper")
     params["datasets"] = ["dtd", "eurosat"]
     params["methods"] = ["cocoop", "maple", "promptsrc"]
     params["protocols"]["cross_dataset"] = {"sources": ["dtd"], "shots": 2, "evaluate": {"targets": ["eurosat"]}}

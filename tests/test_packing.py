@@ -13,7 +13,7 @@ from prompt_ot.errors import UserError
 from prompt_ot.methods import build_model, get_method
 from prompt_ot.models.prompted import packed_class_text_features, packed_image_features
 from prompt_ot.train import RunSpec, TrainConfig, train, train_packed
-from tests.helpers import ToyImages, tiny_clip
+from tests.support.models import ToyImages, tiny_clip
 
 PROMPT_TOL = 1e-5
 LOSS_TOL = 1e-5
@@ -163,16 +163,16 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
     import json
 
     import yaml
-    from fixtures_data import make_fixture
-    from test_cli_errors import small_params
 
     from prompt_ot.checkpoint import load_prompts
     from prompt_ot.cli import main
+    from tests.support.data import make_fixture
+    from tests.support.params import shrunk_params
 
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(small_params()))
+    params.write_text(yaml.safe_dump(shrunk_params("paper")))
     args = {"manifest": [], "cache": []}
     for seed in (1, 2):
         manifest, cache = tmp_path / f"manifest{seed}.json", tmp_path / f"cache{seed}"

@@ -2,6 +2,7 @@
 resolving weights for the paper grid."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import yaml
 
 from prompt_ot.errors import UserError
 from prompt_ot.pretrain import PretrainConfig
-from tests.workflow_helpers import ROOT, quiet_env
+from tests.support.params import as_yaml, shrunk_params
+from tests.support.workflow import ROOT, quiet_env
 
 
 def test_pretrain_settings_are_checked():
@@ -28,12 +30,10 @@ def test_pretrain_settings_are_checked():
 
 
 def _workspace(tmp_path, epochs=1):
-    params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
-    params["backbone"] = {"name": "tiny-vit", "pretrained": "runs/backbone/tiny-vit.safetensors"}
-    params["datasets"] = ["digits"]
-    params["protocols"]["base2novel"]["datasets"] = ["digits"]
-    params["pretrain"] = {"datasets": ["digits"], "epochs": epochs, "batch_size": 128, "repeat": {"digits": 1}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    """The demo's params with the tiny CLIP pretrained briefly on the digits."""
+    backbone = {"name": "tiny-vit", "pretrained": "runs/backbone/tiny-vit.safetensors"}
+    pretrain = {"datasets": ["digits"], "epochs": epochs, "batch_size": 128, "repeat": {"digits": 1}}
+    (tmp_path / "params.yaml").write_text(as_yaml(shrunk_params(backbone=backbone, pretrain=pretrain)))
     return tmp_path
 
 
@@ -61,6 +61,16 @@ def test_backbone_stage_pretrains_once_and_the_checkpoint_loads(tmp_path):
     trained, _, _ = load_backbone("tiny-vit", str(checkpoint))
     random, _, _ = load_backbone("tiny-vit", None)
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), random.state_dict().values()))
+
+    # the same pretraining in another folder writes the same bytes (test_e2e's DVC run takes the grid's backbone)
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copy2(folder / "params.yaml", again / "params.yaml")
+    shutil.copytree(folder / "data", again / "data")
+    assert (
+        _stage(again, "backbone", "--params", "params.yaml", "--root", "data", "--out", "runs/backbone").returncode == 0
+    )
+    assert (again / "runs/backbone/tiny-vit.safetensors").read_bytes() == checkpoint.read_bytes()
 
 
 def test_backbone_stage_refuses_a_pretrained_path_it_does_not_write(tmp_path):

@@ -1,14 +1,13 @@
-"""Reliability end to end, through the real pipeline and CLI (issue 7): a training job killed with SIGKILL
-resumes to the same numbers under `snakemake --rerun-incomplete` and `dvc repro`; killed builds leave nothing
-that looks complete and their leftovers are cleaned by the next build; the same grid run twice from scratch
-gives byte-identical metrics and tables; parallel training jobs lose nothing in MLflow; an unreachable MLflow
-costs nothing but one warning and a later `mlflow sync`.
+"""Reliability end to end, through the real pipeline and CLI: a training job killed with SIGKILL resumes to the
+same numbers under `snakemake --rerun-incomplete` and `dvc repro`; killed builds leave nothing that looks complete and
+their leftovers are cleaned by the next build; the same grid run twice from scratch gives byte-identical metrics and
+tables; parallel training jobs lose nothing in MLflow; an unreachable MLflow costs nothing but one warning and a later
+`mlflow sync`.
 
-The grid is the demo's configuration shrunken (a seeded random-weights tiny CLIP, the digits, 8 shots,
-CoOp and Prompt-OT, seeds 1-2, 8 epochs), run once per module from scratch by `snakemake --cores 4` with
-MLflow logging live from every job. The crash tests work on copies of it with one run and the report removed,
-so only the killed job and what depends on it run again; the determinism test (slow) runs the grid a second
-time from scratch in another folder.
+The pipeline tests read the session's shrunken grid (tests/support/grid.py: built once by Snakemake, four jobs at a
+time, MLflow logging live from every job). The crash tests work on copies of it with one run and the report removed,
+so that only the killed job and what depends on it run again; the determinism test (slow) runs the grid a second time
+from scratch in another folder.
 """
 
 from __future__ import annotations
@@ -25,106 +24,57 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.workflow_helpers import ROOT, make_workspace, quiet_env
+from tests.support.forkserver import FORKED
+from tests.support.grid import EPOCHS, EXPERIMENT, HISTORY_KEYS, KILLED, METHODS, SEEDS, SHOTS, TRAINED, build
+from tests.support.grid import run_dir as grid_run
+from tests.support.workflow import (
+    DVC,
+    MLFLOW_OFF,
+    PROMPT_OT,
+    ROOT,
+    SNAKEMAKE,
+    adopt_done_stages,
+    artifact_bytes,
+    copy_workspace,
+    env,
+    files_of,
+    mlflow_client,
+    run,
+    summary,
+    tables_of,
+    without_seconds,
+)
 
-METHODS = ["coop", "prompt_ot"]  # no regulariser, and the OT regulariser
-SEEDS = [1, 2]
-EPOCHS = 8
-SHOTS = 8
-KILLED = f"runs/base2novel/prompt_ot/digits_{SHOTS}shot/seed1"  # the run each crash test kills mid-training
-HISTORY_KEYS = ("lr", "loss", "ce", "regulariser", "train_accuracy")
-OFF = {"PROMPT_OT_MLFLOW": "off"}  # the crash tests are not about MLflow; each job saves its ~3 s
-
-
-def grid_params(defer: bool) -> str:
-    """The offline demo's configuration, shrunken: no pretraining (seeded random tiny-vit), digits only."""
-    params = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
-    params["backbone"] = {"name": "tiny-vit", "pretrained": "none"}
-    params["pretrain"] = {}
-    params.update(datasets=["digits"], methods=METHODS, seeds=SEEDS)
-    params["protocols"]["base2novel"].update(datasets=["digits"], shots=SHOTS)
-    params["train"].update(epochs=EPOCHS, pack=False)  # one training job per seed
-    params["mlflow"]["defer"] = defer
-    return yaml.safe_dump(params, sort_keys=False)
-
-
-def env(**extra) -> dict:
-    env = quiet_env() | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)} | extra
-    # the jobs' `python` is this interpreter, whatever PATH the tests were started with
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if not env.get("MLFLOW_TRACKING_URI"):
-        env.pop("MLFLOW_TRACKING_URI", None)  # each workspace's own mlflow.db
-    return env
-
-
-def run(cmd, cwd, **extra):
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(**extra), timeout=900)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--resources", "gpu=4"]
-DVC = [sys.executable, "-m", "dvc"]
+METRICS = f"runs/base2novel/*/digits_{SHOTS}shot/seed*/metrics.json"
 
 
 def metrics_of(folder: Path) -> dict[str, bytes]:
-    files = sorted(folder.glob(f"runs/base2novel/*/digits_{SHOTS}shot/seed*/metrics.json"))
-    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in files}
-
-
-def tables_of(folder: Path) -> dict[str, bytes]:
-    return {f.name: f.read_bytes() for f in sorted((folder / "reports/tables").glob("*.csv"))}
-
-
-def summary(folder: Path, run_dir: str) -> dict:
-    return json.loads((folder / run_dir / "train.json").read_text())
-
-
-def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
-
-
-@pytest.fixture(scope="module")
-def snakemake_grid(tmp_path_factory):
-    """The grid under `snakemake --cores 4`, MLflow not deferred: four training jobs logging at once."""
-    folder = make_workspace(tmp_path_factory.mktemp("grid") / "live", grid_params(defer=False))
-    run([*SNAKEMAKE, "--cores", "4"], folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def second_grid(tmp_path_factory):
-    """The same grid again, from scratch in another folder, with MLflow deferred (that changes when runs are
-    logged, not what is computed)."""
-    folder = make_workspace(tmp_path_factory.mktemp("grid") / "deferred", grid_params(defer=True))
-    run([*SNAKEMAKE, "--cores", "2"], folder)
-    return folder
+    return files_of(folder, METRICS)
 
 
 # ---------------------------------------------------------------- determinism
 
 
-@pytest.mark.slow  # a second full grid (~100 s); test_e2e compares two from-scratch runs by default
-def test_the_grid_run_twice_from_scratch_gives_byte_identical_metrics_and_tables(snakemake_grid, second_grid):
+@pytest.mark.slow  # a second full grid (~90 s); test_e2e compares two from-scratch runs (Snakemake, DVC) by default
+def test_the_grid_run_twice_from_scratch_gives_byte_identical_metrics_and_tables(shrunken_grid, tmp_path):
     from prompt_ot.checkpoint import load_prompts
 
-    first, second = metrics_of(snakemake_grid), metrics_of(second_grid)
+    second = build(tmp_path / "again")
+    first = metrics_of(shrunken_grid)
     assert len(first) == len(METHODS) * len(SEEDS) and len(set(first.values())) == len(first)
-    assert first == second, "two runs of the same grid gave different metrics files"
-    tables = tables_of(snakemake_grid)
+    assert first == metrics_of(second), "two runs of the same grid gave different metrics files"
+    tables = tables_of(shrunken_grid)
     assert "base2novel_average.csv" in tables and b"prompt_ot" in tables["base2novel_average.csv"]
-    assert b"coop" in tables["base2novel_average.csv"]
-    assert tables == tables_of(second_grid), "two runs of the same grid gave different CSV tables"
-    for run_dir in (Path(p).parent.as_posix() for p in first):
-        a, b = summary(snakemake_grid, run_dir), summary(second_grid, run_dir)
+    assert tables == tables_of(second), "two runs of the same grid gave different CSV tables"
+    for run_dir in (grid_run(m, s) for m in TRAINED for s in SEEDS):
+        a, b = summary(shrunken_grid, run_dir), summary(second, run_dir)
         assert a["resumed_from_epoch"] == b["resumed_from_epoch"] == 0  # both ran from scratch
         assert len(a["history"]) == EPOCHS and without_seconds(a["history"]) == without_seconds(b["history"])
         regularised = any(r["regulariser"] > 0 for r in a["history"])
-        assert regularised == (a["method"] == "prompt_ot")  # the grid has an OT and a non-OT method
+        assert regularised == (a["method"] in ("prompt_ot", "promptsrc"))  # OT, and PromptSRC's consistency terms
         (prompts_a, meta_a), (prompts_b, meta_b) = (
-            load_prompts(g / run_dir / "prompts.safetensors") for g in (snakemake_grid, second_grid)
+            load_prompts(g / run_dir / "prompts.safetensors") for g in (shrunken_grid, second)
         )
         assert meta_a == meta_b and prompts_a.keys() == prompts_b.keys()
         assert all(prompts_a[k].equal(prompts_b[k]) for k in prompts_a)
@@ -133,18 +83,10 @@ def test_the_grid_run_twice_from_scratch_gives_byte_identical_metrics_and_tables
 # ---------------------------------------------------------------- crash and resume
 
 
-def copy_without(source: Path, dest: Path, *remove: str) -> Path:
-    """A copy of a finished workspace (times kept) with some results removed, so the pipeline redoes them."""
-    shutil.copytree(source, dest, symlinks=True)
-    for name in remove:
-        path = dest / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return dest
-
-
 def start_and_kill_mid_training(cmd, folder: Path, **extra_env) -> dict:
     """Start the pipeline in its own process group; once the killed run's first epoch is checkpointed, SIGKILL
-    the whole group (the tool and its jobs) and wait until every process of it is gone. Returns the checkpoint's
+    the whole group (the tool and its jobs, or the fork server, the tool, its jobs and their forks) and wait until
+    every process of it is gone. Returns the checkpoint's
     metadata at the kill."""
     checkpoint = folder / KILLED / "checkpoint.safetensors"
     with open(folder / "killed_run.log", "w") as log:
@@ -196,11 +138,11 @@ def check_resumed(folder: Path, reference: Path, killed_at: int) -> None:
     assert tables_of(folder) == tables_of(reference)
 
 
-def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakemake_grid, tmp_path):
+def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(shrunken_grid, tmp_path):
     """With MLflow recording live: the killed job's run and the killed pipeline's parent run, left RUNNING by
     the kill, are ended KILLED by the rerun, which records complete runs of its own."""
-    folder = copy_without(
-        snakemake_grid,
+    folder = copy_workspace(
+        shrunken_grid,
         tmp_path / "snakemake",
         KILLED,
         "reports/tables",
@@ -209,15 +151,16 @@ def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakem
         "mlartifacts",
         "runs/mlflow_parent.json",
     )
-    meta = start_and_kill_mid_training([*SNAKEMAKE, "--cores", "2"], folder)
+    snakemake = [*FORKED, *SNAKEMAKE, "--cores", "2", "--resources", "gpu=2"]  # jobs forked, as `make demo` runs
+    meta = start_and_kill_mid_training(snakemake, folder)
     killed_at = check_killed_mid_run(folder, meta)
     live = json.loads((folder / KILLED / "mlflow_live_train.json").read_text())
     # a SIGKILLed Snakemake cannot remove its lock; --unlock is its documented step after a kill
     run([*SNAKEMAKE, "--unlock"], folder)
-    run([*SNAKEMAKE, "--cores", "2", "--rerun-incomplete"], folder)
-    check_resumed(folder, snakemake_grid, killed_at)
+    run([*snakemake, "--rerun-incomplete"], folder)
+    check_resumed(folder, shrunken_grid, killed_at)
 
-    client = _client(f"sqlite:///{folder / 'mlflow.db'}")
+    client = mlflow_client(f"sqlite:///{folder / 'mlflow.db'}")
     runs = client.search_runs(client.search_experiments()[0].experiment_id)
     status = {
         (r.data.tags.get("kind"), r.info.run_name): r.info.status for r in runs if r.info.run_id != live["run_id"]
@@ -241,52 +184,29 @@ def test_snakemake_job_killed_mid_training_resumes_under_rerun_incomplete(snakem
     assert f"resuming from the checkpoint after epoch {killed_at} of {EPOCHS}" in log
 
 
-def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(snakemake_grid, tmp_path):
+def test_dvc_stage_killed_mid_training_resumes_under_dvc_repro(shrunken_grid, tmp_path):
     redo = ["train_base2novel@prompt_ot-digits-1", "evaluate_base2novel@prompt_ot-digits-1", "report"]
-    folder = copy_without(snakemake_grid, tmp_path / "dvc", KILLED, "reports/tables", "reports/figures")
-    # DVC adopts the stages that are done (as if an earlier `dvc repro` had run them); the rest is to be redone
-    run([*DVC, "repro", "validate"], folder, **OFF)  # DVC's first stage (Snakemake validates as it starts)
-    done = [name for name in dvc_stages() if name not in redo]
-    run([*DVC, "commit", "--force", *done], folder, **OFF)
-    meta = start_and_kill_mid_training([*DVC, "repro"], folder, **OFF)
+    folder = copy_workspace(shrunken_grid, tmp_path / "dvc", KILLED, "reports/tables", "reports/figures")
+    adopt_done_stages(folder, redo)  # DVC takes the stages that are done as done; the rest is to be redone
+    meta = start_and_kill_mid_training([*FORKED, *DVC, "repro"], folder, **MLFLOW_OFF)
     killed_at = check_killed_mid_run(folder, meta)
-    result = run([*DVC, "repro"], folder, **OFF)
+    result = run([*FORKED, *DVC, "repro"], folder, **MLFLOW_OFF)
     assert sorted(
         line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")
     ) == sorted(redo)
-    check_resumed(folder, snakemake_grid, killed_at)
-    assert "up to date" in run([*DVC, "status", "dvc.yaml"], folder, **OFF).stdout
-
-
-def dvc_stages() -> list[str]:
-    """The stage names dvc.yaml expands to for this grid."""
-    names = ["download@digits", "backbone", "cache_test@digits"]
-    for kind in ("split_base2novel", "cache_train_base2novel"):
-        names += [f"{kind}@digits-{s}" for s in SEEDS]
-    for kind in ("train_base2novel", "evaluate_base2novel"):
-        names += [f"{kind}@{m}-digits-{s}" for m in METHODS for s in SEEDS]
-    return names + ["report"]
+    check_resumed(folder, shrunken_grid, killed_at)
+    assert "up to date" in run([*DVC, "status", "dvc.yaml"], folder, **MLFLOW_OFF).stdout
 
 
 # ---------------------------------------------------------------- concurrency: parallel jobs, live MLflow
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _artifact_bytes(client, run_id: str, path: str, dest: Path) -> bytes:
-    return Path(client.download_artifacts(run_id, path, str(dest))).read_bytes()
-
-
-def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(snakemake_grid, tmp_path):
-    folder = snakemake_grid
+def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(shrunken_grid, tmp_path):
+    folder = shrunken_grid
     assert not list((folder / "runs").rglob("mlflow_pending_*.json")), "a job fell back to a pending record"
     parent_info = json.loads((folder / "runs/mlflow_parent.json").read_text())
-    client = _client(parent_info["tracking_uri"])
-    experiment = client.get_experiment_by_name("prompt-ot-demo")
+    client = mlflow_client(parent_info["tracking_uri"])
+    experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     kinds = sorted(r.data.tags.get("kind") for r in runs)
     expected = len(METHODS) * len(SEEDS)
@@ -300,26 +220,26 @@ def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(
         (kind, m, str(s)) for kind in ("train", "evaluate") for m in METHODS for s in SEEDS
     }
 
-    for run in children:
-        run_dir = f"runs/base2novel/{run.data.tags['method']}/digits_{SHOTS}shot/seed{run.data.tags['seed']}"
-        dest = tmp_path / run.info.run_id
-        if run.data.tags["kind"] == "train":
+    for child in children:
+        run_dir = grid_run(child.data.tags["method"], child.data.tags["seed"])
+        dest = tmp_path / child.info.run_id
+        if child.data.tags["kind"] == "train":
             history = summary(folder, run_dir)["history"]
             for key in HISTORY_KEYS:  # every epoch's metrics, exactly as train.json has them
-                logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-                assert logged == [(r["epoch"], r[key]) for r in history], (run.info.run_name, key)
+                logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, key))
+                assert logged == [(r["epoch"], r[key]) for r in history], (child.info.run_name, key)
             names = ["prompts.safetensors", "train.json", "train.log"]
         else:
             metrics = json.loads((folder / run_dir / "metrics.json").read_text())
-            assert run.data.metrics == {
+            assert child.data.metrics == {
                 "accuracy/base": metrics["accuracy"]["base"],
                 "accuracy/novel": metrics["accuracy"]["novel"],
                 "hm": metrics["hm"],
             }
             names = ["metrics.json", "predictions.npz"]
-        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == names
+        assert sorted(a.path for a in client.list_artifacts(child.info.run_id)) == names
         for name in names:
-            assert _artifact_bytes(client, run.info.run_id, name, dest) == (folder / run_dir / name).read_bytes()
+            assert artifact_bytes(client, child.info.run_id, name, dest) == (folder / run_dir / name).read_bytes()
 
     # the training jobs really ran at the same time: intervals of at least two train runs overlap
     trains = sorted((r.info.start_time, r.info.end_time) for r in runs if r.data.tags["kind"] == "train")
@@ -336,42 +256,22 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relogs(snakemake_grid, tmp_path):
+def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relogs(shrunken_grid, tmp_path):
     """`python -m prompt_ot train` with MLFLOW_TRACKING_URI at a closed port (not deferred): the results are
     on disk and equal those of a tracked run, one warning for the whole job, then `mlflow sync` logs the run."""
-    grid = snakemake_grid
+    grid = shrunken_grid
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy2(grid / "params.yaml", project / "params.yaml")
+    shutil.copytree(grid / "runs/backbone", project / "runs/backbone")  # the pretrained weights params.yaml names
     out = project / "runs" / "offline"
     manifest = grid / f"runs/manifests/digits/base_{SHOTS}shot_seed1.json"
     cache = grid / f"cache/train/digits/base_{SHOTS}shot_seed1"
     server = f"http://127.0.0.1:{_closed_port()}"
     started = time.monotonic()
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "prompt_ot",
-            "train",
-            "--params",
-            "params.yaml",
-            "--protocol",
-            "base2novel",
-            "--method",
-            "prompt_ot",
-            "--seed",
-            "1",
-            "--manifest",
-            str(manifest),
-            "--train-cache",
-            str(cache),
-            "--out",
-            str(out),
-        ],
-        project,
-        MLFLOW_TRACKING_URI=server,
-    )
+    command = ["train", "--params", "params.yaml", "--protocol", "base2novel", "--method", "prompt_ot", "--seed", "1"]
+    command += ["--manifest", str(manifest), "--train-cache", str(cache), "--out", str(out)]
+    result = run([*PROMPT_OT, *command], project, MLFLOW_TRACKING_URI=server)
     assert time.monotonic() - started < 120  # no long retries against the dead server
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, result.stderr  # once per process, not once per epoch
@@ -389,8 +289,8 @@ def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relo
     synced = run([sys.executable, "-m", "prompt_ot", "mlflow", "sync", "runs", "--project-root", "."], project)
     assert "synced 1 of 1 pending runs" in synced.stdout
     assert not (out / "mlflow_pending_train.json").exists() and (out / "mlflow_synced_train.json").exists()
-    client = _client(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("prompt-ot-demo").experiment_id])
+    client = mlflow_client(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = runs[0]
     assert logged.data.tags["method"] == "prompt_ot" and logged.data.tags["prompt_ot.logged_late"] == "true"
@@ -403,7 +303,7 @@ def test_cli_training_with_mlflow_unreachable_completes_warns_once_and_sync_relo
         "train.log",
     ]
     for name in ("prompts.safetensors", "train.json", "train.log"):
-        assert _artifact_bytes(client, logged.info.run_id, name, tmp_path / "dl") == (out / name).read_bytes()
+        assert artifact_bytes(client, logged.info.run_id, name, tmp_path / "dl") == (out / name).read_bytes()
 
 
 # ---------------------------------------------------------------- killed builds leave nothing complete-looking
@@ -419,14 +319,14 @@ _BLOCKED_BUILD = textwrap.dedent("""
 
     if kind == "store":
         from prompt_ot.data import store
-        from tests.test_store import make_images
+        from tests.support.data import make_images
         store._decode = block
         store.build_store(make_images(out.parent / "images"), out.parent / "images", out, "test", 32, workers=1)
     else:
         from prompt_ot.cache import build_test_cache
         from prompt_ot.models.prompted import PromptedCLIP
         PromptedCLIP.frozen_image_features = block
-        build_test_cache("digits", sys.argv[4], "tiny-vit", None, out, device="cpu", progress=False)
+        build_test_cache("digits", sys.argv[4], "demo-vit", sys.argv[5], out, device="cpu", progress=False)
 """)
 
 
@@ -472,7 +372,7 @@ def _live_building_folder(out: Path) -> subprocess.Popen:
 def test_a_killed_store_build_leaves_only_a_hidden_folder_that_the_next_build_removes(tmp_path):
     from prompt_ot.data.store import ImageStore, build_store
     from prompt_ot.utils.io import stale_folders
-    from tests.test_store import make_images
+    from tests.support.data import make_images
 
     out = tmp_path / "store"
     pid = _kill_blocked_build("store", out)
@@ -497,36 +397,20 @@ def test_a_killed_store_build_leaves_only_a_hidden_folder_that_the_next_build_re
     assert _hidden(tmp_path, "store") == [other_host.name]
 
 
-def test_a_killed_cache_build_leaves_only_a_hidden_folder_that_the_next_cli_build_removes(snakemake_grid, tmp_path):
-    data = snakemake_grid / "data"
+def test_a_killed_cache_build_leaves_only_a_hidden_folder_that_the_next_cli_build_removes(shrunken_grid, tmp_path):
+    data = shrunken_grid / "data"
     out = tmp_path / "digits"
-    pid = _kill_blocked_build("cache", out, str(data))
+    pid = _kill_blocked_build("cache", out, str(data), str(shrunken_grid / "runs/backbone/demo-vit.safetensors"))
     assert not out.exists()
     left = _hidden(tmp_path, "digits")
     assert len(left) == 1 and f"-{pid}-" in left[0]
     assert (tmp_path / left[0] / "store" / "index.json").exists()  # it was half-way: the store done, no features
-    run(
-        [
-            sys.executable,
-            "-m",
-            "prompt_ot",
-            "cache",
-            "test",
-            "digits",
-            "--root",
-            str(data),
-            "--backbone",
-            "tiny-vit",
-            "--pretrained",
-            "none",
-            "--out",
-            str(out),
-        ],
-        tmp_path,
-    )
+    weights = shrunken_grid / "runs/backbone/demo-vit.safetensors"  # the grid's pretrained backbone
+    command = ["cache", "test", "digits", "--root", str(data), "--backbone", "demo-vit", "--pretrained", str(weights)]
+    run([*PROMPT_OT, *command, "--out", str(out)], tmp_path)
     assert _hidden(tmp_path, "digits") == []
     assert (out / "index.json").exists()
-    reference = snakemake_grid / "cache/test/digits"
+    reference = shrunken_grid / "cache/test/digits"
     for name in ("image_features.npy", "labels.npy"):
         assert (out / name).read_bytes() == (reference / name).read_bytes()
 

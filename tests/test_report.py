@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from prompt_ot.report.collect import metrics_paths
 from prompt_ot.report.names import latex_escape
 from prompt_ot.report.published import read_published
 from prompt_ot.results import RunMetrics, write_metrics
+from tests.support.workflow import ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "reports" / "published"
@@ -958,3 +960,34 @@ def test_reproduction_gap_escapes_names_and_without_published_numbers_writes_emp
         text = (out / "tables" / f"reproduction_gap.{suffix}").read_text()
         assert "No published numbers were read" in text and "Left out: 4 (method, protocol, dataset)" in text
     assert "\\begin{longtable}" not in (out / "tables" / "reproduction_gap.tex").read_text()
+
+
+def test_the_report_summary_holds_each_protocols_means_and_no_published_row(full_report):
+    """reports/metrics.json, DVC's metrics of the report: the tables' means of this suite's rows, per protocol."""
+    import math
+
+    from prompt_ot.report.build import build_tables
+    from prompt_ot.report.collect import load_runs, metrics_paths
+    from prompt_ot.report.published import read_published
+    from prompt_ot.report.summary import summary
+
+    written = json.loads((full_report / "metrics.json").read_text())
+    tables = build_tables(
+        load_runs(metrics_paths(directory=full_report.parent / "runs")), read_published(ROOT / "reports" / "published")
+    ).tables
+    assert written == json.loads(json.dumps(summary(tables)))
+    average = {t.name: t for t in tables}["base2novel_average"]
+    for row in average.rows:
+        if row.published:
+            assert row.key not in written["base2novel"]
+        else:
+            assert written["base2novel"][row.key]["hm"] == row.cells["hm_of_avg"].mean
+    assert set(written) == {"base2novel", "cross_dataset", "domain_generalization", "few_shot"}
+    for protocol in ("cross_dataset", "domain_generalization"):  # per source dataset
+        assert set(written[protocol]) == {"imagenet"}
+        assert all(
+            set(v) == {"source", "target_avg"} and all(math.isfinite(x) for x in v.values())
+            for v in written[protocol]["imagenet"].values()
+        )
+    assert set(written["few_shot"]) == {"coop", "prompt_ot"}
+    assert all(set(v) == {"1shot", "2shot", "4shot"} for v in written["few_shot"].values())

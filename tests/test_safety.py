@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_data import make_fixture
 
 from prompt_ot.cli import main
 from prompt_ot.config import validate_params
 from prompt_ot.data.download import extract_archive
 from prompt_ot.errors import UserError
-from tests.workflow_helpers import ROOT, make_workspace, quiet_env
+from tests.support.data import make_fixture
+from tests.support.workflow import ROOT, make_workspace, quiet_env
 
 PACKAGE = ROOT / "prompt_ot"
 

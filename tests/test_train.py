@@ -10,7 +10,7 @@ from prompt_ot.errors import UserError
 from prompt_ot.evaluate import evaluate, harmonic_mean
 from prompt_ot.methods import METHODS, build_model, get_method
 from prompt_ot.train import TrainConfig, epoch_batches, learning_rate, train
-from tests.helpers import ToyImages, tiny_clip
+from tests.support.models import ToyImages, tiny_clip
 
 CLASSES = ["red thing", "green thing", "blue thing"]
 

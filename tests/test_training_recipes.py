@@ -10,7 +10,7 @@ from prompt_ot.config import resolve_run, validate_params
 from prompt_ot.errors import UserError
 from prompt_ot.methods import METHODS
 from prompt_ot.recipes import RECIPE_KEYS, RELEASED, TRAINED_PROTOCOLS, resolve_recipe
-from tests.workflow_helpers import ROOT
+from tests.support.workflow import ROOT
 
 # the released values, as docs/fidelity.md and ../shared/REFERENCE_PROTOCOL.md list them:
 # (lr, batch, epochs, warm-up lr, tested epoch (0 = last), text depth, vision depth)

@@ -9,7 +9,7 @@ import yaml
 
 from prompt_ot.config import validate_params
 from prompt_ot.errors import UserError
-from tests.workflow_helpers import ROOT, dvc_jobs, make_workspace, quiet_env, snakemake_jobs
+from tests.support.workflow import ROOT, dvc_jobs, make_workspace, quiet_env, snakemake_jobs
 
 
 def _same_jobs(folder):

@@ -16,6 +16,9 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+from PIL import Image
+
 from prompt_ot.data.registry import Item, Split
 
 
@@ -216,3 +219,33 @@ def archive_folder(source: Path, archive: Path, *, prefix: str = "") -> Path:
             for path in files:
                 tar.add(path, prefix + path.relative_to(source).as_posix())
     return archive
+
+
+# ---------------------------------------------------------------- photo-like images of several shapes
+
+SIZES = [(50, 37), (37, 50), (41, 41), (64, 30), (30, 64), (45, 33), (33, 45)]  # (width, height)
+
+
+def smooth_image(seed: int, width: int, height: int) -> Image.Image:
+    """A photo-like RGB image: upsampled random colours plus a little noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).resize((width, height), Image.BILINEAR)
+    noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-10, 11, (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def make_images(root, n: int = 7) -> list[Item]:
+    """n images under root: JPEGs of several shapes, one grey PNG; labels cycle over 3 classes."""
+    items = []
+    for k in range(n):
+        width, height = SIZES[k % len(SIZES)]
+        image = smooth_image(k, width, height)
+        label = k % 3
+        if k == 2:
+            relpath, image = f"c{label}/img_{k}.png", image.convert("L")
+        else:
+            relpath = f"c{label}/img_{k}.jpg"
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / relpath)
+        items.append(Item(relpath, label, f"class{label}"))
+    return items

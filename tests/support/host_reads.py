@@ -1,39 +1,8 @@
-"""Small builders shared by the tests: the tiny shipped CLIP and synthetic labelled images."""
+"""``HostReads``: what a training step would make a GPU wait for, recorded on the CPU."""
 
 from __future__ import annotations
 
 import torch
-
-
-def tiny_clip(name: str = "tiny-vit"):
-    """The shipped tiny architecture with its (seeded) random weights."""
-    from prompt_ot.models.backbone import load_backbone
-
-    return load_backbone(name)
-
-
-class ToyImages(torch.utils.data.Dataset):
-    """Class-dependent random images (each class a different mean colour) so that training can learn."""
-
-    def __init__(self, n_per_class: int, n_classes: int, size: int = 32, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.arange(n_classes).repeat_interleave(n_per_class)
-        colours = torch.rand(n_classes, 3, 1, 1, generator=g) * 2 - 1
-        noise = torch.randn(len(self.labels), 3, size, size, generator=g) * 0.5
-        self.images = colours[self.labels] + noise
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        # a view that depends on (epoch, index), as the real augmented views do
-        flip = (self.epoch + i) % 2 == 1
-        image = self.images[i].flip(-1) if flip else self.images[i]
-        return image, int(self.labels[i])
 
 
 class HostReads:
@@ -107,14 +76,14 @@ def _project_caller() -> str:
     import traceback
     from pathlib import Path
 
-    package = str(Path(__file__).resolve().parents[1] / "prompt_ot")
+    package = str(Path(__file__).resolve().parents[2] / "prompt_ot")
     stack = traceback.extract_stack()
     for k in range(len(stack) - 1, -1, -1):
         frame = stack[k]
         if frame.filename.startswith(package):
             where = f"{Path(frame.filename).name}:{frame.lineno} {frame.line}"
             inner = stack[k + 1] if k + 1 < len(stack) else None
-            if inner is not None and not inner.filename.startswith(str(Path(__file__).parent)):
+            if inner is not None and not inner.filename.startswith(str(Path(__file__).parents[1])):
                 where += f" -> {Path(inner.filename).name}:{inner.lineno}"
             return where
     return "outside prompt_ot"
