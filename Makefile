@@ -72,10 +72,10 @@ paper:
 smoke: setup
 	$(PY) -m prompt_ot smoke --method prompt_ot --epochs 3 --out smoke_out
 
-# pytest-xdist: 4 workers on 2 cores, since the system tests mostly wait (SLURM's polling, servers starting, one
-# DVC stage at a time); tests that share a module's fixture run in one worker (tests/conftest.py groups them), in the
-# order tests/conftest.py puts them, the longest chains first
-XDIST ?= -n 4 --dist loadgroup --no-loadscope-reorder
+# pytest-xdist: 3 workers on 2 cores (the SLURM tests mostly wait for the cluster's status polling while two workers
+# compute); tests that share a module's fixture run in one worker, in the order tests/conftest.py puts them, the
+# longest chains first (docs/testing.md)
+XDIST ?= -n 3 --dist loadgroup --no-loadscope-reorder
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu" $(XDIST) --durations=20
 

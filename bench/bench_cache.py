@@ -17,10 +17,8 @@ Writes reports/perf/cache.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -35,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from machine import cpu_model, pot_version, write_report  # noqa: E402
+from machine import machine_info, write_report  # noqa: E402
 
 from prompt_ot.cache import (  # noqa: E402
     FrozenViewFeatures,
@@ -235,7 +233,7 @@ def report(result: dict) -> str:
 Command: `{result["command"]}`
 
 Random-weight backbones (no download), generated 320x240 JPEGs, CPU, float32, batch {rows[0]["batch_size"]},
-{m["threads"]} torch thread(s) (`--threads`; one is what the pipeline's cache stage uses by default).
+{m["torch_threads"]} torch thread(s) (`--threads`; one is what the pipeline's cache stage uses by default).
 One untimed warm-up build first, then {result["repeats"]} fresh builds of each cache (medians).
 "Features" rates count the frozen forward only; "with decoding" adds building the image store
 (decode + resize). Training views cover every item in every epoch. Other work on the machine slows
@@ -261,8 +259,8 @@ What one training step spends on the regulariser's frozen image features (median
 |---|---:|---:|---:|---:|
 {step}
 
-Date: {m["date"]}. Machine: {m["cpu"]}, {m["cpus"]} cores ({m["platform"]}), Python {m["python"]},
-torch {m["torch"]} ({m["threads"]} threads), POT {m["pot"]}, GPU: {m["gpu"] or "none (CPU run)"}. Load average
+Date: {m["date"]}. Machine: {m["cpu"]}, {m["cores"]} cores ({m["platform"]}), Python {m["python"]},
+torch {m["torch"]} ({m["torch_threads"]} threads), POT {m["pot"]}, GPU: {m["gpu"] or "none (CPU run)"}. Load average
 {m["load_average_at_start"][0]} at start: a 2-core machine shared with other agents' test runs, so the
 absolute figures carry that contention; the cached and full-forward paths alternate within one run,
 so their ratio is less affected.
@@ -293,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/perf/cache.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_at_start = os.getloadavg()
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    machine = machine_info(())
     print(
-        f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
+        f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"load {machine['load_average_at_start'][0]:.2f}",
         flush=True,
     )
     rows = []
@@ -322,18 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": f"python bench/bench_cache.py {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
         "repeats": args.repeats,
         "rows": rows,
-        "machine": {
-            "date": started,
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "pot": pot_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine,
     }
     write_report(args.out, report(result))
     return 0

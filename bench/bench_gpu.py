@@ -53,19 +53,9 @@ from prompt_ot.train import RunSpec, TrainConfig, _packed_step, _Run, train_pack
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = "ViT-B-16-quickgelu"
 SHOTS, BATCH = 16, 4
-B2N_DATASETS = [
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "flowers102",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-]
+B2N_DATASETS = (
+    "imagenet caltech101 oxford_pets stanford_cars flowers102 food101 fgvc_aircraft sun397 dtd eurosat ucf101".split()
+)
 
 
 class ArrayStore:

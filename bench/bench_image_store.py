@@ -17,10 +17,8 @@ Writes reports/perf/image_store.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -29,16 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
-import torchvision
 from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_model, pot_version  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from prompt_ot.data.augment import CLIP_MEAN, CLIP_STD, TrainViews, train_view  # noqa: E402
 from prompt_ot.data.registry import Item  # noqa: E402
@@ -263,7 +259,7 @@ and each batch crosses a process boundary; all pipelines pay that alike.
 |---|---:|---:|---:|---:|---|---:|---:|---:|
 {speed}
 
-Date: {machine["date"]}. Machine: {machine["cpu"]}, {machine["cpus"]} cores ({machine["platform"]}),
+Date: {machine["date"]}. Machine: {machine["cpu"]}, {machine["cores"]} cores ({machine["platform"]}),
 Python {machine["python"]}, torch {machine["torch"]}, torchvision {machine["torchvision"]}, Pillow
 {machine["pillow"]}, POT {machine["pot"]}, GPU: {machine["gpu"] or "none (CPU run)"}. Load average
 {machine["load_average_at_start"][0]} at start: a 2-core machine shared with other work, so the absolute
@@ -286,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/perf/image_store.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread per loader process, as in the usual data-loading setup
-    load_at_start = os.getloadavg()  # other work on the machine slows all pipelines alike
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    machine = machine_info(("torchvision", "pillow"))  # other work on the machine slows all pipelines alike
     print(
-        f"{started}: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load {load_at_start[0]:.2f}",
+        f"{machine['date']}: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"load {machine['load_average_at_start'][0]:.2f}",
         flush=True,
     )
     wall = time.perf_counter()
@@ -306,19 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "sets": sets,
         "wall_s": round(time.perf_counter() - wall, 1),
-        "machine": {
-            "date": started,
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "pillow": PIL.__version__,
-            "pot": pot_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,14 +85,20 @@ def summary(times: list[float]) -> dict:
     }
 
 
+def repeat_timed(args: list[str], folder: Path, repeats: int) -> tuple[list[float], subprocess.CompletedProcess]:
+    """The seconds of ``repeats`` runs of ``args`` in ``folder``, each of which must succeed, and the last run."""
+    times, last = [], None
+    for _ in range(repeats):
+        seconds, last = run_timed(args, folder, 600)
+        assert last is not None and last.returncode == 0, (last.stdout + last.stderr) if last else "timed out"
+        times.append(seconds)
+    return times, last
+
+
 def bench(folder: Path, repeats: int, repro_repeats: int, repro_limit: float) -> dict:
     results: dict = {}
 
-    times, last = [], None
-    for _ in range(repeats):
-        seconds, last = run_timed(SNAKEMAKE, folder, 600)
-        assert last is not None and last.returncode == 0, (last.stdout + last.stderr) if last else "timed out"
-        times.append(seconds)
+    times, last = repeat_timed(SNAKEMAKE, folder, repeats)
     jobs = snakemake_jobs(last.stdout)
     results["snakemake_dry_run"] = {
         "command": shlex.join(SNAKEMAKE),
@@ -109,11 +115,7 @@ def bench(folder: Path, repeats: int, repro_repeats: int, repro_limit: float) ->
     )
     dvc_stages = sum(1 for line in stage_list.stdout.splitlines() if line.strip())
 
-    times = []
-    for _ in range(repeats):
-        seconds, last = run_timed(DVC_STATUS, folder, 600)
-        assert last is not None and last.returncode == 0, (last.stdout + last.stderr) if last else "timed out"
-        times.append(seconds)
+    times, last = repeat_timed(DVC_STATUS, folder, repeats)
     listed = dvc_status_stages(last.stdout)
     results["dvc_status"] = {
         "command": shlex.join(DVC_STATUS),

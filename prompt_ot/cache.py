@@ -254,32 +254,21 @@ def build_test_cache(
     pretrained: str | None,
     out_dir: str | Path,
     templates: Sequence[str] | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
     **options,
 ) -> BuildResult:
     """Test-image and class-text features of a registered dataset (all test items of its split).
 
     ``templates`` default to the dataset's template and "a photo of a {}.". ``options`` are those of
-    :func:`cache_test_items` (workers, precision, replace, skip_bad, progress).
+    :func:`cache_test_items` (batch_size, device, workers, precision, replace, skip_bad, progress).
     """
     from prompt_ot.data.registry import classnames_of, dataset_spec
 
     spec = dataset_spec(dataset)
     split = spec.load_split(data_root)
-    return cache_test_items(
-        split["test"],
-        spec.image_root(data_root),
-        classnames_of(split),
-        dataset=spec.name,
-        backbone=backbone,
-        pretrained=pretrained,
-        out_dir=out_dir,
-        templates=templates or default_templates(spec.template),
-        batch_size=batch_size,
-        device=device,
-        **options,
-    )
+    options |= {"backbone": backbone, "pretrained": pretrained, "out_dir": out_dir}
+    templates = templates or default_templates(spec.template)
+    items = split["test"], spec.image_root(data_root), classnames_of(split)
+    return cache_test_items(*items, dataset=spec.name, templates=templates, **options)
 
 
 def cache_test_items(
@@ -302,7 +291,6 @@ def cache_test_items(
 ) -> BuildResult:
     """The test cache of any labelled items (``build_test_cache`` for a registered dataset)."""
     from prompt_ot.data.augment import TestImages
-    from prompt_ot.data.store import FORMAT_VERSION as STORE_FORMAT
     from prompt_ot.data.store import build_store
 
     _check_positive(batch_size=batch_size)
@@ -314,24 +302,12 @@ def cache_test_items(
     out_dir, image_root = Path(out_dir), Path(image_root)
     source, weights_id = weights_source(pretrained)
     identity = {"backbone": backbone, "pretrained": source, "dataset": dataset}
-    inputs = {
-        "weights": weights_id,
-        "items": _items_fingerprint(items, image_root),
-        "templates": templates,
-        "classnames": list(classnames),
-        "precision": precision,
-        "skip_bad": skip_bad,
-        "store_format": STORE_FORMAT,
-    }
-    reason = _plan(out_dir, "test", identity, inputs, replace, None)
-    if reason is None:
+    extra = {"templates": templates, "classnames": list(classnames)}
+    inputs = _inputs(weights_id, items, image_root, precision, skip_bad, **extra)
+    start = _start_build(out_dir, "test", identity, inputs, replace, None, (backbone, pretrained, device, precision))
+    if start is None:
         return _reused(out_dir)
-    log.info("building test feature cache %s: %s", out_dir, reason)
-
-    started = time.perf_counter()
-    timings = {}
-    model, preprocess, target = load_frozen_encoder(backbone, pretrained, device, precision)
-    timings["load_s"] = time.perf_counter() - started
+    reason, started, timings, (model, preprocess, target) = start
     with _Building(out_dir) as tmp:
         store = build_store(
             items, image_root, tmp / "store", "test", preprocess.image_size, skip_bad=skip_bad, classnames=classnames
@@ -365,32 +341,10 @@ def cache_test_items(
             np.save(tmp / f"text_features_{k}.npy", text)
             entries.append({"template": template, "file": f"text_features_{k}.npy"})
         timings["text_features_s"] = time.perf_counter() - mark
-        _write_index(
-            tmp,
-            {
-                "format_version": FORMAT_VERSION,
-                "kind": "test",
-                "identity": identity,
-                "inputs": inputs,
-                "pretrained_given": pretrained,
-                "templates": entries,
-                "classnames": list(classnames),
-                "counts": {
-                    "images": len(store),
-                    "classes": len(classnames),
-                    "dim": _feature_dim(model),
-                    "templates": len(entries),
-                    "skipped": len(store.skipped),
-                },
-                "preprocess": _preprocess_record(preprocess),
-                "build": {
-                    "device": str(target),
-                    "batch_size": batch_size,
-                    "seconds": time.perf_counter() - started,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                },
-            },
-        )
+        counts = {"images": len(store), "classes": len(classnames), "dim": _feature_dim(model)}
+        counts |= {"templates": len(entries), "skipped": len(store.skipped)}
+        record = _index_record("test", identity, inputs, pretrained, classnames, counts, preprocess, target, batch_size)
+        _write_index(tmp, {**record, "templates": entries, "build": {**record["build"], **_elapsed(started)}})
     return BuildResult(out_dir, built=True, reason=reason, computed=len(store), timings=timings)
 
 
@@ -403,13 +357,12 @@ def build_train_cache(
     out_dir: str | Path,
     epochs: int,
     seed: int,
-    batch_size: int = 256,
-    device: str = "auto",
     **options,
 ) -> BuildResult:
     """Frozen features of every training view of a few-shot manifest for ``epochs`` epochs under ``seed``.
 
-    ``options`` are those of :func:`cache_train_items` (workers, precision, replace, skip_bad, progress).
+    ``options`` are those of :func:`cache_train_items` (batch_size, device, workers, precision, replace, skip_bad,
+    progress).
     """
     from prompt_ot.data.fewshot import read_manifest, verify_files
     from prompt_ot.data.registry import dataset_spec
@@ -417,26 +370,10 @@ def build_train_cache(
     manifest = read_manifest(manifest_path)
     image_root = dataset_spec(manifest.dataset).image_root(data_root)
     verify_files(manifest, image_root)
-    source = {
-        "dataset": manifest.dataset,
-        "subset": manifest.subset,
-        "shots": manifest.shots,
-        "manifest_seed": manifest.seed,
-    }
-    return cache_train_items(
-        manifest.items("train"),
-        image_root,
-        manifest.classnames,
-        source=source,
-        backbone=backbone,
-        pretrained=pretrained,
-        out_dir=out_dir,
-        epochs=epochs,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        **options,
-    )
+    source = {"dataset": manifest.dataset, "subset": manifest.subset, "shots": manifest.shots}
+    source["manifest_seed"] = manifest.seed
+    options |= {"backbone": backbone, "pretrained": pretrained, "out_dir": out_dir, "epochs": epochs, "seed": seed}
+    return cache_train_items(manifest.items("train"), image_root, manifest.classnames, source=source, **options)
 
 
 def cache_train_items(
@@ -464,7 +401,6 @@ def cache_train_items(
     ``train_short_side`` caps the stored shorter side of the training images (None: automatic, the
     smallest cap at which every crop is still a downscale; 0: keep them as decoded), see ``build_store``.
     """
-    from prompt_ot.data.store import FORMAT_VERSION as STORE_FORMAT
     from prompt_ot.data.store import build_store, check_train_short_side
 
     _check_positive(batch_size=batch_size)
@@ -480,23 +416,11 @@ def cache_train_items(
     out_dir, image_root = Path(out_dir), Path(image_root)
     weights_from, weights_id = weights_source(pretrained)
     identity = {"backbone": backbone, "pretrained": weights_from, **source, "seed": seed}
-    inputs = {
-        "weights": weights_id,
-        "items": _items_fingerprint(items, image_root),
-        "precision": precision,
-        "train_short_side": train_short_side,
-        "skip_bad": skip_bad,
-        "store_format": STORE_FORMAT,
-    }
-    reason = _plan(out_dir, "train", identity, inputs, replace, epochs)
-    if reason is None:
+    inputs = _inputs(weights_id, items, image_root, precision, skip_bad, train_short_side=train_short_side)
+    start = _start_build(out_dir, "train", identity, inputs, replace, epochs, (backbone, pretrained, device, precision))
+    if start is None:
         return _reused(out_dir)
-    log.info("building training-view feature cache %s: %s", out_dir, reason)
-
-    started = time.perf_counter()
-    timings = {}
-    model, preprocess, target = load_frozen_encoder(backbone, pretrained, device, precision)
-    timings["load_s"] = time.perf_counter() - started
+    reason, started, timings, (model, preprocess, target) = start
     with _Building(out_dir) as tmp:
         store = build_store(
             items,
@@ -532,32 +456,55 @@ def cache_train_items(
             del views
         np.save(tmp / "labels.npy", store.labels)
         timings["view_features_s"] = time.perf_counter() - mark
-        _write_index(
-            tmp,
-            {
-                "format_version": FORMAT_VERSION,
-                "kind": "train",
-                "identity": identity,
-                "inputs": inputs,
-                "pretrained_given": pretrained,
-                "classnames": list(classnames),
-                "counts": {
-                    "images": len(store),
-                    "epochs": epochs,
-                    "views": epochs * len(store),
-                    "dim": dim,
-                    "skipped": len(store.skipped),
-                },
-                "preprocess": _preprocess_record(preprocess),
-                "build": {
-                    "device": str(target),
-                    "batch_size": batch_size,
-                    "seconds": time.perf_counter() - started,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                },
-            },
+        counts = {"images": len(store), "epochs": epochs, "views": epochs * len(store), "dim": dim}
+        counts |= {"skipped": len(store.skipped)}
+        record = _index_record(
+            "train", identity, inputs, pretrained, classnames, counts, preprocess, target, batch_size
         )
+        _write_index(tmp, {**record, "build": {**record["build"], **_elapsed(started)}})
     return BuildResult(out_dir, built=True, reason=reason, computed=epochs * len(store), timings=timings)
+
+
+_WHAT = {"test": "test", "train": "training-view"}
+
+
+def _inputs(weights_id, items, image_root: Path, precision: str, skip_bad: bool, **specific) -> dict:
+    """What a cache's content depends on beyond its identity: a change to any of them rebuilds it."""
+    from prompt_ot.data.store import FORMAT_VERSION as STORE_FORMAT
+
+    common = {"weights": weights_id, "items": _items_fingerprint(items, image_root), "precision": precision}
+    return common | specific | {"skip_bad": skip_bad, "store_format": STORE_FORMAT}
+
+
+def _start_build(out_dir: Path, kind: str, identity: dict, inputs: dict, replace: bool, epochs, encoder: tuple):
+    """None when the cache at ``out_dir`` is up to date; else (why it is built, the start time, the timings so far,
+    the frozen encoder loaded from ``encoder`` = (backbone, pretrained, device, precision))."""
+    reason = _plan(out_dir, kind, identity, inputs, replace, epochs)
+    if reason is None:
+        return None
+    log.info("building %s feature cache %s: %s", _WHAT[kind], out_dir, reason)
+    started = time.perf_counter()
+    loaded = load_frozen_encoder(*encoder)
+    return reason, started, {"load_s": time.perf_counter() - started}, loaded
+
+
+def _index_record(kind, identity, inputs, pretrained, classnames, counts, preprocess, target, batch_size) -> dict:
+    """What every cache index holds (a kind adds its own entries; ``build`` gets its time at the end)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "identity": identity,
+        "inputs": inputs,
+        "pretrained_given": pretrained,
+        "classnames": list(classnames),
+        "counts": counts,
+        "preprocess": _preprocess_record(preprocess),
+        "build": {"device": str(target), "batch_size": batch_size},
+    }
+
+
+def _elapsed(started: float) -> dict:
+    return {"seconds": time.perf_counter() - started, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 # ---------------------------------------------------------------------------------------------- readers

@@ -163,27 +163,20 @@ RELEASED: dict[tuple[str, str], Entry] = {
     ),
     # The point-wise L1 baseline is PromptSRC's consistency terms without its KL term and prompt ensembling:
     # it has no release of its own, so it takes PromptSRC's recipe for each protocol.
-    ("pointwise_l1", "base2novel"): _entry(
-        {"lr": 0.0025, "batch_size": 4, "epochs": 20},
-        _PROMPTSRC + "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
-        prompts={"text_depth": 9, "vision_depth": 9},
-        regulariser=_PROMPTSRC_TERMS,
-        choice="a baseline of this suite (PromptSRC's L1 terms alone): PromptSRC's recipe",
-    ),
-    ("pointwise_l1", "cross_dataset"): _entry(
-        {"lr": 0.0025, "batch_size": 4, "epochs": 20},
-        _PROMPTSRC + "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml",
-        prompts={"text_depth": 3, "vision_depth": 3},
-        regulariser=_PROMPTSRC_TERMS,
-        choice="a baseline of this suite (PromptSRC's L1 terms alone): PromptSRC's recipe",
-    ),
-    ("pointwise_l1", "few_shot"): _entry(
-        {"lr": 0.0025, "batch_size": 4, "epochs": 50},
-        _PROMPTSRC + "PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
-        prompts={"text_depth": 9, "vision_depth": 9},
-        regulariser=_PROMPTSRC_TERMS,
-        choice="a baseline of this suite (PromptSRC's L1 terms alone): PromptSRC's recipe",
-    ),
+    **{
+        ("pointwise_l1", protocol): _entry(
+            {"lr": 0.0025, "batch_size": 4, "epochs": epochs},
+            _PROMPTSRC + f"PromptSRC/vit_b16_c2_ep{epochs}_batch4_4+4ctx{config}.yaml",
+            prompts={"text_depth": depth, "vision_depth": depth},
+            regulariser=_PROMPTSRC_TERMS,
+            choice="a baseline of this suite (PromptSRC's L1 terms alone): PromptSRC's recipe",
+        )
+        for protocol, epochs, config, depth in (
+            ("base2novel", 20, "", 9),
+            ("cross_dataset", 20, "_cross_datasets", 3),
+            ("few_shot", 50, "_few_shot", 9),
+        )
+    },
     ("cocoop", "base2novel"): _COCOOP,
     ("cocoop", "cross_dataset"): replace(
         _COCOOP, source=_COCOOP.source + "; scripts/cocoop/xd_train.sh (ImageNet, all classes)"

@@ -517,6 +517,7 @@ def test_the_train_and_evaluate_stages_report_lambda_at_the_tested_epoch(tmp_pat
     """An adaptive variant through the CLI: the train log and train.json hold lambda per epoch, and the metrics file
     the lambda after the tested epoch (here epoch 1 of 2) with ``regulariser_adaptive``."""
     from prompt_ot.cli import main
+    from tests.support.cli import TINY_CPU, argv, evaluate_argv, manifest_and_cache, train_argv
     from tests.support.data import make_fixture
     from tests.support.params import shrunk_params
 
@@ -531,125 +532,18 @@ def test_the_train_and_evaluate_stages_report_lambda_at_the_tested_epoch(tmp_pat
             "train": {"eval_epoch": 1},
         }
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    p = str(tmp_path / "params.yaml")
-    common = ["--backbone", "tiny-vit", "--pretrained", "none"]
-    assert (
-        main(
-            [
-                "split",
-                "dtd",
-                "--root",
-                str(root),
-                "--subset",
-                "base",
-                "--shots",
-                "2",
-                "--seed",
-                "1",
-                "--out",
-                str(tmp_path / "manifest.json"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "cache",
-                "train",
-                "--params",
-                p,
-                "--manifest",
-                str(tmp_path / "manifest.json"),
-                "--root",
-                str(root),
-                *common,
-                "--seed",
-                "1",
-                "--out",
-                str(tmp_path / "train_cache"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "cache",
-                "test",
-                "dtd",
-                "--params",
-                p,
-                "--root",
-                str(root),
-                *common,
-                "--out",
-                str(tmp_path / "test" / "dtd"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    manifest, train_cache, tests = tmp_path / "manifest.json", tmp_path / "train_cache", tmp_path / "test"
+    manifest_and_cache(root, manifest, train_cache, params=p)
+    assert main(argv("cache", "test", "dtd", params=p, root=root, out=tests / "dtd", **TINY_CPU)) == 0
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--params",
-                p,
-                "--protocol",
-                "base2novel",
-                "--method",
-                "prompt_ot_adaptive",
-                "--seed",
-                "1",
-                "--manifest",
-                str(tmp_path / "manifest.json"),
-                "--train-cache",
-                str(tmp_path / "train_cache"),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(train_argv(p, "prompt_ot_adaptive", manifest, train_cache, out)) == 0
     history = json.loads((out / "train.json").read_text())["history"]
     assert 10.0 < history[0]["lambda"] < history[1]["lambda"]  # budget 0: every step raises it
     assert f"lambda {history[0]['lambda']:.4g}" in (out / "train.log").read_text()
-    assert (
-        main(
-            [
-                "evaluate",
-                "--params",
-                p,
-                "--protocol",
-                "base2novel",
-                "--method",
-                "prompt_ot_adaptive",
-                "--dataset",
-                "dtd",
-                "--shots",
-                "2",
-                "--seed",
-                "1",
-                "--prompts",
-                str(out / "prompts.safetensors"),
-                "--test-cache-root",
-                str(tmp_path / "test"),
-                "--out",
-                str(out / "metrics.json"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    evaluate = evaluate_argv(p, "prompt_ot_adaptive", out / "prompts.safetensors", tests, out / "metrics.json")
+    assert main(evaluate) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["regulariser_adaptive"] is True and metrics["epoch"] == 1
     assert metrics["regulariser_weight"] == history[0]["lambda"]

@@ -2,6 +2,7 @@
 prompts of training with the frozen forward, cached test and text features equal the model's, cached
 evaluation equals ``evaluate()``; plus reuse, killed builds and caches of another backbone or seed."""
 
+import functools
 import math
 import os
 
@@ -28,6 +29,7 @@ from prompt_ot.evaluate import evaluate
 from prompt_ot.methods import build_model, get_method
 from prompt_ot.models.prompted import PromptedCLIP
 from prompt_ot.train import TrainConfig, train
+from tests.support.cli import argv
 from tests.support.models import tiny_clip
 
 EPOCHS = 2
@@ -342,39 +344,20 @@ def test_killed_build_leaves_nothing_that_looks_complete(digits, tmp_path, monke
     assert not out.exists() and list(tmp_path.iterdir()) == []
     with pytest.raises(UserError, match="no complete test feature cache"):
         TestFeatures(out)
+    train_cache = functools.partial(
+        build_train_cache, digits["manifest"], digits["root"], "tiny-vit", None, tmp_path / "train", **QUIET
+    )
     with pytest.raises(RuntimeError, match="killed"):
-        build_train_cache(
-            digits["manifest"],
-            digits["root"],
-            "tiny-vit",
-            None,
-            tmp_path / "train",
-            epochs=3,
-            seed=SEED,
-            batch_size=8,
-            **QUIET,
-        )
+        train_cache(epochs=3, seed=SEED, batch_size=8)
     assert list(tmp_path.iterdir()) == []
 
     # a killed replacement keeps the old, complete cache as it was
     monkeypatch.undo()
-    build_train_cache(
-        digits["manifest"], digits["root"], "tiny-vit", None, tmp_path / "train", epochs=1, seed=SEED, **QUIET
-    )
+    train_cache(epochs=1, seed=SEED)
     before = _mtimes(tmp_path / "train")
     _failing_forward(monkeypatch, after_calls=0)
     with pytest.raises(RuntimeError, match="killed"):
-        build_train_cache(
-            digits["manifest"],
-            digits["root"],
-            "tiny-vit",
-            None,
-            tmp_path / "train",
-            epochs=1,
-            seed=2,
-            replace=True,
-            **QUIET,
-        )
+        train_cache(epochs=1, seed=2, replace=True)
     assert _mtimes(tmp_path / "train") == before and [p.name for p in tmp_path.iterdir()] == ["train"]
     assert FrozenViewFeatures(tmp_path / "train", seed=SEED).epochs == 1
 
@@ -439,21 +422,15 @@ def test_a_folder_that_is_not_a_cache_is_never_overwritten(digits, tmp_path):
         build_test_cache("digits", digits["root"], "tiny-vit", None, tmp_path / "x", templates=["a photo"], **QUIET)
 
 
+def train_cache_args(digits, out) -> list[str]:
+    """``cache train`` of the digits manifest (its 4th word), 1 epoch, seed 1, ending in ``--out OUT --device cpu``."""
+    options = {"backbone": "tiny-vit", "epochs": 1, "seed": 1, "out": out, "device": "cpu"}
+    return argv("cache", "train", manifest=digits["manifest"], root=digits["root"], **options)
+
+
 def test_cli_builds_reuses_and_reports_mistakes(digits, tmp_path, capsys):
     out = tmp_path / "test"
-    args = [
-        "cache",
-        "test",
-        "digits",
-        "--root",
-        str(digits["root"]),
-        "--backbone",
-        "tiny-vit",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    args = argv("cache", "test", "digits", root=digits["root"], backbone="tiny-vit", out=out, device="cpu")
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
     torch.testing.assert_close(TestFeatures(out).image_features, TestFeatures(digits["test"]).image_features)
@@ -461,24 +438,7 @@ def test_cli_builds_reuses_and_reports_mistakes(digits, tmp_path, capsys):
     assert "reused" in capsys.readouterr().out
 
     train_out = tmp_path / "train"
-    train_args = [
-        "cache",
-        "train",
-        "--manifest",
-        str(digits["manifest"]),
-        "--root",
-        str(digits["root"]),
-        "--backbone",
-        "tiny-vit",
-        "--epochs",
-        "1",
-        "--seed",
-        "1",
-        "--out",
-        str(train_out),
-        "--device",
-        "cpu",
-    ]
+    train_args = train_cache_args(digits, train_out)
     assert main(train_args) == 0
     np.testing.assert_array_equal(FrozenViewFeatures(train_out).views[0], FrozenViewFeatures(digits["train"]).views[0])
     assert main(train_args[:-4] + ["--out", str(train_out), "--seed", "3", "--device", "cpu"]) == 2
@@ -492,24 +452,7 @@ def test_the_training_image_size_cap_and_the_store_format_are_inputs_of_the_trai
     import json
 
     out = tmp_path / "train"
-    args = [
-        "cache",
-        "train",
-        "--manifest",
-        str(digits["manifest"]),
-        "--root",
-        str(digits["root"]),
-        "--backbone",
-        "tiny-vit",
-        "--epochs",
-        "1",
-        "--seed",
-        "1",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    args = train_cache_args(digits, out)
     assert main(args + ["--train-short-side", "0"]) == 0
     index = json.loads((out / "index.json").read_text())
     assert index["inputs"]["train_short_side"] == 0 and index["inputs"]["store_format"] == 2

@@ -30,6 +30,7 @@ from prompt_ot.cli import main
 from prompt_ot.data import registry
 from prompt_ot.data.download import dataset_is_complete
 from prompt_ot.data.registry import dataset_spec
+from tests.support.cli import TINY_CPU, argv, manifest_and_cache, train_argv
 from tests.support.data import LAYOUTS, archive_folder, make_fixture
 from tests.support.params import shrunk_params
 
@@ -83,50 +84,7 @@ def work(tmp_path_factory):
     params = base / "params.yaml"
     params.write_text(yaml.safe_dump(shrunk_params("paper")))
     manifest, cache, run = base / "manifest.json", base / "train_cache", base / "runs" / "coop"
-    assert (
-        main(
-            [
-                "split",
-                "dtd",
-                "--root",
-                str(root),
-                "--subset",
-                "base",
-                "--shots",
-                "2",
-                "--seed",
-                "1",
-                "--out",
-                str(manifest),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "cache",
-                "train",
-                "--manifest",
-                str(manifest),
-                "--root",
-                str(root),
-                "--backbone",
-                "tiny-vit",
-                "--pretrained",
-                "none",
-                "--epochs",
-                "2",
-                "--seed",
-                "1",
-                "--out",
-                str(cache),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    manifest_and_cache(root, manifest, cache, epochs=2)
     work = {"base": base, "root": root, "params": params, "manifest": manifest, "cache": cache, "run": run}
     assert main(train_args(work, "coop", run)) == 0
     assert {"checkpoint.safetensors", "prompts.safetensors", "train.json"} <= set(os.listdir(run))
@@ -134,25 +92,7 @@ def work(tmp_path_factory):
 
 
 def train_args(work, method: str, out: Path, params: Path | None = None) -> list[str]:
-    return [
-        "train",
-        "--params",
-        str(params or work["params"]),
-        "--protocol",
-        "base2novel",
-        "--method",
-        method,
-        "--seed",
-        "1",
-        "--manifest",
-        str(work["manifest"]),
-        "--train-cache",
-        str(work["cache"]),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    return train_argv(params or work["params"], method, work["manifest"], work["cache"], out)
 
 
 # ------------------------------------------------------------------ params.yaml
@@ -242,20 +182,7 @@ def test_unknown_method_name_on_the_command_line(work, capsys, tmp_path):
             ["batch_size", "positive integer", "0"],
         ),
         (
-            [
-                "cache",
-                "train",
-                "--manifest",
-                "{manifest}",
-                "--backbone",
-                "tiny-vit",
-                "--epochs",
-                "-1",
-                "--seed",
-                "1",
-                "--out",
-                "{tmp}/c",
-            ],
+            "cache train --manifest {manifest} --backbone tiny-vit --epochs -1 --seed 1 --out {tmp}/c".split(),
             ["epochs", "non-negative integer", "-1"],
         ),
         (
@@ -263,20 +190,7 @@ def test_unknown_method_name_on_the_command_line(work, capsys, tmp_path):
             ["--epochs", "--params"],
         ),
         (
-            [
-                "cache",
-                "train",
-                "--manifest",
-                "{manifest}",
-                "--backbone",
-                "tiny-vit",
-                "--epochs",
-                "2",
-                "--seed",
-                "-1",
-                "--out",
-                "{tmp}/c",
-            ],
+            "cache train --manifest {manifest} --backbone tiny-vit --epochs 2 --seed -1 --out {tmp}/c".split(),
             ["seed", "non-negative", "-1"],
         ),
     ],
@@ -328,18 +242,7 @@ def test_split_file_naming_missing_images(dtd, capsys, tmp_path):
     rc, _, err = cli(capsys, "split", "dtd", "--root", root, "--shots", "16", "--out", tmp_path / "m.json")
     assert_one_clear_error(rc, err, "banded/not_there.jpg", "does not exist", "download the dataset again")
     rc, _, err = cli(
-        capsys,
-        "cache",
-        "test",
-        "dtd",
-        "--root",
-        root,
-        "--backbone",
-        "tiny-vit",
-        "--out",
-        tmp_path / "c",
-        "--device",
-        "cpu",
+        capsys, *argv("cache", "test", "dtd", root=root, backbone="tiny-vit", out=tmp_path / "c", device="cpu")
     )
     assert_one_clear_error(rc, err, "banded/not_there_either.jpg", "does not exist", "download the dataset again")
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "c").exists()
@@ -650,51 +553,16 @@ def test_evaluate_refuses_prompts_of_another_run_naming_both(work, capsys, tmp_p
     assert summary["frozen_image_features"] == "computed while training"  # the shared cache holds fp32 views
     assert summary["provenance"]["sampler"] == "dassl" and len(summary["provenance"]["manifest_sha256"]) == 64
     tests = tmp_path / "test"
-    assert (
-        main(
-            [
-                "cache",
-                "test",
-                "dtd",
-                "--params",
-                str(params),
-                "--root",
-                str(work["root"]),
-                "--backbone",
-                "tiny-vit",
-                "--pretrained",
-                "none",
-                "--out",
-                str(tests / "dtd"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(argv("cache", "test", "dtd", params=params, root=work["root"], out=tests / "dtd", **TINY_CPU)) == 0
     assert TestFeatures(tests / "dtd").precision == "fp16"  # every run of the grid evaluates in fp16
     prompts = run / "prompts.safetensors"
 
     def evaluate(params_file=params, prompts_file=prompts, **changes):
         values = {"method": "prompt_ot", "dataset": "dtd", "shots": "2", "seed": "1"} | changes
-        args = [
-            "evaluate",
-            "--params",
-            params_file,
-            "--protocol",
-            "base2novel",
-            "--prompts",
-            prompts_file,
-            "--test-cache-root",
-            tests,
-            "--out",
-            tmp_path / "metrics.json",
-            "--device",
-            "cpu",
-        ]
-        for key, value in values.items():
-            args += [f"--{key}", value]
-        return cli(capsys, *args)
+        paths = {"prompts": prompts_file, "test_cache_root": tests, "out": tmp_path / "metrics.json"}
+        return cli(
+            capsys, *argv("evaluate", params=params_file, protocol="base2novel", **paths, device="cpu", **values)
+        )
 
     rc, _, err = evaluate()
     assert rc == 0, err

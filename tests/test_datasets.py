@@ -12,19 +12,9 @@ from prompt_ot.data.registry import classnames_of, dataset_names, dataset_spec
 from prompt_ot.errors import UserError
 from tests.support.data import LAYOUTS, make_fixture
 
-BENCHMARK = [
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "flowers102",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-]
+BENCHMARK = (
+    "imagenet caltech101 oxford_pets stanford_cars flowers102 food101 fgvc_aircraft sun397 dtd eurosat ucf101".split()
+)
 TARGET_ONLY = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 ALL = BENCHMARK + TARGET_ONLY
 

@@ -118,13 +118,23 @@ def _quiet(_line: str) -> None:
     pass
 
 
+def _fetch(source, tmp_path):
+    """``fetch`` of ``source`` to tmp_path/a.bin, partial files in tmp_path/parts, quickly and quietly."""
+    return fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+
+
+def _fetch_a(server, tmp_path):
+    """``_fetch`` of the server's /a.bin."""
+    return _fetch(SourceFile(url=server.url("/a.bin"), filename="a.bin"), tmp_path)
+
+
 # ------------------------------------------------------------------ fetching
 
 
 def test_fetch_gives_the_bytes_and_their_sha256(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
     source = SourceFile(url=server.url("/a.bin"), filename="a.bin", sha256=_sha(PAYLOAD))
-    digest, url = fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+    digest, url = _fetch(source, tmp_path)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert digest == _sha(PAYLOAD) and url == source.url
     assert not (tmp_path / "parts" / "a.bin.part").exists()
@@ -134,7 +144,7 @@ def test_cut_connection_is_resumed_with_a_range_request(server, tmp_path):
     server.files["/a.bin"] = PAYLOAD
     server.rules["/a.bin"] = {"cut_after": [300_000, 200_000]}
     source = SourceFile(url=server.url("/a.bin"), filename="a.bin", sha256=_sha(PAYLOAD))
-    fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+    _fetch(source, tmp_path)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert server.requests == [("/a.bin", None), ("/a.bin", "bytes=300000-"), ("/a.bin", "bytes=500000-")]
 
@@ -144,7 +154,7 @@ def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.bin.part").write_bytes(PAYLOAD[:123_456])
     source = SourceFile(url=server.url("/a.bin"), filename="a.bin")
-    digest, _ = fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+    digest, _ = _fetch(source, tmp_path)
     assert digest == _sha(PAYLOAD) and (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert server.requests == [("/a.bin", "bytes=123456-")]
 
@@ -154,13 +164,7 @@ def test_server_that_ignores_range_restarts_cleanly(server, tmp_path):
     server.rules["/a.bin"] = {"ignore_range": True}
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.bin.part").write_bytes(b"x" * 1000)
-    fetch(
-        SourceFile(url=server.url("/a.bin"), filename="a.bin"),
-        tmp_path / "a.bin",
-        tmp_path / "parts",
-        settings=FAST,
-        log=_quiet,
-    )
+    _fetch_a(server, tmp_path)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
 
 
@@ -169,7 +173,7 @@ def test_checksum_mismatch_raises_and_leaves_no_file(server, tmp_path):
     server.rules["/a.bin"] = {"body": PAYLOAD[:-1] + b"\x00"}
     source = SourceFile(url=server.url("/a.bin"), filename="a.bin", sha256=_sha(PAYLOAD))
     with pytest.raises(UserError, match=r"could not download a\.bin: .*sha256 .* differs .*--no-verify"):
-        fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+        _fetch(source, tmp_path)
     assert not (tmp_path / "a.bin").exists()
     assert list((tmp_path / "parts").iterdir()) == []
 
@@ -179,7 +183,7 @@ def test_stale_partial_file_is_discarded_after_a_mismatch(server, tmp_path):
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.bin.part").write_bytes(b"stale bytes from another version")
     source = SourceFile(url=server.url("/a.bin"), filename="a.bin", sha256=_sha(PAYLOAD))
-    fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+    _fetch(source, tmp_path)
     assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert server.requests[-1] == ("/a.bin", None)
 
@@ -202,7 +206,7 @@ def test_mirrors_are_tried_in_order(server, tmp_path):
         sha256=_sha(PAYLOAD),
         mirrors=(server.url("/mirror1/a.bin"), server.url("/mirror2/a.bin")),
     )
-    _, url = fetch(source, tmp_path / "a.bin", tmp_path / "parts", settings=FAST, log=_quiet)
+    _, url = _fetch(source, tmp_path)
     assert url == server.url("/mirror2/a.bin") and (tmp_path / "a.bin").read_bytes() == PAYLOAD
     assert [path for path, _ in server.requests] == ["/main/a.bin", "/mirror1/a.bin", "/mirror2/a.bin"]
 
@@ -210,13 +214,7 @@ def test_mirrors_are_tried_in_order(server, tmp_path):
 def test_server_errors_are_retried_a_bounded_number_of_times(server, tmp_path):
     server.rules["/a.bin"] = {"status": 503}
     with pytest.raises(UserError, match="HTTP 503.*gave up after 3 attempts"):
-        fetch(
-            SourceFile(url=server.url("/a.bin"), filename="a.bin"),
-            tmp_path / "a.bin",
-            tmp_path / "parts",
-            settings=FAST,
-            log=_quiet,
-        )
+        _fetch_a(server, tmp_path)
     assert len(server.requests) == 3
 
 

@@ -346,6 +346,7 @@ def cli_work(tmp_path_factory):
     import yaml
 
     from prompt_ot.cli import main
+    from tests.support.cli import TINY_CPU, argv, manifest_and_cache
     from tests.support.data import make_fixture
     from tests.support.params import shrunk_params
 
@@ -360,73 +361,10 @@ def cli_work(tmp_path_factory):
     params["protocols"]["few_shot"] = {"datasets": ["dtd"], "shots": [2]}
     (base / "params.yaml").write_text(yaml.safe_dump(params))
     work = {"base": base, "params": base / "params.yaml", "main": main}
-    assert (
-        main(
-            [
-                "split",
-                "dtd",
-                "--root",
-                str(root),
-                "--subset",
-                "all",
-                "--shots",
-                "2",
-                "--seed",
-                "1",
-                "--out",
-                str(base / "manifest.json"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "cache",
-                "train",
-                "--params",
-                str(work["params"]),
-                "--manifest",
-                str(base / "manifest.json"),
-                "--root",
-                str(root),
-                "--backbone",
-                "tiny-vit",
-                "--pretrained",
-                "none",
-                "--seed",
-                "1",
-                "--out",
-                str(base / "train_cache"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    manifest_and_cache(root, base / "manifest.json", base / "train_cache", subset="all", params=work["params"])
     for name in ("dtd", "eurosat"):
-        assert (
-            main(
-                [
-                    "cache",
-                    "test",
-                    name,
-                    "--params",
-                    str(work["params"]),
-                    "--root",
-                    str(root),
-                    "--backbone",
-                    "tiny-vit",
-                    "--pretrained",
-                    "none",
-                    "--out",
-                    str(base / "test" / name),
-                    "--device",
-                    "cpu",
-                ]
-            )
-            == 0
-        )
+        test_cache = argv("cache", "test", name, params=work["params"], root=root, out=base / "test" / name, **TINY_CPU)
+        assert main(test_cache) == 0
     return work
 
 
@@ -435,32 +373,12 @@ def cli_work(tmp_path_factory):
 def test_the_new_methods_train_and_evaluate_under_their_released_recipes(cli_work, method, protocol):
     import json
 
+    from tests.support.cli import evaluate_argv, train_argv
+
     base, main = cli_work["base"], cli_work["main"]
     out = base / "runs" / protocol / method
-    assert (
-        main(
-            [
-                "train",
-                "--params",
-                str(cli_work["params"]),
-                "--protocol",
-                protocol,
-                "--method",
-                method,
-                "--seed",
-                "1",
-                "--manifest",
-                str(base / "manifest.json"),
-                "--train-cache",
-                str(base / "train_cache"),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    manifest, train_cache = base / "manifest.json", base / "train_cache"
+    assert main(train_argv(cli_work["params"], method, manifest, train_cache, out, protocol=protocol)) == 0
     summary = json.loads((out / "train.json").read_text())
     assert summary["recipe"]["name"] == "released" and summary["recipe"]["method"] == method
     assert summary["recipe"]["overridden"] == ["epochs", "eval_epoch", "precision"]
@@ -468,37 +386,13 @@ def test_the_new_methods_train_and_evaluate_under_their_released_recipes(cli_wor
         expected = {"cross_dataset": {"mean": 6, "std": 10}, "few_shot": {"mean": 45, "std": 5}}[protocol]
         assert summary["method_config"]["aggregate"] == expected
         assert summary["frozen_image_features"] == "cache"
-    targets = ["--targets", "eurosat"] if protocol == "cross_dataset" else []
+    targets = ["eurosat"] if protocol == "cross_dataset" else None
     metrics_path = out / "metrics.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--params",
-                str(cli_work["params"]),
-                "--protocol",
-                protocol,
-                "--method",
-                method,
-                "--dataset",
-                "dtd",
-                "--shots",
-                "2",
-                "--seed",
-                "1",
-                "--prompts",
-                str(out / "prompts.safetensors"),
-                "--test-cache-root",
-                str(base / "test"),
-                *targets,
-                "--out",
-                str(metrics_path),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
+    prompts = out / "prompts.safetensors"
+    evaluate = evaluate_argv(
+        cli_work["params"], method, prompts, base / "test", metrics_path, protocol=protocol, targets=targets
     )
+    assert main(evaluate) == 0
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics["accuracy"]) == ({"dtd", "eurosat"} if protocol == "cross_dataset" else {"all"})
     assert all(0 <= a <= 100 for a in metrics["accuracy"].values()) and metrics["provenance"]["method"] == method

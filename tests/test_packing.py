@@ -166,6 +166,7 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
 
     from prompt_ot.checkpoint import load_prompts
     from prompt_ot.cli import main
+    from tests.support.cli import argv, manifest_and_cache
     from tests.support.data import make_fixture
     from tests.support.params import shrunk_params
 
@@ -173,92 +174,16 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
     make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 2))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(shrunk_params("paper")))
-    args = {"manifest": [], "cache": []}
-    for seed in (1, 2):
-        manifest, cache = tmp_path / f"manifest{seed}.json", tmp_path / f"cache{seed}"
-        assert (
-            main(
-                [
-                    "split",
-                    "dtd",
-                    "--root",
-                    str(root),
-                    "--subset",
-                    "base",
-                    "--shots",
-                    "2",
-                    "--seed",
-                    str(seed),
-                    "--out",
-                    str(manifest),
-                ]
-            )
-            == 0
-        )
-        assert (
-            main(
-                [
-                    "cache",
-                    "train",
-                    "--manifest",
-                    str(manifest),
-                    "--root",
-                    str(root),
-                    "--backbone",
-                    "tiny-vit",
-                    "--pretrained",
-                    "none",
-                    "--epochs",
-                    "2",
-                    "--seed",
-                    str(seed),
-                    "--out",
-                    str(cache),
-                    "--device",
-                    "cpu",
-                ]
-            )
-            == 0
-        )
-        args["manifest"].append(str(manifest))
-        args["cache"].append(str(cache))
-    common = ["train", "--params", str(params), "--protocol", "base2novel", "--method", "prompt_ot", "--device", "cpu"]
+    manifests = [tmp_path / f"manifest{seed}.json" for seed in (1, 2)]
+    caches = [tmp_path / f"cache{seed}" for seed in (1, 2)]
+    for seed, manifest, cache in zip((1, 2), manifests, caches):
+        manifest_and_cache(root, manifest, cache, seed=seed, epochs=2)
+    common = argv("train", params=params, protocol="base2novel", method="prompt_ot", device="cpu")
     packed = [tmp_path / "packed" / "seed1", tmp_path / "packed" / "seed2"]
-    assert (
-        main(
-            common
-            + [
-                "--seed",
-                "1",
-                "2",
-                "--manifest",
-                *args["manifest"],
-                "--train-cache",
-                *args["cache"],
-                "--out",
-                *map(str, packed),
-            ]
-        )
-        == 0
-    )
+    assert main(common + argv(seed=[1, 2], manifest=manifests, train_cache=caches, out=packed)) == 0
     for k, seed in enumerate((1, 2)):
         alone = tmp_path / "alone" / f"seed{seed}"
-        assert (
-            main(
-                common
-                + [
-                    "--seed",
-                    str(seed),
-                    "--manifest",
-                    args["manifest"][k],
-                    "--train-cache",
-                    args["cache"][k],
-                    "--out",
-                    str(alone),
-                ]
-            )
-            == 0
-        )
+        assert main(common + argv(seed=seed, manifest=manifests[k], train_cache=caches[k], out=alone)) == 0
         a, _ = load_prompts(alone / "prompts.safetensors")
         p, _ = load_prompts(packed[k] / "prompts.safetensors")
         assert all(torch.allclose(a[n], p[n], rtol=0, atol=PROMPT_TOL) for n in a)
@@ -274,23 +199,7 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
         assert logged["resolved.deterministic"] == "False" and logged["resolved.precision"] == "fp32"
         assert logged["resolved.device"] == "cpu" and logged["pack"] == "2"
     # packed runs need one value of each per run
-    assert (
-        main(
-            common
-            + [
-                "--seed",
-                "1",
-                "2",
-                "--manifest",
-                args["manifest"][0],
-                "--train-cache",
-                *args["cache"],
-                "--out",
-                *map(str, packed),
-            ]
-        )
-        == 2
-    )
+    assert main(common + argv(seed=[1, 2], manifest=manifests[0], train_cache=caches, out=packed)) == 2
 
 
 @pytest.mark.gpu

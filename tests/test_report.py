@@ -24,6 +24,7 @@ from tests.support.workflow import ROOT
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "reports" / "published"
 BACKBONE = "ViT-B-16-quickgelu"
+TABLES = "base2novel_average base2novel_per_dataset ablation cross_dataset domain_generalization few_shot".split()
 
 
 def write_run(
@@ -305,14 +306,7 @@ def test_names_with_specials_escaped_in_tables(tmp_path):
 
 def test_csv_numbers_equal_latex_numbers(full_report):
     out = full_report
-    for name in (
-        "base2novel_average",
-        "base2novel_per_dataset",
-        "ablation",
-        "cross_dataset",
-        "domain_generalization",
-        "few_shot",
-    ):
+    for name in TABLES:
         frame = csv(out, name)
         columns = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
         rows = latex_rows((out / "tables" / f"{name}.tex").read_text(), len(columns))
@@ -327,14 +321,7 @@ def test_csv_numbers_equal_latex_numbers(full_report):
 def test_index_all_tex_and_figures(full_report):
     out = full_report
     inputs = re.findall(r"\\input\{tables/(\w+)\}", (out / "tables" / "all.tex").read_text())
-    assert inputs == [
-        "base2novel_average",
-        "base2novel_per_dataset",
-        "ablation",
-        "cross_dataset",
-        "domain_generalization",
-        "few_shot",
-    ]
+    assert inputs == TABLES
     for stem in ("base2novel_tradeoff", "lambda_sweep_prompt_ot", "few_shot"):
         png, pdf = out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
@@ -707,19 +694,9 @@ def test_the_compared_methods_are_named_beside_their_published_rows_and_in_the_a
 
 # ---------------------------------------------------------------- reproduction gap
 
-BENCHMARK = [
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "flowers102",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-]
+BENCHMARK = (
+    "imagenet caltech101 oxford_pets stanford_cars flowers102 food101 fgvc_aircraft sun397 dtd eurosat ucf101".split()
+)
 DOMAIN_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 SPECIAL_SOURCE = "Prompt-OT paper, Tables 1 & 2 (50% of runs_x)"
 

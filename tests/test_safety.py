@@ -20,6 +20,7 @@ from prompt_ot.cli import main
 from prompt_ot.config import validate_params
 from prompt_ot.data.download import extract_archive
 from prompt_ot.errors import UserError
+from tests.support.cli import argv, train_argv
 from tests.support.data import make_fixture
 from tests.support.workflow import ROOT, make_workspace, quiet_env
 
@@ -101,28 +102,17 @@ def _malicious_checkpoints(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
+def _cache_test_args(root: Path, pretrained: Path, out: Path) -> list[str]:
+    return argv("cache", "test", "dtd", root=root, backbone="tiny-vit", pretrained=pretrained, out=out, device="cpu")
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_code_running_backbone_checkpoint_is_refused_without_running_it(tmp_path, capsys):
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=2, per_split=(1, 1, 1))
     for kind, path in _malicious_checkpoints(tmp_path).items():
-        args = [
-            "cache",
-            "test",
-            "dtd",
-            "--root",
-            str(root),
-            "--backbone",
-            "tiny-vit",
-            "--pretrained",
-            str(path),
-            "--out",
-            str(tmp_path / "cache"),
-            "--device",
-            "cpu",
-        ]
         try:
-            rc = main(args)
+            rc = main(_cache_test_args(root, path, tmp_path / "cache"))
         except Exception:  # refused, though not yet with a clear message (see the next test)
             rc = None
         assert rc != 0, kind
@@ -134,23 +124,7 @@ def test_a_code_running_backbone_checkpoint_gets_a_clear_message(tmp_path, capsy
     root = tmp_path / "data"
     make_fixture("dtd", root, num_classes=2, per_split=(1, 1, 1))
     path = _malicious_checkpoints(tmp_path)["torch.save"]
-    rc = main(
-        [
-            "cache",
-            "test",
-            "dtd",
-            "--root",
-            str(root),
-            "--backbone",
-            "tiny-vit",
-            "--pretrained",
-            str(path),
-            "--out",
-            str(tmp_path / "cache"),
-            "--device",
-            "cpu",
-        ]
-    )
+    rc = main(_cache_test_args(root, path, tmp_path / "cache"))
     err = capsys.readouterr().err
     assert rc == 2 and str(path) in err and "Traceback" not in err
     assert not (tmp_path / "PWNED").exists()
@@ -267,28 +241,7 @@ def test_cli_rejects_injected_names_before_doing_anything(tmp_path, capsys, name
         assert f"unknown dataset {name!r}" in capsys.readouterr().err
         assert main(["download", name, "--root", "data"]) == 2
         assert f"unknown dataset {name!r}" in capsys.readouterr().err
-        assert (
-            main(
-                [
-                    "train",
-                    "--params",
-                    str(ROOT / "params.yaml"),
-                    "--protocol",
-                    "base2novel",
-                    "--method",
-                    name,
-                    "--seed",
-                    "1",
-                    "--manifest",
-                    "m.json",
-                    "--train-cache",
-                    "c",
-                    "--out",
-                    "run",
-                ]
-            )
-            == 2
-        )
+        assert main(train_argv(ROOT / "params.yaml", name, "m.json", "c", "run", device=None)) == 2
         assert f"unknown method {name!r}" in capsys.readouterr().err
     finally:
         os.chdir(cwd)

@@ -28,6 +28,11 @@ class Item(NamedTuple):
 
 Split = dict[str, list[Item]]  # keys: "train", "val", "test"
 
+# the 11 datasets of the CoOp benchmark's base-to-novel, cross-dataset and few-shot tables, in the papers' order
+BENCHMARK_DATASETS: tuple[str, ...] = tuple(
+    "imagenet caltech101 oxford_pets stanford_cars flowers102 food101 fgvc_aircraft sun397 dtd eurosat ucf101".split()
+)
+
 
 @dataclass(frozen=True)
 class Source:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from prompt_ot.data import registry
 from prompt_ot.report import tables
 from prompt_ot.report.collect import wide
 from prompt_ot.report.model import DECIMALS, Cell
@@ -59,21 +60,7 @@ AVERAGE = "average"  # the dataset of a row that averages over datasets
 PUBLISHED_SHOTS = 16  # the published files' shots per class (published_few_shot.csv has its own column)
 TRANSFER_SOURCE = "imagenet"  # the source dataset of the published cross-dataset and domain-shift numbers
 
-BENCHMARK_DATASETS = frozenset(
-    {
-        "imagenet",
-        "caltech101",
-        "oxford_pets",
-        "stanford_cars",
-        "flowers102",
-        "food101",
-        "fgvc_aircraft",
-        "sun397",
-        "dtd",
-        "eurosat",
-        "ucf101",
-    }
-)
+BENCHMARK_DATASETS = frozenset(registry.BENCHMARK_DATASETS)
 CROSS_TARGETS = BENCHMARK_DATASETS - {"imagenet"}
 DOMAIN_TARGETS = frozenset({"imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"})
 # what a published average covers, per protocol
@@ -253,83 +240,54 @@ def _identity(runs: pd.DataFrame) -> tuple[str, float | None, str]:
     return base_method, weight, tables._our_row(method, base_method, weight, {}, runs).label
 
 
+def _per_dataset(runs: pd.DataFrame, protocol: str, cells, average) -> list[_Ours]:
+    """Base-to-novel and few-shot: each (method, shots)'s cells per dataset and on average. ``cells(runs of one
+    dataset)`` and ``average(runs of all datasets)`` compute them as the tables do."""
+    out = []
+    for (method, shots), part in wide(runs, protocol).groupby(["method", "shots"], sort=False):
+        identity = _identity(part)
+        for dataset, of_dataset in part.groupby("dataset", sort=False):
+            out.append(_Ours(protocol, method, *identity, dataset, int(shots), cells(of_dataset)))
+        covers = frozenset(part["dataset"])
+        out.append(_Ours(protocol, method, *identity, AVERAGE, int(shots), average(part), covers=covers))
+    return out
+
+
+def _b2n_average(part: pd.DataFrame) -> dict[str, Cell]:
+    cells, _ = tables.average_cells(part)
+    return {"base": cells["base"], "novel": cells["novel"], "hm": cells["hm_of_avg"]}
+
+
+def _transfer(runs: pd.DataFrame, protocol: str) -> list[_Ours]:
+    """Cross-dataset and domain generalisation: each (method, source, shots)'s source, targets and target average."""
+    out = []
+    transfer, targets = tables._transfer_runs(wide(runs, protocol))
+    for (method, source, shots), part in transfer.groupby(["method", "dataset", "shots"], sort=False):
+        identity = _identity(part)
+        columns = {source: "source", **{t: t for t in targets if part[t].notna().any()}, AVERAGE: "target_avg"}
+        cells = seed_cells(part, list(columns.values()))
+        covers = next(iter(set(part["targets"]))) if part["targets"].nunique() == 1 else None
+        for dataset, column in columns.items():
+            if not math.isnan(cells[column].mean):
+                extra = {"trained_on": source, "covers": covers if dataset == AVERAGE else None}
+                out.append(
+                    _Ours(protocol, method, *identity, dataset, int(shots), {"accuracy": cells[column]}, **extra)
+                )
+    return out
+
+
 def our_numbers(runs: pd.DataFrame) -> list[_Ours]:
     """Every number of ours a published one could match, computed as the tables compute it."""
     out, protocols = [], set(runs["protocol"])
     if "base2novel" in protocols:
-        for (method, shots), part in wide(runs, "base2novel").groupby(["method", "shots"], sort=False):
-            identity = _identity(part)
-            for dataset, of_dataset in part.groupby("dataset", sort=False):
-                out.append(
-                    _Ours(
-                        "base2novel",
-                        method,
-                        *identity,
-                        dataset,
-                        int(shots),
-                        seed_cells(of_dataset, ["base", "novel", "hm"]),
-                    )
-                )
-            cells, _ = tables.average_cells(part)
-            out.append(
-                _Ours(
-                    "base2novel",
-                    method,
-                    *identity,
-                    AVERAGE,
-                    int(shots),
-                    {"base": cells["base"], "novel": cells["novel"], "hm": cells["hm_of_avg"]},
-                    covers=frozenset(part["dataset"]),
-                )
-            )
+        out += _per_dataset(runs, "base2novel", lambda part: seed_cells(part, ["base", "novel", "hm"]), _b2n_average)
     for protocol in ("cross_dataset", "domain_generalization"):
-        if protocol not in protocols:
-            continue
-        transfer, targets = tables._transfer_runs(wide(runs, protocol))
-        for (method, source, shots), part in transfer.groupby(["method", "dataset", "shots"], sort=False):
-            identity = _identity(part)
-            columns = {source: "source", **{t: t for t in targets if part[t].notna().any()}, AVERAGE: "target_avg"}
-            cells = seed_cells(part, list(columns.values()))
-            covers = next(iter(set(part["targets"]))) if part["targets"].nunique() == 1 else None
-            for dataset, column in columns.items():
-                if not math.isnan(cells[column].mean):
-                    out.append(
-                        _Ours(
-                            protocol,
-                            method,
-                            *identity,
-                            dataset,
-                            int(shots),
-                            {"accuracy": cells[column]},
-                            trained_on=source,
-                            covers=covers if dataset == AVERAGE else None,
-                        )
-                    )
+        if protocol in protocols:
+            out += _transfer(runs, protocol)
     if "few_shot" in protocols:
-        for (method, shots), part in wide(runs, "few_shot").groupby(["method", "shots"], sort=False):
-            identity = _identity(part)
-            for dataset, of_dataset in part.groupby("dataset", sort=False):
-                out.append(
-                    _Ours(
-                        "few_shot",
-                        method,
-                        *identity,
-                        dataset,
-                        int(shots),
-                        {"accuracy": seed_cells(of_dataset, ["all"])["all"]},
-                    )
-                )
-            out.append(
-                _Ours(
-                    "few_shot",
-                    method,
-                    *identity,
-                    AVERAGE,
-                    int(shots),
-                    {"accuracy": dataset_average(part, ["all"]).cell("all")},
-                    covers=frozenset(part["dataset"]),
-                )
-            )
+        per_dataset = lambda part: {"accuracy": seed_cells(part, ["all"])["all"]}  # noqa: E731
+        average = lambda part: {"accuracy": dataset_average(part, ["all"]).cell("all")}  # noqa: E731
+        out += _per_dataset(runs, "few_shot", per_dataset, average)
     return out
 
 

@@ -21,49 +21,37 @@ ArgumentTypeError = argparse.ArgumentTypeError
 
 
 # ------------------------------------------------------------------------------------------- numbers
-def _integer(text: str, what: str) -> int:
+def _number(text: str, parse, what: str, smallest, inclusive: bool = True):
+    """``parse(text)`` if it is a number of at least (or, not ``inclusive``, above) ``smallest``, finite; else one
+    ArgumentTypeError saying it must be ``what``."""
     try:
-        return int(text)
+        value = parse(text)
     except ValueError:
+        value = None
+    finite = value is not None and not (isinstance(value, float) and not math.isfinite(value))
+    if not finite or value < smallest or (value == smallest and not inclusive):
         raise ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    return value
 
 
 def positive_int(text: str) -> int:
     """An integer of at least 1 (a count: shots, epochs, batch size, retries)."""
-    value = _integer(text, "a positive integer")
-    if value < 1:
-        raise ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    return _number(text, int, "a positive integer", 1)
 
 
 def non_negative_int(text: str) -> int:
     """An integer of at least 0 (a seed, a number of workers, epochs where 0 means none)."""
-    value = _integer(text, "a non-negative integer")
-    if value < 0:
-        raise ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+    return _number(text, int, "a non-negative integer", 0)
 
 
 def finite_float(text: str) -> float:
     """A finite number: NaN and infinity are refused."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ArgumentTypeError(f"must be a finite number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+    return _number(text, float, "a finite number", -math.inf)
 
 
 def positive_float(text: str) -> float:
     """A finite number above 0 (seconds, a rate)."""
-    try:
-        value = finite_float(text)
-    except ArgumentTypeError:
-        raise ArgumentTypeError(f"must be a finite positive number, got {text!r}") from None
-    if value <= 0:
-        raise ArgumentTypeError(f"must be a finite positive number, got {text!r}")
-    return value
+    return _number(text, float, "a finite positive number", 0.0, inclusive=False)
 
 
 # ------------------------------------------------------------------------------------------- names
