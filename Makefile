@@ -53,7 +53,7 @@ demo: setup demo-data
 	cd demo && $(abspath $(PY)) -m prompt_ot forkserver -- snakemake -s ../Snakefile --cores $(CORES) \
 		--resources gpu=$(CORES) --rerun-incomplete --quiet rules
 	@echo
-	@cat demo/reports/tables/base2novel_average.md
+	@$(PY) -m prompt_ot.report.headline demo/reports
 	@echo
 	@echo "Tables (LaTeX, CSV, Markdown): demo/reports/tables/   figures: demo/reports/figures/"
 	@echo "Pretrained backbone and its zero-shot accuracy: demo/runs/backbone/backbone.json"

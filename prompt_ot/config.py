@@ -154,10 +154,23 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
                 f"{source}: protocols.domain_generalization.sources[{i}] = {name!r} must also be a "
                 "cross_dataset source (its model is reused)"
             )
-    for name in raw["methods"]:
-        for protocol, dataset, shots in trained_runs(raw):
+    for i, name in enumerate(protocols["few_shot"]["methods"]):
+        if name not in raw["methods"]:
+            raise UserError(
+                f"{source}: protocols.few_shot.methods[{i}] = {name!r} is not listed under 'methods'; add it there "
+                "or remove it here (few-shot runs a subset of the grid's methods)"
+            )
+    for protocol, dataset, shots in trained_runs(raw):
+        for name in protocol_methods(raw, protocol):
             _check_run(raw, name, protocol, dataset, shots, source)
     return raw
+
+
+def protocol_methods(params: dict, protocol: str) -> list[str]:
+    """The methods a protocol runs: ``protocols.few_shot.methods`` for few-shot, else every method of the grid."""
+    if protocol == "few_shot":
+        return list(params["protocols"]["few_shot"]["methods"])
+    return list(params["methods"])
 
 
 def trained_runs(params: dict) -> list[tuple[str, str, int]]:
@@ -316,9 +329,9 @@ def view_cache_settings(params: dict, dataset: str, subset: str, shots: int) -> 
     runs train in (float32 when they differ: the others then compute their frozen features while training)."""
     runs = [
         resolve_run(params, name, protocol, dataset, shots)
-        for name in params["methods"]
         for protocol, d, k in trained_runs(params)
         if (d, k, SUBSET_OF[protocol]) == (dataset, shots, subset)
+        for name in protocol_methods(params, protocol)
     ]
     needing = [recipe for method, recipe in runs if method.trains and _needs_frozen_image(method)]
     return {
@@ -340,6 +353,7 @@ def test_cache_precision(params: dict, dataset: str) -> str:
                 targets |= set(protocols["domain_generalization"]["evaluate"]["targets"])
         if dataset in targets:
             precisions |= {
-                resolve_run(params, name, protocol, source, shots)[1].precision for name in params["methods"]
+                resolve_run(params, name, protocol, source, shots)[1].precision
+                for name in protocol_methods(params, protocol)
             }
     return _common_precision(precisions)

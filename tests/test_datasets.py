@@ -16,6 +16,13 @@ BENCHMARK = (
     "imagenet caltech101 oxford_pets stanford_cars flowers102 food101 fgvc_aircraft sun397 dtd eurosat ucf101".split()
 )
 TARGET_ONLY = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+DEMO_SHIFTS = [
+    "digits_sketch",
+    "fashion_mnist_v2",
+    "fashion_mnist_sketch",
+    "fashion_mnist_a",
+    "fashion_mnist_r",
+]  # the demo's DG sets
 ALL = BENCHMARK + TARGET_ONLY
 
 # CoOp's trainers/zsclip.py CUSTOM_TEMPLATES, keyed by our registry names
@@ -41,7 +48,7 @@ COOP_TEMPLATES = {
 def test_all_fifteen_are_registered_with_their_kind():
     assert set(ALL) <= set(dataset_names())
     assert set(BENCHMARK) <= set(dataset_names("benchmark"))
-    assert set(dataset_names("target_only")) == set(TARGET_ONLY)
+    assert set(dataset_names("target_only")) == set(TARGET_ONLY + DEMO_SHIFTS)
 
 
 def test_unknown_name_lists_the_known_ones():

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from tests.support.forkserver import fork_server
-from tests.support.grid import SHOTS, grid_params
+from tests.support.grid import BASE2NOVEL_ONLY, SHOTS, grid_params
 from tests.support.grid import run_dir as grid_run
 from tests.support.workflow import DVC, ROOT, adopt_done_stages, env, make_workspace, write_params
 
@@ -50,7 +50,7 @@ def demo_workspace(folder, grid):
     demo.mkdir()
     shutil.copy2(ROOT / "demo" / "dvc.yaml", demo / "dvc.yaml")
     variants = {VARIANT: {"method": "prompt_ot", "regulariser": {"weight": 1.0}}}
-    write_params(demo, grid_params(methods=METHODS, seeds=[1], variants=variants))
+    write_params(demo, grid_params(methods=METHODS, seeds=[1], variants=variants, **BASE2NOVEL_ONLY))
     shutil.copy2(ROOT / ".gitignore", repo / ".gitignore")  # /demo/runs/, /demo/reports/, ... are not in git
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)

@@ -24,7 +24,17 @@ import pytest
 import yaml
 
 from tests.support.forkserver import fork_server
-from tests.support.grid import METHODS, SEEDS, SHOTS, TRAINED, grid_params, run_dir
+from tests.support.grid import (
+    EVALUATIONS_PER_SEED,
+    FEW_SHOT_METHODS,
+    METHODS,
+    SEEDS,
+    SHOTS,
+    TRAINED,
+    TRAININGS_PER_SEED,
+    grid_params,
+    run_dir,
+)
 from tests.support.workflow import (
     DVC,
     MLFLOW_OFF,
@@ -41,6 +51,7 @@ from tests.support.workflow import (
 pytestmark = pytest.mark.system
 
 CHANCE = 100 / 10  # digits: 10 classes
+SHIFTED_NAME = "digits_sketch"  # the cross-dataset target and shifted domain, as the CSV tables name it
 METRICS = f"runs/base2novel/*/digits_{SHOTS}shot/seed*/metrics.json"
 PROMPTS = f"runs/base2novel/*/digits_{SHOTS}shot/seed*/prompts.safetensors"
 
@@ -58,7 +69,14 @@ def check_outputs(folder):
     assert "Prompt-OT" in table and "CLIP (zero-shot)" in table and "\\toprule" in table
     assert "Published" not in table  # the demo's configuration leaves the (incomparable) published rows out
     assert "prompt_ot" in (folder / "reports/tables/base2novel_average.csv").read_text()
-    assert (folder / "reports/figures").is_dir()
+    # every protocol's path ran: its table and its figure
+    for table, figure in (
+        ("cross_dataset", "cross_dataset_transfer"),
+        ("domain_generalization", "domain_generalization"),
+        ("few_shot", "few_shot"),
+    ):
+        assert SHIFTED_NAME in (folder / f"reports/tables/{table}.csv").read_text() or table == "few_shot", table
+        assert (folder / f"reports/figures/{figure}.png").is_file(), figure
     return metrics
 
 
@@ -73,15 +91,17 @@ def test_snakemake_runs_the_grid_and_logs_complete_mlflow_runs(shrunken_grid):
     client = mlflow_client(f"sqlite:///{shrunken_grid / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
     kinds = sorted(r.data.tags.get("kind") for r in runs)
-    assert kinds.count("train") == kinds.count("evaluate") == len(METHODS) * len(SEEDS)
+    assert kinds.count("train") == TRAININGS_PER_SEED * len(SEEDS)
+    assert kinds.count("evaluate") == EVALUATIONS_PER_SEED * len(SEEDS)
     parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("kind") in ("train", "evaluate")]
     assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
     trained = [r for r in runs if r.data.tags.get("kind") == "train"]
-    assert {(r.data.tags["method"], r.data.tags["seed"]) for r in trained} == {
-        (m, str(s)) for m in METHODS for s in SEEDS
+    runs_of = {"base2novel": METHODS, "cross_dataset": METHODS, "few_shot": FEW_SHOT_METHODS}
+    assert {(r.data.tags["protocol"], r.data.tags["method"], r.data.tags["seed"]) for r in trained} == {
+        (protocol, m, str(s)) for protocol, methods in runs_of.items() for m in methods for s in SEEDS
     }
     for r in trained:
         assert sorted(a.path for a in client.list_artifacts(r.info.run_id)) == [

@@ -26,7 +26,20 @@ from pathlib import Path
 import pytest
 
 from tests.support.forkserver import FORKED
-from tests.support.grid import EPOCHS, EXPERIMENT, HISTORY_KEYS, KILLED, METHODS, SEEDS, SHOTS, TRAINED, build
+from tests.support.grid import (
+    EPOCHS,
+    EVALUATIONS_PER_SEED,
+    EXPERIMENT,
+    FEW_SHOT_METHODS,
+    HISTORY_KEYS,
+    KILLED,
+    METHODS,
+    SEEDS,
+    SHOTS,
+    TRAINED,
+    TRAININGS_PER_SEED,
+    build,
+)
 from tests.support.grid import run_dir as grid_run
 from tests.support.workflow import (
     DVC,
@@ -209,19 +222,21 @@ def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     kinds = sorted(r.data.tags.get("kind") for r in runs)
-    expected = len(METHODS) * len(SEEDS)
-    assert kinds == ["evaluate"] * expected + ["pipeline"] + ["train"] * expected
+    trainings, evaluations = TRAININGS_PER_SEED * len(SEEDS), EVALUATIONS_PER_SEED * len(SEEDS)
+    assert kinds == ["evaluate"] * evaluations + ["pipeline"] + ["train"] * trainings
     parent = next(r for r in runs if r.data.tags["kind"] == "pipeline")
     assert parent.info.run_id == parent_info["parent_run_id"]
     assert all(r.info.status == "FINISHED" for r in runs)
     children = [r for r in runs if r.data.tags["kind"] != "pipeline"]
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in children)
-    assert {(r.data.tags["kind"], r.data.tags["method"], r.data.tags["seed"]) for r in children} == {
-        (kind, m, str(s)) for kind in ("train", "evaluate") for m in METHODS for s in SEEDS
-    }
+    runs_of = {"base2novel": METHODS, "cross_dataset": METHODS, "few_shot": FEW_SHOT_METHODS}
+    assert {(r.data.tags["protocol"], r.data.tags["method"], r.data.tags["seed"]) for r in children} == {
+        (protocol, m, str(s)) for protocol, methods in runs_of.items() for m in methods for s in SEEDS
+    } | {("domain_generalization", m, str(s)) for m in METHODS for s in SEEDS}
 
     for child in children:
-        run_dir = grid_run(child.data.tags["method"], child.data.tags["seed"])
+        tags = child.data.tags
+        run_dir = grid_run(tags["method"], tags["seed"], tags["protocol"])
         dest = tmp_path / child.info.run_id
         if child.data.tags["kind"] == "train":
             history = summary(folder, run_dir)["history"]
@@ -231,11 +246,11 @@ def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(
             names = ["prompts.safetensors", "train.json", "train.log"]
         else:
             metrics = json.loads((folder / run_dir / "metrics.json").read_text())
-            assert child.data.metrics == {
-                "accuracy/base": metrics["accuracy"]["base"],
-                "accuracy/novel": metrics["accuracy"]["novel"],
-                "hm": metrics["hm"],
-            }
+            logged = {f"accuracy/{k}": v for k, v in metrics["accuracy"].items()}
+            if tags["protocol"] == "base2novel":
+                assert set(metrics["accuracy"]) == {"base", "novel"}
+                logged["hm"] = metrics["hm"]
+            assert child.data.metrics == logged
             names = ["metrics.json", "predictions.npz"]
         assert sorted(a.path for a in client.list_artifacts(child.info.run_id)) == names
         for name in names:

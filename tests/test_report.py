@@ -322,7 +322,13 @@ def test_index_all_tex_and_figures(full_report):
     out = full_report
     inputs = re.findall(r"\\input\{tables/(\w+)\}", (out / "tables" / "all.tex").read_text())
     assert inputs == TABLES
-    for stem in ("base2novel_tradeoff", "lambda_sweep_prompt_ot", "few_shot"):
+    for stem in (
+        "base2novel_tradeoff",
+        "lambda_sweep_prompt_ot",
+        "cross_dataset_transfer",
+        "domain_generalization",
+        "few_shot",
+    ):
         png, pdf = out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
         assert pdf.read_bytes()[:4] == b"%PDF"

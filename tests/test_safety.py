@@ -211,7 +211,7 @@ def _params_with(where: str, name: str) -> dict:
         "base2novel": {"datasets": [], "shots": 2},
         "cross_dataset": {"sources": [], "shots": 2, "evaluate": {"targets": []}},
         "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-        "few_shot": {"datasets": [], "shots": []},
+        "few_shot": {"datasets": [], "shots": [], "methods": []},
     }
     params["datasets"] = ["dtd"]
     if where == "dataset":

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.support.forkserver import fork_server
-from tests.support.grid import EPOCHS, KILLED, SEEDS, SHOTS, grid_params
+from tests.support.grid import BASE2NOVEL_ONLY, EPOCHS, KILLED, SEEDS, SHOTS, grid_params
 from tests.support.slurm_cluster import Cluster, ClusterUnavailable, why_unavailable
 from tests.support.workflow import MLFLOW_OFF, ROOT, SNAKEMAKE, copy_workspace, env, files_of, make_workspace
 
@@ -127,7 +127,9 @@ def cluster_without_accounting(tmp_path_factory):
 def slurm_params() -> dict:
     """The session grid's params (tests/support/grid.py) with a seeded random tiny CLIP instead of the pretrained one
     (no pretraining: SLURM is the point here) and Prompt-OT alone: every rule of the pipeline has a job, all short."""
-    return grid_params(backbone={"name": "tiny-vit", "pretrained": "none"}, pretrain={}, methods=METHODS)
+    return grid_params(
+        backbone={"name": "tiny-vit", "pretrained": "none"}, pretrain={}, methods=METHODS, **BASE2NOVEL_ONLY
+    )
 
 
 @pytest.fixture(scope="class")

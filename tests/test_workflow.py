@@ -45,12 +45,15 @@ def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
         "base2novel": {"datasets": ["dtd"], "shots": 4},
         "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd", "eurosat"]}},
         "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-        "few_shot": {"datasets": ["eurosat"], "shots": [1, 2]},
+        "few_shot": {"datasets": ["eurosat"], "shots": [1, 2], "methods": ["coop", "prompt_ot_l1"]},
     }
     validate_params(params)
     jobs = _same_jobs(make_workspace(tmp_path, yaml.safe_dump(params)))
     assert any("--targets dtd eurosat" in cmd for cmd in jobs)
-    assert sum(cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 6 * 2 * (1 + 1 + 2)
+    # few-shot runs only the methods it names (2 of the 6), each over both shots
+    assert sum(cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 6 * 2 * (1 + 1) + 2 * 2 * 2
+    few_shot_methods = {cmd.split(" --method ")[1].split()[0] for cmd in jobs if " --protocol few_shot " in cmd}
+    assert few_shot_methods == {"coop", "prompt_ot_l1"}
 
 
 def test_pack_trains_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_path):
@@ -62,7 +65,7 @@ def test_pack_trains_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_pat
         "base2novel": {"datasets": ["dtd"], "shots": 4},
         "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd"]}},
         "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-        "few_shot": {"datasets": [], "shots": []},
+        "few_shot": {"datasets": [], "shots": [], "methods": []},
     }
     single = snakemake_jobs(make_workspace(tmp_path / "single", yaml.safe_dump(params)))
     params["train"]["pack"] = True
@@ -109,6 +112,8 @@ def _params():
         (lambda p: p.update(variants={"x": {"method": "prompt_ot", "regulariser": {"weight": -1}}}), r"variants.x"),
         (lambda p: p["protocols"].pop("few_shot"), r"protocols: 'few_shot' is a required property"),
         (lambda p: p["protocols"]["cross_dataset"]["evaluate"].update(targets=[]), r"evaluate.targets is empty"),
+        (lambda p: p["protocols"]["few_shot"]["methods"].append("kgcoop_x"), r"few_shot.methods\[11\] = 'kgcoop_x'"),
+        (lambda p: p["protocols"]["few_shot"].pop("methods"), r"few_shot: 'methods' is a required property"),
     ],
 )
 def test_bad_params_name_the_key(change, message):

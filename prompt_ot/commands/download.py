@@ -64,7 +64,9 @@ def _print_list(root: str) -> None:
     from prompt_ot.data.download import dataset_is_complete
     from prompt_ot.data.registry import dataset_names, dataset_spec
 
-    for name in dataset_names():
+    names = dataset_names()
+    width = max(map(len, names)) + 1
+    for name in names:
         spec = dataset_spec(name)
         how = (
             "local"
@@ -74,12 +76,12 @@ def _print_list(root: str) -> None:
             else ("auto+manual" if spec.manual_steps else "auto")
         )
         state = "complete" if dataset_is_complete(spec, root) else "-"
-        print(f"{name:<16} {spec.kind:<12} {spec.folder:<22} {how:<12} {state}")
+        print(f"{name:<{width}} {spec.kind:<12} {spec.folder:<22} {how:<12} {state}")
 
 
 def run(args: argparse.Namespace) -> int:
     from prompt_ot.data.download import FetchSettings, check_dataset, download_dataset, mark_complete
-    from prompt_ot.data.registry import dataset_names, dataset_spec
+    from prompt_ot.data.registry import PAPER_DATASETS, dataset_names, dataset_spec
     from prompt_ot.errors import UserError
 
     if args.list:
@@ -87,11 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.datasets:
         raise UserError(f"name at least one dataset (or 'all'); known datasets: {', '.join(dataset_names())}")
-    names = [
-        n
-        for arg in args.datasets
-        for n in (dataset_names("benchmark") + dataset_names("target_only") if arg == "all" else [arg])
-    ]
+    names = [n for arg in args.datasets for n in (PAPER_DATASETS if arg == "all" else [arg])]
     specs = [dataset_spec(name) for name in names]  # every name checked before anything is fetched
     settings = FetchSettings(timeout=args.timeout, retries=args.retries)
     failures: list[str] = []

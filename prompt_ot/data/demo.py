@@ -1,7 +1,7 @@
 """Offline demo datasets written in the same layout as the benchmark datasets.
 
-Small real image sets that are reachable without internet (Fashion-MNIST from a Debian package,
-scikit-learn's digits) are converted into ``<folder>/images/<class>/<name>.png`` (RGB PNGs) plus a
+Small real image sets that are reachable without internet (Fashion-MNIST and Openclipart's clip art from
+Debian packages, scikit-learn's digits) are converted into ``<folder>/images/<class>/<name>.png`` (RGB PNGs) plus a
 CoOp-format split file, so the demo flows through exactly the code the benchmarks use. The images
 folder is written under a temporary name and renamed when complete; the split file is written last,
 so its presence together with a matching image count marks a finished dataset.
@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoArrays:
-    """A whole source dataset in memory: grey uint8 images (N, H, W), labels, file stems and the split."""
+    """A whole source dataset in memory: uint8 images, labels, file stems and the split.
+
+    ``images`` is grey (N, H, W), stored as RGB with the grey value in every channel, or colour (N, H, W, 3).
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -105,8 +108,9 @@ def _write_pngs(target: Path, arrays: DemoArrays, split: Split) -> None:
         (target / class_folder(classname)).mkdir(parents=True, exist_ok=True)
     for part in ("train", "val", "test"):
         for i, item in zip(arrays.parts[part], split[part], strict=True):
-            grey = arrays.images[i]
-            Image.fromarray(np.stack([grey, grey, grey], axis=-1)).save(target / item.relpath, format="PNG")
+            pixels = arrays.images[i]
+            rgb = pixels if pixels.ndim == 3 else np.stack([pixels, pixels, pixels], axis=-1)
+            Image.fromarray(rgb).save(target / item.relpath, format="PNG")
 
 
 def prepare_demo(folder: str | Path, split_file: str, load: Callable[[], DemoArrays]) -> bool:

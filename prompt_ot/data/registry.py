@@ -32,6 +32,8 @@ Split = dict[str, list[Item]]  # keys: "train", "val", "test"
 BENCHMARK_DATASETS: tuple[str, ...] = tuple(
     "imagenet caltech101 oxford_pets stanford_cars flowers102 food101 fgvc_aircraft sun397 dtd eurosat ucf101".split()
 )
+# the 15 datasets of the paper's tables: those 11 and ImageNet's four shifted test sets (domain generalisation)
+PAPER_DATASETS: tuple[str, ...] = BENCHMARK_DATASETS + ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 
 @dataclass(frozen=True)

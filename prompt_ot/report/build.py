@@ -2,7 +2,9 @@
 
 Layout under ``out``: ``tables/<name>.{tex,csv,md}``, ``tables/all.tex`` (``\\input``s every table written
 this time; ``paper.tex`` inputs it), ``tables/reproduction_gap.{tex,csv,md}`` (ours against the published
-numbers, ``gap``; always written, not in ``all.tex``), ``figures/*.{png,pdf}`` and ``tables/index.md``.
+numbers, ``gap``; always written, not in ``all.tex``), ``figures/*.{png,pdf}`` (one per protocol present:
+``base2novel_tradeoff``, ``cross_dataset_transfer``, ``domain_generalization``, ``few_shot``; and
+``lambda_sweep_<method>`` for a method run with several lambdas) and ``tables/index.md``.
 Outputs of a table or figure that has no data any more are removed, so the folder never shows stale numbers.
 """
 
@@ -16,6 +18,7 @@ from prompt_ot.report import gap, plots, render, tables
 from prompt_ot.report.collect import load_runs, wide
 from prompt_ot.report.grid import select_grid
 from prompt_ot.report.model import Table
+from prompt_ot.report.names import dataset_order
 from prompt_ot.report.published import Published
 from prompt_ot.utils.io import atomic_write_text
 
@@ -37,6 +40,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     gap: gap.Gap | None = None  # ours against the published numbers (build_report)
+    # table name -> dataset -> the same table on that dataset's runs alone: the figures' panels, never written
+    per_dataset: dict[str, dict[str, Table]] = field(default_factory=dict)
 
 
 def build_tables(runs, published: Published) -> Report:
@@ -63,24 +68,35 @@ def build_tables(runs, published: Published) -> Report:
         else:
             report.skipped.append(f"{protocol}: no {protocol} runs")
     if "few_shot" in protocols:
-        table, warnings = tables.few_shot(wide(runs, "few_shot"))
+        frame = wide(runs, "few_shot")
+        table, warnings = tables.few_shot(frame)
         report.tables.append(table)
         report.warnings += warnings
+        report.per_dataset["few_shot"] = {
+            dataset: tables.few_shot(frame[frame["dataset"] == dataset])[0]
+            for dataset in sorted(frame["dataset"].unique(), key=dataset_order)
+        }
     else:
         report.skipped.append("few_shot: no few_shot runs")
     return report
 
 
 def _figures(report: Report, figures: Path) -> list[Path]:
+    """One figure per protocol whose table the report holds (and the lambda sweeps); every method in the same style
+    in all of them."""
     by_name = {t.name: t for t in report.tables}
+    styles = plots.method_styles(r.key for t in report.tables for r in t.rows if not r.published)
     written = []
     if "base2novel_average" in by_name:
         average = by_name["base2novel_average"]
-        written += plots.tradeoff(average, figures)
+        written += plots.tradeoff(average, figures, styles)
         for base_method, rows in plots.lambda_sweeps(average).items():
             written += plots.lambda_sweep(base_method, rows, figures)
+    for name in ("cross_dataset", "domain_generalization"):
+        if name in by_name:
+            written += plots.transfer(by_name[name], figures, styles)
     if "few_shot" in by_name:
-        written += plots.few_shot(by_name["few_shot"], figures)
+        written += plots.few_shot(by_name["few_shot"], figures, report.per_dataset.get("few_shot"), styles)
     return written
 
 

@@ -44,6 +44,12 @@ DATASET_NAMES: dict[str, str] = {
     "imagenet_r": "ImageNet-R",
     "digits": "Digits",
     "fashion_mnist": "Fashion-MNIST",
+    "fashion_mnist_v2": "Fashion-MNIST-V2",
+    "fashion_mnist_sketch": "Fashion-MNIST-Sketch",
+    "fashion_mnist_a": "Fashion-MNIST-A",
+    "fashion_mnist_r": "Fashion-MNIST-R",
+    "clipart": "Clip art",
+    "digits_sketch": "Digits-Sketch",
 }
 
 _LATEX_SPECIALS = {

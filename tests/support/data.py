@@ -249,3 +249,39 @@ def make_images(root, n: int = 7) -> list[Item]:
         image.save(root / relpath)
         items.append(Item(relpath, label, f"class{label}"))
     return items
+
+
+# ------------------------------------------------------------ Fashion-MNIST as Debian's dataset-fashion-mnist holds it
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzip'ed IDX file of unsigned bytes (the MNIST format)."""
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_debian(
+    directory: Path, *, train_per_class: int = 20, test_per_class: int = 2, seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The four files of Debian's dataset-fashion-mnist in ``directory`` (point ``fashion_mnist.DEBIAN_DIR`` at it):
+    random 28x28 images, ``train_per_class`` training images per class in shuffled order, ``test_per_class`` test
+    images per class in class order. Returns {"train" | "t10k": (images, labels)} as written."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train": (
+            rng.integers(0, 256, (10 * train_per_class, 28, 28)).astype(np.uint8),
+            rng.permutation(np.repeat(np.arange(10), train_per_class)).astype(np.uint8),
+        ),
+        "t10k": (
+            rng.integers(0, 256, (10 * test_per_class, 28, 28)).astype(np.uint8),
+            np.repeat(np.arange(10), test_per_class).astype(np.uint8),
+        ),
+    }
+    for part, (images, labels) in arrays.items():
+        write_idx(directory / f"{part}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{part}-labels-idx1-ubyte.gz", labels)
+    return arrays

@@ -1,8 +1,9 @@
 """The session's shrunken grid: the offline demo's configuration cut to the digits (the pipeline pretrains its small
-CLIP on them), five methods (zero-shot CLIP, CoCoOp, MaPLe, PromptSRC, Prompt-OT: nothing trained, per-image prompts,
-coupled prompts, self-regularisation and GPA, OT), two seeds, 8 shots, 12 epochs (a training run takes about 2 s, so
-that a test can kill it between its first and last epoch), run once by Snakemake with two jobs at a time, every job
-forked from the fork server, MLflow logging live from every job.
+CLIP on them) and their sketches, every protocol (base-to-novel; cross-dataset and domain generalisation to the
+sketches; few-shot with one K), five methods (zero-shot CLIP, CoCoOp, MaPLe, PromptSRC, Prompt-OT: nothing trained,
+per-image prompts, coupled prompts, self-regularisation and GPA, OT), two seeds, 8 shots, 12 epochs (a training run
+takes about 2 s, so that a test can kill it between its first and last epoch), run once by Snakemake with two jobs at
+a time, every job forked from the fork server, MLflow logging live from every job.
 
 Built once per test session, also under pytest-xdist (a file lock; the first worker that needs it builds it and the
 others wait), in a folder that no test changes: a test that needs to change it works on a copy
@@ -23,13 +24,33 @@ SEEDS = [1, 2]
 SHOTS = 8
 EPOCHS = 12
 DATASET = "digits"
+# every protocol's path, cheaply: cross-dataset from the digits (all classes, 2 shots) to their sketches, the same
+# model tested on that shifted domain (domain generalisation), and few-shot with K = 2 for two methods (the same
+# 2-shot manifests and caches as the cross-dataset source)
+SHIFTED = "digits_sketch"
+OTHER_SHOTS = 2
+FEW_SHOT_METHODS = ["zeroshot", "prompt_ot"]
 EXPERIMENT = "prompt-ot-demo"  # demo/params.yaml's
 HISTORY_KEYS = ("lr", "loss", "ce", "regulariser", "train_accuracy")
 _DONE = ".grid-complete"
+# the jobs of each seed: every method trained for base-to-novel and cross-dataset, the few-shot methods once more; the
+# cross-dataset model also evaluated on the shifted domain
+TRAININGS_PER_SEED = 2 * len(METHODS) + len(FEW_SHOT_METHODS)
+EVALUATIONS_PER_SEED = 3 * len(METHODS) + len(FEW_SHOT_METHODS)
+# overrides that cut the grid back to base-to-novel on the digits, for tests about something else than the protocols
+BASE2NOVEL_ONLY = {
+    "datasets": [DATASET],
+    "protocols": {
+        "cross_dataset": {"sources": [], "evaluate": {"targets": []}},
+        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
+        "few_shot": {"datasets": [], "shots": [], "methods": []},
+    },
+}
 
 
 def run_dir(method: str, seed: int | str, protocol: str = "base2novel", dataset: str = DATASET) -> str:
-    return f"runs/{protocol}/{method}/{dataset}_{SHOTS}shot/seed{seed}"
+    shots = SHOTS if protocol == "base2novel" else OTHER_SHOTS
+    return f"runs/{protocol}/{method}/{dataset}_{shots}shot/seed{seed}"
 
 
 KILLED = run_dir("prompt_ot", 1)  # the run the crash tests kill mid-training
@@ -40,7 +61,13 @@ def grid_params(**overrides) -> dict:
     params = shrunk_params(
         methods=METHODS,
         seeds=SEEDS,
-        protocols={"base2novel": {"shots": SHOTS}},
+        datasets=[DATASET, SHIFTED],
+        protocols={
+            "base2novel": {"shots": SHOTS},
+            "cross_dataset": {"sources": [DATASET], "shots": OTHER_SHOTS, "evaluate": {"targets": [SHIFTED]}},
+            "domain_generalization": {"sources": [DATASET], "evaluate": {"targets": [SHIFTED]}},
+            "few_shot": {"datasets": [DATASET], "shots": [OTHER_SHOTS], "methods": FEW_SHOT_METHODS},
+        },
         train={"epochs": EPOCHS, "pack": False},  # one training job per run
         mlflow={"defer": False},  # live logging from every job
     )

@@ -22,7 +22,7 @@ from tests.support.workflow import ROOT
 _NO_OTHER_PROTOCOLS = {
     "cross_dataset": {"sources": [], "shots": 2, "evaluate": {"targets": []}},
     "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-    "few_shot": {"datasets": [], "shots": []},
+    "few_shot": {"datasets": [], "shots": [], "methods": []},
 }
 
 

@@ -24,7 +24,7 @@ PROTOCOLS = config["protocols"]
 B2N = PROTOCOLS.get("base2novel", {"datasets": [], "shots": 16})
 XD = PROTOCOLS.get("cross_dataset", {"sources": [], "evaluate": {"targets": []}, "shots": 16})
 DG = PROTOCOLS.get("domain_generalization", {"sources": [], "evaluate": {"targets": []}})
-FS = PROTOCOLS.get("few_shot", {"datasets": [], "shots": []})
+FS = PROTOCOLS.get("few_shot", {"datasets": [], "shots": [], "methods": []})
 ENV = "../envs/prompt_ot.yaml"
 MLFLOW_EXPERIMENT = config.get("mlflow", {}).get("experiment", "prompt-ot")
 MLFLOW_PARENT = f"{RUNS}/mlflow_parent.json"
@@ -91,6 +91,8 @@ def metrics_files():
             files += [f"{run_dir('base2novel', m, d, B2N['shots'], s)}/metrics.json" for d in B2N["datasets"]]
             files += [f"{run_dir('cross_dataset', m, d, XD['shots'], s)}/metrics.json" for d in XD["sources"]]
             files += [f"{run_dir('domain_generalization', m, d, XD['shots'], s)}/metrics.json" for d in DG["sources"]]
+    for m in FS["methods"]:  # few-shot runs the methods it names, a subset of METHODS
+        for s in SEEDS:
             files += [f"{run_dir('few_shot', m, d, k, s)}/metrics.json" for d in FS["datasets"] for k in FS["shots"]]
     return files
 

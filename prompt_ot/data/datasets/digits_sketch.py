@@ -1,0 +1,43 @@
+"""Digits-Sketch (offline demo, domain generalisation target): every digits test image drawn as a sketch.
+
+The digits' counterpart of Fashion-MNIST-Sketch, small enough for the test suite's grid (whose cross-dataset source
+is the digits): each of the 355 test images drawn as its edge map by ``prompt_ot.data.shifts.sketch`` (dark lines
+where the Sobel gradient magnitude is at least 0.2 of the image's largest, white elsewhere). Test split only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prompt_ot.data import shifts
+from prompt_ot.data.datasets import digits
+from prompt_ot.data.demo import DemoArrays, prepare_demo
+from prompt_ot.data.registry import DatasetSpec
+
+SPLIT_FILE = "split_zhou_DigitsSketch.json"
+
+
+def sketch_arrays(source: DemoArrays) -> DemoArrays:
+    """The source's test part, every image drawn by ``shifts.sketch``; nothing else."""
+    test = source.parts["test"]
+    return shifts.as_test_set(source, test, np.stack([shifts.sketch(source.images[i]) for i in test]))
+
+
+def prepare(folder: Path) -> None:
+    """Build the set into ``folder`` (images/<class>/<name>.png + CoOp split file) unless done."""
+    prepare_demo(folder, SPLIT_FILE, lambda: sketch_arrays(digits.load_arrays()))
+
+
+DATASET = DatasetSpec(
+    name="digits_sketch",
+    folder="digits_sketch",
+    template=digits.DATASET.template,
+    image_dir="images",
+    split_file=SPLIT_FILE,
+    prepare_fn=prepare,
+    kind="target_only",
+    notes="offline demo DG target: the 355 digits test images as Sobel edge sketches, 8x8 grey as RGB",
+    extra={"num_classes": 10, "split_sizes": (0, 0, 355)},
+)
