@@ -154,8 +154,9 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
                 f"{source}: protocols.domain_generalization.sources[{i}] = {name!r} must also be a "
                 "cross_dataset source (its model is reused)"
             )
+    few_shot_runs = bool(protocols["few_shot"]["datasets"] and protocols["few_shot"]["shots"])
     for i, name in enumerate(protocols["few_shot"]["methods"]):
-        if name not in raw["methods"]:
+        if few_shot_runs and name not in raw["methods"]:
             raise UserError(
                 f"{source}: protocols.few_shot.methods[{i}] = {name!r} is not listed under 'methods'; add it there "
                 "or remove it here (few-shot runs a subset of the grid's methods)"
@@ -169,7 +170,7 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
 def protocol_methods(params: dict, protocol: str) -> list[str]:
     """The methods a protocol runs: ``protocols.few_shot.methods`` for few-shot, else every method of the grid."""
     if protocol == "few_shot":
-        return list(params["protocols"]["few_shot"]["methods"])
+        return [m for m in params["protocols"]["few_shot"]["methods"] if m in params["methods"]]
     return list(params["methods"])
 
 

@@ -38,6 +38,10 @@ class PretrainConfig:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     seed: int = 0
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    # each image seen as a random resized crop (the prompt learners' training views: the same scale and aspect
+    # ranges, flipped half the time) instead of whole, so that the frozen model knows the parts of an image that
+    # few-shot training shows it
+    crops: bool = False
 
     @classmethod
     def from_params(cls, raw: dict) -> PretrainConfig:
@@ -90,6 +94,23 @@ def _load_images(spec, root: Path, part: str, work: Path, image_size: int, per_c
 def _normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def random_views(images_uint8: torch.Tensor, rng) -> torch.Tensor:
+    """Each (H, W, 3) uint8 image of the batch as one training view: the random resized crop of
+    ``prompt_ot.data.augment.crop_box`` (``rng`` draws it: a numpy Generator) resized back to H x W (bilinear,
+    antialiased) and flipped left-right with probability 1/2; uint8, same shape."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from prompt_ot.data.augment import crop_box
+
+    height, width = images_uint8.shape[1:3]
+    views = []
+    for image in images_uint8.permute(0, 3, 1, 2):
+        top, left, h, w = crop_box(height, width, rng)
+        view = TF.resized_crop(image, top, left, h, w, [height, width], antialias=True)
+        views.append(TF.horizontal_flip(view) if rng.random() < 0.5 else view)
+    return torch.stack(views).permute(0, 2, 3, 1).contiguous()
 
 
 def _lr_at(step: int, total: int, config: PretrainConfig) -> float:
@@ -176,7 +197,12 @@ def pretrain(
             tokens = captions[labels[index] * n_templates + template]
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total, config)
-            x = _normalise(images[index], preprocess.mean, preprocess.std)
+            batch = images[index]
+            if config.crops:
+                import numpy as np
+
+                batch = random_views(batch, np.random.default_rng([config.seed, epoch, b]))
+            x = _normalise(batch, preprocess.mean, preprocess.std)
             image_features = F.normalize(model.encode_image(x, use_prompts=False), dim=-1)
             text_features = F.normalize(model.encode_tokens(tokens, use_prompts=False), dim=-1)
             loss = loss_fn(image_features, text_features, clip.logit_scale.exp())

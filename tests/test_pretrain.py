@@ -94,3 +94,33 @@ def test_backbone_stage_without_pretraining_records_the_weights(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     offline = _stage(tmp_path, "backbone", "--params", "params.yaml", "--out", "runs/backbone")
     assert offline.returncode == 2 and "local checkpoint file" in offline.stderr
+
+
+def test_pretraining_views_are_the_prompt_learners_crops_resized_back():
+    """``crops: true``: each image becomes the random resized crop that ``crop_box`` draws (the downstream training
+    views' scale and aspect ranges), resized back to the input size, flipped when the next draw is below 1/2."""
+    import numpy as np
+    from torchvision.transforms.v2 import functional as TF
+
+    from prompt_ot.data.augment import crop_box
+    from prompt_ot.pretrain import random_views
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=gen)
+    views = random_views(images, np.random.default_rng(7))
+    assert views.shape == images.shape and views.dtype == torch.uint8
+    assert torch.equal(views, random_views(images, np.random.default_rng(7)))  # the same draws, the same views
+    rng = np.random.default_rng(7)
+    for image, view in zip(images.permute(0, 3, 1, 2), views.permute(0, 3, 1, 2), strict=True):
+        top, left, h, w = crop_box(32, 32, rng)
+        expected = TF.resized_crop(image, top, left, h, w, [32, 32], antialias=True)
+        if rng.random() < 0.5:
+            expected = expected.flip(-1)
+        assert torch.equal(view, expected)
+    # a flat image stays flat whatever the crop
+    flat = torch.full((2, 32, 32, 3), 200, dtype=torch.uint8)
+    assert torch.equal(random_views(flat, np.random.default_rng(1)), flat)
+    # crops are recorded in the fingerprint: a backbone pretrained with them is another backbone
+    config = PretrainConfig(datasets=("digits",))
+    crops = PretrainConfig(datasets=("digits",), crops=True)
+    assert config.fingerprint("demo-vit") != crops.fingerprint("demo-vit")

@@ -112,7 +112,10 @@ def _params():
         (lambda p: p.update(variants={"x": {"method": "prompt_ot", "regulariser": {"weight": -1}}}), r"variants.x"),
         (lambda p: p["protocols"].pop("few_shot"), r"protocols: 'few_shot' is a required property"),
         (lambda p: p["protocols"]["cross_dataset"]["evaluate"].update(targets=[]), r"evaluate.targets is empty"),
-        (lambda p: p["protocols"]["few_shot"]["methods"].append("kgcoop_x"), r"few_shot.methods\[11\] = 'kgcoop_x'"),
+        (
+            lambda p: p["protocols"]["few_shot"].update(datasets=["dtd"], methods=["coop", "kgcoop_x"]),
+            r"few_shot.methods\[1\] = 'kgcoop_x'",
+        ),
         (lambda p: p["protocols"]["few_shot"].pop("methods"), r"few_shot: 'methods' is a required property"),
     ],
 )
