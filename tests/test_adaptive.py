@@ -22,6 +22,7 @@ from prompt_ot.losses import OTRegulariser, RegulariserInputs, build_regulariser
 from prompt_ot.losses.adaptive import DEFAULT_BUDGET, DEFAULT_DUAL_LR, DEFAULT_MAX_WEIGHT, AdaptiveSettings, DualWeight
 from prompt_ot.methods import build_model, get_method
 from prompt_ot.train import RunSpec, TrainConfig, run_fingerprint, train, train_packed
+from tests.support.figures import drawn_figures
 from tests.support.models import ToyImages, tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -480,18 +481,10 @@ def test_the_ablation_table_holds_the_adaptive_row(tmp_path, sweep_runs):
 
 
 def test_the_lambda_sweep_figure_marks_the_adaptive_run(tmp_path, sweep_runs, monkeypatch):
-    from prompt_ot.report import plots
     from prompt_ot.report.build import build_report
     from prompt_ot.report.published import read_published
 
-    drawn = {}
-    save = plots._save
-
-    def keep(fig, out, stem):
-        drawn[stem] = fig
-        return save(fig, out, stem)
-
-    monkeypatch.setattr(plots, "_save", keep)
+    drawn = drawn_figures(monkeypatch)
     out = tmp_path / "out"
     build_report(sweep_runs, read_published(None), out, figures=True)
     assert (out / "figures" / "lambda_sweep_prompt_ot.pdf").read_bytes()[:4] == b"%PDF"

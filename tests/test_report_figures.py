@@ -17,6 +17,7 @@ from prompt_ot.report.model import Cell, Row, Table
 from prompt_ot.report.names import dataset_name, method_name
 from prompt_ot.report.published import read_published
 from prompt_ot.results import RunMetrics, read_metrics, write_metrics
+from tests.support.figures import drawn_figures
 
 DEMO_METHODS = [
     "zeroshot",
@@ -272,14 +273,7 @@ def fake_runs(folder: Path, protocols: set[str], methods=("zeroshot", "coop", "p
     ids=lambda p: "+".join(sorted(p)),
 )
 def test_each_protocols_figure_is_written_only_when_its_table_is(tmp_path, protocols, monkeypatch):
-    drawn = {}
-    save = plots._save
-
-    def keep(fig, out, stem):
-        drawn[stem] = fig
-        return save(fig, out, stem)
-
-    monkeypatch.setattr(plots, "_save", keep)
+    drawn = drawn_figures(monkeypatch)
     out = tmp_path / "out"
     build_report(fake_runs(tmp_path / "runs", protocols), read_published(None), out, figures=True)
     expected = {

@@ -26,12 +26,14 @@ returns a :class:`~prompt_ot.data.demo.DemoArrays` whose images are all in its t
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from prompt_ot.data.demo import DemoArrays
+from prompt_ot.data.demo import DemoArrays, prepare_demo
+from prompt_ot.data.registry import DatasetSpec
 from prompt_ot.errors import UserError
 
 SEED = 2024
@@ -234,6 +236,36 @@ def adversarial_arrays(source: DemoArrays) -> DemoArrays:
 
 PREVIEW_CLASSES = (0, 1, 3, 5, 8, 9)  # T-shirt/top, trouser, dress, sandal, bag, ankle boot
 PREVIEW_SCALE = 4
+
+
+def shifted_dataset(
+    name: str,
+    source: DatasetSpec,
+    load: Callable[[Path], DemoArrays],
+    shift: Callable[[DemoArrays], DemoArrays],
+    split_file: str,
+    test_images: int,
+    notes: str,
+    num_classes: int = 10,
+) -> DatasetSpec:
+    """The registry entry of a shifted test set: ``shift`` of the arrays ``load`` reads for ``source`` (given the
+    set's own folder, where a download may go), written like the demo datasets, test split only (target_only), with
+    the source's class names and template."""
+
+    def prepare(folder: Path) -> None:
+        prepare_demo(folder, split_file, lambda: shift(load(Path(folder))))
+
+    return DatasetSpec(
+        name=name,
+        folder=name,
+        template=source.template,
+        image_dir="images",
+        split_file=split_file,
+        prepare_fn=prepare,
+        kind="target_only",
+        notes=notes,
+        extra={"num_classes": num_classes, "split_sizes": (0, 0, test_images)},
+    )
 
 
 def preview(source: DemoArrays, out: Path) -> None:

@@ -7,16 +7,11 @@ where the Sobel gradient magnitude is at least 0.2 of the image's largest, white
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from prompt_ot.data import shifts
 from prompt_ot.data.datasets import digits
-from prompt_ot.data.demo import DemoArrays, prepare_demo
-from prompt_ot.data.registry import DatasetSpec
-
-SPLIT_FILE = "split_zhou_DigitsSketch.json"
+from prompt_ot.data.demo import DemoArrays
 
 
 def sketch_arrays(source: DemoArrays) -> DemoArrays:
@@ -25,19 +20,12 @@ def sketch_arrays(source: DemoArrays) -> DemoArrays:
     return shifts.as_test_set(source, test, np.stack([shifts.sketch(source.images[i]) for i in test]))
 
 
-def prepare(folder: Path) -> None:
-    """Build the set into ``folder`` (images/<class>/<name>.png + CoOp split file) unless done."""
-    prepare_demo(folder, SPLIT_FILE, lambda: sketch_arrays(digits.load_arrays()))
-
-
-DATASET = DatasetSpec(
+DATASET = shifts.shifted_dataset(
     name="digits_sketch",
-    folder="digits_sketch",
-    template=digits.DATASET.template,
-    image_dir="images",
-    split_file=SPLIT_FILE,
-    prepare_fn=prepare,
-    kind="target_only",
+    source=digits.DATASET,
+    load=lambda _folder: digits.load_arrays(),
+    shift=sketch_arrays,
+    split_file="split_zhou_DigitsSketch.json",
+    test_images=355,
     notes="offline demo DG target: the 355 digits test images as Sobel edge sketches, 8x8 grey as RGB",
-    extra={"num_classes": 10, "split_sizes": (0, 0, 355)},
 )

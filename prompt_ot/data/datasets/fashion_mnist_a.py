@@ -7,31 +7,15 @@ when there are more than 2,000, a fixed-seed class-stratified sample of 2,000 of
 the set is that sample of 2,000. Built from the Fashion-MNIST source files. Test split only.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
 from prompt_ot.data import shifts
 from prompt_ot.data.datasets import fashion_mnist
-from prompt_ot.data.demo import prepare_demo
-from prompt_ot.data.registry import DatasetSpec
 
-SPLIT_FILE = "split_zhou_FashionMNISTA.json"
-
-
-def prepare(folder: Path) -> None:
-    """Build the set into ``folder`` (images/<class>/<name>.png + CoOp split file) unless done."""
-    prepare_demo(folder, SPLIT_FILE, lambda: shifts.adversarial_arrays(fashion_mnist.load_arrays(Path(folder))))
-
-
-DATASET = DatasetSpec(
+DATASET = shifts.shifted_dataset(
     name="fashion_mnist_a",
-    folder="fashion_mnist_a",
-    template=fashion_mnist.DATASET.template,
-    image_dir="images",
-    split_file=SPLIT_FILE,
-    prepare_fn=prepare,
-    kind="target_only",
+    source=fashion_mnist.DATASET,
+    load=fashion_mnist.load_arrays,
+    shift=shifts.adversarial_arrays,
+    split_file="split_zhou_FashionMNISTA.json",
+    test_images=2000,
     notes="offline demo DG target: 2,000 of the 3,223 Fashion-MNIST test images a nearest-class-mean classifier misses",
-    extra={"num_classes": 10, "split_sizes": (0, 0, 2000)},
 )

@@ -6,31 +6,15 @@ and levels take a palette of 4 colours drawn per image with a fixed seed, the le
 (``prompt_ot.data.shifts.poster``). Built from the Fashion-MNIST source files. Test split only, RGB.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
 from prompt_ot.data import shifts
 from prompt_ot.data.datasets import fashion_mnist
-from prompt_ot.data.demo import prepare_demo
-from prompt_ot.data.registry import DatasetSpec
 
-SPLIT_FILE = "split_zhou_FashionMNISTR.json"
-
-
-def prepare(folder: Path) -> None:
-    """Build the set into ``folder`` (images/<class>/<name>.png + CoOp split file) unless done."""
-    prepare_demo(folder, SPLIT_FILE, lambda: shifts.rendition_arrays(fashion_mnist.load_arrays(Path(folder))))
-
-
-DATASET = DatasetSpec(
+DATASET = shifts.shifted_dataset(
     name="fashion_mnist_r",
-    folder="fashion_mnist_r",
-    template=fashion_mnist.DATASET.template,
-    image_dir="images",
-    split_file=SPLIT_FILE,
-    prepare_fn=prepare,
-    kind="target_only",
+    source=fashion_mnist.DATASET,
+    load=fashion_mnist.load_arrays,
+    shift=shifts.rendition_arrays,
+    split_file="split_zhou_FashionMNISTR.json",
+    test_images=2000,
     notes="offline demo DG target: 2,000 Fashion-MNIST test images as 3-level colour posters, 28x28 RGB",
-    extra={"num_classes": 10, "split_sizes": (0, 0, 2000)},
 )

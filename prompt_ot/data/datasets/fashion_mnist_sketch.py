@@ -6,31 +6,15 @@ the image's largest, white (255) elsewhere, grey stored as RGB (``prompt_ot.data
 Fashion-MNIST source files. Test split only.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
 from prompt_ot.data import shifts
 from prompt_ot.data.datasets import fashion_mnist
-from prompt_ot.data.demo import prepare_demo
-from prompt_ot.data.registry import DatasetSpec
 
-SPLIT_FILE = "split_zhou_FashionMNISTSketch.json"
-
-
-def prepare(folder: Path) -> None:
-    """Build the set into ``folder`` (images/<class>/<name>.png + CoOp split file) unless done."""
-    prepare_demo(folder, SPLIT_FILE, lambda: shifts.sketch_arrays(fashion_mnist.load_arrays(Path(folder))))
-
-
-DATASET = DatasetSpec(
+DATASET = shifts.shifted_dataset(
     name="fashion_mnist_sketch",
-    folder="fashion_mnist_sketch",
-    template=fashion_mnist.DATASET.template,
-    image_dir="images",
-    split_file=SPLIT_FILE,
-    prepare_fn=prepare,
-    kind="target_only",
+    source=fashion_mnist.DATASET,
+    load=fashion_mnist.load_arrays,
+    shift=shifts.sketch_arrays,
+    split_file="split_zhou_FashionMNISTSketch.json",
+    test_images=2000,
     notes="offline demo DG target: 2,000 Fashion-MNIST test images as Sobel edge sketches, 28x28 grey as RGB",
-    extra={"num_classes": 10, "split_sizes": (0, 0, 2000)},
 )
