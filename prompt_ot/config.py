@@ -161,6 +161,18 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
                 f"{source}: protocols.few_shot.methods[{i}] = {name!r} is not listed under 'methods'; add it there "
                 "or remove it here (few-shot runs a subset of the grid's methods)"
             )
+    xd_shots = protocols["cross_dataset"]["shots"]
+    for name in set(cross_sources) & set(protocols["few_shot"]["datasets"]):
+        if xd_shots in protocols["few_shot"]["shots"]:
+            # both protocols train on all classes: the same few-shot manifest and cache, which dvc.yaml's two split
+            # stages cannot both declare as their output (DVC refuses overlapping outputs)
+            raise UserError(
+                f"{source}: {name} is a cross_dataset source with {xd_shots} shots and a few_shot dataset with "
+                f"{xd_shots} shots among protocols.few_shot.shots: both would write the same manifest "
+                f"(all classes, {xd_shots} shots), which dvc.yaml cannot declare twice; drop {xd_shots} from "
+                "few_shot.shots or the dataset from one of the two lists (the cross_dataset runs are then the "
+                "few-shot ones of that K)"
+            )
     for protocol, dataset, shots in trained_runs(raw):
         for name in protocol_methods(raw, protocol):
             _check_run(raw, name, protocol, dataset, shots, source)

@@ -117,6 +117,10 @@ def _params():
             r"few_shot.methods\[1\] = 'kgcoop_x'",
         ),
         (lambda p: p["protocols"]["few_shot"].pop("methods"), r"few_shot: 'methods' is a required property"),
+        (
+            lambda p: p["protocols"]["few_shot"].update(datasets=["imagenet"], methods=["coop"]),
+            r"imagenet is a cross_dataset source with 16 shots and a few_shot dataset.*cannot declare twice",
+        ),
     ],
 )
 def test_bad_params_name_the_key(change, message):
