@@ -358,7 +358,9 @@ def cli_work(tmp_path_factory):
     params["datasets"] = ["dtd", "eurosat"]
     params["methods"] = ["cocoop", "maple", "promptsrc"]
     params["protocols"]["cross_dataset"] = {"sources": ["dtd"], "shots": 2, "evaluate": {"targets": ["eurosat"]}}
-    params["protocols"]["few_shot"] = {"datasets": ["dtd"], "shots": [2]}
+    # few-shot on the target (the source's 2-shot manifest may not be declared twice); the runs below train both
+    # protocols on the source's manifest, resolving each protocol's released recipe for it
+    params["protocols"]["few_shot"] = {"datasets": ["eurosat"], "shots": [2], "methods": params["methods"]}
     (base / "params.yaml").write_text(yaml.safe_dump(params))
     work = {"base": base, "params": base / "params.yaml", "main": main}
     manifest_and_cache(root, base / "manifest.json", base / "train_cache", subset="all", params=work["params"])
