@@ -42,10 +42,12 @@ system-deps:
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		$(DEBIAN_PACKAGES) >/dev/null && echo "system-deps: installed $(DEBIAN_PACKAGES)"; fi
 
-# Fashion-MNIST from Debian when apt is usable; otherwise the recipe falls back to torchvision's download
+# the demo's images from Debian when apt is usable: Fashion-MNIST (else the recipe falls back to torchvision's
+# download) and the clip art (no other source: the clipart stage then says what to install)
+CLIPART := /usr/share/openclipart/png
 demo-data:
-	@if [ ! -d $(FASHION_MNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; fi
+	@if { [ ! -d $(FASHION_MNIST) ] || [ ! -d $(CLIPART) ]; } && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; \
+	then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist openclipart-png >/dev/null || true; fi
 
 # every job of the demo starts as a fork of one process that has imported torch and open_clip (prompt_ot/forkserver.py;
 # the same results as jobs in their own processes, seconds sooner each)
