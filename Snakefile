@@ -30,7 +30,12 @@ onerror:
     shell(f"python -m prompt_ot mlflow finish --failed {MLFLOW_PARENT}")
 
 
+# Every metrics file of the grid is a target of its own, not only an input of the report: Snakemake does not remake
+# a deleted intermediate file while the files after it are up to date, so a run folder deleted by hand (to retrain
+# it, or to free disk) would otherwise stay missing. As a target it is remade, and the report, whose input it is,
+# is rewritten after it.
 rule all:
     input:
         REPORT_INDEX,
+        metrics_files(),
     default_target: True

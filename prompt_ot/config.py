@@ -114,6 +114,12 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
             )
         resolve_method(raw, name, source)  # checks the overrides and the regulariser spec
     _check_names(source, "methods", raw["methods"], list(METHODS) + list(variants), "method or variant")
+    for i, name in enumerate((raw.get("statistics") or {}).get("references", [])):
+        if name not in METHODS and name not in variants:  # one the grid does not run is skipped by the report, said
+            raise UserError(
+                f"{source}: statistics.references[{i}] = {name!r} is not a known method or variant; known: "
+                f"{', '.join(list(METHODS) + list(variants))}"
+            )
     protocols = raw["protocols"]
     in_grid = set(raw["datasets"])
     for protocol, block in protocols.items():
@@ -192,6 +198,26 @@ def trained_runs(params: dict) -> list[tuple[str, str, int]]:
     runs = [("base2novel", d, protocols["base2novel"]["shots"]) for d in protocols["base2novel"]["datasets"]]
     runs += [("cross_dataset", d, protocols["cross_dataset"]["shots"]) for d in protocols["cross_dataset"]["sources"]]
     runs += [("few_shot", d, k) for d in protocols["few_shot"]["datasets"] for k in protocols["few_shot"]["shots"]]
+    return runs
+
+
+def evaluated_runs(params: dict) -> list[tuple[str, str, str, int, int]]:
+    """Every run the grid evaluates, as (protocol, method, dataset, shots, seed), in the workflows' order: one
+    metrics file each (``<runs>/<protocol>/<method>/<dataset>_<shots>shot/seed<seed>/metrics.json``)."""
+    protocols = params.get("protocols") or {}
+    b2n = protocols.get("base2novel") or {"datasets": [], "shots": 16}
+    xd = protocols.get("cross_dataset") or {"sources": [], "shots": 16}
+    dg = protocols.get("domain_generalization") or {"sources": []}
+    fs = protocols.get("few_shot") or {"datasets": [], "shots": [], "methods": []}
+    runs = []
+    for method in params["methods"]:
+        for seed in params["seeds"]:
+            runs += [("base2novel", method, d, b2n["shots"], seed) for d in b2n["datasets"]]
+            runs += [("cross_dataset", method, d, xd["shots"], seed) for d in xd["sources"]]
+            runs += [("domain_generalization", method, d, xd["shots"], seed) for d in dg["sources"]]
+    for method in fs.get("methods", []):  # few-shot runs the methods it names, a subset of `methods`
+        for seed in params["seeds"]:
+            runs += [("few_shot", method, d, k, seed) for d in fs["datasets"] for k in fs["shots"]]
     return runs
 
 

@@ -17,6 +17,7 @@ from prompt_ot.losses import (
     RegulariserInputs,
     assignment_plan,
     build_regulariser,
+    control_plan,
     log_sinkhorn_plan,
     paired_features,
     transport_cost,
@@ -617,3 +618,82 @@ def test_build_regulariser_rejects_bad_specs(spec, named):
     message = str(error.value)
     for text in named:
         assert text in message, f"{text!r} not in {message!r}"
+
+
+# --- the transport-plan controls (identity, uniform) ------------------------------------------------
+
+
+def plan_loss_by_definition(inputs, modality, plan, weight):
+    """lambda * sum_ij P_ij eta ||u_i - v_j||^2 with the control plan written out pair by pair."""
+    u, v = rows_by_definition(inputs, modality)
+    batch, total = len(u), 0.0
+    for i in range(batch):
+        if plan == "identity":
+            total = total + 0.5 * (u[i] - v[i]).pow(2).sum() / batch
+        else:
+            for j in range(batch):
+                total = total + 0.5 * (u[i] - v[j]).pow(2).sum() / batch**2
+    return weight * total
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("plan", ["identity", "uniform"])
+def test_control_plans_equal_their_plain_restatement_in_loss_and_gradients(plan, modality):
+    weight = 3.0
+    mine, theirs = random_inputs(batch=6, seed=11), random_inputs(batch=6, seed=11)
+    for inputs in (mine, theirs):
+        inputs.image.requires_grad_(True)
+        inputs.class_text.requires_grad_(True)
+    loss = OTRegulariser(modality=modality, weight=weight, plan=plan)(mine)
+    expected = plan_loss_by_definition(theirs, modality, plan, weight)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    loss.backward()
+    expected.backward()
+    for ours, reference in ((mine.image, theirs.image), (mine.class_text, theirs.class_text)):
+        if modality == "text" and ours is mine.image:
+            assert ours.grad is None
+            continue
+        if modality == "vision" and ours is mine.class_text:
+            assert ours.grad is None
+            continue
+        torch.testing.assert_close(ours.grad, reference.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_the_uniform_plan_is_the_gap_between_batch_means_plus_the_spreads():
+    inputs = random_inputs(batch=7, seed=3)
+    u, v = rows_by_definition(inputs, "joint")
+    spread = lambda x: (x - x.mean(0)).pow(2).sum(-1).mean()  # noqa: E731
+    expected = 0.5 * ((u.mean(0) - v.mean(0)).pow(2).sum() + spread(u) + spread(v))
+    loss = OTRegulariser(weight=1.0, plan="uniform")(inputs)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["pot", "torch"])
+@pytest.mark.parametrize("seed", range(20))
+def test_the_optimal_plan_never_costs_more_than_the_controls(seed, backend):
+    inputs = random_inputs(batch=1 + seed % 8, dim=4, classes=3, seed=seed)
+    losses = {
+        plan: OTRegulariser(weight=1.0, plan=plan, backend=backend)(inputs).item()
+        for plan in ("optimal", "identity", "uniform")
+    }
+    assert losses["optimal"] <= losses["identity"] + 1e-12
+    assert losses["optimal"] <= losses["uniform"] + 1e-12
+
+
+def test_control_plans_have_uniform_marginals_and_need_no_solver():
+    cost = torch.rand(5, 5, dtype=torch.float64)
+    for plan in ("identity", "uniform"):
+        p = control_plan(cost, plan)
+        torch.testing.assert_close(p.sum(1), uniform(5))
+        torch.testing.assert_close(p.sum(0), uniform(5))
+    assert torch.equal(control_plan(cost, "identity"), torch.eye(5, dtype=torch.float64) / 5)
+    regulariser = OTRegulariser(plan="identity", solver="sinkhorn")  # the solver plays no part
+    regulariser(random_inputs(batch=4))
+    torch.testing.assert_close(regulariser.last_plan, torch.eye(4, dtype=torch.float64) / 4)
+
+
+def test_an_unknown_plan_is_named_with_the_choices():
+    with pytest.raises(UserError, match=r"OT plan.*'diagonal'.*identity.*optimal.*uniform"):
+        build_regulariser({"kind": "ot", "plan": "diagonal"})
+    with pytest.raises(ValueError, match="square"):
+        control_plan(torch.zeros(3, 4), "identity")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from prompt_ot.cli import main
 from prompt_ot.errors import UserError
@@ -321,7 +322,7 @@ def test_csv_numbers_equal_latex_numbers(full_report):
 def test_index_all_tex_and_figures(full_report):
     out = full_report
     inputs = re.findall(r"\\input\{tables/(\w+)\}", (out / "tables" / "all.tex").read_text())
-    assert inputs == TABLES
+    assert inputs == TABLES + ["claims"]  # the claims table follows the tables it checks
     for stem in (
         "base2novel_tradeoff",
         "lambda_sweep_prompt_ot",
@@ -368,7 +369,8 @@ def test_paper_pdf_text_holds_every_number_of_the_tables_csv(full_report, paper_
     lines = text.splitlines()
     assert "base accuracy (%), average over datasets" in text  # the figure, found in the report folder too
     # every results table of the paper (the reproduction gap is a check beside them, not in all.tex)
-    names = [p.stem for p in sorted((full_report / "tables").glob("*.csv")) if p.stem != "reproduction_gap"]
+    checks = {"reproduction_gap", "runs", "paired_differences", "claims"}  # beside the results tables
+    names = [p.stem for p in sorted((full_report / "tables").glob("*.csv")) if p.stem not in checks]
     assert len(names) == 6
     for name in names:
         frame = csv(full_report, name)
@@ -585,34 +587,68 @@ def full_report(tmp_path_factory) -> Path:
     return out
 
 
-def test_params_restricts_to_the_grid_and_warns_about_missing_seeds(tmp_path, capsys):
+def small_grid(folder: Path) -> Path:
+    """The repository's params.yaml with a grid of two methods, base-to-novel on DTD, seeds 1-3."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["methods"] = ["coop", "prompt_ot"]
+    params["protocols"]["base2novel"]["datasets"] = ["dtd"]
+    params["protocols"]["cross_dataset"]["sources"] = []
+    params["protocols"]["domain_generalization"]["sources"] = []
+    params["protocols"]["few_shot"]["methods"] = []
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def grid_report(tmp_path, *extra):
     runs = tmp_path / "runs"
-    for seed in (1, 2, 4):  # the repository's params.yaml configures seeds 1, 2, 3
+    for seed in (1, 2, 4):  # the grid has seeds 1, 2, 3
         write_run(runs, "base2novel", "coop", "dtd", seed, {"base": 70.0 + seed, "novel": 60.0})
     write_run(runs, "base2novel", "prompt_ot_sinkhorn", "dtd", 1, {"base": 90.0, "novel": 90.0})  # not in its methods
+    write_run(runs, "base2novel", "coop", "eurosat", 1, {"base": 90.0, "novel": 90.0})  # not in its datasets
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "report",
-                "--params",
-                str(REPO / "params.yaml"),
-                "--metrics-dir",
-                str(runs),
-                "--no-published",
-                "--no-figures",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    argv = ["report", "--params", str(small_grid(tmp_path)), "--metrics-dir", str(runs), "--no-published"]
+    return main(argv + ["--no-figures", "--out", str(out), *extra]), out
+
+
+def test_a_grid_with_runs_missing_is_refused_naming_them_and_nothing_is_written(tmp_path, capsys):
+    status, out = grid_report(tmp_path)
+    assert status == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "4 runs of the grid of" in err
+    assert "base2novel coop on dtd (16 shots): seed 3; base2novel prompt_ot on dtd (16 shots): seed 1, 2, 3" in err
+    assert "rerun the pipeline" in err and "--allow-missing" in err
+
+
+def test_allow_missing_reports_the_grid_and_names_the_missing_runs_in_captions_and_log(tmp_path, capsys):
+    status, out = grid_report(tmp_path, "--allow-missing")
+    assert status == 0
     captured = capsys.readouterr()
-    assert "left out 2 runs outside the grid" in captured.out
+    assert "left out 3 runs outside the grid" in captured.out
     assert "(methods prompt_ot_sinkhorn; seeds 4)" in captured.out
-    assert "base2novel coop: no runs for seed(s) 3" in captured.err
+    assert "missing from the grid of" in captured.err and "prompt_ot on dtd (16 shots): seed 1, 2, 3" in captured.err
     average = csv(out, "base2novel_average")
     assert list(average.method) == ["coop"] and average["base_mean"].iloc[0] == pytest.approx(71.5)
+    caption = (out / "tables" / "base2novel_average.md").read_text().split("\n")[0]
+    assert "Runs of the grid missing from these numbers (2 groups): coop on dtd (16 shots): seed 3; " in caption
+    assert "prompt_ot on dtd (16 shots): seed 1, 2, 3." in caption
+
+
+def test_a_report_of_a_project_runs_folder_is_held_to_the_grid_beside_it(tmp_path, capsys):
+    """`python -m prompt_ot report --metrics-dir runs` in a project folder finds its params.yaml (paths.runs names
+    the folder), so a run deleted by hand cannot vanish from the tables unnoticed; --params none opts out."""
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load(small_grid(tmp_path).read_text())
+    params["paths"]["runs"] = "runs"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for seed in (1, 2, 3):
+        write_run(project / "runs", "base2novel", "coop", "dtd", seed, {"base": 70.0, "novel": 60.0})
+    argv = ["report", "--metrics-dir", str(project / "runs"), "--no-published", "--no-figures"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 2
+    assert "3 runs of the grid of" in capsys.readouterr().err
+    assert main(argv + ["--out", str(tmp_path / "b"), "--params", "none"]) == 0
+    assert list(csv(tmp_path / "b", "base2novel_average").method) == ["coop"]
 
 
 def test_methods_on_different_datasets_are_flagged_and_ablation_uses_common_datasets(tmp_path):

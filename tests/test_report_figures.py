@@ -32,6 +32,8 @@ DEMO_METHODS = [
     "prompt_ot_vision",
     "prompt_ot_text",
     "prompt_ot_adaptive",
+    "prompt_ot_identity_plan",
+    "prompt_ot_uniform_plan",
 ]
 FIGURES = ["base2novel_tradeoff", "cross_dataset_transfer", "domain_generalization", "few_shot"]
 CROSS_TARGETS = ["caltech101", "oxford_pets", "dtd"]
@@ -122,7 +124,7 @@ def test_the_first_slots_give_distinct_colours_and_pairs():
     assert all(to_rgba(c) != to_rgba("black") for c in plots.PALETTE)
     # methods outside the registry (variants) take the next slots in the order given, so they differ too
     styles = plots.method_styles([*DEMO_METHODS, "prompt_ot_lambda1", "prompt_ot_lambda3", "prompt_ot_lambda30"])
-    assert len({to_rgba(s.colour) for s in styles.values()}) == len(styles) == 15
+    assert len({to_rgba(s.colour) for s in styles.values()}) == len(styles) == 17
 
 
 def test_the_tradeoff_figure_draws_each_method_in_its_style_with_zero_shot_on_top():

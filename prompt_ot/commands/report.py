@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from prompt_ot.report.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
 from prompt_ot.utils import args as check
 
 
@@ -37,9 +38,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params",
         metavar="FILE",
-        help="params.yaml: report only its grid (methods, seeds) and warn about configured seeds "
-        "without runs; without it every metrics file found is reported",
+        help="params.yaml: report only its grid, and refuse when a run of it has no metrics file (see "
+        "--allow-missing); default: the params.yaml beside a --metrics-dir that its paths.runs names, else none "
+        "(every metrics file found is reported); 'none' reports every file found",
     )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="report a grid with runs missing: each table with runs missing names them in its caption",
+    )
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="METHOD",
+        type=check.non_empty,
+        help="methods compared with every other by the paired bootstrap (default: params.yaml statistics.references, "
+        "else prompt_ot)",
+    )
+    parser.add_argument(
+        "--bootstrap-resamples",
+        type=check.positive_int,
+        metavar="N",
+        help=f"bootstrap resamples (default: params.yaml statistics.resamples, else {DEFAULT_RESAMPLES})",
+    )
+    parser.add_argument(
+        "--bootstrap-seed",
+        type=check.non_negative_int,
+        metavar="N",
+        help=f"the bootstrap's random seed (default: params.yaml statistics.seed, else {DEFAULT_SEED})",
+    )
+    parser.add_argument("--no-statistics", action="store_true", help="skip the paired statistics and the claims table")
     parser.add_argument(
         "--published",
         default="reports/published",
@@ -64,21 +92,42 @@ def _published(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prompt_ot.report.build import build_report
+    from prompt_ot.report.build import Statistics, build_report
     from prompt_ot.report.collect import metrics_paths
+    from prompt_ot.report.grid import grid_beside
     from prompt_ot.report.published import read_published
 
-    params = None
-    if args.params:
+    params, source = None, args.params
+    if source is None:
+        found = grid_beside(args.metrics_dir)
+        if found is not None:
+            source = str(found)
+            print(f"grid: {source} (beside {args.metrics_dir}; --params none reports every metrics file found)")
+    if source is not None and source.lower() != "none":
         from prompt_ot.config import load_params
 
-        params = load_params(args.params)
+        params = load_params(source)
     paths = metrics_paths(args.metrics, args.metrics_list, args.metrics_dir)
+    settings = (params or {}).get("statistics") or {}
+    statistics = None
+    if not args.no_statistics:
+        statistics = Statistics(
+            tuple(args.reference or settings.get("references") or ("prompt_ot",)),
+            args.bootstrap_resamples or settings.get("resamples", DEFAULT_RESAMPLES),
+            args.bootstrap_seed if args.bootstrap_seed is not None else settings.get("seed", DEFAULT_SEED),
+        )
     # "none" (e.g. paths.published in the demo, whose numbers are not comparable) means no published rows
     no_published = args.no_published or str(args.published).lower() == "none"
     published = read_published(None if no_published else args.published)
     report = build_report(
-        paths, published, args.out, figures=not args.no_figures, params=params, params_source=str(args.params)
+        paths,
+        published,
+        args.out,
+        figures=not args.no_figures,
+        params=params,
+        params_source=str(source),
+        allow_missing=args.allow_missing,
+        statistics=statistics,
     )
     from prompt_ot.report.summary import write_summary
 
@@ -89,6 +138,16 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)
+    if report.evidence is not None:
+        for row in report.evidence.claims:
+            if "difference" in row:
+                detail = (
+                    f"{row['reference']} - {row['decided_by']} = {row['difference']:+.2f} "
+                    f"[{row['low']:+.2f}, {row['high']:+.2f}]"
+                )
+            else:
+                detail = "not run"
+            print(f"claim: {row['statement']}: {row['verdict']} ({detail})")
     print(
         f"wrote {len(report.tables)} tables from {len(paths)} metrics files and {len(report.written)} files "
         f"under {args.out} (index: {args.out}/tables/index.md)"

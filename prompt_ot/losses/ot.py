@@ -40,6 +40,11 @@ from prompt_ot.losses.base import Regulariser, RegulariserInputs, check_positive
 
 MODALITIES = ("joint", "vision", "text")
 SOLVERS = ("exact", "sinkhorn", "unbalanced")
+# The plan weighting the cost: the solver's optimal one (Prompt-OT), or a control on the same cost and lambda that
+# asks whether the optimal plan matters: ``identity`` couples each prompted feature with its own frozen feature
+# (P = I / B: the point-wise constraint on the OT cost) and ``uniform`` weights every pair 1 / (B B') (matching
+# the batch means: sum_ij C_ij / (B B') = eta (||mean u - mean v||^2 + the spreads about the means)).
+PLANS = ("optimal", "identity", "uniform")
 BACKENDS = ("auto", "pot", "torch")
 # The torch backend's exact solver scores every assignment: B! rows of B (8! = 40320 at most).
 MAX_ENUMERATED_BATCH = 8
@@ -62,6 +67,22 @@ DEFAULT_REG_M = 1.0
 # and POT's 1e-9 default would cost many more iterations.
 DEFAULT_STOP_THRESHOLD = 1e-6
 DEFAULT_MAX_ITERATIONS = 10_000
+
+
+def control_plan(cost: Tensor, plan: str) -> Tensor:
+    """A fixed plan with uniform marginals for ``cost`` (..., n, m): ``identity`` (I / n; square costs only) or
+    ``uniform`` (every entry 1 / (n m)); in the cost's dtype and device, with no gradient."""
+    n_rows, n_cols = cost.shape[-2:]
+    if plan == "uniform":
+        return torch.full_like(cost, 1.0 / (n_rows * n_cols)).detach()
+    if plan == "identity":
+        if n_rows != n_cols:
+            raise ValueError(
+                f"the identity plan needs a square cost (each row its own column), got {tuple(cost.shape)}"
+            )
+        eye = torch.eye(n_rows, dtype=cost.dtype, device=cost.device) / n_rows
+        return eye.expand(cost.shape).detach()
+    raise unknown_name("OT plan", str(plan), PLANS)
 
 
 def _unknown_modality(modality) -> UserError:
@@ -213,6 +234,8 @@ class OTRegulariser(Regulariser):
     ``weight`` is lambda, or with ``adaptive`` (:mod:`prompt_ot.losses.adaptive`) lambda's initial value: then
     :attr:`dual` holds lambda as device state, updated after each step by projected dual ascent towards a
     budget on the unweighted term. ``last_plan`` keeps the most recent plan for diagnostics and tests.
+    ``plan`` other than ``optimal`` replaces the solver's plan by a control on the same cost and lambda
+    (:data:`PLANS`); the solver's settings then play no part.
     """
 
     def __init__(
@@ -228,10 +251,14 @@ class OTRegulariser(Regulariser):
         backend: str = "auto",
         device_iterations: int = DEFAULT_DEVICE_ITERATIONS,
         adaptive: dict | bool | None = None,
+        plan: str = "optimal",
     ):
         super().__init__()
         if modality not in MODALITIES:
             raise _unknown_modality(modality)
+        if plan not in PLANS:
+            raise unknown_name("OT plan", str(plan), PLANS)
+        self.plan = plan
         if solver not in SOLVERS:
             raise unknown_name("OT solver", str(solver), SOLVERS)
         self.modality = modality
@@ -258,16 +285,19 @@ class OTRegulariser(Regulariser):
     def transport_loss(self, fine_tuned: Tensor, frozen: Tensor) -> Tensor:
         """The weighted OT loss between explicit rows u (fine-tuned) and v (pre-trained)."""
         cost = transport_cost(fine_tuned, frozen, self.eta)
-        plan = transport_plan(
-            cost,
-            self.solver,
-            self.reg,
-            self.reg_m,
-            self.stop_threshold,
-            self.max_iterations,
-            self.backend,
-            self.device_iterations,
-        )
+        if self.plan != "optimal":
+            plan = control_plan(cost, self.plan)
+        else:
+            plan = transport_plan(
+                cost,
+                self.solver,
+                self.reg,
+                self.reg_m,
+                self.stop_threshold,
+                self.max_iterations,
+                self.backend,
+                self.device_iterations,
+            )
         self.last_plan = plan
         term = (plan * cost).sum()
         if self.dual is None:
@@ -286,7 +316,8 @@ class OTRegulariser(Regulariser):
         entropic = f", reg={self.reg}" if self.solver != "exact" else ""
         marginal = f", reg_m={self.reg_m}" if self.solver == "unbalanced" else ""
         adaptive = ", adaptive" if self.dual is not None else ""
+        plan = f", plan={self.plan!r}" if self.plan != "optimal" else ""
         return (
             f"modality={self.modality!r}, solver={self.solver!r}, eta={self.eta}, weight={self.weight}"
-            f"{entropic}{marginal}{adaptive}"
+            f"{entropic}{marginal}{adaptive}{plan}"
         )

@@ -4,7 +4,10 @@ Layout under ``out``: ``tables/<name>.{tex,csv,md}``, ``tables/all.tex`` (``\\in
 this time; ``paper.tex`` inputs it), ``tables/reproduction_gap.{tex,csv,md}`` (ours against the published
 numbers, ``gap``; always written, not in ``all.tex``), ``figures/*.{png,pdf}`` (one per protocol present:
 ``base2novel_tradeoff``, ``cross_dataset_transfer``, ``domain_generalization``, ``few_shot``; and
-``lambda_sweep_<method>`` for a method run with several lambdas) and ``tables/index.md``.
+``lambda_sweep_<method>`` for a method run with several lambdas) and ``tables/index.md``; besides them
+``tables/runs.csv`` (every run's numbers in long form), ``tables/suspect_runs.md`` (runs that look wrong, and why),
+``tables/paired_differences.{tex,csv,md}`` (a paired bootstrap of each reference method against the others) and
+``tables/claims.{tex,csv,md}`` (the paper's claims, each with its verdict).
 Outputs of a table or figure that has no data any more are removed, so the folder never shows stale numbers.
 """
 
@@ -14,11 +17,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompt_ot.report import gap, plots, render, tables
+from prompt_ot.report import claims, evidence, gap, plots, render, tables
 from prompt_ot.report.collect import load_runs, wide
 from prompt_ot.report.grid import select_grid
 from prompt_ot.report.model import Table
 from prompt_ot.report.names import dataset_order
+from prompt_ot.report.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
 from prompt_ot.report.published import Published
 from prompt_ot.utils.io import atomic_write_text
 
@@ -42,6 +46,27 @@ class Report:
     gap: gap.Gap | None = None  # ours against the published numbers (build_report)
     # table name -> dataset -> the same table on that dataset's runs alone: the figures' panels, never written
     per_dataset: dict[str, dict[str, Table]] = field(default_factory=dict)
+    evidence: claims.Evidence | None = None  # paired differences and the claims (build_report)
+    suspects: list[evidence.Suspect] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The paired bootstrap's settings (params.yaml ``statistics``, or the report's options)."""
+
+    references: tuple[str, ...] = claims.DEFAULT_REFERENCES
+    resamples: int = DEFAULT_RESAMPLES
+    seed: int = DEFAULT_SEED
+
+
+TABLE_PROTOCOL = {
+    "base2novel_average": "base2novel",
+    "base2novel_per_dataset": "base2novel",
+    "ablation": "base2novel",
+    "cross_dataset": "cross_dataset",
+    "domain_generalization": "domain_generalization",
+    "few_shot": "few_shot",
+}
 
 
 def build_tables(runs, published: Published) -> Report:
@@ -110,6 +135,15 @@ def _index(report: Report, n_files: int, figures: list[Path], out: Path) -> str:
             f"Files: `{table.name}.tex`, `{table.name}.csv`, `{table.name}.md`",
             "",
         ]
+    if report.evidence is not None:
+        for name in (claims.CLAIMS_NAME, claims.PAIRED_NAME):
+            lines += [f"## {name}", "", f"See `{name}.md` (also `{name}.tex`, `{name}.csv`).", ""]
+    lines += [
+        f"## {evidence.SUSPECT_NAME}",
+        "",
+        f"{len(report.suspects)} suspect runs: `{evidence.SUSPECT_NAME}.md`. Every run's numbers: `runs.csv`.",
+        "",
+    ]
     if report.gap is not None:
         lines += [
             f"## {gap.NAME}",
@@ -137,9 +171,13 @@ def build_report(
     figures: bool = True,
     params: dict | None = None,
     params_source: str = "params.yaml",
+    allow_missing: bool = False,
+    statistics: Statistics | None = Statistics(),
 ) -> Report:
-    """Read the metrics files (only the grid of ``params`` when given), then write every table, the figures
-    (unless ``figures`` is False), ``tables/all.tex`` and ``tables/index.md``.
+    """Read the metrics files (only the grid of ``params`` when given: a run of the grid without a metrics file is
+    refused unless ``allow_missing``, and then named in the captions and warnings), then write every table, the
+    figures (unless ``figures`` is False), the paired statistics and claims (unless ``statistics`` is None),
+    ``tables/all.tex`` and ``tables/index.md``.
 
     Everything is written into a hidden building folder first; ``tables/`` (and ``figures/``) then replace
     the old folders whole, so a killed report never leaves a half-updated folder behind.
@@ -147,14 +185,28 @@ def build_report(
     from prompt_ot.utils.io import building_folder, replace_folder
 
     out = Path(out)
-    runs, notes, warnings = load_runs(paths), [], []
+    runs, notes, warnings, selection = load_runs(paths), [], [], None
     if params is not None:
-        runs, notes, warnings = select_grid(runs, params, params_source)
+        selection = select_grid(runs, params, params_source, allow_missing)
+        runs, notes, warnings = selection.runs, selection.notes, selection.warnings
     report = build_tables(runs, published)
     report.notes = notes
     report.warnings[:0] = warnings
+    if selection is not None:
+        for table in report.tables:
+            table.notes += selection.missing_notes(TABLE_PROTOCOL.get(table.name, ""))
     report.gap = gap.reproduction_gap(runs, published)
     report.notes.append(report.gap.summary())
+    report.suspects = evidence.suspect_runs(runs)
+    report.warnings += [f"suspect run: {s.line()}" for s in report.suspects]
+    extra_files = [("runs.csv", evidence.runs_frame(runs).to_csv(index=False))]
+    extra_files.append((f"{evidence.SUSPECT_NAME}.md", evidence.suspect_markdown(report.suspects, len(runs))))
+    if statistics is not None:
+        report.evidence = claims.gather(runs, statistics.references, statistics.resamples, statistics.seed)
+        report.notes += [f"not compared: {line}" for line in report.evidence.skipped]
+        extra_files += claims.paired_files(report.evidence, runs) + claims.claims_files(report.evidence, runs)
+    else:
+        report.skipped.append("paired statistics and claims: switched off")
     stage = building_folder(out / "tables")
     try:
         for table in report.tables:
@@ -165,10 +217,12 @@ def build_report(
             ):
                 atomic_write_text(stage / "tables" / f"{table.name}{suffix}", text)
                 report.written.append(out / "tables" / f"{table.name}{suffix}")
-        for name, text in gap.files(report.gap):
+        for name, text in gap.files(report.gap) + extra_files:
             atomic_write_text(stage / "tables" / name, text)
             report.written.append(out / "tables" / name)
         inputs = [f"\\input{{tables/{t.name}}}" for t in report.tables] or ["No tables: the metrics held no runs."]
+        if report.evidence is not None and report.tables:
+            inputs.append(f"\\input{{tables/{claims.CLAIMS_NAME}}}")
         atomic_write_text(
             stage / "tables" / "all.tex",
             "% generated by `python -m prompt_ot report`: the tables of "

@@ -60,7 +60,8 @@ def _check(metrics, path: Path) -> None:
 
 
 def load_runs(paths: list[Path]) -> pd.DataFrame:
-    """One row per run: RUN_COLUMNS (recipe, the epoch tested and the epochs trained among them) and ``accuracy``.
+    """One row per run: RUN_COLUMNS (recipe, the epoch tested and the epochs trained among them), ``accuracy`` and
+    ``n`` (test images per accuracy key).
 
     A base2novel run's accuracy also gets ``hm`` = 2BN/(B+N), computed here from its base and novel.
     """
@@ -95,6 +96,7 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
                 "tested_epoch": metrics.epoch,
                 "epochs": metrics.epochs,
                 "accuracy": accuracy,
+                "n": {k: int(v) for k, v in (metrics.n or {}).items()},  # test images per accuracy key
             }
         )
     if len(backbones) > 1:
@@ -107,4 +109,4 @@ def wide(runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """The runs of one protocol, one row per run and one column per accuracy key (NaN where a run lacks it)."""
     part = runs[runs["protocol"] == protocol].reset_index(drop=True)
     accuracy = pd.DataFrame(list(part["accuracy"]), index=part.index, dtype=float)
-    return pd.concat([part.drop(columns="accuracy"), accuracy], axis=1)
+    return pd.concat([part.drop(columns=["accuracy", "n"], errors="ignore"), accuracy], axis=1)

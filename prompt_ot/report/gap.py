@@ -49,7 +49,14 @@ from prompt_ot.data import registry
 from prompt_ot.report import tables
 from prompt_ot.report.collect import wide
 from prompt_ot.report.model import DECIMALS, Cell
-from prompt_ot.report.names import DATASET_NAMES, METHOD_NAMES, dataset_name, dataset_order, method_order
+from prompt_ot.report.names import (
+    DATASET_NAMES,
+    METHOD_NAMES,
+    PROTOCOL_NAMES,
+    dataset_name,
+    dataset_order,
+    method_order,
+)
 from prompt_ot.report.published import Published
 from prompt_ot.report.render import _latex_text, _md, format_cell
 from prompt_ot.report.stats import dataset_average, seed_cells
@@ -71,12 +78,7 @@ AVERAGE_COVERS = {
     "few_shot": BENCHMARK_DATASETS,
 }
 
-PROTOCOLS = {
-    "base2novel": "Base-to-novel",
-    "cross_dataset": "Cross-dataset",
-    "domain_generalization": "Domain generalisation",
-    "few_shot": "Few-shot",
-}
+PROTOCOLS = PROTOCOL_NAMES
 METRICS = {"base": "Base", "novel": "Novel", "hm": "HM", "accuracy": "Accuracy"}
 WIDE_OTHER_COLUMNS = {"method", "source", "target_avg", "protocol", "epochs", "shots"}  # not datasets
 

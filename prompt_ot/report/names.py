@@ -23,6 +23,16 @@ METHOD_NAMES: dict[str, str] = {
     "prompt_ot_sinkhorn": "Prompt-OT, Sinkhorn",
     "prompt_ot_unbalanced": "Prompt-OT, unbalanced",
     "prompt_ot": "Prompt-OT (ours)",
+    "prompt_ot_identity_plan": "Prompt-OT, identity plan",  # the transport-plan controls (prompt_ot.losses.ot.PLANS)
+    "prompt_ot_uniform_plan": "Prompt-OT, uniform plan",
+}
+
+# protocol -> display name
+PROTOCOL_NAMES: dict[str, str] = {
+    "base2novel": "Base-to-novel",
+    "cross_dataset": "Cross-dataset",
+    "domain_generalization": "Domain generalisation",
+    "few_shot": "Few-shot",
 }
 
 # registry name -> display name, in the CoOp benchmark's column order
@@ -85,7 +95,10 @@ def method_name(
     adaptive: bool = False,
 ) -> str:
     """Display name of a method; a variant (``method != base_method``) is its base's name plus its lambda, or
-    plus "adaptive λ" when its lambda adapted while training (``adaptive``)."""
+    plus "adaptive λ" when its lambda adapted while training (``adaptive``); a variant with a name of its own here
+    (the transport-plan controls) keeps that name."""
+    if method in METHOD_NAMES:
+        return latex_escape(METHOD_NAMES[method]) if latex else METHOD_NAMES[method]
     if base_method and base_method != method and adaptive:
         base = method_name(base_method, latex=latex)
         return f"{base}, adaptive $\\lambda$" if latex else f"{base}, adaptive λ"

@@ -44,6 +44,8 @@ PALETTE = (
     "#8c6d31",  # bronze
     "#e6ab02",  # mustard
     "#1b9e77",  # teal
+    "#a55194",  # orchid
+    "#6b6ecf",  # periwinkle
 )
 MARKERS = "osD^vPXph<>d"
 PUBLISHED_COLOUR = "0.45"

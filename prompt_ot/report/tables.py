@@ -21,6 +21,8 @@ PUBLISHED_BLOCK = "Published"
 ABLATIONS = [
     ("Modality", ["prompt_ot_vision", "prompt_ot_text", "prompt_ot"]),
     ("Solver", ["prompt_ot", "prompt_ot_sinkhorn", "prompt_ot_unbalanced"]),
+    # the same cost and lambda with the optimal plan replaced by a control (prompt_ot.losses.ot.PLANS)
+    ("Transport plan", ["prompt_ot", "prompt_ot_identity_plan", "prompt_ot_uniform_plan"]),
     ("OT vs point-wise", ["prompt_ot", "promptsrc", "pointwise_l1", "ivlp"]),
     ("Against the compared methods", ["prompt_ot", "promptsrc", "maple", "cocoop", "kgcoop", "coop"]),
     # lambda fixed (the demo's lambda-sweep grid, demo/lambda_sweep.yaml) against lambda adapted to an OT budget

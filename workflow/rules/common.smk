@@ -1,7 +1,14 @@
 # Shared configuration: validation, the experiment grid, path patterns and wildcard constraints.
 import os
 
-from prompt_ot.config import SUBSET_OF, TRAINED_BY, test_cache_precision, validate_params, view_cache_settings
+from prompt_ot.config import (
+    SUBSET_OF,
+    TRAINED_BY,
+    evaluated_runs,
+    test_cache_precision,
+    validate_params,
+    view_cache_settings,
+)
 
 validate_params(config, "params.yaml")
 
@@ -84,17 +91,8 @@ def _train_shell(seeds, manifests, caches, outs):
 
 
 def metrics_files():
-    """Every metrics file the grid defines, in a stable order."""
-    files = []
-    for m in METHODS:
-        for s in SEEDS:
-            files += [f"{run_dir('base2novel', m, d, B2N['shots'], s)}/metrics.json" for d in B2N["datasets"]]
-            files += [f"{run_dir('cross_dataset', m, d, XD['shots'], s)}/metrics.json" for d in XD["sources"]]
-            files += [f"{run_dir('domain_generalization', m, d, XD['shots'], s)}/metrics.json" for d in DG["sources"]]
-    for m in FS["methods"]:  # few-shot runs the methods it names, a subset of METHODS
-        for s in SEEDS:
-            files += [f"{run_dir('few_shot', m, d, k, s)}/metrics.json" for d in FS["datasets"] for k in FS["shots"]]
-    return files
+    """Every metrics file the grid defines, in a stable order (prompt_ot.config.evaluated_runs)."""
+    return [f"{run_dir(*run)}/metrics.json" for run in evaluated_runs(config)]
 
 
 REPORT_INDEX = f"{REPORTS}/tables"
