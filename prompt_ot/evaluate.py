@@ -63,3 +63,24 @@ def evaluated(predictions: torch.Tensor, labels: torch.Tensor) -> Evaluation:
     n = int(labels.numel())
     accuracy = 100.0 * float((predictions == labels).sum()) / n if n else float("nan")
     return Evaluation(accuracy=accuracy, predictions=predictions, labels=labels.clone(), n=n)
+
+
+def class_metrics(predictions: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
+    """Per-class accuracy (the recall of each class with test images, in percent, keyed by class name), balanced
+    accuracy (their mean: scikit-learn's ``balanced_accuracy_score``) and macro-F1 over all ``classnames`` (F1 0 for a
+    class never predicted nor present: scikit-learn's ``f1_score(labels=range(C), average="macro",
+    zero_division=0)``), both in percent."""
+    n_classes = len(classnames)
+    predictions, labels = predictions.long().cpu(), labels.long().cpu()
+    true = torch.bincount(labels, minlength=n_classes)[:n_classes].double()
+    predicted = torch.bincount(predictions, minlength=n_classes)[:n_classes].double()
+    hits = torch.bincount(labels[predictions == labels], minlength=n_classes)[:n_classes].double()
+    present = true > 0
+    recall = torch.where(present, hits / true.clamp(min=1), torch.zeros_like(hits))
+    denominator = true + predicted  # 2TP + FP + FN
+    f1 = torch.where(denominator > 0, 2 * hits / denominator.clamp(min=1), torch.zeros_like(hits))
+    return {
+        "per_class_accuracy": {classnames[c]: 100.0 * float(recall[c]) for c in range(n_classes) if present[c]},
+        "balanced_accuracy": 100.0 * float(recall[present].mean()) if present.any() else float("nan"),
+        "macro_f1": 100.0 * float(f1.mean()) if n_classes else float("nan"),
+    }

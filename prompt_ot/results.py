@@ -12,7 +12,9 @@ One JSON file per (protocol, method, training dataset, shots, seed) evaluation::
      "regulariser_adaptive": true,  # only for an adaptive lambda: then the weight is lambda after the tested epoch
      "recipe": "released", "epochs": 40, "precision": "fp16",  # epoch < epochs: tested before the last epoch
      "provenance": {...},     # what produced the prompts (prompt_ot.provenance)
-     "recipe_values": {...}}  # every resolved value of the recipe in force
+     "recipe_values": {...},  # every resolved value of the recipe in force
+     "class_metrics": {"base": {"per_class_accuracy": {"<class>": 98.0, ...},
+                                "balanced_accuracy": 97.6, "macro_f1": 97.5}, ...}}  # every evaluated subset
 
 Protocols and their ``accuracy`` keys: ``base2novel`` -> base, novel; ``cross_dataset`` and
 ``domain_generalization`` -> one key per evaluated dataset (the source included); ``few_shot`` -> all.
@@ -52,6 +54,8 @@ class RunMetrics:
     precision: str | None = None
     provenance: dict = field(default_factory=dict)
     recipe_values: dict = field(default_factory=dict)
+    # accuracy key -> {"per_class_accuracy": {class name: %}, "balanced_accuracy": %, "macro_f1": %}
+    class_metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         payload = {"format": FORMAT, **asdict(self)}

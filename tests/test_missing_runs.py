@@ -81,7 +81,7 @@ def test_snakemake_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shru
 def test_dvc_repro_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shrunken_grid, tmp_path):
     folder = make_workspace(tmp_path / "dvc", grid_params())
     for done in ("data", "runs", "cache", "reports"):
-        shutil.copytree(shrunken_grid / done, folder / done, symlinks=True)
+        shutil.copytree(shrunken_grid / done, folder / done, symlinks=True, dirs_exist_ok=True)
     adopt_done_stages(folder, redo=[])  # every stage taken as done, as after a finished `dvc repro`
     for name in FOLDERS:
         shutil.rmtree(folder / name)

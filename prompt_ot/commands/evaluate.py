@@ -119,7 +119,7 @@ def run(args) -> int:
     from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_method, resolve_run
     from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
-    from prompt_ot.evaluate import harmonic_mean
+    from prompt_ot.evaluate import class_metrics, harmonic_mean
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.results import RunMetrics, write_metrics
@@ -166,12 +166,13 @@ def run(args) -> int:
         names = [args.dataset] + [t for t in args.targets if t != args.dataset]
         parts = {name: (TestFeatures(root / name, backbone=backbone), name) for name in names}
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
-    accuracy, counts, predictions = {}, {}, {}
+    accuracy, counts, predictions, per_class = {}, {}, {}, {}
     for key, (part, dataset) in parts.items():
         result = evaluate_part(
             model, method, part, dataset_spec(dataset).template, batch_size, device, recipe.precision
         )
         accuracy[key], counts[key] = result.accuracy, result.n
+        per_class[key] = class_metrics(result.predictions, result.labels, part.classnames)
         predictions[f"{key}/predictions"] = result.predictions.numpy()
         predictions[f"{key}/labels"] = result.labels.numpy()
         print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}", flush=True)
@@ -200,6 +201,7 @@ def run(args) -> int:
         precision=recipe.precision,
         provenance=meta["provenance"],
         recipe_values=recipe.to_dict(),
+        class_metrics=per_class,
     )
     out = Path(args.out)
     predictions_path = out.with_name("predictions.npz")
@@ -227,6 +229,7 @@ def run(args) -> int:
     }
     with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
         values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
+        values |= {f"{name}/{k}": c[name] for k, c in per_class.items() for name in ("balanced_accuracy", "macro_f1")}
         tracked.log_metrics(values)
         tracked.log_artifact(out)
         tracked.log_artifact(predictions_path)

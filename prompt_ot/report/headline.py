@@ -22,6 +22,7 @@ HEADLINES = {
     "cross_dataset": "Cross-dataset transfer",
     "domain_generalization": "Domain generalisation",
     "few_shot": "Few-shot classification, average over datasets",
+    "claims": "The paper's claims, checked on these runs (paired bootstrap; docs/statistics.md)",
 }
 
 

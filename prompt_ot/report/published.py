@@ -15,7 +15,7 @@ from prompt_ot.errors import UserError
 BASE2NOVEL = "published_base2novel.csv"
 OTHER = "published_other_protocols.csv"
 CROSS_PER_DATASET = "published_cross_dataset_per_dataset.csv"
-# per-dataset numbers a user adds from a paper (none ship here); the reproduction gap compares them
+# per-dataset numbers (reprinted ones ship here; a user adds a paper's own): the reproduction gap compares them
 BASE2NOVEL_PER_DATASET = "published_base2novel_per_dataset.csv"
 DOMAIN_PER_DATASET = "published_domain_generalization_per_dataset.csv"
 FEW_SHOT = "published_few_shot.csv"
