@@ -92,6 +92,7 @@ STAGES: dict[str, dict] = {
     "report": {
         "--metrics": "{metrics}",
         "--params": "{params}",
+        "--allow-missing": True,  # one metrics file of the grid
         "--no-published": True,
         "--no-figures": True,
         "--out": "{out}/report",
@@ -307,6 +308,12 @@ BAD: dict[str, dict[str, list[Bad]]] = {
             Bad(MISSING, ("--published", "does not exist"), drop=("--no-published",)),
         ],
         "--out": OUT_DIR,
+        "--reference": [
+            Bad("", ("--reference", "must not be empty")),
+            Bad("prompt_ott", ("--reference prompt_ott", "no runs")),
+        ],
+        "--bootstrap-resamples": POSITIVE,
+        "--bootstrap-seed": NOT_NEGATIVE,
     },
     "smoke": {
         "--method": [Bad("coprompt", ("unknown method 'coprompt'",)), Bad("", ("--method", "must not be empty"))],
@@ -344,6 +351,8 @@ NO_BAD_VALUE = {
     ("mlflow finish", "--failed"): "a flag",
     ("report", "--no-published"): "a flag",
     ("report", "--no-figures"): "a flag",
+    ("report", "--allow-missing"): "a flag",
+    ("report", "--no-statistics"): "a flag",
 }
 
 

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             tuple(args.reference or settings.get("references") or ("prompt_ot",)),
             args.bootstrap_resamples or settings.get("resamples", DEFAULT_RESAMPLES),
             args.bootstrap_seed if args.bootstrap_seed is not None else settings.get("seed", DEFAULT_SEED),
+            strict=bool(args.reference),
         )
     # "none" (e.g. paths.published in the demo, whose numbers are not comparable) means no published rows
     no_published = args.no_published or str(args.published).lower() == "none"

@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prompt_ot.errors import UserError
 from prompt_ot.report import claims, evidence, gap, plots, render, tables
 from prompt_ot.report.collect import load_runs, wide
 from prompt_ot.report.grid import select_grid
@@ -57,6 +58,7 @@ class Statistics:
     references: tuple[str, ...] = claims.DEFAULT_REFERENCES
     resamples: int = DEFAULT_RESAMPLES
     seed: int = DEFAULT_SEED
+    strict: bool = False  # a reference without runs is an error (named by the user), not a note (a default)
 
 
 TABLE_PROTOCOL = {
@@ -201,6 +203,13 @@ def build_report(
     report.warnings += [f"suspect run: {s.line()}" for s in report.suspects]
     extra_files = [("runs.csv", evidence.runs_frame(runs).to_csv(index=False))]
     extra_files.append((f"{evidence.SUSPECT_NAME}.md", evidence.suspect_markdown(report.suspects, len(runs))))
+    if statistics is not None and statistics.strict:
+        unknown = [r for r in statistics.references if r not in set(runs["method"])]
+        if unknown:
+            raise UserError(
+                f"--reference {' '.join(unknown)}: no runs of this method in the report; methods with runs: "
+                f"{', '.join(sorted(set(runs['method'])))}"
+            )
     if statistics is not None:
         report.evidence = claims.gather(runs, statistics.references, statistics.resamples, statistics.seed)
         report.notes += [f"not compared: {line}" for line in report.evidence.skipped]
