@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from prompt_ot.cli import main
+from prompt_ot.evaluate import class_metrics
 from prompt_ot.results import RunMetrics, write_metrics
 
 LABELS = {"base": np.repeat(np.arange(4), 25), "novel": np.repeat(np.arange(4), 20)}
@@ -19,7 +21,7 @@ def scored_run(runs: Path, protocol, method, dataset, seed, right: dict, shots=1
     class, the next class otherwise) and metrics.json with the accuracies they give."""
     folder = runs / protocol / method / f"{dataset}_{shots}shot" / f"seed{seed}"
     folder.mkdir(parents=True)
-    arrays, accuracy, n = {}, {}, {}
+    arrays, accuracy, n, per_class = {}, {}, {}, {}
     for key, share in right.items():
         labels = LABELS.get(key, np.repeat(np.arange(5), 20))
         predictions = labels.copy()
@@ -29,9 +31,20 @@ def scored_run(runs: Path, protocol, method, dataset, seed, right: dict, shots=1
             predictions[wrong] = (c + 1) % len(np.unique(labels))
         arrays |= {f"{key}/predictions": predictions, f"{key}/labels": labels}
         accuracy[key], n[key] = 100.0 * float(np.mean(predictions == labels)), len(labels)
+        names = [f"class{c}" for c in range(len(np.unique(labels)))]
+        per_class[key] = class_metrics(torch.from_numpy(predictions), torch.from_numpy(labels), names)
     np.savez_compressed(folder / "predictions.npz", **arrays)
     metrics = RunMetrics(
-        protocol, method, dataset, seed, shots, "demo-vit", accuracy, n, base_method=base_method or method
+        protocol,
+        method,
+        dataset,
+        seed,
+        shots,
+        "demo-vit",
+        accuracy,
+        n,
+        base_method=base_method or method,
+        class_metrics=per_class,
     )
     write_metrics(folder / "metrics.json", metrics)
     if history is not None:
@@ -195,3 +208,24 @@ def test_no_suspect_run_is_said_in_so_many_words(evidence_report):
     _, out = evidence_report
     text = (out / "tables" / "suspect_runs.md").read_text()
     assert "No run is suspect." in text and "robust z-score above 3" in text
+
+
+# ----------------------------------------------------------------------------------------------- per-class table
+
+
+def test_the_per_class_table_averages_each_class_over_seeds(evidence_report, tmp_path, capsys):
+    runs, _ = evidence_report
+    out = tmp_path / "out"
+    argv = ["report", "--metrics-dir", str(runs), "--no-published", "--no-figures", "--no-statistics"]
+    assert main(argv + ["--out", str(out), "--per-class", "dtd"]) == 0
+    frame = pd.read_csv(out / "tables" / "per_class_dtd.csv")
+    coop = frame[(frame.method == "coop") & (frame.block == "Base-to-novel, base classes")]
+    assert sorted(set(coop["class"])) == ["Balanced accuracy", "Macro-F1", "class0", "class1", "class2", "class3"]
+    assert set(coop[coop["class"] == "class0"].seed) == {1, 2, 3}
+    assert coop[coop["class"] == "class2"].value.tolist() == pytest.approx([80.0] * 3)  # 20 of each class's 25
+    md = (out / "tables" / "per_class_dtd.md").read_text()
+    assert "| Base-to-novel, novel classes | class3 |" in md and "| Balanced accuracy |" in md
+    assert main(argv + ["--out", str(tmp_path / "none"), "--per-class", "eurosat_x"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert main(argv + ["--out", str(tmp_path / "none"), "--per-class", "caltech101"]) == 2
+    assert "no run holds per-class metrics of caltech101" in capsys.readouterr().err

@@ -314,6 +314,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         ],
         "--bootstrap-resamples": POSITIVE,
         "--bootstrap-seed": NOT_NEGATIVE,
+        "--per-class": [Bad("mnist", ("unknown dataset 'mnist'",)), Bad("caltech101", ("no run holds per-class",))],
     },
     "smoke": {
         "--method": [Bad("coprompt", ("unknown method 'coprompt'",)), Bad("", ("--method", "must not be empty"))],

@@ -69,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-statistics", action="store_true", help="skip the paired statistics and the claims table")
     parser.add_argument(
+        "--per-class",
+        nargs="+",
+        metavar="DATASET",
+        type=check.dataset_name,
+        default=[],
+        help="also write tables/per_class_<DATASET>.{md,csv,tex}: each method's accuracy per class of the dataset",
+    )
+    parser.add_argument(
         "--published",
         default="reports/published",
         metavar="DIR",
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         params_source=str(source),
         allow_missing=args.allow_missing,
         statistics=statistics,
+        per_class=tuple(args.per_class),
     )
     from prompt_ot.report.summary import write_summary
 

@@ -24,6 +24,7 @@ from prompt_ot.report.grid import select_grid
 from prompt_ot.report.model import Table
 from prompt_ot.report.names import dataset_order
 from prompt_ot.report.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
+from prompt_ot.report.per_class import per_class_files
 from prompt_ot.report.published import Published
 from prompt_ot.utils.io import atomic_write_text
 
@@ -175,10 +176,12 @@ def build_report(
     params_source: str = "params.yaml",
     allow_missing: bool = False,
     statistics: Statistics | None = Statistics(),
+    per_class: tuple[str, ...] = (),
 ) -> Report:
     """Read the metrics files (only the grid of ``params`` when given: a run of the grid without a metrics file is
     refused unless ``allow_missing``, and then named in the captions and warnings), then write every table, the
-    figures (unless ``figures`` is False), the paired statistics and claims (unless ``statistics`` is None),
+    figures (unless ``figures`` is False), the paired statistics and claims (unless ``statistics`` is None), a
+    per-class table of each dataset in ``per_class``,
     ``tables/all.tex`` and ``tables/index.md``.
 
     Everything is written into a hidden building folder first; ``tables/`` (and ``figures/``) then replace
@@ -203,6 +206,8 @@ def build_report(
     report.warnings += [f"suspect run: {s.line()}" for s in report.suspects]
     extra_files = [("runs.csv", evidence.runs_frame(runs).to_csv(index=False))]
     extra_files.append((f"{evidence.SUSPECT_NAME}.md", evidence.suspect_markdown(report.suspects, len(runs))))
+    for dataset in per_class:  # per-class tables asked for (prompt_ot/report/per_class.py)
+        extra_files += per_class_files(runs, dataset)
     if statistics is not None and statistics.strict:
         unknown = [r for r in statistics.references if r not in set(runs["method"])]
         if unknown:

@@ -97,6 +97,7 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
                 "epochs": metrics.epochs,
                 "accuracy": accuracy,
                 "n": {k: int(v) for k, v in (metrics.n or {}).items()},  # test images per accuracy key
+                "class_metrics": metrics.class_metrics or {},  # per-class accuracy, balanced accuracy, macro-F1
             }
         )
     if len(backbones) > 1:
@@ -109,4 +110,5 @@ def wide(runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """The runs of one protocol, one row per run and one column per accuracy key (NaN where a run lacks it)."""
     part = runs[runs["protocol"] == protocol].reset_index(drop=True)
     accuracy = pd.DataFrame(list(part["accuracy"]), index=part.index, dtype=float)
-    return pd.concat([part.drop(columns=["accuracy", "n"], errors="ignore"), accuracy], axis=1)
+    extra = ["accuracy", "n", "class_metrics"]
+    return pd.concat([part.drop(columns=extra, errors="ignore"), accuracy], axis=1)
