@@ -31,6 +31,7 @@ pytestmark = pytest.mark.system
 DELETED = ["maple", "promptsrc"]  # the two methods whose base-to-novel run folders the user deletes
 FOLDERS = [f"runs/base2novel/{method}" for method in DELETED]
 METRICS = "runs/base2novel/*/*/seed*/metrics.json"
+PREDICTIONS = "runs/base2novel/*/*/seed*/predictions.npz"
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -71,6 +72,7 @@ def test_snakemake_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shru
     assert planned == {"all": 1, "train": runs, "evaluate_base2novel": runs, "report": 1}, planned
     run([*FORKED, *snakemake], folder, **MLFLOW_OFF)
     assert files_of(folder, METRICS) == files_of(shrunken_grid, METRICS)  # the same runs, to the byte
+    assert files_of(folder, PREDICTIONS) == files_of(shrunken_grid, PREDICTIONS)
     for method in DELETED:
         for seed in SEEDS:
             assert (folder / run_dir(method, seed) / "prompts.safetensors").is_file()
@@ -79,22 +81,29 @@ def test_snakemake_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shru
 
 
 def test_dvc_repro_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shrunken_grid, tmp_path):
+    """DVC brings deleted runs back from its cache when nothing they depend on changed (its run cache: the same
+    bytes a retraining gives, the runs being deterministic), and retrains exactly them with --no-run-cache."""
     folder = make_workspace(tmp_path / "dvc", grid_params())
     for done in ("data", "runs", "cache", "reports"):
         shutil.copytree(shrunken_grid / done, folder / done, symlinks=True, dirs_exist_ok=True)
     adopt_done_stages(folder, redo=[])  # every stage taken as done, as after a finished `dvc repro`
-    for name in FOLDERS:
-        shutil.rmtree(folder / name)
-    result = run([*FORKED, *DVC, "repro"], folder, **MLFLOW_OFF)
-    ran = sorted(set(re.findall(r"Running stage '([^']+)'", result.stdout)))
-    expected = [
+    stages = [
         f"{kind}_base2novel@{method}-digits-{seed}"
         for kind in ("evaluate", "train")
         for method in DELETED
         for seed in SEEDS
     ]
-    assert ran == sorted(expected + ["report"]), ran
-    assert set(ran) <= set(dvc_stage_names(folder))
-    assert files_of(folder, METRICS) == files_of(shrunken_grid, METRICS)
-    assert tables_of(folder) == tables_of(shrunken_grid)
-    assert "Running stage" not in run([*DVC, "repro"], folder, **MLFLOW_OFF).stdout
+    assert set(stages) <= set(dvc_stage_names(folder))
+    for options in ([], ["--no-run-cache"]):
+        for name in FOLDERS:
+            shutil.rmtree(folder / name)
+        result = run([*FORKED, *DVC, "repro", *options], folder, **MLFLOW_OFF)
+        ran = set(re.findall(r"Running stage '([^']+)'", result.stdout))
+        if options:  # retrained and re-evaluated: exactly those runs, then the report
+            assert ran == set(stages) | {"report"}, sorted(ran)
+        else:  # restored from the cache: nothing to run (the runs folder is as it was)
+            assert ran <= {"report"}, sorted(ran)
+        assert files_of(folder, METRICS) == files_of(shrunken_grid, METRICS)
+        assert files_of(folder, PREDICTIONS) == files_of(shrunken_grid, PREDICTIONS)
+        assert tables_of(folder) == tables_of(shrunken_grid)
+        assert "Running stage" not in run([*DVC, "repro"], folder, **MLFLOW_OFF).stdout

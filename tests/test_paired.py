@@ -146,3 +146,17 @@ def test_bad_settings_are_refused(resamples, seed):
 
 def test_headline_of_base2novel_is_zero_when_both_averages_are():
     assert headline("base2novel", {"d": {"base": 0.0, "novel": 0.0}}) == 0.0
+
+
+def test_a_predictions_file_is_the_same_bytes_for_the_same_arrays_and_reads_back(tmp_path):
+    from prompt_ot.report.paired import read_predictions
+    from prompt_ot.utils.io import npz_bytes
+
+    arrays = {"base/predictions": np.array([0, 2, 1]), "base/labels": np.array([0, 1, 1])}
+    first = npz_bytes(arrays)
+    assert npz_bytes({k: v.copy() for k, v in arrays.items()}) == first
+    (tmp_path / "predictions.npz").write_bytes(first)
+    sets = read_predictions(tmp_path / "metrics.json")
+    assert list(sets) == ["base"] and sets["base"].correct.tolist() == [True, False, True]
+    with np.load(tmp_path / "predictions.npz") as data:  # numpy's own reader
+        assert sorted(data.files) == sorted(arrays) and np.array_equal(data["base/labels"], arrays["base/labels"])

@@ -111,8 +111,6 @@ def _check_targets(args) -> None:
 def run(args) -> int:
     import functools
 
-    import numpy as np
-
     from prompt_ot import provenance
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts
@@ -124,7 +122,7 @@ def run(args) -> int:
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.results import RunMetrics, write_metrics
     from prompt_ot.tracking import tracker_for
-    from prompt_ot.utils.io import atomic_path
+    from prompt_ot.utils.io import atomic_write_bytes, npz_bytes
 
     check.check_device(args.device)
     _check_targets(args)
@@ -205,9 +203,7 @@ def run(args) -> int:
     )
     out = Path(args.out)
     predictions_path = out.with_name("predictions.npz")
-    with atomic_path(predictions_path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **predictions)
+    atomic_write_bytes(predictions_path, npz_bytes(predictions))  # the same predictions, the same bytes
     write_metrics(out, metrics)
     tracker = tracker_for(params, args.params)
     tags = {

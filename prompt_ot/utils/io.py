@@ -77,6 +77,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def npz_bytes(arrays: dict) -> bytes:
+    """``numpy.savez_compressed``'s format with every entry dated 1980-01-01: the same arrays give the same bytes
+    (numpy stamps each entry with the time of writing), which ``numpy.load`` reads as usual."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            entry = io.BytesIO()
+            np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, entry.getvalue())
+    return buffer.getvalue()
+
+
 def read_json(path: str | Path, *, what: str, fix: str, missing: str | None = None):
     """The JSON value in ``path``. A missing file, or one that is not UTF-8 JSON, is one ``UserError`` naming the
     file (``what`` says what it is, e.g. "manifest") and ending with ``fix``, what the user should do; ``missing``

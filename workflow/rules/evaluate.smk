@@ -10,7 +10,9 @@ for _protocol in TRAINED_BY:
         input:
             unpack(eval_inputs(_protocol)),
         output:
-            f"{RUNS}/{_protocol}/{{method}}/{{dataset}}_{{shots}}shot/seed{{seed}}/metrics.json",
+            metrics=f"{RUNS}/{_protocol}/{{method}}/{{dataset}}_{{shots}}shot/seed{{seed}}/metrics.json",
+            # each test image's predicted and true label, which the report's paired statistics read
+            predictions=f"{RUNS}/{_protocol}/{{method}}/{{dataset}}_{{shots}}shot/seed{{seed}}/predictions.npz",
         params:
             protocol=_protocol,
             cache_root=f"{CACHE}/test",
@@ -25,4 +27,4 @@ for _protocol in TRAINED_BY:
             "python -m prompt_ot evaluate --params {input.params} --protocol {params.protocol}"
             " --method {wildcards.method} --dataset {wildcards.dataset} --shots {wildcards.shots}"
             " --seed {wildcards.seed} --prompts {input.prompts} --test-cache-root {params.cache_root}"
-            "{params.targets} --out {output} > {log} 2>&1"
+            "{params.targets} --out {output.metrics} > {log} 2>&1"
