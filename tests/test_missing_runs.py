@@ -81,8 +81,8 @@ def test_snakemake_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shru
 
 
 def test_dvc_repro_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shrunken_grid, tmp_path):
-    """DVC brings deleted runs back from its cache when nothing they depend on changed (its run cache: the same
-    bytes a retraining gives, the runs being deterministic), and retrains exactly them with --no-run-cache."""
+    """DVC brings deleted runs back from its cache when nothing they depend on changed (the same bytes a retraining
+    gives, the runs being deterministic); forced, it retrains exactly those stages, and the report follows."""
     folder = make_workspace(tmp_path / "dvc", grid_params())
     for done in ("data", "runs", "cache", "reports"):
         shutil.copytree(shrunken_grid / done, folder / done, symlinks=True, dirs_exist_ok=True)
@@ -94,16 +94,25 @@ def test_dvc_repro_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shru
         for seed in SEEDS
     ]
     assert set(stages) <= set(dvc_stage_names(folder))
-    for options in ([], ["--no-run-cache"]):
-        for name in FOLDERS:
-            shutil.rmtree(folder / name)
-        result = run([*FORKED, *DVC, "repro", *options], folder, **MLFLOW_OFF)
-        ran = set(re.findall(r"Running stage '([^']+)'", result.stdout))
-        if options:  # retrained and re-evaluated: exactly those runs, then the report
-            assert ran == set(stages) | {"report"}, sorted(ran)
-        else:  # restored from the cache: nothing to run (the runs folder is as it was)
-            assert ran <= {"report"}, sorted(ran)
+
+    def check_outputs():
         assert files_of(folder, METRICS) == files_of(shrunken_grid, METRICS)
         assert files_of(folder, PREDICTIONS) == files_of(shrunken_grid, PREDICTIONS)
         assert tables_of(folder) == tables_of(shrunken_grid)
         assert "Running stage" not in run([*DVC, "repro"], folder, **MLFLOW_OFF).stdout
+
+    for name in FOLDERS:
+        shutil.rmtree(folder / name)
+    changed = run([*DVC, "status"], folder, **MLFLOW_OFF).stdout
+    assert all(f"{stage}:" in changed for stage in stages) and "train_base2novel@cocoop" not in changed
+    ran = set(re.findall(r"Running stage '([^']+)'", run([*FORKED, *DVC, "repro"], folder, **MLFLOW_OFF).stdout))
+    assert ran <= {"report"}, sorted(ran)  # restored from the cache: nothing to run
+    check_outputs()
+
+    for name in FOLDERS:  # to retrain them: delete, then force exactly their stages
+        shutil.rmtree(folder / name)
+    forced = run([*FORKED, *DVC, "repro", "--force", "--single-item", *stages], folder, **MLFLOW_OFF)
+    assert set(re.findall(r"Running stage '([^']+)'", forced.stdout)) == set(stages)
+    again = run([*FORKED, *DVC, "repro"], folder, **MLFLOW_OFF)
+    assert set(re.findall(r"Running stage '([^']+)'", again.stdout)) <= {"report"}
+    check_outputs()
