@@ -89,7 +89,7 @@ def test_dvc_repro_remakes_exactly_the_deleted_runs_and_rewrites_the_report(shru
     adopt_done_stages(folder, redo=[])  # every stage taken as done, as after a finished `dvc repro`
     stages = [
         f"{kind}_base2novel@{method}-digits-{seed}"
-        for kind in ("evaluate", "train")
+        for kind in ("train", "evaluate")  # in the order --single-item runs them
         for method in DELETED
         for seed in SEEDS
     ]
