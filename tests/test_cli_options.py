@@ -345,6 +345,7 @@ NO_BAD_VALUE = {
     ("download", "--keep-archives"): "a flag",
     ("download", "--no-verify"): "a flag",
     ("download", "--list"): "a flag",
+    ("download", "--verify"): "a flag",
     ("cache test", "--skip-bad"): "a flag",
     ("cache test", "--replace"): "a flag",
     ("cache train", "--skip-bad"): "a flag",

@@ -473,3 +473,29 @@ def test_cli_rejects_unknown_names_before_fetching_anything(tmp_path, capsys):
     assert cli_main(["download", "eurosat", "imagenet_z", "--root", str(tmp_path)]) == 2
     assert "unknown dataset 'imagenet_z'" in capsys.readouterr().err
     assert not (tmp_path / "eurosat").exists()
+
+
+def test_cli_verify_lists_missing_extra_and_changed_files_against_the_record(tmp_path, capsys):
+    """`download --check` records every file (size, sha256); `--verify` compares the folder with that record and
+    the split file, listing what is missing, extra or changed, all of it, not the first only."""
+    expected = make_fixture("eurosat", tmp_path, num_classes=10)
+    root = ["--root", str(tmp_path)]
+    assert cli_main(["download", "eurosat", *root, "--verify"]) == 2  # completed before any record: nothing to compare
+    assert "--check" in capsys.readouterr().err
+    assert cli_main(["download", "eurosat", *root, "--check"]) == 0
+    record = json.loads((tmp_path / "eurosat/.prompt_ot/files.json").read_text())
+    images = tmp_path / "eurosat" / "2750"
+    first = expected["train"][0].relpath
+    assert record[f"2750/{first}"]["sha256"] == _sha((images / first).read_bytes())
+    assert cli_main(["download", "eurosat", *root, "--verify"]) == 0
+    assert "all " in capsys.readouterr().out
+    gone, changed = expected["test"][0].relpath, expected["train"][1].relpath
+    (images / gone).unlink()
+    (images / changed).write_bytes(png_bytes(colour=(1, 2, 3)))
+    (images / "stray file.png").write_bytes(b"x")
+    assert cli_main(["download", "eurosat", *root, "--verify"]) == 2
+    captured = capsys.readouterr()
+    assert f"  missing: 2750/{gone}" in captured.out and f"  changed: 2750/{changed}" in captured.out
+    assert "  extra: 2750/stray file.png" in captured.out
+    assert f"  listed by the split, not there: {gone}" in captured.out
+    assert "1 missing, 1 extra, 1 changed, 1 listed by the split but not there" in captured.err

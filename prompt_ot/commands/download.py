@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="with --check, check N random listed images instead of all of them",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="fetch nothing: compare the folder with the record of its files (size, sha256) written when it was "
+        "completed, and with its split file; list missing, extra and changed files",
+    )
     parser.add_argument("--force", action="store_true", help="fetch again even if the dataset is marked complete")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after unpacking")
     parser.add_argument(
@@ -95,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
     for spec in specs:
         try:
-            if args.check:
+            if args.verify:
+                _verify(spec, args.root)
+            elif args.check:
                 report = check_dataset(spec, args.root, sample=args.sample)
                 for line in report.lines():
                     print(line)
@@ -126,6 +134,31 @@ def run(args: argparse.Namespace) -> int:
     if args.stamp:
         _write_stamp(args.stamp, specs, args.root)
     return 0
+
+
+def _verify(spec, root: str) -> None:
+    from prompt_ot.data.download import verify_dataset
+    from prompt_ot.errors import UserError
+
+    report = verify_dataset(spec, root)
+    for line in report.lines():
+        print(line)
+    if not report.ok:
+        counts = [
+            f"{len(names)} {what}"
+            for what, names in (
+                ("missing", report.missing),
+                ("extra", report.extra),
+                ("changed", report.changed),
+                ("listed by the split but not there", report.unlisted),
+            )
+            if names
+        ]
+        raise UserError(
+            f"{spec.name} in {report.folder} differs from the record of its {report.recorded} files: "
+            f"{', '.join(counts)} (listed above); fetch it again with --force, or restore the files"
+        )
+    print(f"{spec.name}: all {report.recorded} recorded files present and unchanged; every listed image is there")
 
 
 def _write_stamp(path: str, specs, root: str) -> None:

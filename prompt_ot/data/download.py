@@ -405,8 +405,93 @@ def dataset_is_complete(spec: DatasetSpec, root: str | Path) -> bool:
         return False
 
 
+FILES_RECORD = "files.json"  # under STATE_DIR: every file of the completed folder, its size and sha256
+
+
+def _dataset_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` (POSIX paths relative to it) but the suite's own state."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).parts[0] != STATE_DIR
+    )
+
+
+def _hashes(folder: Path, names: list[str]) -> dict[str, str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib lets go of the GIL
+        return dict(zip(names, pool.map(lambda name: sha256_file(folder / name), names)))
+
+
+def record_files(folder: Path) -> dict:
+    """{relative path: {"bytes", "sha256"}} of every file of the dataset folder, written to its FILES_RECORD."""
+    names = _dataset_files(folder)
+    digests = _hashes(folder, names)
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": digests[name]} for name in names}
+    atomic_write_text(folder / STATE_DIR / FILES_RECORD, json.dumps(files, indent=0, sort_keys=True))
+    return files
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    folder: Path
+    recorded: int
+    missing: list[str] = field(default_factory=list)  # recorded, not there any more
+    extra: list[str] = field(default_factory=list)  # there, not recorded
+    changed: list[str] = field(default_factory=list)  # another size or sha256 than recorded
+    unlisted: list[str] = field(default_factory=list)  # images the split file lists that are not there
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.changed or self.unlisted)
+
+    def lines(self, shown: int = 20) -> list[str]:
+        out = []
+        for what, names in (
+            ("missing", self.missing),
+            ("extra", self.extra),
+            ("changed", self.changed),
+            ("listed by the split, not there", self.unlisted),
+        ):
+            out += [f"  {what}: {name}" for name in names[:shown]]
+            if len(names) > shown:
+                out.append(f"  ... and {len(names) - shown} more {what}")
+        return out
+
+
+def verify_dataset(spec: DatasetSpec, root: str | Path) -> VerifyReport:
+    """The dataset folder against the record of its files written when it was completed, and against its split."""
+    folder = spec.dataset_dir(root)
+    record = folder / STATE_DIR / FILES_RECORD
+    if not record.is_file():
+        raise UserError(
+            f"{spec.name}: {record} does not exist, so there is nothing to verify against (the folder was completed "
+            f"before records were kept, or never); check it and record its files with "
+            f"'python -m prompt_ot download {spec.name} --root {root} --check'"
+        )
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{record} cannot be read ({err}); record the files again with --check") from err
+    present = set(_dataset_files(folder))
+    report = VerifyReport(spec.name, folder, len(recorded))
+    report.missing = sorted(set(recorded) - present)
+    report.extra = sorted(present - set(recorded))
+    common = sorted(present & set(recorded))
+    same_size = [n for n in common if (folder / n).stat().st_size == recorded[n]["bytes"]]
+    digests = _hashes(folder, same_size)
+    report.changed = sorted(
+        set(common) - set(same_size) | {n for n in same_size if digests[n] != recorded[n]["sha256"]}
+    )
+    report.unlisted = check_dataset(spec, root).missing
+    return report
+
+
 def mark_complete(spec: DatasetSpec, root: str | Path, report: CheckReport) -> None:
     folder = spec.dataset_dir(root)
+    record_files(folder)
     payload = {
         "dataset": spec.name,
         "folder": spec.folder,
