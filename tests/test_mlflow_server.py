@@ -104,11 +104,20 @@ def check_runs_complete(client, folder: Path, seeds: list[int], epochs: int, dow
             assert params["tested_epoch"] == str(trained["eval_epoch"]) == str(metrics["epoch"])
             assert params["recipe.name"] == trained["recipe"]["name"]
             assert params["prompts"].endswith("prompts.safetensors")
-            assert run.data.metrics == {
-                "accuracy/base": metrics["accuracy"]["base"],
-                "accuracy/novel": metrics["accuracy"]["novel"],
-                "hm": metrics["hm"],
+            per_class = {  # balanced accuracy and macro-F1 of each evaluated subset, as metrics.json has them
+                f"{name}/{key}": values[name]
+                for key, values in metrics["class_metrics"].items()
+                for name in ("balanced_accuracy", "macro_f1")
             }
+            assert (
+                run.data.metrics
+                == {
+                    "accuracy/base": metrics["accuracy"]["base"],
+                    "accuracy/novel": metrics["accuracy"]["novel"],
+                    "hm": metrics["hm"],
+                }
+                | per_class
+            )
             names = EVALUATE_ARTIFACTS
         assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == names, run.info.run_name
         for name in names:

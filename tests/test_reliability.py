@@ -250,6 +250,8 @@ def test_parallel_training_jobs_with_live_mlflow_lose_no_run_metric_or_artifact(
             if tags["protocol"] == "base2novel":
                 assert set(metrics["accuracy"]) == {"base", "novel"}
                 logged["hm"] = metrics["hm"]
+            for key, values in metrics["class_metrics"].items():  # balanced accuracy and macro-F1 of each subset
+                logged |= {f"{name}/{key}": values[name] for name in ("balanced_accuracy", "macro_f1")}
             assert child.data.metrics == logged
             names = ["metrics.json", "predictions.npz"]
         assert sorted(a.path for a in client.list_artifacts(child.info.run_id)) == names
