@@ -276,6 +276,8 @@ class _Run:
         self.sums = {"loss": zero.clone(), "ce": zero.clone(), "reg": zero.clone(), "correct": zero.clone()}
         if self.dual is not None:
             self.sums["ot"] = zero.clone()  # the unweighted term, which the budget bounds
+        if hasattr(self.regulariser, "last_off_identity"):  # an OT regulariser: how far its plans are from identity
+            self.sums["plan_off_identity"] = zero.clone()
         self.seen = 0
         self.started = time.perf_counter()
 
@@ -441,6 +443,9 @@ def _packed_step(runs, epoch, device, precision, fixed_text, prompts_text) -> No
                 run.sums["correct"] += (logits.argmax(-1) == labels).sum()
                 if run.dual is not None:
                     run.sums["ot"] += run.dual.pending * n
+                departure = getattr(run.regulariser, "last_off_identity", None)
+                if departure is not None and "plan_off_identity" in run.sums:
+                    run.sums["plan_off_identity"] += departure.double() * n
             run.seen += n
     for run in runs:
         run.optimizer.zero_grad(set_to_none=True)
@@ -466,6 +471,8 @@ def _end_epoch(run: _Run, epoch: int, lr: float) -> None:
         "train_accuracy": int(sums["correct"]) / seen,
         "seconds": time.perf_counter() - run.started,
     }
+    if "plan_off_identity" in sums:  # the epoch's mean share of the OT plans' mass off the identity coupling
+        record["plan_off_identity"] = sums["plan_off_identity"] / seen
     if run.dual is not None:  # lambda after the epoch's last update, the epoch's mean OT term and its budget
         record["lambda"] = run.dual.value.item()
         record["ot_term"] = sums["ot"] / seen

@@ -697,3 +697,18 @@ def test_an_unknown_plan_is_named_with_the_choices():
         build_regulariser({"kind": "ot", "plan": "diagonal"})
     with pytest.raises(ValueError, match="square"):
         control_plan(torch.zeros(3, 4), "identity")
+
+
+def test_off_identity_is_zero_for_the_identity_coupling_and_one_for_a_derangement():
+    from prompt_ot.losses.ot import off_identity
+
+    inputs = random_inputs(batch=5, seed=4)
+    u, _ = rows_by_definition(inputs, "vision")
+    regulariser = OTRegulariser(modality="vision", weight=1.0)
+    shifted = RegulariserInputs(**{**inputs.__dict__, "frozen_image": u.roll(1, dims=0)})  # v_j = u_(j-1)
+    regulariser(RegulariserInputs(**{**inputs.__dict__, "frozen_image": u.clone()}))
+    assert regulariser.last_off_identity.item() == 0.0  # nothing moved: each row's own partner
+    regulariser(shifted)
+    assert regulariser.last_off_identity.item() == pytest.approx(1.0)  # every row's partner is another row's
+    assert off_identity(torch.full((3, 3), 1 / 9)).item() == pytest.approx(2 / 3)
+    assert off_identity(torch.zeros(2, 3)) is None

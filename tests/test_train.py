@@ -402,3 +402,17 @@ def test_deterministic_option_turns_on_deterministic_algorithms_while_training(t
     _, deterministic = run(tiny, config=small_config(epochs=2, deterministic=True))
     torch.use_deterministic_algorithms(False)
     assert all(torch.equal(plain.prompts[k], deterministic.prompts[k]) for k in plain.prompts)
+
+
+def test_an_ot_runs_history_says_how_far_its_plans_were_from_the_identity(tiny):
+    _, optimal = run(tiny, "prompt_ot")
+    assert all(0.0 <= h["plan_off_identity"] <= 1.0 for h in optimal.history)
+    clip, tokenizer, _ = tiny
+    control = get_method(
+        "prompt_ot", {"prompts": {"text_depth": 2, "vision_depth": 2}, "regulariser": {"plan": "identity"}}
+    )
+    model = build_model(control, clip, tokenizer, seed=1)
+    identity = train(control, model, ToyImages(6, len(CLASSES)), CLASSES, small_config())
+    assert [h["plan_off_identity"] for h in identity.history] == [0.0] * 3
+    _, unregularised = run(tiny, "ivlp")
+    assert all("plan_off_identity" not in h for h in unregularised.history)

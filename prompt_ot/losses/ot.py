@@ -85,6 +85,16 @@ def control_plan(cost: Tensor, plan: str) -> Tensor:
     raise unknown_name("OT plan", str(plan), PLANS)
 
 
+def off_identity(plan: Tensor) -> Tensor | None:
+    """The share of a square plan's mass off its diagonal (..., detached, on its device): 0 for the identity coupling,
+    1 for a plan that couples every row with another row's column; None for a non-square plan."""
+    if plan.shape[-1] != plan.shape[-2]:
+        return None
+    plan = plan.detach()
+    mass = plan.sum((-2, -1))
+    return 1.0 - torch.diagonal(plan, dim1=-2, dim2=-1).sum(-1) / mass.clamp(min=torch.finfo(plan.dtype).tiny)
+
+
 def _unknown_modality(modality) -> UserError:
     return unknown_name("OT modality", str(modality), MODALITIES, plural="OT modalities")
 
@@ -277,6 +287,9 @@ class OTRegulariser(Regulariser):
         settings = check_adaptive(adaptive, self.weight)
         self.dual = DualWeight(settings, self.weight) if settings is not None else None
         self.last_plan: Tensor | None = None
+        # the share of the last plan's mass off the identity coupling (a detached device scalar; None for a
+        # non-square batch): 0 when every prompted feature was coupled with its own frozen one, as point-wise
+        self.last_off_identity: Tensor | None = None
 
     @property
     def needs_frozen_image(self) -> bool:
@@ -299,6 +312,7 @@ class OTRegulariser(Regulariser):
                 self.device_iterations,
             )
         self.last_plan = plan
+        self.last_off_identity = off_identity(plan)
         term = (plan * cost).sum()
         if self.dual is None:
             return self.weight * term
