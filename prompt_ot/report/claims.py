@@ -24,7 +24,6 @@ CLAIMS_NAME = "claims"
 DEFAULT_REFERENCES = ("prompt_ot",)
 # the methods of the paper's comparison tables (CLIP and the prompt learners it compares with)
 PAPER_RIVALS = ("zeroshot", "coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc")
-PROTOCOL_LABELS = PROTOCOL_NAMES
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def gather(
     for claim in CLAIMS:
         wanted_pairs |= {(claim.protocol, claim.reference, rival) for rival in claim.rivals}
     for protocol, shots, part in _groups(runs):
-        where = PROTOCOL_LABELS[protocol] + (f" K={shots}" if shots is not None else "")
+        where = PROTOCOL_NAMES[protocol] + (f" K={shots}" if shots is not None else "")
         predictions = _method_runs(part, skipped, where)
         methods = _order(part, predictions)
         pairs = [(r, m) for r in references if r in predictions for m in methods if m != r]
@@ -206,7 +205,7 @@ def _method_caption(evidence: Evidence) -> str:
 def paired_files(evidence: Evidence, runs: pd.DataFrame) -> list[tuple[str, str]]:
     display, full = [], []
     for c in evidence.comparisons:
-        label = PROTOCOL_LABELS[c.protocol]
+        label = PROTOCOL_NAMES[c.protocol]
         verdict = {"supported": "reference better", "contradicted": "reference worse"}.get(c.verdict, "not shown")
         display.append(
             {

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prompt_ot.errors import UserError
+from prompt_ot.report.paired import headline, read_predictions, scored_keys
+
 OUTLIER_K = 3.0
 MAD_SCALE = 1.4826  # MAD of a normal sample x 1.4826 estimates its standard deviation
 OUTLIER_FLOOR = 10.0  # accuracy points
@@ -31,14 +34,13 @@ SUSPECT_NAME = "suspect_runs"
 
 
 def headline_of(run) -> float:
-    """A run's headline number: HM (base-to-novel), its accuracy (few-shot), its target average (transfer)."""
+    """A run's headline number, as the tables and the paired statistics define it (:func:`paired.headline`): HM
+    (base-to-novel), its accuracy (few-shot), its target average (transfer; NaN without targets)."""
     accuracy = run["accuracy"]
-    if run["protocol"] == "base2novel":
-        return accuracy["hm"]
-    if run["protocol"] == "few_shot":
-        return accuracy["all"]
-    targets = [v for k, v in accuracy.items() if k != run["dataset"]]
-    return sum(targets) / len(targets) if targets else math.nan
+    keys = scored_keys(run["protocol"], run["dataset"], accuracy)
+    if not keys:
+        return math.nan
+    return headline(run["protocol"], {run["dataset"]: {k: accuracy[k] for k in keys}})
 
 
 def runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -138,16 +140,13 @@ def _outliers(runs: pd.DataFrame) -> dict[int, str]:
 def _chance_reasons(path: Path, accuracy: dict) -> list[str]:
     from scipy.stats import binomtest
 
-    predictions = path.with_name("predictions.npz")
-    if not predictions.is_file():
+    try:
+        scored = read_predictions(path)
+    except UserError:  # missing or unreadable: the paired statistics name the file
         return []
     reasons = []
-    try:
-        with np.load(predictions) as data:
-            labels = {name.rsplit("/", 1)[0]: data[name] for name in data.files if name.endswith("/labels")}
-    except Exception:  # unreadable: the paired statistics name the file
-        return []
-    for key, y in sorted(labels.items()):
+    for key, test_set in sorted(scored.items()):
+        y = test_set.labels
         classes, n = len(np.unique(y)), len(y)
         if key not in accuracy or classes < 2 or n == 0:
             continue

@@ -78,7 +78,6 @@ AVERAGE_COVERS = {
     "few_shot": BENCHMARK_DATASETS,
 }
 
-PROTOCOLS = PROTOCOL_NAMES
 METRICS = {"base": "Base", "novel": "Novel", "hm": "HM", "accuracy": "Accuracy"}
 WIDE_OTHER_COLUMNS = {"method", "source", "target_avg", "protocol", "epochs", "shots"}  # not datasets
 
@@ -334,7 +333,7 @@ def reproduction_gap(runs: pd.DataFrame, published: Published, k: float = SPREAD
                         "published_method": pub.published_method,
                         "source": pub.source,
                         "_order": (
-                            list(PROTOCOLS).index(ours.protocol),
+                            list(PROTOCOL_NAMES).index(ours.protocol),
                             method_order(ours.method, ours.base_method, ours.weight),
                             (math.inf, "") if ours.dataset == AVERAGE else dataset_order(ours.dataset),
                             ours.shots,
@@ -403,7 +402,7 @@ def _display(gap: Gap, latex: bool) -> pd.DataFrame:
     esc = _latex_text if latex else (lambda s: s)
     rows = []
     for r in gap.frame.itertuples(index=False):
-        protocol = PROTOCOLS[r.protocol] + (f", {r.shots} shots" if r.protocol == "few_shot" else "")
+        protocol = PROTOCOL_NAMES[r.protocol] + (f", {r.shots} shots" if r.protocol == "few_shot" else "")
         transfer = r.protocol in ("cross_dataset", "domain_generalization")
         if r.dataset == AVERAGE:
             dataset = "Target avg." if transfer else "Average"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from prompt_ot.errors import UserError
+from prompt_ot.report.collect import RUN_KEYS
 
-RUN_KEYS = ["protocol", "method", "dataset", "shots", "seed"]
 SHOWN = 8  # missing runs named in the refusal before "... and N more"
 
 

@@ -25,7 +25,6 @@ again.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,7 +226,8 @@ def bootstrap(data: _Pair, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAU
         for m in (0, 1):
             accuracy[m][d][key] = (100.0 * right[m] / data.sizes[(d, key)]).mean(axis=1)  # (R,) over seed slots
     differences = headline(data.protocol, accuracy[0]) - headline(data.protocol, accuracy[1])
-    return _summary(_observed(data), differences), _observed(data)
+    observed = _observed(data)
+    return _summary(observed, differences), observed
 
 
 def _rights(correct: np.ndarray, draws: np.ndarray) -> np.ndarray:
@@ -263,7 +263,8 @@ def bootstrap_loop(data: _Pair, resamples: int = DEFAULT_RESAMPLES, seed: int = 
                 accuracy[d][key] = total / len(data.seeds)
             values.append(headline(data.protocol, accuracy))
         differences.append(values[0] - values[1])
-    return _summary(_observed(data), np.array(differences)), _observed(data)
+    observed = _observed(data)
+    return _summary(observed, np.array(differences)), observed
 
 
 def check_settings(resamples, seed) -> None:
@@ -309,7 +310,3 @@ def compare(
 
 def p_text(p_value: float) -> str:
     return "1" if p_value >= 1 else (f"{p_value:.3f}" if p_value >= 0.001 else f"{p_value:.1e}")
-
-
-def finite(value: float) -> bool:
-    return isinstance(value, float) and math.isfinite(value)

@@ -56,7 +56,7 @@ def per_class_files(runs: pd.DataFrame, dataset: str) -> list[tuple[str, str]]:
     display = table.copy()
     for method in methods:
         display[method] = table[method].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
-    display = display.rename(columns={"block": "Tested as", "row": "Class"} | {m: m for m in methods})
+    display = display.rename(columns={"block": "Tested as", "row": "Class"})
     counts = ", ".join(f"{m} {seeds[m]}" for m in methods)
     caption = (
         f"Per-class accuracy (%) on {dataset_name(dataset)}, mean over seeds ({counts}"
