@@ -63,9 +63,11 @@ class BuildResult:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def default_templates(dataset_template: str) -> list[str]:
-    """The dataset's zero-shot template and the paper's "a photo of a {}." (once if they are equal)."""
-    return list(dict.fromkeys([dataset_template, PAPER_TEMPLATE]))
+def default_templates(dataset_templates: str | Sequence[str]) -> list[str]:
+    """The dataset's zero-shot template(s) and the paper's "a photo of a {}." (each once)."""
+    if isinstance(dataset_templates, str):
+        dataset_templates = [dataset_templates]
+    return list(dict.fromkeys([*dataset_templates, PAPER_TEMPLATE]))
 
 
 def _check_templates(templates: Sequence[str]) -> list[str]:
@@ -266,7 +268,7 @@ def build_test_cache(
     spec = dataset_spec(dataset)
     split = spec.load_split(data_root)
     options |= {"backbone": backbone, "pretrained": pretrained, "out_dir": out_dir}
-    templates = templates or default_templates(spec.template)
+    templates = templates or default_templates(spec.zero_shot_templates)
     items = split["test"], spec.image_root(data_root), classnames_of(split)
     return cache_test_items(*items, dataset=spec.name, templates=templates, **options)
 

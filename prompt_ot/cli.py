@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+from pathlib import Path
 
 # name -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -114,6 +115,29 @@ def _disk_full_message(err: BaseException, args: argparse.Namespace) -> str:
     )
 
 
+def _declare_datasets(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """The datasets that the --params file declares (custom_datasets) are names the options accept: read them before
+    the options are checked. A params file that does not load is left to the command, which says why."""
+    from prompt_ot.config import load_params
+    from prompt_ot.errors import UserError
+
+    path = parser.get_default("params")
+    for i, arg in enumerate(argv):
+        if arg == "--params" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--params="):
+            path = arg.split("=", 1)[1]
+    if not (path and Path(path).is_file()):
+        return
+    import yaml
+
+    try:
+        if "custom_datasets" in (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}):
+            load_params(path)
+    except (UserError, yaml.YAMLError, UnicodeDecodeError, TypeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -147,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         # every option is checked here (types, then the command's own cross-checks) before any work starts
+        _declare_datasets(parser, argv[1:])
         args = parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
     except UserError as err:

@@ -86,17 +86,11 @@ def _check_finite(value, path: tuple, source: str) -> None:
 
 def validate_params(raw: dict, source: str = "params.yaml") -> dict:
     """Check types and ranges against the JSON schema, then names and cross-references; return ``raw``."""
-    import jsonschema
-
     if not isinstance(raw, dict):
         raise UserError(f"{source} must be a mapping of keys to values, got {type(raw).__name__}")
     _check_finite(raw, (), source)
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
-    if errors:
-        # the deepest, most specific error first: it names the key the user must change
-        error = max(errors, key=lambda e: len(e.absolute_path))
-        raise UserError(_schema_message(error, source))
+    _check_schema(raw, _schema(), source)
+    declare_datasets(raw, source)
 
     from prompt_ot.data.registry import dataset_names, dataset_spec
     from prompt_ot.methods import METHODS
@@ -182,7 +176,63 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
     for protocol, dataset, shots in trained_runs(raw):
         for name in protocol_methods(raw, protocol):
             _check_run(raw, name, protocol, dataset, shots, source)
+
     return raw
+
+
+def _check_schema(raw, schema: dict, source: str, prefix: tuple = ()) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(raw))
+    if errors:
+        # the deepest, most specific error first: it names the key the user must change
+        error = max(errors, key=lambda e: len(e.absolute_path))
+        error.path.extendleft(reversed(prefix))
+        raise UserError(_schema_message(error, source))
+
+
+def validate_custom_block(block, source: str) -> None:
+    """The ``custom_datasets`` mapping (of params.yaml, or of the YAML file it names) against its schema."""
+    schema = _schema()
+    _check_schema(block, {"$defs": schema["$defs"], "$ref": "#/$defs/custom_datasets"}, source, ("custom_datasets",))
+
+
+def _params_folder(source: str) -> Path:
+    """Where params.yaml's relative paths start: the folder of the file (the working folder when it is not a file)."""
+    path = Path(source)
+    return path.parent if path.is_file() else Path.cwd()
+
+
+def declare_datasets(raw: dict, source: str) -> None:
+    """Make the datasets that params.yaml declares (custom_datasets) and overrides (dataset_overrides) known to the
+    registry, refusing a name that clashes with a built-in dataset or an override of an unknown one."""
+    from prompt_ot.data import custom, registry
+
+    block = raw.get("custom_datasets") or {}
+    if isinstance(block, dict):
+        validate_custom_block(block, source)
+    declarations = custom.parse_declarations(block, _params_folder(source), source, validate_custom_block)
+    builtin = registry.builtin_names()
+    for name, decl in declarations.items():
+        if name in builtin:
+            raise UserError(f"{decl.where}: {name!r} is the name of a built-in dataset; give your dataset another name")
+    overrides = raw.get("dataset_overrides") or {}
+    for name, entry in overrides.items():
+        if name in declarations:
+            raise UserError(
+                f"{source}: dataset_overrides.{name}: {name} is declared under custom_datasets; give its class names "
+                "and templates there"
+            )
+        if name not in builtin:
+            raise UserError(
+                f"{source}: dataset_overrides.{name}: {name!r} is not a known dataset; known: {', '.join(builtin)}"
+            )
+        templates = entry.get("templates") or ()
+        custom.check_templates(
+            (templates,) if isinstance(templates, str) else templates, f"{source}: dataset_overrides.{name}.templates"
+        )
+    registry.declare({name: custom.spec_of(d) for name, d in declarations.items()}, overrides)
 
 
 def protocol_methods(params: dict, protocol: str) -> list[str]:

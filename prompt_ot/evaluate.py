@@ -36,13 +36,18 @@ def evaluate(
     batch_size: int = 128,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    class_text: torch.Tensor | None = None,
 ) -> Evaluation:
-    """Accuracy of ``model`` (a ``PromptedCLIP``) on ``dataset`` of (image, label) over ``classnames``."""
+    """Accuracy of ``model`` (a ``PromptedCLIP``) on ``dataset`` of (image, label) over ``classnames``; ``class_text``
+    (C, D) replaces the model's class texts (zero-shot's template ensemble)."""
     if device is None:
         device = next(model.parameters()).device
     model.to(device).eval()
     model.set_classnames(classnames, template)
-    class_text = None if model.conditional else model.class_text_features()
+    if class_text is None:
+        class_text = None if model.conditional else model.class_text_features()
+    else:
+        class_text = class_text.to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     preds, labels = [], []
     for batch in loader:
@@ -56,6 +61,12 @@ def evaluate(
     preds_t = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     return evaluated(preds_t, labels_t)
+
+
+def ensemble(features: list[torch.Tensor]) -> torch.Tensor:
+    """CLIP's prompt ensemble: the normalised mean of the normalised class-text features of each template."""
+    mean = torch.stack([f / f.norm(dim=-1, keepdim=True) for f in features]).mean(0)
+    return mean / mean.norm(dim=-1, keepdim=True)
 
 
 def evaluated(predictions: torch.Tensor, labels: torch.Tensor) -> Evaluation:

@@ -41,7 +41,9 @@ def record(
     manifest: str | Path | None = None,
     sampler: str | None = None,
 ) -> dict:
-    """The provenance record of one run; ``manifest`` is hashed when given."""
+    """The provenance record of one run; ``manifest`` is hashed when given. It also names the split the manifest was
+    drawn from (its sha256) and the class names and templates the dataset's prompts use (:func:`dataset_options`)."""
+    from prompt_ot.data.fewshot import read_manifest
     from prompt_ot.utils.io import sha256_file
 
     return {
@@ -57,7 +59,20 @@ def record(
         "seed": seed,
         "sampler": sampler,
         "manifest_sha256": sha256_file(manifest) if manifest is not None else None,
+        "split_sha256": read_manifest(manifest).split_sha256 if manifest is not None else None,
+        **dataset_options(dataset),
     }
+
+
+def dataset_options(dataset: str) -> dict:
+    """The class names params.yaml gives a dataset (``classnames``: {name in the split: name in prompts}, empty when
+    the dataset's own are used), its templates (zero-shot ensembles them) and which defaults were overridden."""
+    from prompt_ot.data.registry import dataset_spec
+
+    spec = dataset_spec(dataset)
+    declared = spec.extra.get("declaration")
+    names = dict(declared.classnames) if declared is not None else dict(spec.classname_map)
+    return {"classnames": names, "templates": list(spec.zero_shot_templates), "overridden": list(spec.overridden)}
 
 
 def check(found: dict | None, expected: dict, what: str) -> None:

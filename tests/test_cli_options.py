@@ -43,6 +43,7 @@ STAGES: dict[str, dict] = {
         "--seed": "1",
         "--sampler": "dassl",
         "--out": "{out}/manifest.json",
+        "--params": "{params}",
     },
     "backbone": {"--params": "{params}", "--root": "{root}", "--out": "{out}/backbone"},
     "cache test": {
@@ -193,6 +194,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--timeout": counts("0", "-1", "nan", "inf", "-inf", "abc"),
         "--retries": POSITIVE,
         "--stamp": [Bad(FOLDER, ("--stamp", "is a folder")), Bad(UNDER_A_FILE, ("--stamp",))],
+        "--params": PARAMS,
     },
     "split": {
         "dataset": [Bad("mnist", ("argument dataset", "unknown dataset 'mnist'"))],
@@ -202,6 +204,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--seed": NOT_NEGATIVE,
         "--sampler": [Bad("random", ("--sampler", "invalid choice"))],
         "--out": OUT_FILE,
+        "--params": PARAMS,
     },
     "backbone": {"--params": PARAMS, "--root": ROOT_DIR, "--out": OUT_DIR},
     "cache test": cache_common(False)
@@ -346,6 +349,7 @@ NO_BAD_VALUE = {
     ("download", "--no-verify"): "a flag",
     ("download", "--list"): "a flag",
     ("download", "--verify"): "a flag",
+    ("download", "--from"): "excludes --check (the good command here); its bad values in tests/test_download_from.py",
     ("cache test", "--skip-bad"): "a flag",
     ("cache test", "--replace"): "a flag",
     ("cache train", "--skip-bad"): "a flag",

@@ -158,3 +158,35 @@ def test_snakemake_refuses_bad_params_before_running(tmp_path):
     )
     assert result.returncode != 0
     assert "seeds" in (result.stdout + result.stderr)
+
+
+def test_datasets_declared_in_params_run_in_every_protocol_in_both_pipelines(tmp_path):
+    """A folder and a CSV dataset of custom_datasets: base-to-novel, cross-dataset source and target, few-shot and
+    domain-generalisation target, the same jobs in Snakemake and DVC; their stages are told the params file."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["custom_datasets"] = {
+        "my_folder": {"format": "folder", "path": "my_images", "templates": ["a clip art of a {}.", "a {}."]},
+        "my_csv": {"format": "csv", "path": "my_labels.csv", "classnames": {"0": "cat", "1": "dog"}},
+    }
+    params["dataset_overrides"] = {"dtd": {"templates": "a close-up photo of {} texture."}}
+    params["datasets"] = ["dtd", "my_folder", "my_csv"]
+    params["methods"] = ["zeroshot", "coop", "prompt_ot"]
+    params["seeds"] = [1]
+    params["protocols"] = {
+        "base2novel": {"datasets": ["my_folder", "dtd"], "shots": 4},
+        "cross_dataset": {"sources": ["my_folder"], "shots": 2, "evaluate": {"targets": ["my_csv", "dtd"]}},
+        "domain_generalization": {"sources": ["my_folder"], "evaluate": {"targets": ["my_csv"]}},
+        "few_shot": {"datasets": ["my_csv"], "shots": [1, 4], "methods": ["zeroshot", "coop"]},
+    }
+    validate_params(params)
+    jobs = _same_jobs(make_workspace(tmp_path, yaml.safe_dump(params)))
+    for name in ("my_folder", "my_csv"):
+        assert (
+            f"python -m prompt_ot download {name} --root data --stamp runs/stamps/{name}.json --params params.yaml"
+            in jobs
+        )
+        assert any(
+            cmd.startswith(f"python -m prompt_ot split {name} ") and "--params params.yaml" in cmd for cmd in jobs
+        )
+    assert any(" --protocol domain_generalization " in cmd and "--targets my_csv" in cmd for cmd in jobs)
+    assert sum(" --protocol few_shot " in cmd and cmd.startswith("python -m prompt_ot train ") for cmd in jobs) == 4

@@ -2,12 +2,14 @@
 
 Each dataset lands in ``DIR/<folder>`` (CoOp's folder names). A dataset already marked complete is
 skipped; ``--check`` only validates a folder that was put in place by hand (ImageNet, Stanford
-Cars) or earlier, and marks it complete when it passes. ``--list`` shows every dataset and its state.
+Cars) or earlier, and marks it complete when it passes. ``--from PATH`` lays out a copy obtained elsewhere (an
+archive or a folder) instead of downloading it. ``--list`` shows every dataset and its state.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from prompt_ot.utils import args as check
 
@@ -43,6 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fetch nothing: compare the folder with the record of its files (size, sha256) written when it was "
         "completed, and with its split file; list missing, extra and changed files",
     )
+    parser.add_argument(
+        "--from",
+        dest="from_path",
+        default=None,
+        metavar="PATH",
+        help="download nothing but the split file: lay out a copy obtained elsewhere (e.g. SUN397 from OpenDataLab "
+        "or Kaggle), an archive (zip, tar, tar.gz, ...) or a folder. An archive named like the recipe's (e.g. "
+        "SUN397.tar.gz) must match its pinned sha256 (--no-verify accepts another); every copy is checked against "
+        "the split file (listed images present, class count). The folder in PATH holding the split's listed "
+        "images is found whatever its name or depth and becomes ROOT/<folder>/<image folder>; the split file "
+        "comes from PATH, an earlier download or the recipe's URL. An archive is unpacked under ROOT; a folder's "
+        "files are hard-linked into ROOT where the file system allows (same file system), else copied: PATH itself "
+        "is never moved or changed. Nothing under ROOT changes unless the whole copy checks out. One dataset at a "
+        "time",
+    )
     parser.add_argument("--force", action="store_true", help="fetch again even if the dataset is marked complete")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after unpacking")
     parser.add_argument(
@@ -63,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=check.out_file,
         metavar="FILE",
         help="after success, write a small JSON stamp here (the pipeline's output for this stage)",
+    )
+    parser.add_argument(
+        "--params",
+        default=None,
+        metavar="FILE",
+        help="the params.yaml that declares datasets (custom_datasets) or overrides their class names and templates",
     )
 
 
@@ -86,10 +109,14 @@ def _print_list(root: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prompt_ot.data.download import FetchSettings, check_dataset, download_dataset, mark_complete
+    from prompt_ot.data.download import FetchSettings, check_dataset, download_dataset, mark_complete, provide_dataset
     from prompt_ot.data.registry import PAPER_DATASETS, dataset_names, dataset_spec
     from prompt_ot.errors import UserError
 
+    if args.params:
+        from prompt_ot.config import load_params
+
+        load_params(args.params)
     if args.list:
         _print_list(args.root)
         return 0
@@ -97,11 +124,26 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"name at least one dataset (or 'all'); known datasets: {', '.join(dataset_names())}")
     names = [n for arg in args.datasets for n in (PAPER_DATASETS if arg == "all" else [arg])]
     specs = [dataset_spec(name) for name in names]  # every name checked before anything is fetched
+    if args.from_path is not None:
+        if len(specs) != 1:
+            raise UserError(f"--from lays out one dataset; name one, not {', '.join(names)}")
+        clash = [option for option, on in (("--check", args.check), ("--verify", args.verify)) if on]
+        if clash:
+            raise UserError(f"--from cannot be combined with {' and '.join(clash)}: it checks the copy itself")
     settings = FetchSettings(timeout=args.timeout, retries=args.retries)
     failures: list[str] = []
     for spec in specs:
         try:
-            if args.verify:
+            if args.from_path is not None:
+                provide_dataset(
+                    spec,
+                    args.root,
+                    args.from_path,
+                    force=args.force,
+                    verify=not args.no_verify,
+                    settings=settings,
+                )
+            elif args.verify:
                 _verify(spec, args.root)
             elif args.check:
                 report = check_dataset(spec, args.root, sample=args.sample)
@@ -175,5 +217,13 @@ def _write_stamp(path: str, specs, root: str) -> None:
                 f"{spec.name} is not marked complete under {root}; run 'python -m prompt_ot download "
                 f"{spec.name} --root {root} --check' after providing its files"
             )
+    from prompt_ot.provenance import dataset_options
+
     payload = {"datasets": [r.name for r in specs], "folders": [r.folder for r in specs], "complete": True}
-    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+    # what the later stages' results depend on besides the images: the split, and the class names and templates
+    # params.yaml gives (a change here makes both pipelines redo the stages that read the dataset)
+    payload["identity"] = {r.name: {"split_sha256": r.split_sha256(root), **dataset_options(r.name)} for r in specs}
+    text = json.dumps(payload, indent=1) + "\n"
+    if Path(path).is_file() and Path(path).read_text() == text:
+        return  # unchanged: its time stays, so that Snakemake redoes nothing downstream
+    atomic_write_text(path, text)

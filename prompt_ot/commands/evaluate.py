@@ -61,16 +61,36 @@ class _CachedTestImages:
         return self.images[self.rows[i]][0], self.labels[i]
 
 
-def evaluate_part(model, method, part, template: str, batch_size: int, device: str, precision: str = "fp32"):
+def evaluate_part(model, method, part, templates, batch_size: int, device: str, precision: str = "fp32"):
     """One test set: cached features when the image encoder is frozen and the cache has the run's precision, else
     a forward of the (prompted) encoder over the cached test images. ``model()`` builds the prompted model (once):
-    zero-shot CLIP on cached features needs none."""
+    zero-shot CLIP on cached features needs none. ``templates``: the dataset's (a string is one); zero-shot CLIP
+    ensembles them when there are several, every other method uses the first."""
     import torch
 
     from prompt_ot.cache import evaluate_cached, uses_frozen_image_encoder
-    from prompt_ot.evaluate import evaluate, evaluated
+    from prompt_ot.evaluate import ensemble, evaluate, evaluated
     from prompt_ot.precision import autocast
 
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    template = templates[0]
+    if len(templates) > 1 and not method.trains:  # zero-shot CLIP's ensemble of the dataset's templates
+        if part.precision == precision and all(t in part.templates for t in templates):
+            class_text = ensemble([part.text_features(t) for t in templates])
+        else:
+            prompted = model()
+            with torch.no_grad(), autocast(device, precision):
+                texts = []
+                for t in templates:
+                    prompted.set_classnames(part.classnames, t)
+                    texts.append(prompted.class_text_features().float().cpu())
+            class_text = ensemble(texts)
+        if part.precision == precision:
+            return evaluate_cached(part, class_text)
+        with autocast(device, precision):
+            return evaluate(
+                model(), _CachedTestImages(part), part.classnames, template, batch_size, device, class_text=class_text
+            )
     if not uses_frozen_image_encoder(method) or part.precision != precision:
         with autocast(device, precision):
             return evaluate(
@@ -167,7 +187,7 @@ def run(args) -> int:
     accuracy, counts, predictions, per_class = {}, {}, {}, {}
     for key, (part, dataset) in parts.items():
         result = evaluate_part(
-            model, method, part, dataset_spec(dataset).template, batch_size, device, recipe.precision
+            model, method, part, dataset_spec(dataset).zero_shot_templates, batch_size, device, recipe.precision
         )
         accuracy[key], counts[key] = result.accuracy, result.n
         per_class[key] = class_metrics(result.predictions, result.labels, part.classnames)
@@ -222,6 +242,8 @@ def run(args) -> int:
         "recipe": recipe.to_dict(),
         "provenance": meta["provenance"],
         "tested_epoch": meta.get("epoch"),
+        # the class names and templates each test set's prompts used (params.yaml may override a dataset's defaults)
+        "test_sets": {dataset: provenance.dataset_options(dataset) for _, dataset in parts.values()},
     }
     with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
         values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})

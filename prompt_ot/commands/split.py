@@ -28,21 +28,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "class, independent of the split file's order (see prompt_ot/data/fewshot.py)",
     )
     parser.add_argument("--out", required=True, type=check.out_file, help="manifest path to write (JSON)")
+    parser.add_argument(
+        "--params",
+        default=None,
+        metavar="FILE",
+        help="the params.yaml that declares the dataset (custom_datasets) or overrides its class names",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from prompt_ot.config import load_params
     from prompt_ot.data.fewshot import ensure_manifest
     from prompt_ot.data.registry import dataset_spec
 
+    if args.params:
+        load_params(args.params)
     spec = dataset_spec(args.dataset)
     split = spec.load_split(args.root)
+    sha = spec.split_sha256(args.root)
     manifest, created = ensure_manifest(
-        args.out, split, spec.image_root(args.root), spec.name, args.subset, args.shots, args.seed, args.sampler
+        args.out, split, spec.image_root(args.root), spec.name, args.subset, args.shots, args.seed, args.sampler, sha
     )
     verb = "wrote" if created else "reused"
     print(
         f"{verb} {args.out}: {spec.name} {args.subset}, {len(manifest.classnames)} classes, "
         f"{len(manifest.train)} training and {len(manifest.val)} validation images "
-        f"(shots {args.shots}, seed {args.seed}, sampler {args.sampler})"
+        f"(shots {args.shots}, seed {args.seed}, sampler {args.sampler}; split sha256 {sha[:12]})"
     )
+    per_class = Counter(entry.label for entry in manifest.train)
+    short = [f"{name} ({per_class[i]})" for i, name in enumerate(manifest.classnames) if per_class[i] < args.shots]
+    if short:
+        print(
+            f"warning: {len(short)} class(es) have fewer training images than {args.shots} shots: "
+            f"{', '.join(short[:10])}{' ...' if len(short) > 10 else ''}; like Dassl's sampler (repeat=False), the "
+            "manifest takes all of their images, so these classes train on fewer shots"
+        )
     return 0

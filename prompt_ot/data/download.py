@@ -8,6 +8,11 @@ escape the folder. The folder is then checked (split readable, listed images pre
 ``<folder>/.prompt_ot/complete.json`` is written: ``dataset_is_complete`` reads that marker.
 Datasets that cannot be fetched say how to build the folder by hand (``manual_steps``); datasets with
 a ``prepare_fn`` (offline demo data) build it locally.
+
+``provide_dataset(spec, root, path)`` (``download <name> --from PATH``) lays out a copy obtained elsewhere, an
+archive or a folder, instead of fetching it: the folder in it that holds the images the split file lists is found
+whatever its name or depth, built into a hidden sibling of the dataset folder (an archive unpacked there, a
+folder's files hard-linked or copied; PATH is never changed) and renamed into place only once it checks out.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from prompt_ot import __version__
-from prompt_ot.data.registry import DatasetSpec, Source, classnames_of
+from prompt_ot.data.registry import DatasetSpec, Source, classnames_of, read_coop_split
 from prompt_ot.errors import UserError
 from prompt_ot.utils.io import atomic_write_text, sha256_file
 
@@ -77,6 +82,10 @@ class _Transient(Exception):
 
 class _Refused(Exception):
     """This URL will not give the file (4xx, a web page instead of the file): try the next mirror."""
+
+
+class DownloadFailed(UserError):
+    """No URL of a source gave the file: the message lists each URL and why."""
 
 
 def _range_start_total(value: str | None) -> tuple[int | None, int | None]:
@@ -198,7 +207,7 @@ def fetch(
     )
     if mismatch:
         advice += "; if the file at the source has changed for good, rerun with --no-verify"
-    raise UserError(f"could not download {source.filename}: {'; '.join(failures)}. To fix: {advice}")
+    raise DownloadFailed(f"could not download {source.filename}: {'; '.join(failures)}. To fix: {advice}")
 
 
 # ---------------------------------------------------------------- safe extraction
@@ -552,6 +561,7 @@ def download_dataset(
         spec.prepare_fn(folder)
     elif spec.sources:
         log(f"{spec.name}: fetching {len(spec.sources)} file(s) into {folder}")
+        existed = folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         downloads = folder / STATE_DIR / "downloads"
         state = _read_state(folder)
@@ -561,7 +571,12 @@ def download_dataset(
                 log(f"  {source.filename}: already fetched")
                 continue
             target = downloads / source.filename if source.extract else folder / source.filename
-            digest, url = _obtain(source, target, downloads, settings, verify, log)
+            try:
+                digest, url = _obtain(source, target, downloads, settings, verify, log)
+            except DownloadFailed as err:
+                if not existed:  # what this run made and left empty goes (a partial download stays to resume)
+                    _remove_empty_folders(folder)
+                raise DownloadFailed(f"{err}{_other_routes(spec, root, source)}") from err
             state[source.filename] = {
                 "sha256": digest,
                 "bytes": target.stat().st_size,
@@ -611,6 +626,378 @@ def download_dataset(
 
 
 def manual_instructions(spec: DatasetSpec, root: str | Path) -> str:
-    """The spec's manual steps with the real folder and root filled in."""
-    steps = (spec.manual_steps or "").replace("{folder}", str(spec.dataset_dir(root))).replace("{root}", str(root))
+    """The spec's manual steps with the real values filled in: ``{folder}``, ``{root}``, and ``{archive}`` and
+    ``{sha256}``, the file name and pinned sha256 of its first archive (the first source to unpack)."""
+    archive = next((s for s in spec.sources if s.extract), None)
+    values = {
+        "{folder}": str(spec.dataset_dir(root)),
+        "{root}": str(root),
+        "{archive}": archive.filename if archive else "the archive",
+        "{sha256}": (archive.sha256 or "(not known)") if archive else "(not known)",
+    }
+    steps = spec.manual_steps or ""
+    for key, value in values.items():
+        steps = steps.replace(key, value)
     return f"{spec.name} needs manual steps:\n{steps.strip()}"
+
+
+def _other_routes(spec: DatasetSpec, root: str | Path, source: Source) -> str:
+    """What to add to a failed download's message: the recipe's manual steps, else the ``--from`` route."""
+    if spec.manual_steps:
+        return "\n" + manual_instructions(spec, root)
+    if source.extract and spec.split_file:
+        return (
+            f"; or, with a copy of {source.filename} (or of its unpacked folder) obtained elsewhere, run "
+            f"'python -m prompt_ot download {spec.name} --from PATH --root {root}'"
+        )
+    return ""
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and the folders below it that hold no file (never a file)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for dirpath, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:  # not empty
+            pass
+
+
+# ---------------------------------------------------------------- a copy obtained elsewhere (--from)
+
+FROM_KEY = "--from"  # the checksums.json entry that records a copy laid out by provide_dataset
+UNPACKED = ".unpacked"  # inside the building folder: where an archive given to --from is unpacked
+
+
+def _is_archive(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def _files_under(top: Path) -> list[str]:
+    """Every regular file below ``top`` (POSIX paths relative to it), the suite's own state folders left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if d != STATE_DIR)
+        rel = Path(dirpath).relative_to(top).as_posix()
+        for name in sorted(filenames):
+            if os.path.isfile(os.path.join(dirpath, name)):
+                found.append(name if rel == "." else f"{rel}/{name}")
+    return found
+
+
+def best_image_folder(files: list[str], listed: list[str]) -> tuple[str | None, int]:
+    """The folder (relative to where ``files`` were listed, "" for that place itself) below which the most of the
+    ``listed`` paths are found, and how many; ties go to the shallowest, then the first in sorted order.
+    (None, 0) when no listed path is there at all."""
+    wanted = set(listed)
+    depths = sorted({path.count("/") + 1 for path in wanted})
+    counts: dict[str, int] = {}
+    for path in files:
+        parts = path.split("/")
+        for depth in depths:
+            if len(parts) >= depth and "/".join(parts[-depth:]) in wanted:
+                prefix = "/".join(parts[:-depth])
+                counts[prefix] = counts.get(prefix, 0) + 1
+    if not counts:
+        return None, 0
+    prefix = min(counts, key=lambda p: (-counts[p], p.count("/") + bool(p), p))
+    return prefix, counts[prefix]
+
+
+def _shown(names: list[str], limit: int = 10) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _top_entries(top: Path) -> str:
+    try:
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in top.iterdir())
+    except OSError:
+        entries = []
+    return _shown(entries) if entries else "nothing (it is empty)"
+
+
+def _link_or_copy_tree(src: Path, dest: Path) -> tuple[int, int]:
+    """Recreate ``src``'s files under ``dest``: a hard link for each file where the file system allows it (same
+    file system, links permitted), else a copy; ``src`` is only read. Returns (linked, copied)."""
+    linked = copied = 0
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = [d for d in dirnames if d != STATE_DIR]
+        here = dest / Path(dirpath).relative_to(src)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            source, target = Path(dirpath) / name, here / name
+            if not source.is_file():
+                continue  # a broken link, a fifo, a device
+            if not source.is_symlink():
+                try:
+                    os.link(source, target)
+                    linked += 1
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(source, target)
+            copied += 1
+    return linked, copied
+
+
+def _archive_digest(spec: DatasetSpec, archive: Path, verify: bool, log: Log) -> tuple[str, Source | None]:
+    """The archive's sha256 and the recipe's source it is (by checksum, else by file name; None if neither).
+
+    An archive named like one of the recipe's whose sha256 differs from the pinned one is refused unless not
+    ``verify``; one the recipe does not know is accepted, its contents are checked against the split instead."""
+    log(f"  {archive.name}: computing its sha256")
+    digest = sha256_file(archive)
+    archives = [s for s in spec.sources if s.extract]
+    same = next((s for s in archives if s.sha256 and s.sha256.lower() == digest), None)
+    if same is not None:
+        log(f"  {archive.name}: sha256 {digest} is that of the original {same.filename}")
+        return digest, same
+    named = next((s for s in archives if s.filename == archive.name), None)
+    if named is not None and named.sha256:
+        if verify:
+            raise UserError(
+                f"{archive}: sha256 {digest} differs from the expected {named.sha256} of {named.filename}; it is "
+                f"another version or a damaged copy. Get another copy, or rerun with --no-verify to accept it "
+                f"(its contents are then checked against {spec.name}'s split file)"
+            )
+        log(f"  {archive.name}: sha256 {digest} differs from the pinned {named.sha256}; accepted (--no-verify)")
+    else:
+        log(f"  {archive.name}: no sha256 known for this file; its contents are checked against the split file")
+    return digest, named
+
+
+def _split_bytes(
+    spec: DatasetSpec,
+    root: str | Path,
+    copy: Path,
+    search: Path,
+    files: list[str],
+    staging: Path,
+    settings: FetchSettings,
+    verify: bool,
+    log: Log,
+) -> tuple[bytes, str, Source | None]:
+    """The split file's bytes and where they came from (a URL): the copy ``copy`` (its shallowest file of that
+    name; ``files`` are listed below ``search``, the copy itself or where the archive was unpacked), an earlier
+    download in the dataset folder, or the recipe's own source for it."""
+    name = spec.split_file
+    assert name is not None
+    inside = sorted((f for f in files if f.rsplit("/", 1)[-1] == name), key=lambda f: (f.count("/"), f))
+    where = (lambda f: f"file://{copy.resolve()}#{f}") if copy.is_file() else (lambda f: f"file://{copy.resolve()}/{f}")
+    candidates = [(search / f, where(f)) for f in inside]
+    earlier = spec.dataset_dir(root) / name
+    if earlier.is_file():
+        candidates.append((earlier, f"file://{earlier.resolve()}"))
+    for path, url in candidates:
+        try:
+            read_coop_split(path)
+        except UserError as err:
+            log(f"  {name}: {url} cannot be used ({err})")
+            continue
+        log(f"  {name}: using {url}")
+        return path.read_bytes(), url, None
+    source = next((s for s in spec.sources if s.filename == name and not s.extract), None)
+    if source is None:
+        raise UserError(
+            f"{spec.name}'s split file {name} is neither in the copy nor in {spec.dataset_dir(root)}, and the recipe "
+            f"has no URL for it; put {name} into the copy (or into {spec.dataset_dir(root)}) and run the command again"
+        )
+    target = staging / name
+    try:
+        _, url = fetch(source, target, staging / ".parts", settings=settings, verify=verify, log=log)
+    except DownloadFailed as err:
+        raise DownloadFailed(
+            f"{err}; or put {name} into the copy given to --from (or into {spec.dataset_dir(root)}) and run the "
+            f"command again"
+        ) from err
+    read_coop_split(target)
+    return target.read_bytes(), url, source
+
+
+def _move_into_place(built: Path, folder: Path) -> None:
+    """Rename the built dataset folder to ``folder``; an existing ``folder`` keeps its state (checksums, partial
+    downloads) and gets each built entry renamed over the old one, which goes only once the new one is there."""
+    from prompt_ot.utils.io import hidden_folder
+
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()
+    if not folder.exists() and not folder.is_symlink():
+        os.rename(built, folder)
+        return
+    _marker(folder).unlink(missing_ok=True)
+    for entry in sorted(built.iterdir()):
+        target = folder / entry.name
+        if not (target.exists() or target.is_symlink()):
+            os.rename(entry, target)
+            continue
+        old = hidden_folder(folder, "old")
+        os.rename(target, old / entry.name)
+        os.rename(entry, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def provide_dataset(
+    spec: DatasetSpec,
+    root: str | Path,
+    path: str | Path,
+    *,
+    force: bool = False,
+    verify: bool = True,
+    settings: FetchSettings = FetchSettings(),
+    log: Log = print,
+) -> CheckReport | None:
+    """Make ``<root>/<spec.folder>`` complete from a copy the user obtained elsewhere (``download --from PATH``).
+
+    ``path`` is an archive (zip or tar.*; its sha256 is compared with the recipe's where the recipe pins one for
+    an archive of that name or content, and always recorded) or a folder. The folder inside it that holds the most
+    of the images the split file lists (the split file is taken from the copy, an earlier download, or the recipe's
+    URL) becomes ``<folder>/<image_dir>``, whatever it was called and however deep it was. Everything is built in a
+    hidden sibling of the dataset folder (an archive is unpacked there, a folder's files are hard-linked where the
+    file system allows, else copied: ``path`` is never changed), checked as ``check_dataset`` does, and only then
+    renamed into place and marked complete. A refusal leaves ``root`` as it was."""
+    from prompt_ot.utils.io import building_folder
+
+    path = Path(path)
+    folder = spec.dataset_dir(root)
+    if not path.exists():
+        raise UserError(
+            f"--from {path}: no such file or folder; give the archive (zip, tar, tar.gz, ...) or the folder that "
+            f"holds your copy of {spec.name}"
+        )
+    if path.is_file() and not _is_archive(path):
+        raise UserError(
+            f"--from {path} is neither a zip nor a tar archive; give the archive (zip, tar, tar.gz, ...) or the "
+            f"folder that holds your copy of {spec.name}"
+        )
+    if not path.is_file() and not path.is_dir():
+        raise UserError(f"--from {path} is neither a file nor a folder; give the archive or the folder")
+    if spec.split_file is None:
+        raise UserError(
+            f"--from works for datasets whose split is a CoOp split file; {spec.name} reads its split from the "
+            f"folder itself: put the folder in place as 'python -m prompt_ot download {spec.name} --root {root}' "
+            f"describes and run 'python -m prompt_ot download {spec.name} --root {root} --check'"
+        )
+    if dataset_is_complete(spec, root) and not force:
+        log(f"{spec.name}: already complete in {folder}; nothing to do (use --force to replace it with {path})")
+        return None
+    if path.is_dir() and Path(os.path.realpath(root)).is_relative_to(os.path.realpath(path)):
+        raise UserError(
+            f"--root {root} lies inside --from {path}; choose a data root outside the copy (its files are linked "
+            f"or copied into the root)"
+        )
+    root_existed = Path(root).exists()
+    digest: str | None = None
+    matched: Source | None = None
+    staging = building_folder(folder)
+    try:
+        if path.is_file():
+            digest, matched = _archive_digest(spec, path, verify, log)
+            log(f"  {path.name}: unpacking into {staging}")
+            extract_archive(path, staging / UNPACKED)
+            search = staging / UNPACKED
+        else:
+            search = path
+        log(f"  listing the files in {path}")
+        files = _files_under(search)
+        split_data, split_url, split_source = _split_bytes(
+            spec, root, path, search, files, staging, settings, verify, log
+        )
+        (staging / ".split.json").write_bytes(split_data)
+        split = read_coop_split(staging / ".split.json")
+        listed = sorted({item.relpath for items in split.values() for item in items})
+        prefix, found = best_image_folder(files, listed)
+        image_place = f"{folder}/{spec.image_dir}" if spec.image_dir else str(folder)
+        if prefix is None:
+            archives = [f for f in files if "/" not in f and f.endswith((".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz"))]
+            hint = f" (to use the archive {archives[0]}, give its own path to --from)" if archives else ""
+            raise UserError(
+                f"--from {path} holds none of the images that {spec.name}'s split file lists: expected a folder "
+                f"(of any name, at any depth) holding {_shown(listed, 3)}, which becomes {image_place}; found at "
+                f"its top level: {_top_entries(search)}. Give the archive or folder that holds {spec.name}'s "
+                f"images{hint}"
+            )
+        images = search / prefix if prefix else search
+        shown_at = f"{path}/{prefix}" if prefix else str(path)
+        present = {f[len(prefix) + 1 :] if prefix else f for f in files if not prefix or f.startswith(prefix + "/")}
+        missing = [relpath for relpath in listed if relpath not in present]
+        if missing:
+            for relpath in missing[:100]:
+                log(f"  missing: {relpath}")
+            raise UserError(
+                f"--from {path}: {shown_at}, the folder holding most of {spec.name}'s images, has {found} of the "
+                f"{len(listed)} images its split file lists; {len(missing)} are missing: {_shown(missing, 20)}. "
+                f"Give a complete copy (nothing was changed under {root})"
+            )
+        if path.is_dir() and Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(images)):
+            raise UserError(f"--root {root} lies inside the images' folder {images}; choose another data root")
+        log(f"  {spec.name}'s images: {shown_at} (all {len(listed)} listed images there); to {image_place}")
+        built = staging / spec.folder
+        dest = built / spec.image_dir if spec.image_dir else built
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        linked = copied = 0
+        if path.is_file():
+            os.rename(images, dest)  # unpacked in the building folder: same file system, nothing to copy
+        else:
+            linked, copied = _link_or_copy_tree(images, dest)
+            log(f"  {linked} file(s) hard-linked, {copied} copied from {images}")
+        os.replace(staging / ".split.json", built / spec.split_file)
+        report = check_dataset(spec, staging)
+        if not report.ok:
+            for line in report.lines():
+                log(line)
+            raise UserError(
+                f"--from {path}: the copy laid out as {spec.name} is not complete: {report.problems[0]}"
+                + (f" (and {len(report.problems) - 1} more problem(s))" if len(report.problems) > 1 else "")
+                + f"; nothing was changed under {root}"
+            )
+        _move_into_place(built, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not root_existed:
+            _remove_empty_folders(Path(root))
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    state = _read_state(folder)
+    entry = {
+        "path": str(path.resolve()),
+        "kind": "archive" if digest else "folder",
+        "image_folder": prefix,
+        "files": len(files),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if digest:
+        entry |= {"sha256": digest, "bytes": path.stat().st_size, "source": matched.filename if matched else None}
+        entry["pinned"] = bool(matched and matched.sha256 and matched.sha256.lower() == digest)
+    else:
+        entry |= {"hard_links": linked, "copied": copied}
+    state[FROM_KEY] = entry
+    if matched is not None:
+        state[matched.filename] = {
+            "sha256": digest,
+            "bytes": path.stat().st_size,
+            "url": f"file://{path.resolve()}",
+            "pinned": entry["pinned"],
+            "done": True,
+        }
+    split_path = folder / spec.split_file
+    state[spec.split_file] = {
+        "sha256": sha256_file(split_path),
+        "bytes": split_path.stat().st_size,
+        "url": split_url,
+        "pinned": bool(split_source and split_source.sha256),
+        "done": True,
+    }
+    atomic_write_text(_state_path(folder), json.dumps(state, indent=1))
+    report = check_dataset(spec, root)
+    if not report.ok:  # the checked folder was renamed, not changed: only a concurrent writer gets here
+        raise UserError(f"{spec.name} in {folder} is not complete after laying it out: {report.problems[0]}")
+    mark_complete(spec, root, report)
+    for line in report.lines():
+        log(line)
+    log(f"{spec.name}: complete (from {path})")
+    return report

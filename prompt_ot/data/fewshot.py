@@ -58,6 +58,7 @@ class Manifest:
     val: list[ManifestEntry]
     sampler: str = DEFAULT_SAMPLER
     format_version: int = FORMAT_VERSION
+    split_sha256: str | None = None  # the split the images were drawn from (None: written before it was recorded)
 
     def items(self, part: str = "train") -> list[Item]:
         """The entries of ``part`` ("train" or "val") as split items."""
@@ -148,6 +149,7 @@ def build_manifest(
     shots: int,
     seed: int,
     sampler: str = DEFAULT_SAMPLER,
+    split_sha256: str | None = None,
 ) -> Manifest:
     """Sample the few-shot training and validation images of one (dataset, subset, shots, seed)."""
     sub = select_fewshot(split, subset, shots, seed, sampler)
@@ -161,6 +163,7 @@ def build_manifest(
         train=_entries(sub["train"], image_root),
         val=_entries(sub["val"], image_root),
         sampler=sampler,
+        split_sha256=split_sha256,
     )
 
 
@@ -173,6 +176,7 @@ def manifest_text(manifest: Manifest) -> str:
         "shots": manifest.shots,
         "seed": manifest.seed,
         "sampler": manifest.sampler,
+        "split_sha256": manifest.split_sha256,
         "classnames": manifest.classnames,
     }
     fields = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items()]
@@ -232,6 +236,8 @@ def read_manifest(path: str | Path) -> Manifest:
         "train": lambda v: isinstance(v, list),
         "val": lambda v: isinstance(v, list),
     }
+    if raw.get("split_sha256") is not None and not isinstance(raw["split_sha256"], str):
+        raise UserError(f"manifest {path} is corrupt: field 'split_sha256' is not a string; {fix}")
     for key, check in checks.items():
         if key not in raw or not check(raw[key]):
             raise UserError(f"manifest {path} is corrupt: field {key!r} is missing or invalid; {fix}")
@@ -245,6 +251,7 @@ def read_manifest(path: str | Path) -> Manifest:
         train=[_entry(path, "train", e, classnames) for e in raw["train"]],
         val=[_entry(path, "val", e, classnames) for e in raw["val"]],
         sampler=raw["sampler"],
+        split_sha256=raw.get("split_sha256"),
     )
 
 
@@ -273,8 +280,10 @@ def ensure_manifest(
     shots: int,
     seed: int,
     sampler: str = DEFAULT_SAMPLER,
+    split_sha256: str | None = None,
 ) -> tuple[Manifest, bool]:
-    """Reuse the manifest at ``path`` if it exists (checked against the parameters and files), else write it.
+    """Reuse the manifest at ``path`` if it exists (checked against the parameters, the split and the files), else
+    write it.
 
     Returns the manifest and whether it was newly written.
     """
@@ -288,8 +297,14 @@ def ensure_manifest(
             raise UserError(
                 f"manifest {path} was written for {names} = {have}, not {want}; choose another output path or delete it"
             )
+        if None not in (manifest.split_sha256, split_sha256) and manifest.split_sha256 != split_sha256:
+            raise UserError(
+                f"manifest {path} was drawn from a split with sha256 {manifest.split_sha256}, but {dataset}'s split "
+                f"now has sha256 {split_sha256}: the split changed; delete the manifest to draw it from the split as "
+                "it is"
+            )
         verify_files(manifest, image_root)
         return manifest, False
-    manifest = build_manifest(split, image_root, dataset, subset, shots, seed, sampler)
+    manifest = build_manifest(split, image_root, dataset, subset, shots, seed, sampler, split_sha256)
     write_manifest(path, manifest)
     return manifest, True

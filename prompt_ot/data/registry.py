@@ -61,9 +61,17 @@ class DatasetSpec:
     prepare_fn: Callable[[Path], None] | None = (
         None  # builds the folder locally instead of fetching sources (demo data)
     )
-    kind: str = "benchmark"  # "benchmark", "target_only" (ImageNet variants), "demo"
+    kind: str = "benchmark"  # "benchmark", "target_only" (ImageNet variants), "demo", "custom" (params.yaml)
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    templates: tuple[str, ...] = ()  # zero-shot's ensemble when set (``template`` is then the first)
+    classname_map: tuple[tuple[str, str], ...] = ()  # class name in the split -> name used in prompts
+    overridden: tuple[str, ...] = ()  # which defaults params.yaml's dataset_overrides replaced: classnames, templates
+
+    @property
+    def zero_shot_templates(self) -> tuple[str, ...]:
+        """The templates zero-shot CLIP ensembles: the declared list, or the one template."""
+        return self.templates or (self.template,)
 
     def dataset_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder
@@ -77,9 +85,28 @@ class DatasetSpec:
                 f"--root {root}' or point --root at the folder that holds '{self.folder}/'"
             )
         if self.load_split_fn is not None:
-            return self.load_split_fn(folder)
-        assert self.split_file is not None, f"dataset {self.name} has neither split_file nor load_split_fn"
-        return read_coop_split(folder / self.split_file)
+            split = self.load_split_fn(folder)
+        else:
+            assert self.split_file is not None, f"dataset {self.name} has neither split_file nor load_split_fn"
+            split = read_coop_split(folder / self.split_file)
+        if self.classname_map:
+            split = rename_classes(
+                split, dict(self.classname_map), f"dataset_overrides.{self.name}.classnames", self.name
+            )
+        return split
+
+    def split_sha256(self, root: str | Path) -> str:
+        """The sha256 of the split file, or of the split in CoOp's JSON format for a dataset whose split is built in
+        code (the class names as the split has them, before params.yaml renames any)."""
+        import hashlib
+
+        from prompt_ot.utils.io import sha256_file
+
+        folder = self.dataset_dir(root)
+        if self.split_file and (folder / self.split_file).is_file():
+            return sha256_file(folder / self.split_file)
+        split = self.load_split_fn(folder) if self.load_split_fn else read_coop_split(folder / str(self.split_file))
+        return hashlib.sha256(coop_split_json(split).encode()).hexdigest()
 
     def image_root(self, root: str | Path) -> Path:
         return self.dataset_dir(root) / self.image_dir
@@ -107,12 +134,40 @@ def read_coop_split(path: Path) -> Split:
     return split
 
 
+def rename_classes(split: Split, names: dict[str, str], where: str, dataset: str) -> Split:
+    """The split with each class named as ``names`` says (classes it leaves out keep their names); a key that is not
+    a class of the split is refused, naming it (a misspelt class would otherwise be ignored without a word)."""
+    classes = {it.classname for items in split.values() for it in items}
+    unknown = sorted(set(names) - classes)
+    if unknown:
+        shown = ", ".join(map(repr, sorted(classes)[:20])) + (" ..." if len(classes) > 20 else "")
+        raise UserError(
+            f"{where}: {', '.join(map(repr, unknown))} {'is not a class' if len(unknown) == 1 else 'are not classes'} "
+            f"of {dataset}; its classes: {shown}"
+        )
+    renamed = [names.get(c, c) for c in sorted(classes)]
+    clashes = sorted({n for n in renamed if renamed.count(n) > 1})
+    if clashes:
+        raise UserError(
+            f"{where}: two classes of {dataset} would both be named {clashes[0]!r}; give them distinct names"
+        )
+    return {
+        key: [Item(it.relpath, it.label, names.get(it.classname, it.classname)) for it in items]
+        for key, items in split.items()
+    }
+
+
 def write_coop_split(path: Path, split: Split) -> None:
     """Write a split in CoOp's format, atomically."""
     from prompt_ot.utils.io import atomic_write_text
 
+    atomic_write_text(path, coop_split_json(split))
+
+
+def coop_split_json(split: Split) -> str:
+    """A split in CoOp's JSON format."""
     payload = {key: [[it.relpath, it.label, it.classname] for it in split[key]] for key in ("train", "val", "test")}
-    atomic_write_text(path, json.dumps(payload))
+    return json.dumps(payload)
 
 
 def classnames_of(split: Split) -> list[str]:
@@ -144,12 +199,45 @@ def _load_registry() -> dict[str, DatasetSpec]:
     return _REGISTRY
 
 
+# what params.yaml adds: datasets declared under custom_datasets, class names and templates of dataset_overrides
+_DECLARED: dict[str, DatasetSpec] = {}
+_OVERRIDES: dict[str, DatasetSpec] = {}
+
+
+def declare(declared: dict[str, DatasetSpec], overrides: dict[str, dict]) -> None:
+    """Make the datasets of a validated params.yaml known (replacing those of any params loaded before)."""
+    from dataclasses import replace
+
+    _DECLARED.clear()
+    _DECLARED.update(declared)
+    _OVERRIDES.clear()
+    for name, block in overrides.items():
+        spec = _load_registry().get(name) or _DECLARED[name]
+        templates = block.get("templates")
+        templates = (templates,) if isinstance(templates, str) else tuple(templates or ())
+        changes: dict = {"overridden": tuple(k for k in ("classnames", "templates") if block.get(k))}
+        if templates:
+            changes |= {"templates": templates, "template": templates[0]}
+        if block.get("classnames"):
+            changes["classname_map"] = tuple((str(k), str(v)) for k, v in block["classnames"].items())
+        _OVERRIDES[name] = replace(spec, **changes)
+
+
+def builtin_names() -> list[str]:
+    """The datasets with a recipe module (without those params.yaml declares)."""
+    return sorted(_load_registry())
+
+
+def known_specs() -> dict[str, DatasetSpec]:
+    return _load_registry() | _DECLARED | _OVERRIDES
+
+
 def dataset_names(kind: str | None = None) -> list[str]:
-    return sorted(n for n, spec in _load_registry().items() if kind is None or spec.kind == kind)
+    return sorted(n for n, spec in known_specs().items() if kind is None or spec.kind == kind)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    registry = _load_registry()
+    registry = known_specs()
     if name not in registry:
         raise unknown_name("dataset", name, registry)
     return registry[name]

@@ -20,7 +20,7 @@ from pathlib import Path
 from prompt_ot.errors import UserError
 from prompt_ot.report import claims, evidence, gap, plots, render, tables
 from prompt_ot.report.collect import load_runs, wide
-from prompt_ot.report.grid import select_grid
+from prompt_ot.report.grid import dataset_option_notes, select_grid
 from prompt_ot.report.model import Table
 from prompt_ot.report.names import dataset_order
 from prompt_ot.report.paired import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -200,6 +200,7 @@ def build_report(
     if selection is not None:
         for table in report.tables:
             table.notes += selection.missing_notes(TABLE_PROTOCOL.get(table.name, ""))
+            table.notes += dataset_option_notes(params)
     report.gap = gap.reproduction_gap(runs, published)
     report.notes.append(report.gap.summary())
     report.suspects = evidence.suspect_runs(runs)

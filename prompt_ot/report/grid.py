@@ -34,6 +34,27 @@ class GridSelection:
         return [f"Runs of the grid missing from these numbers ({len(lines)} groups): " + "; ".join(lines) + "."]
 
 
+def dataset_option_notes(params: dict) -> list[str]:
+    """The caption sentence naming the datasets whose class names or templates params.yaml sets (dataset_overrides)
+    instead of the dataset's defaults, and the datasets it declares itself (custom_datasets)."""
+    changed = []
+    for name, block in sorted((params.get("dataset_overrides") or {}).items()):
+        if name in params["datasets"]:
+            what = " and ".join(
+                k if k == "templates" else "class names" for k in ("classnames", "templates") if k in block
+            )
+            changed.append(f"{name} ({what})")
+    from prompt_ot.data.registry import dataset_names
+
+    declared = sorted(set(dataset_names("custom")) & set(params["datasets"]))
+    notes = []
+    if changed:
+        notes.append("Defaults overridden in params.yaml (dataset_overrides): " + "; ".join(changed) + ".")
+    if declared:
+        notes.append("Datasets declared in params.yaml (custom_datasets): " + ", ".join(declared) + ".")
+    return notes
+
+
 def describe_missing(missing: list[tuple], with_protocol: bool = True) -> list[str]:
     """One phrase per (protocol, method, dataset, shots): which seeds have no metrics file."""
     groups: dict[tuple, list[int]] = {}

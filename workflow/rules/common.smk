@@ -51,6 +51,17 @@ wildcard_constraints:
     trained="base2novel|cross_dataset|few_shot",
 
 
+def declared(dataset):
+    """The dataset's entry under custom_datasets (the file it names: that file's text) and dataset_overrides."""
+    import json
+
+    block = config.get("custom_datasets") or {}
+    if isinstance(block, str):
+        block = {dataset: open(os.path.join(os.path.dirname(PARAMS) or ".", block), encoding="utf-8").read()}
+    entries = {"custom": block.get(dataset), "overrides": (config.get("dataset_overrides") or {}).get(dataset)}
+    return json.dumps(entries, sort_keys=True)
+
+
 def stamp(dataset):
     return f"{RUNS}/stamps/{dataset}.json"
 

@@ -6,12 +6,14 @@ rule download:
         stamp("{dataset}"),
     params:
         data=DATA,
+        declared=lambda w: declared(w.dataset),  # a changed declaration or override reruns the stage
     log:
         f"{RUNS}/logs/download/{{dataset}}.log",
     conda:
         ENV
     shell:
-        "python -m prompt_ot download {wildcards.dataset} --root {params.data} --stamp {output} > {log} 2>&1"
+        "python -m prompt_ot download {wildcards.dataset} --root {params.data} --stamp {output}"
+        f" --params {PARAMS} > {{log}} 2>&1"
 
 
 rule split:
@@ -28,7 +30,8 @@ rule split:
         ENV
     shell:
         "python -m prompt_ot split {wildcards.dataset} --root {params.data} --subset {wildcards.subset}"
-        " --shots {wildcards.shots} --seed {wildcards.seed} --sampler {params.sampler} --out {output} > {log} 2>&1"
+        " --shots {wildcards.shots} --seed {wildcards.seed} --sampler {params.sampler} --out {output}"
+        f" --params {PARAMS} > {{log}} 2>&1"
 
 
 rule backbone:
