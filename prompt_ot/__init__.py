@@ -6,3 +6,13 @@ Heavy dependencies (torch, open_clip, POT) are imported lazily by the submodules
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``prompt_ot.load_run`` (see :mod:`prompt_ot.predict`), imported on first use so that ``import prompt_ot`` stays
+    light."""
+    if name == "load_run":
+        from prompt_ot.predict import load_run
+
+        return load_run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

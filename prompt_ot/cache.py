@@ -236,8 +236,9 @@ class _AllViews(torch.utils.data.Dataset):
 
 
 def _feature_dim(model) -> int:
-    proj = model.clip.visual.proj
-    return int(proj.shape[1]) if proj is not None else int(model.clip.visual.conv1.out_channels)
+    from prompt_ot.models.prompted import _image_feature_width
+
+    return _image_feature_width(model.clip.visual)
 
 
 def _preprocess_record(preprocess) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 # name -> (module, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("prompt_ot.commands.validate", "check params.yaml (keys, types, ranges, dataset and method names)"),
+    "plan": ("prompt_ot.commands.plan", "what the grid will cost before it runs: jobs, GPU memory, GPU-hours"),
     "download": ("prompt_ot.commands.download", "fetch a dataset's archives and split files and verify them"),
     "split": ("prompt_ot.commands.split", "write the few-shot training manifest for a dataset, shot count and seed"),
     "backbone": (
@@ -34,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
         "prompt_ot.commands.evaluate",
         "test trained prompts: base/novel, cross-dataset, domain shift or few-shot",
+    ),
+    "predict": (
+        "prompt_ot.commands.predict",
+        "classify images with a run's trained prompts and any class list (top-k labels and probabilities as CSV)",
     ),
     "mlflow": (
         "prompt_ot.commands.mlflow_cmd",

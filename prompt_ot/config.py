@@ -24,7 +24,7 @@ TRAINED_BY = {
     "few_shot": "few_shot",
 }
 SUBSET_OF = {"base2novel": "base", "cross_dataset": "all", "few_shot": "all"}
-OPERATIONAL_KEYS = ("num_workers", "pack", "deterministic", "augment_on")  # train keys that are not the recipe
+OPERATIONAL_KEYS = ("num_workers", "pack", "deterministic", "augment_on", "text_chunk")  # train keys: how to run
 
 
 @lru_cache(maxsize=1)
@@ -176,7 +176,11 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
     for protocol, dataset, shots in trained_runs(raw):
         for name in protocol_methods(raw, protocol):
             _check_run(raw, name, protocol, dataset, shots, source)
+    from prompt_ot.models.matrix import check_backbone
 
+    check_backbone(
+        raw, {name: resolve_method(raw, name, source) for name in raw["methods"]}, source
+    )  # a backbone, or a backbone-method pair, that cannot run (docs/backbones.md)
     return raw
 
 

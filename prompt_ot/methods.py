@@ -226,10 +226,10 @@ def build_model(method: MethodConfig, clip, tokenizer, seed: int = 1):
     """The prompted model for a method; prompt initialisation is seeded so a run is reproducible."""
     import torch
 
-    from prompt_ot.models.prompted import PromptedCLIP
+    from prompt_ot.models.prompted import PromptedCLIP, vision_transformer_layers
 
     text_layers = len(clip.transformer.resblocks)
-    vision_layers = len(clip.visual.transformer.resblocks)
+    vision_layers = vision_transformer_layers(clip.visual)
     if method.prompts.coupled:  # one coupling per depth: both towers get the same number of prompted layers
         text_layers = vision_layers = min(text_layers, vision_layers)
     prompts = replace(

@@ -42,6 +42,9 @@ from prompt_ot.methods import MethodConfig
 from prompt_ot.precision import PRECISIONS, autocast
 
 AUGMENT_ON = ("auto", "cpu", "device")
+# TrainConfig keys that say how to run, not what: left out of a checkpoint's fingerprint (results do not depend on
+# them beyond float rounding), so a run resumes under other values
+OPERATIONAL = ("device", "num_workers", "deterministic", "augment_on", "text_chunk")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FrozenImageFeatures = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, dataset indices) -> (B, D)
 
@@ -61,6 +64,7 @@ class TrainConfig:
     num_workers: int = 0
     deterministic: bool = False  # deterministic algorithms (and cuBLAS workspace) on the GPU
     augment_on: str = "auto"  # where training views are augmented: auto = the training device
+    text_chunk: int = 0  # class prompts encoded this many at a time under activation checkpointing; 0 = all at once
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -75,6 +79,10 @@ class TrainConfig:
             raise unknown_name("precision", self.precision, PRECISIONS)
         if self.augment_on not in AUGMENT_ON:
             raise unknown_name("augment_on", self.augment_on, AUGMENT_ON)
+        if isinstance(self.text_chunk, bool) or not isinstance(self.text_chunk, int) or self.text_chunk < 0:
+            raise UserError(
+                f"train.text_chunk={self.text_chunk!r} must be an integer >= 0 (0: off; N: N class prompts at a time)"
+            )
 
 
 @dataclass
@@ -122,9 +130,7 @@ def run_fingerprint(method: MethodConfig, config: TrainConfig, classnames: list[
     An adaptive lambda's settings enter with their defaults filled in, so a changed default is another run too."""
     payload = {
         "method": method.to_dict(),
-        "train": {
-            k: v for k, v in asdict(config).items() if k not in ("device", "num_workers", "deterministic", "augment_on")
-        },
+        "train": {k: v for k, v in asdict(config).items() if k not in OPERATIONAL},
         "classes": classnames,
         "backbone": backbone,
     }
@@ -350,6 +356,8 @@ def train_packed(specs: Sequence[RunSpec], stop_after_epoch: int | None = None) 
     set_deterministic(config.deterministic)
     device = resolve_device(config.device)
     runs = [_Run(spec, device) for spec in specs]
+    for run in runs:  # how the prompted class texts are encoded while training (the model's default is 0: off)
+        run.spec.model.text_chunk = run.spec.config.text_chunk if run.trains else 0
     training = [run for run in runs if run.trains]
     if training:
         _check_pack(training)

@@ -230,7 +230,7 @@ def test_the_fingerprint_holds_the_adaptive_settings(tiny, tmp_path):
     train_keys = {
         k: v
         for k, v in dataclasses.asdict(config()).items()
-        if k not in ("device", "num_workers", "deterministic", "augment_on")
+        if k not in ("device", "num_workers", "deterministic", "augment_on", "text_chunk")
     }
     legacy = json.dumps(
         {"method": fixed.to_dict(), "train": train_keys, "classes": CLASSES, "backbone": "tiny"}, sort_keys=True

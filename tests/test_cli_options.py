@@ -34,6 +34,7 @@ PREVIOUS = b"a result computed earlier\n"
 # that write a file, that file as computed earlier).
 STAGES: dict[str, dict] = {
     "validate": {"--params": "{params}", "--out": "{out}/valid.json"},
+    "plan": {"--params": "{params}", "--gpus": "2", "--gpu-memory": "24GB"},
     "download": {"datasets": "dtd", "--root": "{download_root}", "--check": True, "--stamp": "{out}/dtd.json"},
     "split": {
         "dataset": "dtd",
@@ -87,6 +88,15 @@ STAGES: dict[str, dict] = {
         "--out": "{out}/metrics.json",
         "--device": "cpu",
     },
+    "predict": {
+        "--run": "{work}/run",
+        "--images": "{root}/dtd/images",
+        "--classes": ["banded", "striped"],
+        "--top-k": "2",
+        "--out": "{out}/predictions.csv",
+        "--params": "{params}",
+        "--device": "cpu",
+    },
     "mlflow init": {"--project-root": "{work}", "--experiment": "options", "--out": "{out}/parent.json"},
     "mlflow finish": {"parent_file": "{parent}"},
     "mlflow sync": {"runs_dir": "{runs}", "--project-root": "{work}"},
@@ -114,6 +124,7 @@ FILE_OUTPUT = {
     "download": "dtd.json",
     "split": "manifest.json",
     "evaluate": "metrics.json",
+    "predict": "predictions.csv",
     "mlflow init": "parent.json",
 }
 SUBPROCESS = {"forkserver"}  # a check that failed to refuse would leave a server running: a real process, timed out
@@ -182,6 +193,12 @@ def cache_common(manifest_side: bool) -> dict:
 
 
 BAD: dict[str, dict[str, list[Bad]]] = {
+    "plan": {
+        "--params": PARAMS,
+        "--gpus": POSITIVE + counts("1.5"),
+        "--gpu-memory": [Bad(v, ("--gpu-memory", "not a memory size")) for v in ("lots", "0GB", "24XB", "nanGB", "")]
+        + [Bad("-24GB")],
+    },
     "validate": {
         "--params": PARAMS,
         "--out": OUT_FILE,
@@ -280,6 +297,30 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--out": OUT_FILE,
         "--device": DEVICE,
     },
+    "predict": {
+        "--run": [Bad(MISSING), Bad(A_FILE), Bad("{empty_dir}", ("empty", "no prompts.safetensors"))],
+        "--images": [
+            Bad(MISSING, ("image path", "missing/file", "does not exist")),
+            Bad("{empty_dir}", ("folder", "empty", "no image files")),
+            Bad(JUNK, ("junk.bin", "cannot be read")),
+        ],
+        "--classes": [
+            Bad([], ("--classes", "expected at least one argument")),
+            Bad(["banded", "banded"], ("more than once: banded",)),
+            Bad(["banded", " "], ("class name is empty",)),
+        ],
+        "--classes-file": [
+            Bad(MISSING, ("--classes-file", "does not exist"), drop=("--classes",)),
+            Bad(FOLDER, ("--classes-file", "is a folder"), drop=("--classes",)),
+            Bad(JUNK, ("class file", "not a UTF-8 text file"), drop=("--classes",)),
+            Bad("{manifest}", ("not allowed with argument --classes",)),
+        ],
+        "--top-k": POSITIVE + [Bad("3", ("--top-k 3", "number of classes (2)"))],
+        "--out": OUT_FILE,
+        "--params": PARAMS,
+        "--template": [Bad("a photo", ("--template", "exactly one '{}'"))],
+        "--device": DEVICE,
+    },
     "mlflow init": {
         "--project-root": [Bad(MISSING), Bad(A_FILE)],
         "--experiment": [Bad("", ("--experiment", "must not be empty")), Bad("  ", ("--experiment", "empty"))],
@@ -343,6 +384,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
 
 # options that no typed value can make wrong: flags (present or not), and the help every parser has
 NO_BAD_VALUE = {
+    ("plan", "--precision-check"): "a flag",
     ("download", "--check"): "a flag",
     ("download", "--force"): "a flag",
     ("download", "--keep-archives"): "a flag",
@@ -481,6 +523,7 @@ def work(tmp_path_factory):
         ("train", {"--out": str(base / "run")}),
         ("cache test", {"--out": str(base / "test" / "dtd")}),
         ("evaluate", {}),
+        ("predict", {}),
         ("backbone", {}),
         ("mlflow init", {}),
         ("mlflow finish", {}),

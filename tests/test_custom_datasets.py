@@ -295,3 +295,17 @@ def test_zero_shot_ensembles_the_templates_as_clip_does():
     assert torch.allclose(ensemble([a, b]), expected, atol=1e-6)
     assert torch.allclose(ensemble([a]), a / a.norm(dim=-1, keepdim=True))
     assert math.isclose(float(ensemble([a, b]).norm(dim=-1).mean()), 1.0, rel_tol=1e-6)
+
+
+def test_captions_name_overridden_and_declared_datasets(tmp_path):
+    from prompt_ot.report.grid import dataset_option_notes
+
+    _folder(tmp_path / "images", {"a": 4, "b": 4})
+    overrides = {"dtd": {"classnames": {"x": "y"}, "templates": "a {}."}}
+    params = _declare(tmp_path, {"format": "folder", "path": "images"}, dataset_overrides=overrides)
+    validate_params(params, str(tmp_path / "params.yaml"))
+    assert dataset_option_notes(params) == [
+        "Defaults overridden in params.yaml (dataset_overrides): dtd (class names and templates).",
+        "Datasets declared in params.yaml (custom_datasets): mine.",
+    ]
+    assert dataset_option_notes(shrunk_params(base="paper")) == []

@@ -12,7 +12,7 @@ import yaml
 
 from tests.support.data import smooth_image
 from tests.support.params import merge, shrunk_params
-from tests.support.workflow import MLFLOW_OFF, ROOT, env, make_workspace, run
+from tests.support.workflow import DVC, MLFLOW_OFF, ROOT, env, make_workspace, run
 
 PAGE = ROOT / "docs" / "own_dataset.md"
 CLIPART = Path("/usr/share/openclipart/png")
@@ -71,12 +71,21 @@ def _check_results(folder: Path, classes: int) -> None:
     )
 
 
-def test_the_example_on_generated_images(tmp_path):
+def test_the_example_on_generated_images_in_snakemake_and_dvc(tmp_path):
     folder = _workspace(tmp_path)
     _generated_layout(folder)
     output = _run_example(folder)
     assert "my_clipart: 48 images of 4 classes (12 to 12 per class); train 24, val 8, test 16" in output
     _check_results(folder, 4)
+    other = make_workspace(tmp_path / "dvc", (folder / "params.yaml").read_text())
+    _generated_layout(other)
+    run([*DVC, "repro"], other, **MLFLOW_OFF)
+    _check_results(other, 4)
+    for path in sorted((folder / "runs" / "base2novel").glob("*/my_clipart_4shot/seed1/metrics.json")):
+        relative = path.relative_to(folder)
+        assert json.loads((other / relative).read_text())["accuracy"] == json.loads(path.read_text())["accuracy"]
+    for name in ("split_my_clipart.json", "source.json"):
+        assert (other / "data/my_clipart" / name).read_bytes() == (folder / "data/my_clipart" / name).read_bytes()
 
 
 def test_the_example_on_debians_clip_art(tmp_path):

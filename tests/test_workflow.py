@@ -9,6 +9,7 @@ import yaml
 
 from prompt_ot.config import validate_params
 from prompt_ot.errors import UserError
+from tests.support.params import few_shot_variant_grid
 from tests.support.workflow import ROOT, dvc_jobs, make_workspace, quiet_env, snakemake_jobs
 
 
@@ -36,17 +37,7 @@ def test_paper_grid_is_the_same_in_snakemake_and_dvc(tmp_path):
 
 
 def test_a_shrunken_grid_with_few_shot_and_a_variant_is_the_same(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["datasets"] = ["caltech101", "dtd", "eurosat"]
-    params["methods"] = ["coop", "cocoop", "maple", "promptsrc", "prompt_ot", "prompt_ot_l1"]
-    params["variants"] = {"prompt_ot_l1": {"method": "prompt_ot", "regulariser": {"weight": 1.0}}}
-    params["seeds"] = [1, 2]
-    params["protocols"] = {
-        "base2novel": {"datasets": ["dtd"], "shots": 4},
-        "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd", "eurosat"]}},
-        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
-        "few_shot": {"datasets": ["eurosat"], "shots": [1, 2], "methods": ["coop", "prompt_ot_l1"]},
-    }
+    params = few_shot_variant_grid()
     validate_params(params)
     jobs = _same_jobs(make_workspace(tmp_path, yaml.safe_dump(params)))
     assert any("--targets dtd eurosat" in cmd for cmd in jobs)

@@ -250,6 +250,7 @@ def run(args) -> int:
                 "provenance": job.provenance,
                 "resolved": {
                     "deterministic": job.config.deterministic,
+                    "text_chunk": job.config.text_chunk,
                     "precision": job.config.precision,
                     "device": device,
                     "frozen_template": frozen_template,

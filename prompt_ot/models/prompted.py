@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from prompt_ot.errors import UserError
 
@@ -92,7 +93,14 @@ def _blocks_forward(transformer: nn.Module, x: torch.Tensor, attn_mask, replace,
 def _image_feature_width(visual: nn.Module) -> int:
     """The width of the image tower's output feature (after the projection)."""
     proj = getattr(visual, "proj", None)
+    if proj is None and not hasattr(visual, "transformer"):  # a ResNet: its attention pool projects to output_dim
+        return int(visual.output_dim)
     return int(proj.shape[1]) if proj is not None else int(visual.conv1.out_channels)
+
+
+def vision_transformer_layers(visual: nn.Module) -> int:
+    """The blocks of a ViT image tower; 0 for a tower without (a ResNet), which takes no vision prompts."""
+    return len(visual.transformer.resblocks) if hasattr(visual, "transformer") else 0
 
 
 def _first_token_pooling(visual: nn.Module) -> bool:
@@ -120,7 +128,14 @@ def _first_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class PromptedCLIP(nn.Module):
-    """A frozen open_clip ``CLIP`` plus learnable deep prompts; the trainable state is only the prompts."""
+    """A frozen open_clip ``CLIP`` plus learnable deep prompts; the trainable state is only the prompts.
+
+    ``text_chunk`` (set by the trainer from ``train.text_chunk``; 0 = off): while gradients are recorded, the
+    prompted class texts are encoded that many prompt sequences at a time, each chunk under activation
+    checkpointing, so the text tower's activations of only one chunk are held at a time (docs/performance.md).
+    """
+
+    text_chunk: int = 0
 
     def __init__(self, clip: nn.Module, tokenizer, config: PromptConfig = PromptConfig()):
         super().__init__()
@@ -133,7 +148,7 @@ class PromptedCLIP(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         text_layers = len(clip.transformer.resblocks)
-        vision_layers = len(clip.visual.transformer.resblocks)
+        vision_layers = vision_transformer_layers(clip.visual)
         config.validate(text_layers, vision_layers)
         for p in clip.parameters():
             p.requires_grad_(False)
@@ -270,8 +285,8 @@ class PromptedCLIP(nn.Module):
             raise RuntimeError("call set_classnames() first")
         heads = self.conditional_context(image_features)
         batch = heads.shape[0]
-        layout = _text_layout([self.class_tokens] * batch, self, ("conditional", batch))
-        return _prefix_forward(self, layout, [heads]).view(batch, len(self.class_tokens), -1)
+        features = _layout_forward(self, [self.class_tokens] * batch, ("conditional", batch), [heads])
+        return features.view(batch, len(self.class_tokens), -1)
 
     def conditional_logits(self, image_features: torch.Tensor, max_rows: int = 8192) -> torch.Tensor:
         """Logits (B, C) of normalised image features against each image's own class prompts, in chunks of at
@@ -306,6 +321,8 @@ class PromptedCLIP(nn.Module):
         ``layer_prompts`` as in :meth:`encode_tokens`: per-row prompts of packed runs.
         """
         visual = self.clip.visual
+        if not hasattr(visual, "transformer"):  # a ResNet image tower: no vision prompts, open_clip's own forward
+            return visual(images.to(visual.conv1.weight.dtype))
         x = visual.conv1(images.to(visual.conv1.weight.dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
@@ -449,6 +466,13 @@ def _text_layout(groups: list[torch.Tensor], owner: PromptedCLIP, key) -> _TextL
     cached = getattr(owner, "_layout_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
+    layout = _build_layout(groups, owner)
+    owner._layout_cache = (key, layout)
+    return layout
+
+
+def _build_layout(groups: list[torch.Tensor], owner: PromptedCLIP) -> _TextLayout:
+    """The layout of ``groups`` (uncached): see :func:`_text_layout`."""
     prefix = 1 + owner.config.text_ctx
     tokens = torch.cat(groups).cpu()
     row_run = torch.cat([torch.full((len(g),), r, dtype=torch.long) for r, g in enumerate(groups)])
@@ -466,7 +490,7 @@ def _text_layout(groups: list[torch.Tensor], owner: PromptedCLIP, key) -> _TextL
     device = owner.class_tokens.device
     # Everything indexed by a mask is turned into indices here, once: boolean indexing on a GPU waits for
     # the host, and this layout is used every step.
-    layout = _TextLayout(
+    return _TextLayout(
         suffix_tokens=tokens[:, prefix : prefix + width][valid].to(device),
         suffix_positions=positions.to(device),
         grid=grid.flatten().to(device),
@@ -477,8 +501,6 @@ def _text_layout(groups: list[torch.Tensor], owner: PromptedCLIP, key) -> _TextL
         prefix_mask=torch.ones(prefix, prefix, dtype=torch.bool).tril().to(device),
         suffix_mask=((keys[None, :] < prefix) | (keys[None, :] - prefix <= columns[:, None])).to(device),
     )
-    owner._layout_cache = (key, layout)
-    return layout
 
 
 def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
@@ -502,10 +524,56 @@ def shared_prefix_text(models: list[PromptedCLIP]) -> list[torch.Tensor]:
     """
     first = models[0]
     key = ("packed", tuple((id(m), m._classes_version) for m in models))
-    layout = _text_layout([m.class_tokens for m in models], first, key)
     heads = [torch.stack([m.text_prompts[i] for m in models]) for i in range(first.config.text_depth)]
-    features = _prefix_forward(first, layout, heads)
+    features = _layout_forward(first, [m.class_tokens for m in models], key, heads)
     return list(features.split([len(m.class_tokens) for m in models]))
+
+
+def _layout_forward(first: PromptedCLIP, groups: list[torch.Tensor], key, heads: list[torch.Tensor]) -> torch.Tensor:
+    """Normalised features (rows, D) of the prompted class texts of ``groups`` (group r with the prefix prompts
+    ``heads[i][r]``), as :func:`_prefix_forward`.
+
+    With ``first.text_chunk`` = N > 0 while gradients are recorded, the rows (all groups' classes, in order) are
+    encoded N at a time, each chunk under ``torch.utils.checkpoint`` (non-reentrant): its activations are freed
+    after its forward and recomputed in the backward pass, one chunk at a time. Each chunk recomputes the prefixes
+    of the groups it touches (1 + n positions, small). The features equal the one-pass ones up to float rounding.
+    Without gradients (evaluation, frozen paths) the one-pass forward runs: nothing is stored there anyway.
+    """
+    chunk = int(first.text_chunk or 0)
+    rows = sum(len(g) for g in groups)
+    recording = torch.is_grad_enabled() and any(h.requires_grad for h in heads)
+    if chunk <= 0 or chunk >= rows or not recording:
+        return _prefix_forward(first, _text_layout(groups, first, key), heads)
+    parts = [
+        checkpoint(_prefix_forward_of, first, layout, *[h[lo:hi] for h in heads], use_reentrant=False)
+        for layout, lo, hi in _chunk_layouts(groups, first, key, chunk)
+    ]
+    return torch.cat(parts)
+
+
+def _prefix_forward_of(first: PromptedCLIP, layout: _TextLayout, *heads: torch.Tensor) -> torch.Tensor:
+    """:func:`_prefix_forward` with the prompts as separate arguments (what ``checkpoint`` passes)."""
+    return _prefix_forward(first, layout, list(heads))
+
+
+def _chunk_layouts(groups: list[torch.Tensor], owner: PromptedCLIP, key, chunk: int):
+    """The layouts of ``groups``' rows ``chunk`` at a time, each with the range [lo, hi) of the groups (prefixes)
+    it holds rows of; cached on ``owner`` as :func:`_text_layout` caches its one layout."""
+    key = (key, chunk, owner._classes_version, str(owner.class_tokens.device))
+    cached = getattr(owner, "_chunk_layout_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    offsets = [0]
+    for g in groups:
+        offsets.append(offsets[-1] + len(g))
+    layouts = []
+    for start in range(0, offsets[-1], chunk):
+        end = min(start + chunk, offsets[-1])
+        runs = [r for r in range(len(groups)) if offsets[r] < end and offsets[r + 1] > start]
+        parts = [groups[r][max(start, offsets[r]) - offsets[r] : min(end, offsets[r + 1]) - offsets[r]] for r in runs]
+        layouts.append((_build_layout(parts, owner), runs[0], runs[-1] + 1))
+    owner._chunk_layout_cache = (key, layouts)
+    return layouts
 
 
 def _prefix_forward(first: PromptedCLIP, layout: _TextLayout, heads: list[torch.Tensor]) -> torch.Tensor:

@@ -50,3 +50,50 @@ def reference_deep_vision(clip, images, prompts):
         x = block(x)
     x = v.ln_post(x[:, :-n])
     return x[:, 0] @ v.proj
+
+
+def shrunk_config(name: str, layers: int = 2, width_divisor: int = 8) -> dict:
+    """open_clip's config of ``name`` with ``layers`` blocks in each tower (a ResNet: one per stage) and its
+    widths (and ``embed_dim``) divided by ``width_divisor``, rounded to a multiple of 32 with heads of width 32 (1: the
+    real widths and heads). Every other setting (patch and image size, MLP ratio, layer scale, QuickGELU, context
+    length, vocabulary) is kept, so the model is of the same family."""
+    import copy
+
+    from prompt_ot.models.matrix import model_config
+
+    config = copy.deepcopy(model_config(name))
+    vision, text = config["vision_cfg"], config["text_cfg"]
+    resnet = isinstance(vision.get("layers"), (list, tuple))  # a ResNet: one block in each of its four stages
+    vision["layers"], text["layers"] = [1] * len(vision["layers"]) if resnet else layers, layers
+    if width_divisor != 1:
+
+        def narrow(width: int) -> int:
+            return max(32, 32 * round(width / width_divisor / 32))
+
+        vision["width"] = narrow(vision.get("width", 768))
+        if not resnet:
+            vision["head_width"] = 32
+        text["width"] = narrow(text.get("width", 512))
+        text["heads"] = text["width"] // 32
+        config["embed_dim"] = narrow(config["embed_dim"])
+    return config
+
+
+def shrunk_backbone(name: str, layers: int = 2, width_divisor: int = 8):
+    """``name``'s family at :func:`shrunk_config`, built by open_clip's factory with the shrunk config dict and
+    random (seeded) weights, frozen and in eval mode as ``load_backbone`` returns a backbone; ``(clip, tokenizer,
+    image_size)``."""
+    import open_clip
+
+    from prompt_ot.models.backbone import RANDOM_INIT_SEED, register_shipped_configs
+
+    register_shipped_configs()
+    config = shrunk_config(name, layers, width_divisor)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        clip = open_clip.create_model(name, pretrained=None, **config)
+    clip.eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    size = config["vision_cfg"]["image_size"]
+    return clip, open_clip.get_tokenizer(name), size if isinstance(size, int) else int(size[0])

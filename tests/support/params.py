@@ -71,3 +71,20 @@ def shrunk_params(base: str = "demo", **overrides) -> dict:
 
 def as_yaml(params: dict) -> str:
     return yaml.safe_dump(params, sort_keys=False)
+
+
+def few_shot_variant_grid() -> dict:
+    """The paper's params.yaml shrunk to three datasets, six methods (a variant among them), two seeds, base-to-novel,
+    cross-dataset and few-shot (two shots, two methods): a small grid with every kind of job."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = ["caltech101", "dtd", "eurosat"]
+    params["methods"] = ["coop", "cocoop", "maple", "promptsrc", "prompt_ot", "prompt_ot_l1"]
+    params["variants"] = {"prompt_ot_l1": {"method": "prompt_ot", "regulariser": {"weight": 1.0}}}
+    params["seeds"] = [1, 2]
+    params["protocols"] = {
+        "base2novel": {"datasets": ["dtd"], "shots": 4},
+        "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd", "eurosat"]}},
+        "domain_generalization": {"sources": [], "evaluate": {"targets": []}},
+        "few_shot": {"datasets": ["eurosat"], "shots": [1, 2], "methods": ["coop", "prompt_ot_l1"]},
+    }
+    return params
