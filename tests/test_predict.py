@@ -254,3 +254,28 @@ def test_import_prompt_ot_stays_light_and_exports_load_run():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("method", ["cocoop", "maple", "promptsrc", "prompt_ot"])
+def test_on_the_demos_data_predict_equals_the_evaluate_stage(shrunken_grid, monkeypatch, tmp_path, method):
+    """The session grid (the demo's configuration: its pretrained small CLIP, the digits): predict on the digits'
+    base test images, from the project folder as a user runs it, gives the evaluate stage's predictions."""
+    from prompt_ot.data.registry import dataset_spec
+    from tests.support.grid import DATASET, run_dir
+
+    monkeypatch.chdir(shrunken_grid)  # the demo's weights path is relative to the project folder
+    run = shrunken_grid / run_dir(method, 1)
+    saved = np.load(run / "predictions.npz")
+    from prompt_ot.cache import TestFeatures
+
+    part = TestFeatures(shrunken_grid / "cache" / "test" / DATASET).subset("base")
+    classnames = list(part.classnames)
+    spec = dataset_spec(DATASET)
+    items = [it for it in spec.load_split(shrunken_grid / "data")["test"] if it.classname in classnames]
+    assert [classnames.index(it.classname) for it in items] == saved["base/labels"].tolist()
+    images = [spec.image_root(shrunken_grid / "data") / it.relpath for it in items]
+    out = tmp_path / "predictions.csv"
+    assert main(argv("predict", run=run, images=images, classes=classnames, top_k=1, out=out, device="cpu")) == 0
+    predicted = [classnames.index(row["label_1"]) for row in read_csv(out)]
+    assert predicted == saved["base/predictions"].tolist()
+    assert len(set(predicted)) > 1  # a trained model, not one that answers one class for everything
