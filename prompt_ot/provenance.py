@@ -65,14 +65,19 @@ def record(
 
 
 def dataset_options(dataset: str) -> dict:
-    """The class names params.yaml gives a dataset (``classnames``: {name in the split: name in prompts}, empty when
-    the dataset's own are used), its templates (zero-shot ensembles them) and which defaults were overridden."""
+    """The class names params.yaml gives a dataset (``classnames``: [name in the split, name in prompts] pairs, empty
+    when the dataset's own are used; pairs, not a mapping, so that MLflow records them as one parameter whatever
+    characters the names hold), its templates (zero-shot ensembles them) and which defaults were overridden."""
     from prompt_ot.data.registry import dataset_spec
 
     spec = dataset_spec(dataset)
     declared = spec.extra.get("declaration")
     names = dict(declared.classnames) if declared is not None else dict(spec.classname_map)
-    return {"classnames": names, "templates": list(spec.zero_shot_templates), "overridden": list(spec.overridden)}
+    return {
+        "classnames": sorted([k, v] for k, v in names.items()),
+        "templates": list(spec.zero_shot_templates),
+        "overridden": list(spec.overridden),
+    }
 
 
 def check(found: dict | None, expected: dict, what: str) -> None:

@@ -58,7 +58,7 @@ def _check_results(folder: Path, classes: int) -> None:
     assert [m.parts[-4] for m in metrics] == ["coop", "zeroshot"]
     record = json.loads(metrics[0].read_text())
     assert record["provenance"]["templates"] == ["a clip art of a {}.", "a drawing of a {}."]
-    assert record["provenance"]["classnames"] == {"homes": "house"}
+    assert record["provenance"]["classnames"] == [["homes", "house"]]
     manifest = json.loads((folder / "runs" / "manifests" / "my_clipart" / "base_4shot_seed1.json").read_text())
     assert manifest["split_sha256"] == record["provenance"]["split_sha256"]
     assert (
