@@ -141,8 +141,9 @@ def test_every_unreadable_or_truncated_image_is_listed(tmp_path):
     (tmp_path / "images" / "a" / "web_page.jpg").write_text("<html>not an image</html>")
     whole = (tmp_path / "images" / "b" / "img 0.png").read_bytes()
     (tmp_path / "images" / "b" / "cut.png").write_bytes(whole[: len(whole) // 2])
-    message = _refused(tmp_path, {"format": "folder", "path": "images"}, "2 image(s) cannot be read")
-    assert "a/web_page.jpg" in message and "b/cut.png" in message
+    (tmp_path / "images" / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link
+    message = _refused(tmp_path, {"format": "folder", "path": "images"}, "3 image(s) cannot be read")
+    assert "a/web_page.jpg" in message and "b/cut.png" in message and "b/gone.png (FileNotFoundError" in message
 
 
 def test_the_same_image_in_two_splits_is_a_leak(tmp_path):
@@ -157,8 +158,9 @@ def test_non_image_files_are_skipped_and_counted(tmp_path, capsys):
     _folder(tmp_path / "images", {"a": 4, "b": 4})
     (tmp_path / "images" / "a" / "notes.txt").write_text("x")
     (tmp_path / "images" / "b" / "labels.xml").write_text("x")
+    (tmp_path / "images" / "README.txt").write_text("x")  # beside the class folders: in no class
     split, _ = _prepare(tmp_path, {"format": "folder", "path": "images"})
-    assert "skipped 2 non-image file(s): a/notes.txt, b/labels.xml" in capsys.readouterr().out
+    assert "skipped 3 non-image file(s): README.txt, a/notes.txt, b/labels.xml" in capsys.readouterr().out
     assert sum(len(v) for v in split.values()) == 8
 
 

@@ -169,7 +169,8 @@ def _walk(folder: Path, root: Path) -> list[str]:
     return sorted(
         p.relative_to(root).as_posix()
         for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if (p.is_file() or p.is_symlink())  # a dangling link is listed, and then named as unreadable
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 
@@ -189,7 +190,8 @@ def _scan_folder(decl: Declaration) -> Scan:
     presplit = {"train", "test"} <= set(top)
     parts = [p for p in PARTS if p in top] if presplit else [None]
     files: dict[str, tuple[str, str | None]] = {}
-    skipped: list[str] = []
+    # files beside the class folders belong to no class: skipped and counted like the other non-images
+    skipped: list[str] = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     labels: set[str] = set()
     empty: list[str] = []
     per_part: dict[str | None, set[str]] = {}
@@ -314,11 +316,16 @@ def _read_image(path: Path) -> tuple[str, int, str | None]:
     """(sha256, size, None) of a readable image, or (sha256, size, why) of one that cannot be decoded."""
     from PIL import Image
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # no permission, a dangling link, an unreadable disk block
+        return "", 0, f"{type(err).__name__}: {err.strerror or err}"
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes every pixel: a truncated file fails here, not only at its header
+    except Image.UnidentifiedImageError:
+        return digest, len(data), "not an image file Pillow can read"
     except Exception as err:  # PIL raises many types for bad files
         return digest, len(data), f"{type(err).__name__}: {err}"
     return digest, len(data), None
