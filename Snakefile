@@ -22,7 +22,7 @@ onstart:
 
 onsuccess:
     if MLFLOW_DEFER:  # the jobs recorded their runs on disk; log them all now, in one process
-        shell(f"python -m prompt_ot mlflow sync {RUNS} --project-root .")
+        shell(f"python -m prompt_ot mlflow sync {BASE_RUNS} --project-root .")
     shell(f"python -m prompt_ot mlflow finish {MLFLOW_PARENT}")
 
 

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prompt_ot.commands.evaluate",
         "test trained prompts: base/novel, cross-dataset, domain shift or few-shot",
     ),
+    "report-backbones": (
+        "prompt_ot.commands.report_backbones",
+        "the per-backbone table of a grid that lists several backbones",
+    ),
     "predict": (
         "prompt_ot.commands.predict",
         "classify images with a run's trained prompts and any class list (top-k labels and probabilities as CSV)",

@@ -178,9 +178,17 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
             _check_run(raw, name, protocol, dataset, shots, source)
     from prompt_ot.models.matrix import check_backbone
 
-    check_backbone(
-        raw, {name: resolve_method(raw, name, source) for name in raw["methods"]}, source
-    )  # a backbone, or a backbone-method pair, that cannot run (docs/backbones.md)
+    # a backbone, or a backbone-method pair, that cannot run (docs/backbones.md); each backbone of a list
+    resolved = {name: resolve_method(raw, name, source) for name in raw["methods"]}
+    keys = [key for key, _ in backbone_entries(raw)]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise UserError(
+            f"{source}: backbone: two entries have the key {repeated[0]!r}; give each entry of the list its own `key`"
+        )
+    for key, entry in backbone_entries(raw):
+        where = source if key is None else f"{source}: backbone entry {key!r}"
+        check_backbone({**raw, "backbone": entry}, resolved, where)
     return raw
 
 
@@ -237,6 +245,48 @@ def declare_datasets(raw: dict, source: str) -> None:
             (templates,) if isinstance(templates, str) else templates, f"{source}: dataset_overrides.{name}.templates"
         )
     registry.declare({name: custom.spec_of(d) for name, d in declarations.items()}, overrides)
+
+
+def backbone_key(entry: dict) -> str:
+    """The name of a backbone of a list in paths and tables: its ``key``, else its name and pretrained tag (a file:
+    its stem) in lower case, every other character an underscore."""
+    import re
+
+    if entry.get("key"):
+        return entry["key"]
+    tag = Path(entry["pretrained"]).stem if "/" in entry["pretrained"] else entry["pretrained"]
+    return re.sub(r"[^a-z0-9]+", "_", f"{entry['name']}_{tag}".lower()).strip("_")
+
+
+def backbone_entries(params: dict) -> list[tuple[str | None, dict]]:
+    """(key, entry) of each backbone: one (None, the mapping) for a single backbone, one per entry of a list."""
+    backbone = params["backbone"]
+    if isinstance(backbone, dict):
+        return [(None, backbone)]
+    return [(backbone_key(entry), entry) for entry in backbone]
+
+
+def multi_backbone(params: dict) -> bool:
+    return isinstance(params["backbone"], list)
+
+
+def select_backbone(params: dict, key: str | None, source: str = "params.yaml") -> dict:
+    """``params`` for one backbone of the grid: ``backbone`` becomes the entry ``key`` names (a list needs one; a
+    single backbone takes none)."""
+    entries = dict(backbone_entries(params))
+    if not multi_backbone(params):
+        if key is not None:
+            raise UserError(
+                f"--backbone-key {key}: {source} has a single backbone, not a list; leave --backbone-key out"
+            )
+        return params
+    if key not in entries:
+        raise UserError(
+            f"{source} lists several backbones; name one with --backbone-key"
+            + (f" ({key!r} is none of them)" if key is not None else "")
+            + f": {', '.join(k for k in entries if k is not None)}"
+        )
+    return {**params, "backbone": entries[key]}
 
 
 def protocol_methods(params: dict, protocol: str) -> list[str]:

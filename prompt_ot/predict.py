@@ -16,6 +16,26 @@ from prompt_ot.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _run_backbone(params: dict, record: dict, source: str) -> dict:
+    """``params`` for the backbone the run was trained with: with a list of backbones, the entry whose name and
+    weights the run's provenance record names."""
+    from prompt_ot import provenance
+    from prompt_ot.config import backbone_entries, select_backbone
+
+    for key, entry in backbone_entries(params):
+        if key is None:
+            return params
+        if (entry["name"], provenance.weights_identity(entry["pretrained"])) == (
+            record.get("backbone"),
+            record.get("weights"),
+        ):
+            return select_backbone(params, key, source)
+    raise UserError(
+        f"the run was trained with backbone {record.get('backbone')!r} ({record.get('weights')}), which no entry of "
+        f"{source}'s backbone list is; pass the params file the run was trained with"
+    )
+
+
 def find_params(run_dir: str | Path) -> Path:
     """The params.yaml whose ``paths.runs`` folder contains ``run_dir``, looked for in ``run_dir``'s folders upwards."""
     import yaml
@@ -146,6 +166,7 @@ class TrainedRun:
         shots, seed = record.get("shots"), record["seed"]
         resolve_method(self.params, name, str(params_path))
         method, recipe = resolve_run(self.params, name, protocol, dataset, shots, str(params_path))
+        self.params = _run_backbone(self.params, record, str(params_path))
         backbone, pretrained = self.params["backbone"]["name"], self.params["backbone"]["pretrained"]
         provenance.check(
             record,

@@ -34,6 +34,7 @@ PREVIOUS = b"a result computed earlier\n"
 # that write a file, that file as computed earlier).
 STAGES: dict[str, dict] = {
     "validate": {"--params": "{params}", "--out": "{out}/valid.json"},
+    "report-backbones": {"--params": "{params}", "--out": "{out}/per_backbone"},
     "plan": {"--params": "{params}", "--gpus": "2", "--gpu-memory": "24GB"},
     "download": {"datasets": "dtd", "--root": "{download_root}", "--check": True, "--stamp": "{out}/dtd.json"},
     "split": {
@@ -167,6 +168,10 @@ NOT_NEGATIVE = counts("-1", "x", "nan", "1.5")
 POSITIVE = counts("0", "-2", "x", "inf")
 
 
+# the grids here have one backbone: a key is refused (with a list, a key that names none is: tests/test_backbones.py)
+BACKBONE_KEY = [Bad("vit_b_16_openai", ("--backbone-key",))]
+
+
 def cache_common(manifest_side: bool) -> dict:
     table = {
         "--root": ROOT_DIR + [Bad(MISSING, ("--root", "does not exist"))],
@@ -179,6 +184,7 @@ def cache_common(manifest_side: bool) -> dict:
             Bad("bogus_tag", ("unknown pretrained tag", "'bogus_tag'")),
         ],
         "--out": OUT_DIR,
+        "--backbone-key": BACKBONE_KEY,
         "--batch-size": [
             Bad("0", ("--batch-size", "positive integer")),
             Bad("-3", ("--batch-size", "-3")),
@@ -199,6 +205,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--gpu-memory": [Bad(v, ("--gpu-memory", "not a memory size")) for v in ("lots", "0GB", "24XB", "nanGB", "")]
         + [Bad("-24GB")],
     },
+    "report-backbones": {"--params": PARAMS, "--out": OUT_DIR},
     "validate": {
         "--params": PARAMS,
         "--out": OUT_FILE,
@@ -223,7 +230,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         "--out": OUT_FILE,
         "--params": PARAMS,
     },
-    "backbone": {"--params": PARAMS, "--root": ROOT_DIR, "--out": OUT_DIR},
+    "backbone": {"--params": PARAMS, "--root": ROOT_DIR, "--out": OUT_DIR, "--backbone-key": BACKBONE_KEY},
     "cache test": cache_common(False)
     | {
         "dataset": [Bad("mnist", ("argument dataset", "unknown dataset 'mnist'"))],
@@ -242,6 +249,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
     },
     "train": {
         "--params": PARAMS,
+        "--backbone-key": BACKBONE_KEY,
         "--protocol": [Bad("domain_generalization", ("--protocol", "invalid choice"))],
         "--method": [
             Bad("coprompt", ("unknown method 'coprompt'", "known methods")),
@@ -271,6 +279,7 @@ BAD: dict[str, dict[str, list[Bad]]] = {
     },
     "evaluate": {
         "--params": PARAMS,
+        "--backbone-key": BACKBONE_KEY,
         "--protocol": [Bad("zero_shot", ("--protocol", "invalid choice"))],
         "--method": [
             Bad("coprompt", ("unknown method 'coprompt'",)),

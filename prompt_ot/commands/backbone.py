@@ -18,6 +18,7 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
+    check.backbone_key_option(parser)
     parser.add_argument(
         "--root", default="data", type=check.dir_path, help="data root (pretraining reads the demo datasets there)"
     )
@@ -27,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from prompt_ot.config import load_params
+    from prompt_ot.config import load_params, select_backbone
     from prompt_ot.errors import UserError
     from prompt_ot.utils.io import atomic_write_text
 
-    params = load_params(args.params)
+    params = select_backbone(load_params(args.params), args.backbone_key, args.params)
     name, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,15 +20,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone",
-        required=True,
+        default=None,
         type=check.non_empty,
-        help="open_clip model name, e.g. ViT-B-16-quickgelu or tiny-vit",
+        help="open_clip model name, e.g. ViT-B-16-quickgelu or tiny-vit (default: the backbone of --params)",
     )
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="open_clip tag (e.g. openai) or a local checkpoint file; default: random weights",
+        help="open_clip tag (e.g. openai) or a local checkpoint file; default: --params's for its backbone, else "
+        "random weights",
     )
+    check.backbone_key_option(parser)
     parser.add_argument(
         "--out", required=True, type=check.out_dir, help="cache folder to write (reused when up to date)"
     )
@@ -100,9 +102,15 @@ def _from_params(args: argparse.Namespace) -> None:
 
     params = None
     if args.params:
-        from prompt_ot.config import load_params
+        from prompt_ot.config import load_params, select_backbone
 
-        params = load_params(args.params)
+        params = select_backbone(load_params(args.params), args.backbone_key, args.params)
+        if args.backbone is None:
+            args.backbone, args.pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
+    elif args.backbone_key is not None:
+        raise UserError("--backbone-key names a backbone of --params; give --params too")
+    if args.backbone is None:
+        raise UserError("give --backbone (an open_clip model name) or --params params.yaml, whose backbone is used")
     if args.side == "test":
         if args.precision is None:
             from prompt_ot.config import test_cache_precision

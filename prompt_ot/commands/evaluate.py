@@ -20,6 +20,7 @@ from prompt_ot.utils import args as check
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
+    check.backbone_key_option(parser)
     parser.add_argument(
         "--protocol", required=True, choices=["base2novel", "cross_dataset", "domain_generalization", "few_shot"]
     )
@@ -134,7 +135,15 @@ def run(args) -> int:
     from prompt_ot import provenance
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts
-    from prompt_ot.config import SUBSET_OF, TRAINED_BY, base_method, load_params, resolve_method, resolve_run
+    from prompt_ot.config import (
+        SUBSET_OF,
+        TRAINED_BY,
+        base_method,
+        load_params,
+        resolve_method,
+        resolve_run,
+        select_backbone,
+    )
     from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
     from prompt_ot.evaluate import class_metrics, harmonic_mean
@@ -146,7 +155,7 @@ def run(args) -> int:
 
     check.check_device(args.device)
     _check_targets(args)
-    params = load_params(args.params)
+    params = select_backbone(load_params(args.params), args.backbone_key, args.params)
     resolve_method(params, args.method, args.params)  # an unknown method is named as such, not as a recipe gap
     method, recipe = resolve_run(params, args.method, args.protocol, args.dataset, args.shots, args.params)
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]

@@ -43,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from prompt_ot.config import load_params
+    from prompt_ot.config import backbone_entries, load_params, select_backbone
     from prompt_ot.plan import build_plan
 
     params = load_params(args.params)
-    plan = build_plan(params, args.params, gpus=args.gpus, memory=args.gpu_memory)
-    print("\n".join(report_lines(plan, args.precision_check)))
+    for i, (key, _) in enumerate(backbone_entries(params)):  # a list of backbones: each one's grid in turn
+        if key is not None:
+            print(("\n" if i else "") + f"== backbone {key}")
+        plan = build_plan(
+            select_backbone(params, key, args.params), args.params, gpus=args.gpus, memory=args.gpu_memory
+        )
+        print("\n".join(report_lines(plan, args.precision_check)))
     return 0
 
 

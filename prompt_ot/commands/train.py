@@ -29,6 +29,7 @@ SCHEDULER_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_STEP_GPUS"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="experiment parameters (default: params.yaml)")
+    check.backbone_key_option(parser)
     parser.add_argument("--protocol", required=True, choices=["base2novel", "cross_dataset", "few_shot"])
     parser.add_argument(
         "--method", required=True, type=check.non_empty, help="a method of the registry or a variant from params.yaml"
@@ -150,7 +151,7 @@ def run(args) -> int:
     from prompt_ot import provenance
     from prompt_ot.cache import FrozenViewFeatures
     from prompt_ot.checkpoint import check_resumable, load_prompts, save_prompts
-    from prompt_ot.config import base_method, load_params, train_config
+    from prompt_ot.config import base_method, load_params, select_backbone, train_config
     from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
     from prompt_ot.methods import build_model
@@ -159,7 +160,7 @@ def run(args) -> int:
     from prompt_ot.train import CHECKPOINT_NAME, RunSpec, TrainResult, run_fingerprint, set_deterministic, train_packed
     from prompt_ot.utils.io import atomic_write_text
 
-    params = load_params(args.params)
+    params = select_backbone(load_params(args.params), args.backbone_key, args.params)
     method, recipe = _resolve(params, args, jobs)
     set_deterministic(bool(params["train"].get("deterministic", False)))  # before any CUDA work
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]

@@ -29,10 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from prompt_ot.config import load_params
+    from prompt_ot.config import backbone_entries, load_params, multi_backbone
+    from prompt_ot.errors import UserError
     from prompt_ot.utils.io import atomic_write_text
 
     params = load_params(args.params)  # raises UserError naming the key, the value and what is allowed
+    if args.resolved and multi_backbone(params):  # DVC's validate stage: dvc.yaml's stages have no backbone axis
+        keys = [key for key, _ in backbone_entries(params)]
+        raise UserError(
+            f"{args.params}: backbone lists {len(keys)} backbones ({', '.join(keys)}), and dvc.yaml runs one: run the "
+            "list with Snakemake (each backbone's runs, caches and reports in a folder of its key), or reproduce one "
+            "backbone at a time with DVC, e.g. dvc exp run -S 'backbone={name: ViT-B-16, pretrained: openai}'"
+        )
     print(f"{args.params} is valid")
     if args.resolved:
         from prompt_ot.stage_params import resolved_params_json

@@ -209,3 +209,14 @@ def out_file(text: str) -> str:
         raise ArgumentTypeError(f"{text} is a folder; give the path of the file to write")
     _writable_below(path, text)  # outputs are written beside their final name, then renamed over it
     return text
+
+
+def backbone_key_option(parser) -> None:
+    """``--backbone-key``: which backbone of a list in params.yaml a stage command works with."""
+    parser.add_argument(
+        "--backbone-key",
+        default=None,
+        metavar="KEY",
+        help="when params.yaml lists several backbones: the key of the one to use (its `key`, or its name and "
+        "pretrained tag in lower case with underscores)",
+    )

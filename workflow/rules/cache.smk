@@ -11,8 +11,7 @@ rule cache_test:
         directory(test_cache("{dataset}")),
     params:
         data=DATA,
-        backbone=BACKBONE,
-        pretrained=PRETRAINED,
+        backbone=backbone_of,  # the command reads it from --params; a change rebuilds the cache
         precision=lambda w: test_cache_precision(config, w.dataset),  # derived from --params; a change rebuilds
     resources:
         gpu=1,
@@ -22,7 +21,7 @@ rule cache_test:
         ENV
     shell:
         "python -m prompt_ot cache test {wildcards.dataset} --params params.yaml --root {params.data}"
-        " --backbone {params.backbone} --pretrained {params.pretrained} --out {output} > {log} 2>&1"
+        f" --out {{output}}{BK_ARG} > {{log}} 2>&1"
 
 
 rule cache_train:
@@ -33,8 +32,7 @@ rule cache_train:
         directory(train_cache("{dataset}", "{subset}", "{shots}", "{seed}")),
     params:
         data=DATA,
-        backbone=BACKBONE,
-        pretrained=PRETRAINED,
+        backbone=backbone_of,  # the command reads it from --params; a change rebuilds the cache
         settings=cache_settings,  # derived from --params (epochs, precision); a change rebuilds the cache
     resources:
         gpu=1,
@@ -44,5 +42,4 @@ rule cache_train:
         ENV
     shell:
         "python -m prompt_ot cache train --params params.yaml --manifest {input.manifest} --root {params.data}"
-        " --backbone {params.backbone} --pretrained {params.pretrained} --seed {wildcards.seed} --out {output}"
-        " > {log} 2>&1"
+        f" --seed {{wildcards.seed}} --out {{output}}{BK_ARG} > {{log}} 2>&1"

@@ -4,7 +4,9 @@ import os
 from prompt_ot.config import (
     SUBSET_OF,
     TRAINED_BY,
+    backbone_entries,
     evaluated_runs,
+    multi_backbone,
     test_cache_precision,
     validate_params,
     view_cache_settings,
@@ -14,15 +16,28 @@ validate_params(config, "params.yaml")
 
 PARAMS = "params.yaml"
 DATA = config["paths"]["data"]
-CACHE = config["paths"]["cache"]
-RUNS = config["paths"]["runs"]
-REPORTS = config["paths"]["reports"]
+# a list of backbones is a grid axis: each backbone's runs, caches and reports in a folder named by its key
+MULTI = multi_backbone(config)
+BACKBONES = dict(backbone_entries(config))  # key (None for a single backbone) -> entry
+BASE_RUNS = config["paths"]["runs"]
+CACHE = os.path.join(config["paths"]["cache"], "{backbone}") if MULTI else config["paths"]["cache"]
+RUNS = os.path.join(BASE_RUNS, "{backbone}") if MULTI else BASE_RUNS
+REPORTS = os.path.join(config["paths"]["reports"], "{backbone}") if MULTI else config["paths"]["reports"]
 PUBLISHED = config["paths"]["published"]
 BACKBONE_DIR = f"{RUNS}/backbone"
 PRETRAIN_DATASETS = (config.get("pretrain") or {}).get("datasets", [])
 PRETRAIN_THREADS = (config.get("pretrain") or {}).get("threads", 0) or 1
-BACKBONE = config["backbone"]["name"]
-PRETRAINED = config["backbone"]["pretrained"]
+BK_ARG = " --backbone-key {wildcards.backbone}" if MULTI else ""  # the stage commands' choice of backbone
+
+
+def bk(w, path):
+    """``path`` of a job (a string with ``{backbone}`` when the grid has a backbone axis) for its wildcards."""
+    return path.replace("{backbone}", w.backbone) if MULTI else path
+
+
+def backbone_of(w):
+    """The job's backbone entry, as text: Snakemake reruns the jobs whose backbone changed."""
+    return str(BACKBONES[w.backbone if MULTI else None])
 SAMPLER = config["split"]["sampler"]
 METHODS = config["methods"]
 DATASETS = config["datasets"]
@@ -34,7 +49,7 @@ DG = PROTOCOLS.get("domain_generalization", {"sources": [], "evaluate": {"target
 FS = PROTOCOLS.get("few_shot", {"datasets": [], "shots": [], "methods": []})
 ENV = "../envs/prompt_ot.yaml"
 MLFLOW_EXPERIMENT = config.get("mlflow", {}).get("experiment", "prompt-ot")
-MLFLOW_PARENT = f"{RUNS}/mlflow_parent.json"
+MLFLOW_PARENT = f"{BASE_RUNS}/mlflow_parent.json"
 MLFLOW_DEFER = config.get("mlflow", {}).get("defer", False)
 
 
@@ -49,6 +64,7 @@ wildcard_constraints:
     shots=r"\d+",
     seed=r"\d+",
     trained="base2novel|cross_dataset|few_shot",
+    backbone=_alternatives(k for k in BACKBONES if k is not None),
 
 
 def declared(dataset):
@@ -97,16 +113,25 @@ PACK = bool(config["train"].get("pack", False))
 def _train_shell(seeds, manifests, caches, outs):
     return (
         "python -m prompt_ot train --params {input.params} --protocol {wildcards.trained} --method {wildcards.method}"
-        f" --seed {seeds} --manifest {manifests} --train-cache {caches} --out {outs} > {{log}} 2>&1"
+        f" --seed {seeds} --manifest {manifests} --train-cache {caches} --out {outs}{BK_ARG} > {{log}} 2>&1"
     )
 
 
-def metrics_files():
-    """Every metrics file the grid defines, in a stable order (prompt_ot.config.evaluated_runs)."""
-    return [f"{run_dir(*run)}/metrics.json" for run in evaluated_runs(config)]
+def metrics_files(w=None):
+    """Every metrics file the grid defines, in a stable order (prompt_ot.config.evaluated_runs): of the job's
+    backbone (``w``), or of every backbone."""
+    files = [f"{run_dir(*run)}/metrics.json" for run in evaluated_runs(config)]
+    if not MULTI:
+        return files
+    keys = [w.backbone] if w is not None else list(BACKBONES)
+    return [f.replace("{backbone}", key) for key in keys for f in files]
 
 
-REPORT_INDEX = f"{REPORTS}/tables"
+REPORT_INDEX = [f"{REPORTS}/tables".replace("{backbone}", str(key)) for key in BACKBONES]
+# with several backbones, also the table that sets them side by side (prompt_ot/report/backbones.py)
+PER_BACKBONE = os.path.join(config["paths"]["reports"], "per_backbone")
+if MULTI:
+    REPORT_INDEX.append(PER_BACKBONE)
 
 # evaluation: which protocol's model each protocol evaluates (TRAINED_BY, from prompt_ot.config), and its
 # target datasets
@@ -122,8 +147,8 @@ def eval_inputs(protocol):
     def inputs(w):
         return {
             "params": PARAMS,
-            "prompts": f"{run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed)}/prompts.safetensors",
-            "caches": [test_cache(d) for d in [w.dataset] + TARGETS.get(protocol, [])],
+            "prompts": bk(w, f"{run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed)}/prompts.safetensors"),
+            "caches": [bk(w, test_cache(d)) for d in [w.dataset] + TARGETS.get(protocol, [])],
         }
 
     return inputs

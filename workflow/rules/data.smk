@@ -50,4 +50,5 @@ rule backbone:
     conda:
         ENV
     shell:
-        "python -m prompt_ot backbone --params {input.params} --root {params.data} --out {output} > {log} 2>&1"
+        f"python -m prompt_ot backbone --params {{input.params}} --root {{params.data}} --out {{output}}{BK_ARG}"
+        " > {log} 2>&1"

@@ -27,4 +27,4 @@ for _protocol in TRAINED_BY:
             "python -m prompt_ot evaluate --params {input.params} --protocol {params.protocol}"
             " --method {wildcards.method} --dataset {wildcards.dataset} --shots {wildcards.shots}"
             " --seed {wildcards.seed} --prompts {input.prompts} --test-cache-root {params.cache_root}"
-            "{params.targets} --out {output.metrics} > {log} 2>&1"
+            f"{{params.targets}} --out {{output.metrics}}{BK_ARG} > {{log}} 2>&1"

@@ -7,13 +7,13 @@ if not PACK:
     rule train:
         input:
             params=PARAMS,
-            manifest=lambda w: manifest(w.dataset, SUBSET[w.trained], w.shots, w.seed),
-            cache=lambda w: train_cache(w.dataset, SUBSET[w.trained], w.shots, w.seed),
+            manifest=lambda w: bk(w, manifest(w.dataset, SUBSET[w.trained], w.shots, w.seed)),
+            cache=lambda w: bk(w, train_cache(w.dataset, SUBSET[w.trained], w.shots, w.seed)),
         output:
             prompts=f"{RUNS}/{{trained}}/{{method}}/{{dataset}}_{{shots}}shot/seed{{seed}}/prompts.safetensors",
             summary=f"{RUNS}/{{trained}}/{{method}}/{{dataset}}_{{shots}}shot/seed{{seed}}/train.json",
         params:
-            out=lambda w: run_dir(w.trained, w.method, w.dataset, w.shots, w.seed),
+            out=lambda w: bk(w, run_dir(w.trained, w.method, w.dataset, w.shots, w.seed)),
         resources:
             gpu=1,
         log:
@@ -28,15 +28,15 @@ else:
     rule train_pack:
         input:
             params=PARAMS,
-            manifests=lambda w: [manifest(w.dataset, SUBSET[w.trained], w.shots, s) for s in SEEDS],
-            caches=lambda w: [train_cache(w.dataset, SUBSET[w.trained], w.shots, s) for s in SEEDS],
+            manifests=lambda w: [bk(w, manifest(w.dataset, SUBSET[w.trained], w.shots, s)) for s in SEEDS],
+            caches=lambda w: [bk(w, train_cache(w.dataset, SUBSET[w.trained], w.shots, s)) for s in SEEDS],
         output:
             prompts=[f"{RUNS}/{{trained}}/{{method}}/{{dataset}}_{{shots}}shot/seed{s}/prompts.safetensors"
                      for s in SEEDS],
             summaries=[f"{RUNS}/{{trained}}/{{method}}/{{dataset}}_{{shots}}shot/seed{s}/train.json" for s in SEEDS],
         params:
             seeds=" ".join(str(s) for s in SEEDS),
-            outs=lambda w: " ".join(run_dir(w.trained, w.method, w.dataset, w.shots, s) for s in SEEDS),
+            outs=lambda w: " ".join(bk(w, run_dir(w.trained, w.method, w.dataset, w.shots, s)) for s in SEEDS),
         resources:
             gpu=1,
         log:
