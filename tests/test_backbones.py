@@ -77,6 +77,9 @@ def test_the_grid_runs_each_backbone_apart_and_sets_them_side_by_side(tmp_path):
     assert len(trains) == 2 * 2  # two methods on each of two backbones
     assert {cmd.split("--backbone-key ")[1].split()[0] for cmd in trains} == {"tiny", "demo_vit_none"}
     assert all(f"--out runs/{cmd.split('--backbone-key ')[1].split()[0]}/base2novel/" in cmd for cmd in trains)
+    # the data and the manifests are shared: one download and one split per dataset and seed, not one per backbone
+    assert sum(cmd.startswith("python -m prompt_ot download shapes ") for cmd in jobs) == 1
+    assert sum(cmd.startswith("python -m prompt_ot split shapes ") for cmd in jobs) == 1
     run([*SNAKEMAKE, "--cores", "2"], folder, **MLFLOW_OFF)
     values = {}
     for key, name in (("tiny", "tiny-vit"), ("demo_vit_none", "demo-vit")):

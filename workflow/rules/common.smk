@@ -78,12 +78,15 @@ def declared(dataset):
     return json.dumps(entries, sort_keys=True)
 
 
+# the data and the few-shot manifests do not depend on the backbone: one of each for every backbone of a list
+
+
 def stamp(dataset):
-    return f"{RUNS}/stamps/{dataset}.json"
+    return f"{BASE_RUNS}/stamps/{dataset}.json"
 
 
 def manifest(dataset, subset, shots, seed):
-    return f"{RUNS}/manifests/{dataset}/{subset}_{shots}shot_seed{seed}.json"
+    return f"{BASE_RUNS}/manifests/{dataset}/{subset}_{shots}shot_seed{seed}.json"
 
 
 def test_cache(dataset):

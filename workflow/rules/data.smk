@@ -8,7 +8,7 @@ rule download:
         data=DATA,
         declared=lambda w: declared(w.dataset),  # a changed declaration or override reruns the stage
     log:
-        f"{RUNS}/logs/download/{{dataset}}.log",
+        f"{BASE_RUNS}/logs/download/{{dataset}}.log",
     conda:
         ENV
     shell:
@@ -25,7 +25,7 @@ rule split:
         data=DATA,
         sampler=SAMPLER,
     log:
-        f"{RUNS}/logs/split/{{dataset}}_{{subset}}_{{shots}}shot_seed{{seed}}.log",
+        f"{BASE_RUNS}/logs/split/{{dataset}}_{{subset}}_{{shots}}shot_seed{{seed}}.log",
     conda:
         ENV
     shell:
