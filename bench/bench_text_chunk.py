@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench_train_step import Batch  # noqa: E402  (the one batch a step trains on)
 from machine import machine_info, machine_lines, write_report  # noqa: E402
 
 from prompt_ot.data.imagenet_classes import imagenet_classnames  # noqa: E402
@@ -50,17 +51,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 GRAD_TOL = 1e-4  # relative to the largest gradient entry
 MMAP_THRESHOLD = "131072"  # glibc: blocks from 128 KiB up are mmapped and returned to the system when freed
-
-
-class Batch(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
 
 
 def backbone(text_layers: int):

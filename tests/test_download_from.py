@@ -31,7 +31,7 @@ from prompt_ot.data.download import (
 from prompt_ot.data.registry import dataset_spec
 from prompt_ot.errors import UserError
 from tests.support.data import archive_folder, make_fixture
-from tests.support.http_files import FileServer, serving
+from tests.support.http_files import LocalServer, serving
 
 FAST = FetchSettings(timeout=5, retries=1, backoff=0)
 ARCHIVE = "/princeton/SUN397.tar.gz"  # answers 404, as the real one does since 2025
@@ -75,7 +75,7 @@ def copy(tmp_path) -> dict:
     }
 
 
-def _recipe(server: FileServer, *, sha256: str | None, mirrors: tuple[str, ...] = (MIRROR,)) -> registry.DatasetSpec:
+def _recipe(server: LocalServer, *, sha256: str | None, mirrors: tuple[str, ...] = (MIRROR,)) -> registry.DatasetSpec:
     """The real SUN397 recipe with its URLs on the local server and the fixture's class count."""
     real = dataset_spec("sun397")
     return dataclasses.replace(
@@ -143,7 +143,7 @@ def test_a_dead_primary_url_falls_back_to_the_mirror(server, copy, tmp_path):
     root = tmp_path / "data"
     report = download_dataset(spec, root, settings=FAST, log=_quiet)
     assert report is not None and report.ok and dataset_is_complete(spec, root)
-    assert server.requests[:2] == [ARCHIVE, MIRROR]  # the 404 first, then the mirror
+    assert server.paths[:2] == [ARCHIVE, MIRROR]  # the 404 first, then the mirror
     state = json.loads((root / "sun397/.prompt_ot/checksums.json").read_text())
     assert state["SUN397.tar.gz"]["url"] == server.url(MIRROR)
     assert state["SUN397.tar.gz"]["sha256"] == _sha(copy["archive"]) and state["SUN397.tar.gz"]["pinned"]
@@ -256,9 +256,9 @@ def test_from_lays_out_a_copy_obtained_elsewhere(server, copy, tmp_path, monkeyp
     assert rc == 0, err
     _assert_laid_out(copy, root)
     assert (_snapshot(path) if path.is_dir() else path.read_bytes()) == before, "the copy given was changed"
-    assert ARCHIVE not in server.requests and MIRROR not in server.requests
+    assert ARCHIVE not in server.paths and MIRROR not in server.paths
     # the split file comes from the copy when it holds one, else from the recipe's URL
-    assert server.requests == ([] if kind == "dataset folder" else [SPLIT])
+    assert server.paths == ([] if kind == "dataset folder" else [SPLIT])
     state = json.loads((root / "sun397/.prompt_ot/checksums.json").read_text())
     given = state[FROM_KEY]
     assert given["path"] == str(path.resolve())
@@ -361,7 +361,7 @@ def test_from_a_path_that_does_not_exist_or_is_no_archive(server, tmp_path, monk
     page.write_text("<html>Sign in to download</html>")
     rc, _, err = _cli(capsys, "download", "sun397", "--from", page, "--root", root)
     _one_error(rc, err, f"--from {page} is neither a zip nor a tar archive")
-    assert not root.exists() and server.requests == []
+    assert not root.exists() and server.paths == []
 
 
 def test_from_takes_one_dataset_and_not_with_check(tmp_path, capsys):
@@ -379,7 +379,7 @@ def test_from_reuses_a_split_file_downloaded_earlier_and_keeps_the_folder_state(
     path = _given("nested folder", copy, tmp_path)
     lines: list[str] = []
     provide_dataset(spec, root, path, settings=FAST, log=lines.append)
-    assert dataset_is_complete(spec, root) and server.requests == []
+    assert dataset_is_complete(spec, root) and server.paths == []
     assert (root / "sun397/.prompt_ot/downloads/SUN397.tar.gz.part").read_bytes() == b"the first bytes of a download"
     assert (root / "dtd").is_dir()
     assert any("'s images: " in line and "archive/SUN397" in line for line in lines)
