@@ -41,6 +41,7 @@ import torch
 from prompt_ot.data.registry import Item
 from prompt_ot.errors import UserError, unknown_name
 from prompt_ot.precision import PRECISIONS, autocast
+from prompt_ot.templates import check_templates
 from prompt_ot.utils.io import building_folder, read_json, remove_stale_folders, replace_folder
 
 FORMAT_VERSION = 1
@@ -74,9 +75,7 @@ def _check_templates(templates: Sequence[str]) -> list[str]:
     templates = list(dict.fromkeys(templates))
     if not templates:
         raise UserError("give at least one text template, e.g. 'a photo of a {}.'")
-    for t in templates:
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise UserError(f"template {t!r} must contain exactly one '{{}}' where the class name goes")
+    check_templates(templates)
     return templates
 
 

@@ -220,6 +220,7 @@ def declare_datasets(raw: dict, source: str) -> None:
     """Make the datasets that params.yaml declares (custom_datasets) and overrides (dataset_overrides) known to the
     registry, refusing a name that clashes with a built-in dataset or an override of an unknown one."""
     from prompt_ot.data import custom, registry
+    from prompt_ot.templates import as_templates, check_templates
 
     block = raw.get("custom_datasets") or {}
     if isinstance(block, dict):
@@ -240,10 +241,7 @@ def declare_datasets(raw: dict, source: str) -> None:
             raise UserError(
                 f"{source}: dataset_overrides.{name}: {name!r} is not a known dataset; known: {', '.join(builtin)}"
             )
-        templates = entry.get("templates") or ()
-        custom.check_templates(
-            (templates,) if isinstance(templates, str) else templates, f"{source}: dataset_overrides.{name}.templates"
-        )
+        check_templates(as_templates(entry.get("templates")), f"{source}: dataset_overrides.{name}.templates")
     registry.declare({name: custom.spec_of(d) for name, d in declarations.items()}, overrides)
 
 

@@ -41,3 +41,18 @@ def template_set(template: str) -> list[str]:
     if name not in TEMPLATE_SETS:
         raise unknown_name("template set", name, TEMPLATE_SETS)
     return TEMPLATE_SETS[name]()
+
+
+def as_templates(value) -> tuple[str, ...]:
+    """One template or a list of them (params.yaml takes both), as a tuple; nothing gives ()."""
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def check_templates(templates, where: str = "") -> None:
+    """Each template has exactly one ``{}`` where the class name goes; ``where`` prefixes the message."""
+    from prompt_ot.errors import UserError
+
+    for template in templates:
+        if not isinstance(template, str) or template.count("{}") != 1:
+            prefix = f"{where}: " if where else ""
+            raise UserError(f"{prefix}template {template!r} must contain exactly one '{{}}' where the class name goes")

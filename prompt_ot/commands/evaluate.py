@@ -72,8 +72,9 @@ def evaluate_part(model, method, part, templates, batch_size: int, device: str, 
     from prompt_ot.cache import evaluate_cached, uses_frozen_image_encoder
     from prompt_ot.evaluate import ensemble, evaluate, evaluated
     from prompt_ot.precision import autocast
+    from prompt_ot.templates import as_templates
 
-    templates = [templates] if isinstance(templates, str) else list(templates)
+    templates = list(as_templates(templates))
     template = templates[0]
     if len(templates) > 1 and not method.trains:  # zero-shot CLIP's ensemble of the dataset's templates
         if part.precision == precision and all(t in part.templates for t in templates):

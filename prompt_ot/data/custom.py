@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prompt_ot.errors import UserError
+from prompt_ot.templates import as_templates, check_templates
 
 # the extensions torchvision's ImageFolder takes as images; every other file is skipped and counted
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -124,17 +125,10 @@ def _declaration(name: str, entry: dict, base_dir: Path, source: str) -> Declara
                 f"{where}.split: train, val and test must be positive fractions that add up to 1, got "
                 f"{dict(zip(PARTS, fractions))}"
             )
-    templates = entry.get("templates")
-    templates = (templates,) if isinstance(templates, str) else tuple(templates or ())
+    templates = as_templates(entry.get("templates"))
     check_templates(templates, f"{where}.templates")
     classnames = tuple((str(k), str(v)) for k, v in (entry.get("classnames") or {}).items())
     return Declaration(name, fmt, path, root, classnames, templates, fractions, int(split.get("seed", 1)), source)
-
-
-def check_templates(templates, where: str) -> None:
-    for template in templates:
-        if template.count("{}") != 1:
-            raise UserError(f"{where}: template {template!r} must contain exactly one '{{}}' where the class name goes")
 
 
 # ---------------------------------------------------------------- what the folder or CSV holds

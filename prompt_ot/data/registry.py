@@ -208,13 +208,14 @@ def declare(declared: dict[str, DatasetSpec], overrides: dict[str, dict]) -> Non
     """Make the datasets of a validated params.yaml known (replacing those of any params loaded before)."""
     from dataclasses import replace
 
+    from prompt_ot.templates import as_templates
+
     _DECLARED.clear()
     _DECLARED.update(declared)
     _OVERRIDES.clear()
     for name, block in overrides.items():
         spec = _load_registry().get(name) or _DECLARED[name]
-        templates = block.get("templates")
-        templates = (templates,) if isinstance(templates, str) else tuple(templates or ())
+        templates = as_templates(block.get("templates"))
         changes: dict = {"overridden": tuple(k for k in ("classnames", "templates") if block.get(k))}
         if templates:
             changes |= {"templates": templates, "template": templates[0]}
