@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.params:
         load_params(args.params)
     spec = dataset_spec(args.dataset)
-    split = spec.load_split(args.root)
-    sha = spec.split_sha256(args.root)
+    split, sha = spec.load_split_and_sha256(args.root)
     manifest, created = ensure_manifest(
         args.out, split, spec.image_root(args.root), spec.name, args.subset, args.shots, args.seed, args.sampler, sha
     )

@@ -491,13 +491,6 @@ def check_unchanged(decl: Declaration, folder: Path) -> None:
         )
 
 
-def split_sha256(folder: Path, name: str) -> str | None:
-    from prompt_ot.utils.io import sha256_file
-
-    path = folder / split_filename(name)
-    return sha256_file(path) if path.is_file() else None
-
-
 def spec_of(decl: Declaration):
     """The DatasetSpec of a declaration (kind "custom"): prepared, not fetched; its split read after a check."""
     from prompt_ot.data.registry import DatasetSpec, read_coop_split, rename_classes

@@ -78,6 +78,15 @@ class DatasetSpec:
 
     def load_split(self, root: str | Path) -> Split:
         """The train/val/test items of this dataset under ``root``; paths relative to ``image_root``."""
+        return self._named(self._raw_split(root))
+
+    def load_split_and_sha256(self, root: str | Path) -> tuple[Split, str]:
+        """:meth:`load_split` and :meth:`split_sha256`, the split read once."""
+        raw = self._raw_split(root)
+        return self._named(raw), self.split_sha256(root, raw)
+
+    def _raw_split(self, root: str | Path) -> Split:
+        """The split as the dataset's folder has it (class names before params.yaml renames any)."""
         folder = self.dataset_dir(root)
         if not folder.is_dir():
             raise UserError(
@@ -89,15 +98,18 @@ class DatasetSpec:
         else:
             assert self.split_file is not None, f"dataset {self.name} has neither split_file nor load_split_fn"
             split = read_coop_split(folder / self.split_file)
-        if self.classname_map:
-            split = rename_classes(
-                split, dict(self.classname_map), f"dataset_overrides.{self.name}.classnames", self.name
-            )
         return split
 
-    def split_sha256(self, root: str | Path) -> str:
+    def _named(self, split: Split) -> Split:
+        """``split`` with the class names params.yaml's dataset_overrides gives (unchanged without)."""
+        if not self.classname_map:
+            return split
+        where = f"dataset_overrides.{self.name}.classnames"
+        return rename_classes(split, dict(self.classname_map), where, self.name)
+
+    def split_sha256(self, root: str | Path, raw: Split | None = None) -> str:
         """The sha256 of the split file, or of the split in CoOp's JSON format for a dataset whose split is built in
-        code (the class names as the split has them, before params.yaml renames any)."""
+        code (``raw``, when already read: the split before params.yaml renames any class)."""
         import hashlib
 
         from prompt_ot.utils.io import sha256_file
@@ -105,8 +117,8 @@ class DatasetSpec:
         folder = self.dataset_dir(root)
         if self.split_file and (folder / self.split_file).is_file():
             return sha256_file(folder / self.split_file)
-        split = self.load_split_fn(folder) if self.load_split_fn else read_coop_split(folder / str(self.split_file))
-        return hashlib.sha256(coop_split_json(split).encode()).hexdigest()
+        raw = raw if raw is not None else self._raw_split(root)
+        return hashlib.sha256(coop_split_json(raw).encode()).hexdigest()
 
     def image_root(self, root: str | Path) -> Path:
         return self.dataset_dir(root) / self.image_dir
