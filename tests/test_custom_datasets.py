@@ -311,3 +311,13 @@ def test_captions_name_overridden_and_declared_datasets(tmp_path):
         "Datasets declared in params.yaml (custom_datasets): mine.",
     ]
     assert dataset_option_notes(shrunk_params(base="paper")) == []
+
+
+def test_an_image_turned_into_a_dangling_link_is_named_as_changed(tmp_path):
+    _folder(tmp_path / "images", {"a": 4, "b": 4})
+    _prepare(tmp_path, {"format": "folder", "path": "images"})
+    target = tmp_path / "images" / "a" / "img 0.png"
+    target.unlink()
+    target.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UserError, match="1 changed size: a/img 0.png"):
+        registry.dataset_spec("mine").load_split(tmp_path / "data")

@@ -282,8 +282,7 @@ def _scan_csv(decl: Declaration) -> Scan:
             f"{path}: the labels are numbers, which cannot go into a prompt; give {decl.where}.classnames, a map from "
             f"each label to its class name (e.g. {{{labels[0]}: cat}})"
         )
-    present = set(_walk(decl.root, decl.root)) if decl.root.is_dir() else set()
-    absent = [p for p in files if p not in present]
+    absent = [p for p in files if not (decl.root / p).is_file()]  # each listed file, not a walk of the whole root
     if absent:
         raise UserError(
             f"{path}: {len(absent)} listed file(s) do not exist under {decl.root}: {_listing(absent)}; correct the "
@@ -453,6 +452,14 @@ def _read_source(folder: Path) -> dict:
     )
 
 
+def _size(path: Path) -> int | None:
+    """The file's size; None when it cannot be read any more (a link whose target is gone)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def check_unchanged(decl: Declaration, folder: Path) -> None:
     """Refuse when the declaration's files are not those the split was made from, naming what changed."""
     source = _read_source(folder)
@@ -467,7 +474,7 @@ def check_unchanged(decl: Declaration, folder: Path) -> None:
     appeared = sorted(set(found.files) - set(recorded))
     gone = sorted(set(recorded) - set(found.files))
     resized = sorted(
-        rel for rel in set(found.files) & set(recorded) if (decl.root / rel).stat().st_size != recorded[rel]["bytes"]
+        rel for rel in set(found.files) & set(recorded) if _size(decl.root / rel) != recorded[rel]["bytes"]
     )
     relabelled = sorted(
         rel for rel in set(found.files) & set(recorded) if found.files[rel][0] != recorded[rel]["label"]
