@@ -35,6 +35,11 @@ def bk(w, path):
     return path.replace("{backbone}", w.backbone) if MULTI else path
 
 
+def every_backbone(path):
+    """``path`` for each backbone of the grid (itself for a single backbone)."""
+    return [path.replace("{backbone}", key) for key in BACKBONES] if MULTI else [path]
+
+
 def backbone_of(w):
     """The job's backbone entry, as text: Snakemake reruns the jobs whose backbone changed."""
     return str(BACKBONES[w.backbone if MULTI else None])
@@ -78,10 +83,8 @@ def declared(dataset):
     return json.dumps(entries, sort_keys=True)
 
 
-# the data and the few-shot manifests do not depend on the backbone: one of each for every backbone of a list
-
-
 def stamp(dataset):
+    # the data and the few-shot manifests do not depend on the backbone: one of each for every backbone of a list
     return f"{BASE_RUNS}/stamps/{dataset}.json"
 
 
@@ -124,13 +127,12 @@ def metrics_files(w=None):
     """Every metrics file the grid defines, in a stable order (prompt_ot.config.evaluated_runs): of the job's
     backbone (``w``), or of every backbone."""
     files = [f"{run_dir(*run)}/metrics.json" for run in evaluated_runs(config)]
-    if not MULTI:
-        return files
-    keys = [w.backbone] if w is not None else list(BACKBONES)
-    return [f.replace("{backbone}", key) for key in keys for f in files]
+    if w is not None:
+        return [bk(w, f) for f in files]
+    return [path for f in files for path in every_backbone(f)]
 
 
-REPORT_INDEX = [f"{REPORTS}/tables".replace("{backbone}", str(key)) for key in BACKBONES]
+REPORT_INDEX = every_backbone(f"{REPORTS}/tables")
 # with several backbones, also the table that sets them side by side (prompt_ot/report/backbones.py)
 PER_BACKBONE = os.path.join(config["paths"]["reports"], "per_backbone")
 if MULTI:
