@@ -303,6 +303,8 @@ BAD: dict[str, dict[str, list[Bad]]] = {
             Bad(["dtd"], ("--targets dtd", "base2novel protocol tests on --dataset only")),
             Bad([], ("--targets is required", "cross_dataset"), extra={"--protocol": "cross_dataset"}),
         ],
+        # a good --reuse (another job's predictions of the same prompts): tests/test_e2e.py
+        "--reuse": PATH_IN + [Bad(JUNK, ("--reuse", "not a predictions file"))],
         "--out": OUT_FILE,
         "--device": DEVICE,
     },

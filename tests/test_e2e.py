@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from prompt_ot.utils.io import sha256_file
 from tests.support.forkserver import fork_server
 from tests.support.grid import (
     EVALUATIONS_PER_SEED,
@@ -41,6 +44,7 @@ from tests.support.workflow import (
     adopt_done_stages,
     copy_workspace,
     dvc_stage_names,
+    env,
     files_of,
     make_workspace,
     mlflow_client,
@@ -175,3 +179,42 @@ def test_a_second_dvc_repro_has_nothing_to_do(dvc_grid):
     assert "Running stage" not in again.stdout
     assert "up to date" in run([*DVC, "status"], folder).stdout
     assert yaml.safe_load((folder / "dvc.lock").read_text())["stages"]["report"]
+
+
+def test_domain_generalization_reuses_the_cross_dataset_source_scores_with_the_same_bytes(shrunken_grid, tmp_path):
+    """The DG job takes the source's test set from the cross-dataset job of the same prompts (--reuse): scoring it
+    again gives the same metrics bytes and predictions; predictions of other prompts or other images are refused."""
+    method, source = "prompt_ot", "digits"
+    dg, xd = (run_dir(method, 1, protocol, source) for protocol in ("domain_generalization", "cross_dataset"))
+    folder = copy_workspace(shrunken_grid, tmp_path / "ws", dg, "mlflow.db", "mlartifacts")
+    cmd = _stage_command(folder, f"evaluate_domain_generalization@{method}-{source}-1")
+    at = cmd.index("--reuse")
+    assert cmd[at + 1] == f"{xd}/predictions.npz"
+    log = shrunken_grid / "runs/logs/evaluate" / f"domain_generalization_{method}_{Path(dg).parent.name}_seed1.log"
+    assert f"{source}: " in log.read_text() and f"(predictions from {xd}/predictions.npz)" in log.read_text()
+    again = cmd[:at] + cmd[at + 2 :]  # the source scored again
+    run([sys.executable, *again[1:]], folder, PROMPT_OT_FORKSERVER="", **MLFLOW_OFF)
+    assert (folder / dg / "metrics.json").read_bytes() == (shrunken_grid / dg / "metrics.json").read_bytes()
+    ours, grid = (np.load(f / dg / "predictions.npz") for f in (folder, shrunken_grid))
+    assert ours.files == grid.files and all(np.array_equal(ours[k], grid[k]) for k in ours.files)
+    assert str(grid["prompts_sha256"]) == sha256_file(shrunken_grid / xd / "prompts.safetensors")
+
+    def refused(reuse: Path, words: tuple[str, ...]):
+        before = (folder / dg / "metrics.json").read_bytes()
+        bad = again[:at] + ["--reuse", str(reuse)] + again[at:]
+        quiet = env(PROMPT_OT_FORKSERVER="", **MLFLOW_OFF)
+        result = subprocess.run([sys.executable, *bad[1:]], cwd=folder, capture_output=True, text=True, env=quiet)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert all(w in result.stderr for w in words), result.stderr
+        assert (folder / dg / "metrics.json").read_bytes() == before  # nothing written
+
+    other_seed = shrunken_grid / run_dir(method, 2, "cross_dataset", source) / "predictions.npz"
+    refused(other_seed, ("--reuse", "other prompts", "sha256"))
+    arrays = {k: np.array(v) for k, v in np.load(shrunken_grid / xd / "predictions.npz").items()}
+    arrays[f"{source}/labels"] = arrays[f"{source}/labels"][::-1].copy()
+    shuffled = tmp_path / "shuffled.npz"
+    np.savez(shuffled, **arrays)
+    refused(shuffled, ("--reuse", "not this test cache's"))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    refused(junk, ("--reuse", "not a predictions file"))

@@ -7,7 +7,11 @@ unprompted (zero-shot, CoOp, KgCoOp) are evaluated as a matrix product over the 
 when the cache has the run's precision; the others (and those of another precision) run the encoder on the
 cached, already preprocessed test images. The prompts' provenance record must name the run being labelled
 (method, recipe, backbone and weights, dataset, subset, shots, seed), else nothing is written. Writes the
-metrics file (with the provenance and the recipe) and ``predictions.npz`` beside it.
+metrics file (with the provenance and the recipe) and ``predictions.npz`` beside it (with the prompts' sha256).
+
+``--reuse`` takes the test sets another evaluation of the same prompts already scored from its ``predictions.npz``
+(domain generalisation reuses the cross-dataset job's source test set): refused unless that file names the same
+prompts (sha256) and holds this test cache's labels. The metrics are the same bytes as when evaluating again.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--targets", nargs="*", default=[], type=check.dataset_name, help="further datasets to test on (all classes)"
+    )
+    parser.add_argument(
+        "--reuse",
+        type=check.existing_file,
+        help="predictions.npz of another evaluation of the same prompts: its test sets are not evaluated again",
     )
     parser.add_argument("--out", required=True, type=check.out_file, help="metrics file to write (JSON)")
     parser.add_argument(
@@ -117,6 +126,40 @@ def evaluate_part(model, method, part, templates, batch_size: int, device: str, 
     return evaluate_cached(part, class_text)
 
 
+def _reused_predictions(path, prompts_sha256: str, parts: dict) -> dict:
+    """The predictions (key -> tensor) that ``path`` (another evaluation's predictions.npz) holds for ``parts``, after
+    checking it scored the same prompts and the same test images (its labels are the test cache's)."""
+    import numpy as np
+    import torch
+
+    from prompt_ot.errors import UserError
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            stored = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"--reuse {path}: not a predictions file written by 'evaluate' ({err}); rerun its job") from err
+    sha = stored.get("prompts_sha256")
+    if sha is None or str(sha) != prompts_sha256:
+        raise UserError(
+            f"--reuse {path} was written for other prompts than --prompts (sha256 "
+            f"{'not recorded' if sha is None else str(sha)[:12]} against {prompts_sha256[:12]}); rerun the job that "
+            "writes it, or leave out --reuse"
+        )
+    reused = {}
+    for key, (part, _) in parts.items():
+        if f"{key}/predictions" not in stored:
+            continue
+        labels = stored.get(f"{key}/labels")
+        if labels is None or not np.array_equal(labels, part.labels.numpy()):
+            raise UserError(
+                f"--reuse {path}: its {key!r} test set is not this test cache's (other images or labels); rerun "
+                "the job that writes it, or leave out --reuse"
+            )
+        reused[key] = torch.from_numpy(stored[f"{key}/predictions"])
+    return reused
+
+
 def _check_targets(args) -> None:
     """--targets goes with the protocols that test on other datasets, and only with them."""
     from prompt_ot.errors import UserError
@@ -133,6 +176,8 @@ def _check_targets(args) -> None:
 def run(args) -> int:
     import functools
 
+    import numpy as np
+
     from prompt_ot import provenance
     from prompt_ot.cache import TestFeatures
     from prompt_ot.checkpoint import load_prompts
@@ -147,12 +192,12 @@ def run(args) -> int:
     )
     from prompt_ot.data.registry import dataset_spec
     from prompt_ot.devices import pick_device
-    from prompt_ot.evaluate import class_metrics, harmonic_mean
+    from prompt_ot.evaluate import class_metrics, evaluated, harmonic_mean
     from prompt_ot.methods import build_model
     from prompt_ot.models.backbone import load_backbone
     from prompt_ot.results import RunMetrics, write_metrics
     from prompt_ot.tracking import tracker_for
-    from prompt_ot.utils.io import atomic_write_bytes, npz_bytes
+    from prompt_ot.utils.io import atomic_write_bytes, npz_bytes, sha256_file
 
     check.check_device(args.device)
     _check_targets(args)
@@ -194,16 +239,23 @@ def run(args) -> int:
         names = [args.dataset] + [t for t in args.targets if t != args.dataset]
         parts = {name: (TestFeatures(root / name, backbone=backbone), name) for name in names}
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
-    accuracy, counts, predictions, per_class = {}, {}, {}, {}
+    prompts_sha256 = sha256_file(args.prompts)
+    reused = _reused_predictions(args.reuse, prompts_sha256, parts) if args.reuse else {}
+    accuracy, counts, per_class = {}, {}, {}
+    predictions = {"prompts_sha256": np.array(prompts_sha256)}  # what --reuse checks
     for key, (part, dataset) in parts.items():
-        result = evaluate_part(
-            model, method, part, dataset_spec(dataset).zero_shot_templates, batch_size, device, recipe.precision
-        )
+        if key in reused:
+            result = evaluated(reused[key], part.labels)
+        else:
+            result = evaluate_part(
+                model, method, part, dataset_spec(dataset).zero_shot_templates, batch_size, device, recipe.precision
+            )
         accuracy[key], counts[key] = result.accuracy, result.n
         per_class[key] = class_metrics(result.predictions, result.labels, part.classnames)
         predictions[f"{key}/predictions"] = result.predictions.numpy()
         predictions[f"{key}/labels"] = result.labels.numpy()
-        print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}", flush=True)
+        source = f" (predictions from {args.reuse})" if key in reused else ""
+        print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}{source}", flush=True)
     hm = harmonic_mean(accuracy["base"], accuracy["novel"]) if args.protocol == "base2novel" else None
     regulariser = method.regulariser or {}
     adaptive = regulariser.get("adaptive") not in (None, False)
@@ -255,6 +307,8 @@ def run(args) -> int:
         # the class names and templates each test set's prompts used (params.yaml may override a dataset's defaults)
         "test_sets": {dataset: provenance.dataset_options(dataset) for _, dataset in parts.values()},
     }
+    if reused:
+        run_params["reused"] = {"from": str(args.reuse), "test_sets": sorted(reused)}
     with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
         values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
         values |= {f"{name}/{k}": c[name] for k, c in per_class.items() for name in ("balanced_accuracy", "macro_f1")}

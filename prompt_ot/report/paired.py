@@ -102,7 +102,8 @@ def read_predictions(metrics_path: str | Path) -> dict[str, Scored]:
             arrays = {name: data[name] for name in data.files}
     except Exception as err:  # a truncated or foreign file: numpy raises several kinds
         raise UserError(f"{path} cannot be read ({err}); delete it with its metrics.json and rerun evaluate") from err
-    keys = sorted({name.rsplit("/", 1)[0] for name in arrays})
+    # test sets are stored as "<set>/predictions" and "<set>/labels"; other entries (the prompts' sha256) are not sets
+    keys = sorted({name.rsplit("/", 1)[0] for name in arrays if name.endswith(("/predictions", "/labels"))})
     sets = {}
     for key in keys:
         predictions, labels = arrays.get(f"{key}/predictions"), arrays.get(f"{key}/labels")

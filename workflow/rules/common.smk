@@ -143,6 +143,15 @@ if MULTI:
 TARGETS = {"cross_dataset": XD["evaluate"]["targets"], "domain_generalization": DG["evaluate"]["targets"]}
 
 
+# domain generalisation's source test set is scored once, by the cross-dataset job of the same prompts (the shell
+# string of a rule defined in a loop is formatted when the job runs, so the option comes from the job's own inputs)
+REUSES = ("domain_generalization",)
+
+
+def reuse_arg(w, input):
+    return f" --reuse {input.reuse}" if "reuse" in input.keys() else ""
+
+
 def targets_arg(protocol):
     targets = TARGETS.get(protocol, [])
     return (" --targets " + " ".join(targets)) if targets else ""
@@ -154,6 +163,7 @@ def eval_inputs(protocol):
             "params": PARAMS,
             "prompts": bk(w, f"{run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed)}/prompts.safetensors"),
             "caches": [bk(w, test_cache(d)) for d in [w.dataset] + TARGETS.get(protocol, [])],
-        }
+        } | ({"reuse": bk(w, f"{run_dir('cross_dataset', w.method, w.dataset, w.shots, w.seed)}/predictions.npz")}
+             if protocol in REUSES else {})
 
     return inputs

@@ -1,6 +1,7 @@
 # Evaluation: base and novel accuracy (base2novel), source and targets (cross-dataset, domain generalisation),
 # all classes (few-shot). One metrics file per run. The command reads test caches under the test-cache root;
-# the inputs name each one so that Snakemake builds them first.
+# the inputs name each one so that Snakemake builds them first. Domain generalisation evaluates the prompts of a
+# cross-dataset source: the source's own test set is taken from that run's cross-dataset predictions (--reuse).
 
 for _protocol in TRAINED_BY:
 
@@ -17,6 +18,7 @@ for _protocol in TRAINED_BY:
             protocol=_protocol,
             cache_root=f"{CACHE}/test",
             targets=targets_arg(_protocol),
+            reuse=reuse_arg,
         resources:
             gpu=1,
         log:
@@ -27,4 +29,4 @@ for _protocol in TRAINED_BY:
             "python -m prompt_ot evaluate --params {input.params} --protocol {params.protocol}"
             " --method {wildcards.method} --dataset {wildcards.dataset} --shots {wildcards.shots}"
             " --seed {wildcards.seed} --prompts {input.prompts} --test-cache-root {params.cache_root}"
-            f"{{params.targets}} --out {{output.metrics}}{BK_ARG} > {{log}} 2>&1"
+            f"{{params.targets}}{{params.reuse}} --out {{output.metrics}}{BK_ARG} > {{log}} 2>&1"
