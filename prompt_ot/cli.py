@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prompt_ot.commands.report_backbones",
         "the per-backbone table of a grid that lists several backbones",
     ),
+    "dvc-yaml": (
+        "prompt_ot.commands.dvc_yaml",
+        "write DVC's pipeline for a params.yaml that lists several backbones (one stage set per backbone)",
+    ),
     "predict": (
         "prompt_ot.commands.predict",
         "classify images with a run's trained prompts and any class list (top-k labels and probabilities as CSV)",

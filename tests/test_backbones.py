@@ -1,5 +1,6 @@
 """A list of backbones in params.yaml: a grid axis. Each backbone's runs, caches and reports in a folder of its key,
-the stage commands told which (--backbone-key), the per-backbone table; DVC's pipeline (one backbone) refuses it."""
+the stage commands told which (--backbone-key), the per-backbone table; the project's dvc.yaml (one backbone) refuses
+it, and `dvc-yaml` writes the DVC pipeline with one stage set per backbone, whose jobs are the Snakefile's."""
 
 import copy
 import csv
@@ -14,7 +15,7 @@ from prompt_ot.config import backbone_entries, backbone_key, select_backbone, va
 from prompt_ot.errors import UserError
 from tests.support.data import smooth_image
 from tests.support.params import shrunk_params
-from tests.support.workflow import MLFLOW_OFF, SNAKEMAKE, make_workspace, run, snakemake_jobs
+from tests.support.workflow import DVC, MLFLOW_OFF, SNAKEMAKE, dvc_jobs, files_of, make_workspace, run, snakemake_jobs
 
 BACKBONES = [{"name": "tiny-vit", "pretrained": "none", "key": "tiny"}, {"name": "demo-vit", "pretrained": "none"}]
 
@@ -59,8 +60,8 @@ def test_each_entry_is_checked_and_keys_must_differ():
         validate_params(params)
 
 
-def _workspace(tmp_path: Path) -> Path:
-    folder = make_workspace(tmp_path / "project", grid_params())
+def _workspace(tmp_path: Path, name: str = "project") -> Path:
+    folder = make_workspace(tmp_path / name, grid_params())
     for c, label in enumerate(["circle", "square", "star", "wave"]):
         for k in range(8):
             path = folder / "shapes" / label / f"{k}.png"
@@ -106,10 +107,55 @@ def test_the_grid_runs_each_backbone_apart_and_sets_them_side_by_side(tmp_path):
         trained = prompt_ot.load_run(folder / f"runs/{key}/base2novel/coop/shapes_2shot/seed1", device="cpu")
         assert trained.model.clip.text_projection.shape[1] == width
         assert trained.logits(images, ["star", "wave"]).shape == (2, 2)
-    # DVC's pipeline has no backbone axis: its first stage refuses the list, saying what to do instead
+    # the project's dvc.yaml has no backbone axis: its first stage refuses the list, saying what to do instead
     out = tmp_path / "resolved.json"
     assert main(["validate", "--params", str(folder / "params.yaml"), "--resolved", str(out)]) == 2
     assert not out.exists()
+    # the pipeline written by dvc-yaml reproduces the same grid under DVC, byte for byte
+    other = _workspace(tmp_path, "dvc")
+    _write_dvc_yaml(other)
+    run([*DVC, "repro"], other, **MLFLOW_OFF)
+    for pattern in ("runs/*/base2novel/*/*/seed*/metrics.json", "runs/*/base2novel/*/*/seed*/prompts.safetensors"):
+        ours = files_of(other, pattern)
+        assert len(ours) == 4 and ours == files_of(folder, pattern), pattern
+    table = files_of(other, "reports/per_backbone/per_backbone.*")  # .csv, .md, .tex
+    assert len(table) == 3 and table == files_of(folder, "reports/per_backbone/per_backbone.*")
+    again = run([*DVC, "repro"], other, **MLFLOW_OFF)
+    assert "Running stage" not in again.stdout
+
+
+def _write_dvc_yaml(folder: Path) -> None:
+    params, pipeline = str(folder / "params.yaml"), str(folder / "dvc.yaml")
+    assert main(["dvc-yaml", "--params", params, "--template", pipeline, "--out", pipeline]) == 0
+
+
+def test_dvc_yaml_gives_each_backbone_its_stages_with_the_snakefiles_jobs(tmp_path, capsys):
+    folder = _workspace(tmp_path)
+    _write_dvc_yaml(folder)
+    text = (folder / "dvc.yaml").read_text()
+    assert text.startswith("# Written by `python -m prompt_ot dvc-yaml`") and "tiny, demo_vit_none" in text
+    smk, dvc = snakemake_jobs(folder), dvc_jobs(folder)
+    assert smk and set(smk) == set(dvc), (sorted(set(smk) - set(dvc))[:2], sorted(set(dvc) - set(smk))[:2])
+    for cmd in smk:
+        assert smk[cmd] == dvc[cmd], cmd
+    assert sum(cmd.startswith("python -m prompt_ot report-backbones ") for cmd in dvc) == 1
+    assert sum(cmd.startswith("python -m prompt_ot split shapes ") for cmd in dvc) == 1  # shared by the backbones
+    stages = yaml.safe_load(text)["stages"]
+    assert {"backbone_tiny", "backbone_demo_vit_none", "split_base2novel", "report_backbones"} <= set(stages)
+    validate = stages["validate"]["cmd"]
+    assert validate.endswith("--backbone-axis tiny demo_vit_none")
+    # a params.yaml whose list changed after the pipeline was written is refused by its first stage
+    changed = grid_params()
+    changed["backbone"][1]["key"] = "demo"
+    (folder / "params.yaml").write_text(yaml.safe_dump(changed))
+    resolved = tmp_path / "params_resolved.json"
+    axis = validate.split("--backbone-axis ")[1].split()
+    capsys.readouterr()
+    argv = ["validate", "--params", str(folder / "params.yaml"), "--resolved", str(resolved), "--backbone-axis", *axis]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lists the backbones tiny, demo, but dvc.yaml has stages for tiny, demo_vit_none" in err
+    assert "python -m prompt_ot dvc-yaml" in err and not resolved.exists()
 
 
 def test_dvcs_validate_stage_refuses_a_list_with_one_message(tmp_path, capsys):
@@ -118,4 +164,5 @@ def test_dvcs_validate_stage_refuses_a_list_with_one_message(tmp_path, capsys):
     assert main(["validate", "--params", str(path), "--resolved", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "backbone lists 2 backbones (tiny, demo_vit_none), and dvc.yaml runs one" in err and "Snakemake" in err
+    assert f"python -m prompt_ot dvc-yaml --params {path} --out dvc.yaml" in err
     assert main(["validate", "--params", str(path)]) == 0  # a plain check of the file accepts it

@@ -35,6 +35,7 @@ PREVIOUS = b"a result computed earlier\n"
 STAGES: dict[str, dict] = {
     "validate": {"--params": "{params}", "--out": "{out}/valid.json"},
     "report-backbones": {"--params": "{params}", "--out": "{out}/per_backbone"},
+    "dvc-yaml": {"--params": "{backbones_params}", "--out": "{out}/dvc.yaml"},
     "plan": {"--params": "{params}", "--gpus": "2", "--gpu-memory": "24GB"},
     "download": {"datasets": "dtd", "--root": "{download_root}", "--check": True, "--stamp": "{out}/dtd.json"},
     "split": {
@@ -206,10 +207,23 @@ BAD: dict[str, dict[str, list[Bad]]] = {
         + [Bad("-24GB")],
     },
     "report-backbones": {"--params": PARAMS, "--out": OUT_DIR},
+    "dvc-yaml": {
+        "--params": PARAMS + [Bad("{params}", ("names one backbone", "project's dvc.yaml"))],
+        "--template": [
+            Bad(MISSING, ("--template", "does not exist")),
+            Bad(JUNK, ("cannot read the template", "project's dvc.yaml")),
+            Bad("{params}", ("is not the project's dvc.yaml",)),
+        ],
+        "--out": OUT_FILE,
+    },
     "validate": {
         "--params": PARAMS,
         "--out": OUT_FILE,
         "--resolved": [Bad(FOLDER, ("--resolved", "is a folder")), Bad(UNDER_A_FILE, ("--resolved",))],
+        "--backbone-axis": [  # a dvc.yaml written for a list of backbones, given this file's one backbone
+            Bad(["tiny", "demo"], ("names one backbone", "dvc.yaml has stages for tiny, demo", "write it again")),
+            Bad([" "], ("--backbone-axis", "must not be empty")),
+        ],
     },
     "download": {
         "datasets": [Bad("mnist", ("unknown dataset 'mnist'", "known datasets"))],
@@ -489,6 +503,8 @@ def work(tmp_path_factory):
     make_fixture("dtd", base / "download", num_classes=47, per_split=(1, 1, 1))  # what --check calls complete
     params = _small_params()
     (base / "params.yaml").write_text(yaml.safe_dump(params))
+    two = [{"name": "tiny-vit", "pretrained": "none", "key": "tiny"}, {"name": "demo-vit", "pretrained": "none"}]
+    (base / "backbones.yaml").write_text(yaml.safe_dump(params | {"backbone": two}))
     params["train"]["lr"] = float("nan")
     (base / "nan_params.yaml").write_text(yaml.safe_dump(params))
     assert "lr: .nan" in (base / "nan_params.yaml").read_text()
@@ -503,6 +519,7 @@ def work(tmp_path_factory):
         "root": str(root),
         "download_root": str(base / "download"),
         "params": str(base / "params.yaml"),
+        "backbones_params": str(base / "backbones.yaml"),
         "nan_params": str(base / "nan_params.yaml"),
         "junk": str(base / "junk.bin"),
         "yaml_list": str(base / "list.yaml"),
@@ -540,6 +557,7 @@ def work(tmp_path_factory):
         ("mlflow finish", {}),
         ("mlflow sync", {}),
         ("report", {}),
+        ("dvc-yaml", {}),
     ]
     for stage, changes in plan:
         out = outs.get(stage, base / f"{stage.replace(' ', '_')}_out")

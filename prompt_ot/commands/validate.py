@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the resolved values each DVC stage declares as params (prompt_ot.stage_params)",
     )
+    parser.add_argument(
+        "--backbone-axis",
+        nargs="+",
+        metavar="KEY",
+        type=check.non_empty,
+        help="the backbone keys the DVC pipeline has stages for (written by dvc-yaml): params.yaml must list these",
+    )
 
 
 def run(args) -> int:
@@ -34,12 +41,19 @@ def run(args) -> int:
     from prompt_ot.utils.io import atomic_write_text
 
     params = load_params(args.params)  # raises UserError naming the key, the value and what is allowed
-    if args.resolved and multi_backbone(params):  # DVC's validate stage: dvc.yaml's stages have no backbone axis
-        keys = [key for key, _ in backbone_entries(params)]
+    keys = [key for key, _ in backbone_entries(params)] if multi_backbone(params) else []
+    write_again = f"python -m prompt_ot dvc-yaml --params {args.params} --out dvc.yaml"
+    if args.backbone_axis is not None and keys != list(args.backbone_axis):  # a dvc.yaml written for other backbones
+        listed = f"lists the backbones {', '.join(keys)}" if keys else "names one backbone"
         raise UserError(
-            f"{args.params}: backbone lists {len(keys)} backbones ({', '.join(keys)}), and dvc.yaml runs one: run the "
-            "list with Snakemake (each backbone's runs, caches and reports in a folder of its key), or reproduce one "
-            "backbone at a time with DVC, e.g. dvc exp run -S 'backbone={name: ViT-B-16, pretrained: openai}'"
+            f"{args.params} {listed}, but dvc.yaml has stages for {', '.join(args.backbone_axis)}: write it again "
+            f"({write_again})" + ("" if keys else ", or use the project's dvc.yaml for one backbone")
+        )
+    if args.resolved and keys and args.backbone_axis is None:  # the project's dvc.yaml: stages for one backbone
+        raise UserError(
+            f"{args.params}: backbone lists {len(keys)} backbones ({', '.join(keys)}), and dvc.yaml runs one: write "
+            f"the pipeline with one stage set per backbone ({write_again}), run the list with Snakemake, or "
+            "reproduce one backbone at a time, e.g. dvc exp run -S 'backbone={name: ViT-B-16, pretrained: openai}'"
         )
     print(f"{args.params} is valid")
     if args.resolved:
