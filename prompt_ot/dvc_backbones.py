@@ -64,6 +64,11 @@ def per_backbone(template: dict, keys: list[str], params_name: str = "params.yam
             if moved["cmd"].startswith(_TOLD):
                 moved["cmd"] = f"{moved['cmd'].rstrip()} --backbone-key {key}"
             stages[f"{name}_{key}"] = moved
+    if "report_backbones" in stages or len(stages) != sum(
+        1 if _moved(stage, keys[0]) == stage or name == "validate" else len(keys)
+        for name, stage in template["stages"].items()
+    ):
+        raise ValueError(f"the backbone keys {keys} make two stages of one name; give the backbones other keys")
     stages["report_backbones"] = {
         "cmd": f"python -m prompt_ot report-backbones --params {params_name} --out ${{paths.reports}}/per_backbone",
         "deps": [f"${{paths.runs}}/{key}" for key in keys],  # every backbone's metrics files
@@ -104,7 +109,10 @@ def write(params_path: str | Path, template_path: str | Path, out: str | Path) -
     if not isinstance(template, dict) or "validate" not in (template.get("stages") or {}):
         raise UserError(f"{template_path} is not the project's dvc.yaml (no validate stage); give that file")
     keys = [key for key, _ in backbone_entries(params)]
-    pipeline = per_backbone(template, keys, Path(params_path).name)
+    try:
+        pipeline = per_backbone(template, keys, Path(params_path).name)
+    except ValueError as err:
+        raise UserError(f"{params_path}: {err} (a backbone entry's `key`)") from err
     text = HEADER.format(keys=", ".join(keys), params=Path(params_path).name) + yaml.safe_dump(
         pipeline, sort_keys=False, width=1000, allow_unicode=True
     )

@@ -166,3 +166,14 @@ def test_dvcs_validate_stage_refuses_a_list_with_one_message(tmp_path, capsys):
     assert "backbone lists 2 backbones (tiny, demo_vit_none), and dvc.yaml runs one" in err and "Snakemake" in err
     assert f"python -m prompt_ot dvc-yaml --params {path} --out dvc.yaml" in err
     assert main(["validate", "--params", str(path)]) == 0  # a plain check of the file accepts it
+
+
+def test_dvc_yaml_refuses_keys_that_would_give_two_stages_one_name(tmp_path, capsys):
+    params = grid_params()
+    params["backbone"][0]["key"] = "backbones"  # report + "_backbones" is the per-backbone table's stage
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    template = Path(__file__).resolve().parents[1] / "dvc.yaml"
+    out = tmp_path / "dvc.yaml"
+    assert main(["dvc-yaml", "--params", str(path), "--template", str(template), "--out", str(out)]) == 2
+    assert "make two stages of one name" in capsys.readouterr().err and not out.exists()
