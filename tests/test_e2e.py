@@ -218,3 +218,7 @@ def test_domain_generalization_reuses_the_cross_dataset_source_scores_with_the_s
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
     refused(junk, ("--reuse", "not a predictions file"))
+    cut = tmp_path / "cut.npz"
+    whole = (shrunken_grid / xd / "predictions.npz").read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    refused(cut, ("--reuse", "not a predictions file"))
