@@ -26,7 +26,7 @@ _TOLD = (
 )  # the commands that take --backbone-key (the Snakefile's BK_ARG)
 HEADER = (
     "# Written by `python -m prompt_ot dvc-yaml` from the project's dvc.yaml for the backbones {keys} of {params}:\n"
-    '# every stage that reads the backbone once per backbone (docs/running.md, "Several backbones"). Do not edit;\n'
+    '# every stage that reads the backbone once per backbone (docs/running.md, "Backbone"). Do not edit;\n'
     "# write it again when the backbone list changes (the validate stage refuses a list that differs).\n"
 )
 
@@ -50,31 +50,35 @@ def per_backbone(template: dict, keys: list[str], params_name: str = "params.yam
     if len(keys) < 2:
         raise ValueError("one stage set per backbone needs at least two backbones")
     stages = {}
+
+    def add(name: str, stage: dict) -> None:  # a key that gives a stage the name of another is refused
+        if name in stages:
+            raise ValueError(f"the backbone keys {keys} make two stages of one name ({name}); give them other keys")
+        stages[name] = stage
+
     for name, stage in template["stages"].items():
         if name == "validate":  # checks that params.yaml still lists exactly these backbones
             stage = copy.deepcopy(stage)
             stage["cmd"] = f"{stage['cmd'].rstrip()} --backbone-axis {' '.join(keys)}"
-            stages[name] = stage
+            add(name, stage)
             continue
         if _moved(stage, keys[0]) == stage:  # the data, the stamps, the splits: one stage for every backbone
-            stages[name] = copy.deepcopy(stage)
+            add(name, copy.deepcopy(stage))
             continue
         for key in keys:
             moved = _moved(stage, key)
             if moved["cmd"].startswith(_TOLD):
                 moved["cmd"] = f"{moved['cmd'].rstrip()} --backbone-key {key}"
-            stages[f"{name}_{key}"] = moved
-    if "report_backbones" in stages or len(stages) != sum(
-        1 if _moved(stage, keys[0]) == stage or name == "validate" else len(keys)
-        for name, stage in template["stages"].items()
-    ):
-        raise ValueError(f"the backbone keys {keys} make two stages of one name; give the backbones other keys")
-    stages["report_backbones"] = {
-        "cmd": f"python -m prompt_ot report-backbones --params {params_name} --out ${{paths.reports}}/per_backbone",
-        "deps": [f"${{paths.runs}}/{key}" for key in keys],  # every backbone's metrics files
-        "params": ["methods", "seeds", "protocols"],
-        "outs": ["${paths.reports}/per_backbone"],
-    }
+            add(f"{name}_{key}", moved)
+    add(
+        "report_backbones",
+        {
+            "cmd": f"python -m prompt_ot report-backbones --params {params_name} --out ${{paths.reports}}/per_backbone",
+            "deps": [f"${{paths.runs}}/{key}" for key in keys],  # every backbone's metrics files
+            "params": ["methods", "seeds", "protocols"],
+            "outs": ["${paths.reports}/per_backbone"],
+        },
+    )
     pipeline = {k: copy.deepcopy(v) for k, v in template.items() if k not in ("stages", "plots")}
     pipeline["stages"] = stages
     if template.get("plots"):  # each backbone's plots: a named one with its key in the name, a file under its key

@@ -129,17 +129,15 @@ def evaluate_part(model, method, part, templates, batch_size: int, device: str, 
 def _reused_predictions(path, prompts_sha256: str, parts: dict) -> dict:
     """The predictions (key -> tensor) that ``path`` (another evaluation's predictions.npz) holds for ``parts``, after
     checking it scored the same prompts and the same test images (its labels are the test cache's)."""
-    import zipfile
-
     import numpy as np
     import torch
 
     from prompt_ot.errors import UserError
+    from prompt_ot.utils.io import npz_arrays
 
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            stored = {name: arrays[name] for name in arrays.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not numpy's, or cut short
+        stored = npz_arrays(path)
+    except ValueError as err:  # not numpy's, or cut short
         raise UserError(f"--reuse {path}: not a predictions file written by 'evaluate' ({err}); rerun its job") from err
     sha = stored.get("prompts_sha256")
     if sha is None or str(sha) != prompts_sha256:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from prompt_ot.errors import UserError
+from prompt_ot.utils.io import npz_arrays
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
@@ -98,9 +99,8 @@ def read_predictions(metrics_path: str | Path) -> dict[str, Scored]:
             f"{Path(metrics_path).parent} (delete its metrics.json and rerun the pipeline)"
         )
     try:
-        with np.load(path) as data:
-            arrays = {name: data[name] for name in data.files}
-    except Exception as err:  # a truncated or foreign file: numpy raises several kinds
+        arrays = npz_arrays(path)
+    except ValueError as err:  # a truncated or foreign file
         raise UserError(f"{path} cannot be read ({err}); delete it with its metrics.json and rerun evaluate") from err
     # test sets are stored as "<set>/predictions" and "<set>/labels"; other entries (the prompts' sha256) are not sets
     keys = sorted({name.rsplit("/", 1)[0] for name in arrays if name.endswith(("/predictions", "/labels"))})

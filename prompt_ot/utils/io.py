@@ -96,6 +96,18 @@ def npz_bytes(arrays: dict) -> bytes:
     return buffer.getvalue()
 
 
+def npz_arrays(path: str | Path) -> dict:
+    """Every array of an ``.npz`` file (as :func:`npz_bytes` writes), by name, without pickles. Any failure to read it
+    (missing, not numpy's, cut short: numpy raises several kinds) is a ``ValueError`` saying why."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except Exception as err:
+        raise ValueError(str(err) or err.__class__.__name__) from err
+
+
 def read_json(path: str | Path, *, what: str, fix: str, missing: str | None = None):
     """The JSON value in ``path``. A missing file, or one that is not UTF-8 JSON, is one ``UserError`` naming the
     file (``what`` says what it is, e.g. "manifest") and ending with ``fix``, what the user should do; ``missing``

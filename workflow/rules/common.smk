@@ -159,11 +159,11 @@ def targets_arg(protocol):
 
 def eval_inputs(protocol):
     def inputs(w):
+        trained = bk(w, run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed))  # the prompts' run
         return {
             "params": PARAMS,
-            "prompts": bk(w, f"{run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed)}/prompts.safetensors"),
+            "prompts": f"{trained}/prompts.safetensors",
             "caches": [bk(w, test_cache(d)) for d in [w.dataset] + TARGETS.get(protocol, [])],
-        } | ({"reuse": bk(w, f"{run_dir('cross_dataset', w.method, w.dataset, w.shots, w.seed)}/predictions.npz")}
-             if protocol in REUSES else {})
+        } | ({"reuse": f"{trained}/predictions.npz"} if protocol in REUSES else {})
 
     return inputs
