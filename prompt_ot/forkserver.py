@@ -76,20 +76,20 @@ PRELOAD = (
     "prompt_ot.data.shifts",
     "prompt_ot.data.splits",
     "prompt_ot.data.store",
+    "prompt_ot.data.registry",  # and every dataset recipe it imports (recipe_modules)
 )
-DATASET_RECIPES = "prompt_ot.data.datasets"  # and every module in it: the registry imports them all
 
 
 # ---------------------------------------------------------------------------------------------- server
 def _preload() -> None:
     import importlib
-    import pkgutil
 
     for name in PRELOAD:
         importlib.import_module(name)
-    recipes = importlib.import_module(DATASET_RECIPES)
-    for info in pkgutil.iter_modules(recipes.__path__):
-        importlib.import_module(f"{DATASET_RECIPES}.{info.name}")
+    from prompt_ot.data.registry import recipe_modules
+
+    for name in recipe_modules():
+        importlib.import_module(name)
 
 
 def _child(conn: socket.socket, request: dict, fds: list[int], rng_state) -> None:

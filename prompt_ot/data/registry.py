@@ -196,14 +196,20 @@ def classnames_of(split: Split) -> list[str]:
 _REGISTRY: dict[str, DatasetSpec] | None = None
 
 
+def recipe_modules() -> list[str]:
+    """The names of the dataset recipe modules (prompt_ot.data.datasets.*), which the registry imports: the fork
+    server imports the same ones before it forks."""
+    from prompt_ot.data import datasets
+
+    return [f"{datasets.__name__}.{info.name}" for info in pkgutil.iter_modules(datasets.__path__)]
+
+
 def _load_registry() -> dict[str, DatasetSpec]:
     global _REGISTRY
     if _REGISTRY is None:
-        from prompt_ot.data import datasets
-
         registry: dict[str, DatasetSpec] = {}
-        for info in pkgutil.iter_modules(datasets.__path__):
-            module = importlib.import_module(f"{datasets.__name__}.{info.name}")
+        for name in recipe_modules():
+            module = importlib.import_module(name)
             spec = getattr(module, "DATASET", None)
             if isinstance(spec, DatasetSpec):
                 registry[spec.name] = spec
