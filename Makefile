@@ -50,10 +50,11 @@ demo-data:
 	then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist openclipart-png >/dev/null || true; fi
 
 # every job of the demo starts as a fork of one process that has imported torch and open_clip (prompt_ot/forkserver.py;
-# the same results as jobs in their own processes, seconds sooner each)
+# the same results as jobs in their own processes, seconds sooner each); Snakemake's greedy scheduler, since its
+# default (an integer program solved by CBC before each start) cost the demo's hundreds of waiting jobs ... (docs/demo.md)
 demo: setup demo-data
 	cd demo && $(abspath $(PY)) -m prompt_ot forkserver -- snakemake -s ../Snakefile --cores $(CORES) \
-		--resources gpu=$(CORES) --rerun-incomplete --quiet rules
+		--resources gpu=$(CORES) --scheduler greedy --rerun-incomplete --quiet rules
 	@echo
 	@$(PY) -m prompt_ot.report.headline demo/reports
 	@echo

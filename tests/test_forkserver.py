@@ -3,6 +3,7 @@
 signals sent to a job reach its child; a job killed outright takes its child with it; without a server the
 command runs in its own process."""
 
+import platform
 import shutil
 import signal
 import subprocess
@@ -153,3 +154,43 @@ def test_the_server_imports_every_dataset_recipe_so_a_jobs_registry_imports_noth
     count, imported = done.stdout.split(" ", 1)
     recipes = [p.stem for p in (ROOT / "prompt_ot" / "data" / "datasets").glob("*.py") if p.stem != "__init__"]
     assert int(count) == len(recipes) and imported.strip() == "[]"
+
+
+
+def test_with_freed_memory_kept_an_evaluation_loop_stops_faulting_in_pages():
+    """keep_freed_memory (called by the server before it forks any job): a loop that allocates and frees activations of
+    about 20 MiB per batch, as an evaluation does, faults pages in again batch after batch under glibc's defaults (the
+    memory is given back to the kernel) and, once the heap has grown to the loop's size, never with the options; the
+    values computed are the same."""
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("keep_freed_memory tunes glibc's malloc; this C library is not glibc")
+    code = (
+        "import resource, sys, torch\n"
+        "from prompt_ot import forkserver\n"
+        "kept = forkserver.keep_freed_memory() if sys.argv[1] == 'keep' else None\n"
+        "torch.manual_seed(0)\n"
+        "w1, w2 = torch.randn(128, 512) / 16, torch.randn(512, 128) / 16\n"
+        "faults, total = [], 0.0\n"
+        "for _ in range(30):  # 512 images of 21 tokens through an MLP block, batch after batch\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    y = torch.nn.functional.gelu(torch.randn(512 * 21, 128) @ w1) @ w2\n"
+        "    total += float(y.sum())\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(kept, sum(faults[10:]), repr(total))\n"
+    )
+
+    def run(mode):
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], env=quiet_env(), capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        kept, faults, total = done.stdout.split()
+        return kept, int(faults), total
+
+    kept, faults_kept, total_kept = run("keep")
+    _, faults_default, total_default = run("default")
+    activation_pages = 512 * 21 * 512 * 4 // 4096  # one (10752, 512) float32 activation: 5,376 pages
+    assert kept == "True"
+    assert faults_default > 3 * activation_pages, faults_default  # the last 20 batches faulted memory in again
+    assert faults_kept < activation_pages // 5, faults_kept  # and here reused it
+    assert total_kept == total_default
