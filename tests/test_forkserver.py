@@ -156,7 +156,6 @@ def test_the_server_imports_every_dataset_recipe_so_a_jobs_registry_imports_noth
     assert int(count) == len(recipes) and imported.strip() == "[]"
 
 
-
 def test_with_freed_memory_kept_an_evaluation_loop_stops_faulting_in_pages():
     """keep_freed_memory (called by the server before it forks any job): a loop that allocates and frees activations of
     about 20 MiB per batch, as an evaluation does, faults pages in again batch after batch under glibc's defaults (the
