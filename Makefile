@@ -50,8 +50,9 @@ demo-data:
 	then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist openclipart-png >/dev/null || true; fi
 
 # every job of the demo starts as a fork of one process that has imported torch and open_clip (prompt_ot/forkserver.py;
-# the same results as jobs in their own processes, seconds sooner each); Snakemake's greedy scheduler, since its
-# default (an integer program solved by CBC before each start) cost the demo's hundreds of waiting jobs ... (docs/demo.md)
+# the same results as jobs in their own processes, seconds sooner each); the greedy scheduler, since under Snakemake's
+# default (an integer program over every waiting job, solved each time a job ends) Snakemake itself took a fifth of
+# the demo's CPU (docs/demo.md)
 demo: setup demo-data
 	cd demo && $(abspath $(PY)) -m prompt_ot forkserver -- snakemake -s ../Snakefile --cores $(CORES) \
 		--resources gpu=$(CORES) --scheduler greedy --rerun-incomplete --quiet rules

@@ -90,14 +90,14 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory a process frees for its next allocations (every job forked later inherits
     this); False where the C library has no ``mallopt`` (not glibc), which changes nothing else.
 
-    By default glibc maps each block above a threshold (128 KiB, raised as such blocks are freed, to at most
-    32 MiB) on its own and gives it back to the kernel when it is freed, and trims the heap whenever 128 KiB are free at
-    its top; the next allocation is then faulted in again page by page, each page zeroed by the kernel. An evaluation
-    job allocates and frees activations of tens of MiB for every batch of test images: measured on the demo's domain
-    generalisation job (IVLP, 8,000 images), 974,000 page faults and 1.8 s of system time against 5.1 s of
-    computation, and 70,000 faults and 0.16 s with these options (docs/performance.md). A job is a short process, so
-    keeping what it frees until it exits costs no more memory than its peak; the arithmetic, and so every result, is
-    the same."""
+    By default glibc maps each block above a threshold (128 KiB, raised as such blocks are freed, to at most 32 MiB)
+    on its own and gives it back to the kernel when it is freed, and trims the heap when more than twice that threshold
+    is free at its top; the next allocation is then faulted in again page by page, each page zeroed by the kernel. An
+    evaluation job allocates and frees activations of tens of MiB for every batch of test images: the demo's
+    domain-generalisation job (IVLP, 8,000 images) took 0.6 to 1 M page faults and 1.1 to 1.8 s of system time beside
+    5 s of computation, and 61 to 86 k faults and 0.2 s with these options (docs/performance.md). A job is a short
+    process, so keeping what it frees until it exits costs no more memory than its peak; the arithmetic, and so every
+    result, is the same."""
     import ctypes
 
     try:
