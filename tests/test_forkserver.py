@@ -159,8 +159,8 @@ def test_the_server_imports_every_dataset_recipe_so_a_jobs_registry_imports_noth
 def test_with_freed_memory_kept_an_evaluation_loop_stops_faulting_in_pages():
     """keep_freed_memory (called by the server before it forks any job): a loop that allocates and frees activations of
     about 20 MiB per batch, as an evaluation does, faults pages in again batch after batch under glibc's defaults (the
-    memory is given back to the kernel) and, once the heap has grown to the loop's size, never with the options; the
-    values computed are the same."""
+    memory is given back to the kernel) and, once the heap has grown to the loop's size, hardly ever with the options;
+    the values computed are the same."""
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("keep_freed_memory tunes glibc's malloc; this C library is not glibc")
     code = (
@@ -170,12 +170,12 @@ def test_with_freed_memory_kept_an_evaluation_loop_stops_faulting_in_pages():
         "torch.manual_seed(0)\n"
         "w1, w2 = torch.randn(128, 512) / 16, torch.randn(512, 128) / 16\n"
         "faults, total = [], 0.0\n"
-        "for _ in range(30):  # 512 images of 21 tokens through an MLP block, batch after batch\n"
+        "for _ in range(80):  # 512 images of 21 tokens through an MLP block, batch after batch\n"
         "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "    y = torch.nn.functional.gelu(torch.randn(512 * 21, 128) @ w1) @ w2\n"
         "    total += float(y.sum())\n"
         "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
-        "print(kept, faults[0], sum(faults[10:]), repr(total))\n"
+        "print(kept, faults[0], sum(faults[20:]), repr(total))\n"
     )
 
     def run(mode):
@@ -183,14 +183,17 @@ def test_with_freed_memory_kept_an_evaluation_loop_stops_faulting_in_pages():
             [sys.executable, "-c", code, mode], env=quiet_env(), capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr
-        kept, first, last20, total = done.stdout.split()
-        return kept, int(first), int(last20), total
+        kept, first, last60, total = done.stdout.split()
+        return kept, int(first), int(last60), total
 
     # counted in units of the first batch's faults (all its memory new), so that the page size does not matter (4 KiB
     # pages, or 2 MiB where transparent huge pages are always on)
     kept, first_kept, faults_kept, total_kept = run("keep")
     _, first_default, faults_default, total_default = run("default")
     assert kept == "True"
-    assert faults_default > 1.5 * first_default, (faults_default, first_default)  # memory faulted in again and again
-    assert faults_kept < 0.05 * first_kept, (faults_kept, first_kept)  # and here reused
+    # over the last 60 batches: under the defaults batch after batch faults its memory in again (10 to 46 first
+    # batches' worth on the build machine); with the options the heap has reached the loop's size after 20 batches (at
+    # most one late extension seen)
+    assert faults_default > 3 * first_default, (faults_default, first_default)
+    assert faults_kept < 0.5 * first_kept, (faults_kept, first_kept)
     assert total_kept == total_default
