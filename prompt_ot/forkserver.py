@@ -88,7 +88,8 @@ MALLOC_OPTIONS = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_
 
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory a process frees for its next allocations (every job forked later inherits
-    this); False where the C library has no ``mallopt`` (not glibc), which changes nothing else.
+    this); False where the C library has no ``mallopt`` (not glibc), which changes nothing else, or refuses an option
+    (those after it are then not set).
 
     By default glibc maps each block above a threshold (128 KiB, raised as such blocks are freed, to at most 32 MiB)
     on its own and gives it back to the kernel when it is freed, and trims the heap when more than twice that threshold

@@ -33,6 +33,15 @@ def _prompt_ot(*args, socket_path=None, tmpdir=None, **kw):
     )
 
 
+def _python(code, *args):
+    """The standard output of ``python -c code args`` in a fresh process, which must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=quiet_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _wait_for(condition, what, seconds=60):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -149,9 +158,7 @@ def test_the_server_imports_every_dataset_recipe_so_a_jobs_registry_imports_noth
         "names = registry.builtin_names()\n"
         "print(len(names), sorted(set(sys.modules) - before))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=quiet_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    count, imported = done.stdout.split(" ", 1)
+    count, imported = _python(code).split(" ", 1)
     recipes = [p.stem for p in (ROOT / "prompt_ot" / "data" / "datasets").glob("*.py") if p.stem != "__init__"]
     assert int(count) == len(recipes) and imported.strip() == "[]"
 
@@ -179,11 +186,7 @@ def test_with_freed_memory_kept_an_evaluation_loop_stops_faulting_in_pages():
     )
 
     def run(mode):
-        done = subprocess.run(
-            [sys.executable, "-c", code, mode], env=quiet_env(), capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr
-        kept, first, last60, total = done.stdout.split()
+        kept, first, last60, total = _python(code, mode).split()
         return kept, int(first), int(last60), total
 
     # counted in units of the first batch's faults (all its memory new), so that the page size does not matter (4 KiB
