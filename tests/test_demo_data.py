@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prompt_ot.data import shifts
 from prompt_ot.data.datasets import digits, fashion_mnist
 from prompt_ot.data.demo import class_folder, prepare_demo, read_idx
 from prompt_ot.data.registry import classnames_of, dataset_names, dataset_spec
@@ -177,8 +178,12 @@ def test_debian_fashion_mnist_full_prepare(tmp_path):
     spec = dataset_spec("fashion_mnist")
     spec.prepare_fn(spec.dataset_dir(tmp_path))
     split = spec.load_split(tmp_path)
-    assert {part: len(items) for part, items in split.items()} == {"train": 54000, "val": 6000, "test": 10000}
+    assert {part: len(items) for part, items in split.items()} == {"train": 54000, "val": 6000, "test": 2000}
     assert classnames_of(split) == FASHION_CLASSES
+    # the test split is the sample that Sketch and R redraw: 200 official test images of each class
+    sample = shifts.redraw_sample(fashion_mnist.load_arrays(tmp_path))
+    assert [it.relpath.rsplit("/", 1)[1] for it in split["test"]] == [f"test_{i - 60000:05d}.png" for i in sample]
+    assert Counter(it.label for it in split["test"]) == {label: 200 for label in range(10)}
     train_x = read_idx(fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz")
     test_x = read_idx(fashion_mnist.DEBIAN_DIR / "t10k-images-idx3-ubyte.gz")
     for it in split["train"][::9000] + split["test"][::3000]:
