@@ -120,6 +120,9 @@ def _preload() -> None:
 
     for name in recipe_modules():
         importlib.import_module(name)
+    from prompt_ot.models.backbone import warm
+
+    warm()  # the tokenizer's vocabulary tables, about 70 ms a job
 
 
 def _child(conn: socket.socket, request: dict, fds: list[int], rng_state) -> None:

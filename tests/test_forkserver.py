@@ -147,12 +147,15 @@ def test_the_wrapper_form_serves_while_its_command_runs_and_then_stops(tmp_path)
 
 def test_the_server_imports_every_dataset_recipe_so_a_jobs_registry_imports_nothing():
     """What each job used to import itself (the dataset recipes, about 0.15 s of CPU a job) is imported once by the
-    server; and no preloaded import starts a thread (forking then would copy a held lock into every job)."""
+    server, and the tokenizer's vocabulary tables built; and no preloaded import starts a thread (forking then would
+    copy a held lock into every job)."""
     code = (
         "import sys, threading\n"
         "from prompt_ot import forkserver\n"
         "forkserver._preload()\n"
         "assert threading.active_count() == 1, threading.enumerate()\n"
+        "from prompt_ot.models import backbone\n"
+        "assert backbone._bpe_tables.cache_info().currsize == 1  # built once, for every job\n"
         "before = set(sys.modules)\n"
         "from prompt_ot.data import registry\n"
         "names = registry.builtin_names()\n"

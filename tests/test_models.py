@@ -1,6 +1,8 @@
 """The prompted CLIP: exact equality with open_clip when prompts are off, the IVLP replace rule,
 truncated text equals the full 77-token forward, parameter counts, and backbone loading errors."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -178,6 +180,66 @@ def test_local_checkpoint_loads_same_weights(tmp_path):
     save_file({"visual.proj": torch.zeros(3, 3)}, str(wrong))
     with pytest.raises(UserError, match="could not load checkpoint"):
         load_backbone("tiny-vit", pretrained=str(wrong))
+
+
+def test_a_checkpoint_loads_without_the_random_init_into_the_same_model(tmp_path, monkeypatch):
+    """With a checkpoint, create_model's random init is skipped (the checkpoint is loaded strictly): every parameter
+    and buffer, the non-persistent attention mask included, equals a load with the init, the caller's random
+    stream is untouched, and torch.nn.init is itself again afterwards, after a failed load too."""
+    import torch.nn.init as init
+    from safetensors.torch import save_file
+
+    from prompt_ot.models import backbone
+
+    clip, _, _ = tiny_clip()
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    functions = {n: getattr(init, n) for n in dir(init) if n.endswith("_") and not n.startswith("_")}
+    drawn = []
+    real_normal = init.normal_
+    monkeypatch.setattr(init, "normal_", lambda t, *a, **k: drawn.append(t.shape) or real_normal(t, *a, **k))
+    functions["normal_"] = init.normal_
+    torch.manual_seed(7)
+    fast, _, _ = backbone.load_backbone("tiny-vit", pretrained=str(path))
+    after = torch.rand(3)
+    assert drawn == [] and all(getattr(init, n) is f for n, f in functions.items())
+    monkeypatch.setattr(backbone, "_no_random_init", contextlib.nullcontext)
+    torch.manual_seed(7)
+    slow, _, _ = backbone.load_backbone("tiny-vit", pretrained=str(path))
+    assert drawn and torch.equal(torch.rand(3), after)
+    assert [k for k, _ in fast.named_buffers()] == ["attn_mask"]
+    for (k, v), (k2, v2) in zip(
+        [*fast.state_dict().items(), *fast.named_buffers()], [*slow.state_dict().items(), *slow.named_buffers()]
+    ):
+        assert k == k2 and torch.equal(v, v2), k
+    monkeypatch.undo()
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"visual.proj": torch.zeros(3, 3)}, str(wrong))
+    with pytest.raises(UserError, match="could not load checkpoint"):
+        backbone.load_backbone("tiny-vit", pretrained=str(wrong))
+    assert all(getattr(init, n) is f for n, f in functions.items() if n != "normal_") and init.normal_ is real_normal
+
+
+@pytest.mark.parametrize("name", ["demo-vit", "tiny-vit", "ViT-B-16", "RN50", "ViT-L-14-quickgelu"])
+def test_the_tokenizer_built_from_shared_tables_is_open_clips(name):
+    """get_tokenizer copies one default SimpleTokenizer's vocabulary tables (what the fork server builds once) and
+    sets the per-call settings as SimpleTokenizer.__init__ does: every attribute equals open_clip's own tokenizer's,
+    the token ids too, and each tokenizer keeps its own memo of encoded words."""
+    import open_clip
+
+    from prompt_ot.models.backbone import get_tokenizer, register_shipped_configs
+
+    register_shipped_configs()
+    ours, theirs = get_tokenizer(name), open_clip.get_tokenizer(name)
+    assert type(ours) is type(theirs) and vars(ours).keys() == vars(theirs).keys()
+    for key, value in vars(theirs).items():
+        if key == "pat":
+            assert (ours.pat.pattern, ours.pat.flags) == (value.pattern, value.flags)
+        else:
+            assert getattr(ours, key) == value, key
+    texts = ["a photo of a T-shirt/top, a type of clothing.", "X X X X ankle boot.", "naïve café's 42"]
+    assert torch.equal(ours(texts), theirs(texts))
+    assert ours.cache is not get_tokenizer(name).cache
 
 
 @pytest.mark.slow

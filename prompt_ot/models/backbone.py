@@ -9,6 +9,8 @@ instead of a minute of network retries.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import logging
 import os
 import pickle
@@ -118,6 +120,78 @@ def _quiet_random_init_warning():
         root.removeFilter(drop)
 
 
+@contextlib.contextmanager
+def _no_random_init():
+    """While a checkpoint is about to overwrite every weight: torch.nn.init's functions leave their tensor as it is.
+
+    open_clip's ``create_model`` initialises every weight at random (the token embedding alone is 6 M normal draws)
+    before it loads the checkpoint, which it loads strictly, every parameter and persistent buffer; the draws are
+    made under a forked generator (below), so skipping them changes no weight and no later random number, and saves
+    about 50 ms of each job on the demo's backbone."""
+    import torch.nn.init as init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+
+    def keep(tensor, *args, **kwargs):
+        return tensor
+
+    for n in names:
+        setattr(init, n, keep)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
+@functools.lru_cache(maxsize=1)
+def _bpe_tables():
+    """One default SimpleTokenizer: its tables (the 49,152-entry BPE vocabulary and merge ranks, about 70 ms to
+    build from the file) are what every tokenizer built on the default vocabulary holds. The fork server builds it
+    once (``warm``), so its jobs share it."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def _simple_tokenizer(context_length=None, clean: str = "lower", reduction_mask: str = "", **other):
+    """What ``open_clip.tokenizer.SimpleTokenizer(...)`` builds, for the default vocabulary a copy of
+    :func:`_bpe_tables`' tokenizer with the per-call settings set as its ``__init__`` sets them
+    (tests/test_backbone.py compares every attribute); anything else (another vocabulary, special tokens) is
+    built by open_clip."""
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer, get_clean_fn, get_reduction_mask_fn
+
+    context_length = DEFAULT_CONTEXT_LENGTH if context_length is None else context_length
+    if other:
+        return SimpleTokenizer(context_length=context_length, clean=clean, reduction_mask=reduction_mask, **other)
+    tokenizer = copy.copy(_bpe_tables())
+    tokenizer.cache = dict(tokenizer.cache)  # its memo of encoded words: each tokenizer its own
+    tokenizer.context_length = context_length
+    tokenizer.clean_fn = get_clean_fn(clean)
+    tokenizer.reduction_fn = get_reduction_mask_fn(reduction_mask) if reduction_mask else None
+    return tokenizer
+
+
+def get_tokenizer(name: str):
+    """``open_clip.get_tokenizer(name)``, whose SimpleTokenizers (the CLIP models' tokenizer) come from
+    :func:`_simple_tokenizer` instead of being built from the vocabulary file each time."""
+    import open_clip
+    from open_clip import factory
+
+    real = factory.SimpleTokenizer
+    factory.SimpleTokenizer = _simple_tokenizer
+    try:
+        return open_clip.get_tokenizer(name)
+    finally:
+        factory.SimpleTokenizer = real
+
+
+def warm() -> None:
+    """What the fork server builds once for all its jobs (no tensors, no threads)."""
+    _bpe_tables()
+
+
 def load_backbone(
     name: str, pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu", precision: str = "fp32"
 ):
@@ -138,7 +212,8 @@ def load_backbone(
 
     try:
         # random weights are seeded, so every stage that builds the same untrained backbone gets the same one
-        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+        skip_init = _no_random_init() if weights is not None else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(), skip_init:
             torch.manual_seed(RANDOM_INIT_SEED)
             model = open_clip.create_model(
                 name, pretrained=weights, device=device, cache_dir=cache_dir, precision=weights_precision(precision)
@@ -155,7 +230,7 @@ def load_backbone(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = get_tokenizer(name)
     cfg = model.visual.preprocess_cfg
     size = cfg["size"]
     preprocess = Preprocess(
