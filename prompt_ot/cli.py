@@ -144,8 +144,10 @@ def _declare_datasets(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         return
     import yaml
 
+    from prompt_ot.utils.io import safe_load_yaml
+
     try:
-        if "custom_datasets" in (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}):
+        if "custom_datasets" in (safe_load_yaml(Path(path).read_text(encoding="utf-8")) or {}):
             load_params(path)
     except (UserError, yaml.YAMLError, UnicodeDecodeError, TypeError):
         pass

@@ -371,13 +371,15 @@ def _check_run(params: dict, name: str, protocol: str, dataset: str, shots: int,
 def load_params(path: str | Path = "params.yaml") -> dict:
     import yaml
 
+    from prompt_ot.utils.io import safe_load_yaml
+
     path = Path(path)
     if path.is_dir():
         raise UserError(f"parameter file {path} is a folder; pass the params.yaml file itself with --params")
     if not path.is_file():
         raise UserError(f"parameter file {path} does not exist; run from the project folder or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
     except UnicodeDecodeError as err:

@@ -663,3 +663,28 @@ def test_nan_in_a_free_form_block_and_through_the_cli(capsys, tmp_path):
     rc, _, err = cli(capsys, "validate", "--params", bad, "--out", tmp_path / "valid.json")
     assert_one_clear_error(rc, err, str(bad), "variants.prompt_ot_nan.regulariser.weight", "finite number", "nan")
     assert rc == 2 and not (tmp_path / "valid.json").exists()
+
+
+def test_params_are_parsed_by_libyaml_into_pyyamls_objects_and_refused_with_pyyamls_message(tmp_path, monkeypatch):
+    """safe_load_yaml (params.yaml in every job) gives exactly yaml.safe_load's objects for the project's YAML files,
+    through libyaml's parser where PyYAML has it; a broken file is refused with PyYAML's message, which quotes the
+    offending line."""
+    from prompt_ot.config import load_params
+    from prompt_ot.errors import UserError
+    from prompt_ot.utils.io import safe_load_yaml
+
+    files = [ROOT / "params.yaml", ROOT / "demo" / "params.yaml", ROOT / "dvc.yaml", ROOT / "demo" / "dvc.yaml"]
+    files += sorted((ROOT / "workflow" / "profiles").glob("*/*.yaml"))
+    assert len(files) > 5
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert safe_load_yaml(text) == yaml.safe_load(text), path
+    loaders, load = [], yaml.load
+    monkeypatch.setattr(yaml, "load", lambda text, Loader: loaders.append(Loader) or load(text, Loader=Loader))
+    assert safe_load_yaml("train: {epochs: 5}") == {"train": {"epochs": 5}}
+    assert loaders == ([yaml.CSafeLoader] if getattr(yaml, "CSafeLoader", None) else [])
+    monkeypatch.undo()
+    broken = tmp_path / "params.yaml"
+    broken.write_text("train:\n  epochs: [1, 2\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"params.yaml is not valid YAML: .*epochs: \[1, 2 \^"):
+        load_params(broken)
