@@ -544,6 +544,7 @@ def build_plan(params: dict, source: str = "params.yaml", gpus: int = 1, memory:
     seeds = params["seeds"]
     protocols = params["protocols"]
     pack = bool((params.get("train") or {}).get("pack", False))
+    eval_pack = bool((params.get("evaluate") or {}).get("pack", False))
     text_chunk = int((params.get("train") or {}).get("text_chunk", 0) or 0)
     jobs: list[Job] = []
     unknown: dict[str, str] = {}
@@ -632,6 +633,7 @@ def build_plan(params: dict, source: str = "params.yaml", gpus: int = 1, memory:
             for _ in range(runs):
                 kind.jobs += 1
                 jobs.append(Job("train", protocol, per_run * (len(seeds) if pack else 1), kind=key))
+    packs: dict[tuple, Job] = {}  # evaluate: {pack: true}: one job evaluates every seed of a run in turn
     for protocol, name, dataset, shots, _ in evaluated:
         trained = TRAINED_BY[protocol]
         method, recipe = resolve_run(params, name, trained, dataset, shots, source)
@@ -639,7 +641,12 @@ def build_plan(params: dict, source: str = "params.yaml", gpus: int = 1, memory:
         for d in [dataset, *targets.get(protocol, [])]:
             n = n_classes(d) or 0
             seconds += forward_seconds(shape, test_images(d), n, method.prompts.vision_depth > 0, recipe.precision)
-        jobs.append(Job("evaluate", protocol, seconds))
+        key = (protocol, name, dataset, shots)
+        if eval_pack and key in packs:
+            packs[key].seconds += seconds
+            continue
+        packs[key] = Job("evaluate", protocol, seconds)
+        jobs.append(packs[key])
     jobs.append(Job("report", "all"))
     return Plan(shape=shape, jobs=jobs, kinds=kinds, unknown=unknown, gpus=gpus, memory=memory)
 

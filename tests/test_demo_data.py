@@ -104,11 +104,18 @@ def tiny_fashion(tmp_path, monkeypatch):
     return arrays
 
 
-def test_fashion_conversion_of_idx_files(tmp_path, tiny_fashion):
+def test_fashion_conversion_of_idx_files(tmp_path, tiny_fashion, monkeypatch):
+    """Train and val from the training file (the last 10% of each class is val), the test split the seeded sample of
+    the test file that Sketch and R redraw (here 1 of each class's 2): each image with its own pixels and label; the
+    test images left out are not written."""
+    monkeypatch.setattr(shifts, "TEST_PER_CLASS", 1)
     spec = dataset_spec("fashion_mnist")
     spec.prepare_fn(spec.dataset_dir(tmp_path / "data"))
     split = spec.load_split(tmp_path / "data")
-    assert {part: len(items) for part, items in split.items()} == {"train": 180, "val": 20, "test": 20}
+    assert {part: len(items) for part, items in split.items()} == {"train": 180, "val": 20, "test": 10}
+    sample = shifts.redraw_sample(fashion_mnist.load_arrays(tmp_path))
+    assert [it.relpath.rsplit("/", 1)[1] for it in split["test"]] == [f"test_{i - 200:05d}.png" for i in sample]
+    assert len(list(spec.image_root(tmp_path / "data").glob("*/*.png"))) == 180 + 20 + 10
     assert classnames_of(split) == FASHION_CLASSES
     train_x, train_y = tiny_fashion["train"]
     test_x, test_y = tiny_fashion["t10k"]

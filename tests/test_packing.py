@@ -202,6 +202,54 @@ def test_the_train_command_packs_seeds_into_one_process_with_each_runs_outputs(t
     assert main(common + argv(seed=[1, 2], manifest=manifests[0], train_cache=caches, out=packed)) == 2
 
 
+def test_the_evaluate_command_evaluates_seeds_in_one_process_to_the_bytes_of_each_alone(tmp_path, capsys):
+    """Two seeds' IVLP prompts through one `evaluate` command: each seed's metrics.json and predictions.npz have the
+    bytes its own command writes. A pack with a value missing, a seed twice, or one seed's prompts of another run is
+    refused with one message before anything is written."""
+    import yaml
+
+    from prompt_ot.cli import main
+    from tests.support.cli import TINY_CPU, argv, evaluate_argv, manifest_and_cache
+    from tests.support.data import make_fixture
+    from tests.support.params import shrunk_params
+
+    root = tmp_path / "data"
+    make_fixture("dtd", root, num_classes=4, per_split=(4, 1, 3))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(shrunk_params("paper")))
+    prompts = []
+    for seed in (1, 2):
+        manifest, cache, run = tmp_path / f"manifest{seed}.json", tmp_path / f"cache{seed}", tmp_path / f"run{seed}"
+        manifest_and_cache(root, manifest, cache, seed=seed, epochs=2)
+        train = argv("train", params=params, protocol="base2novel", method="ivlp", seed=seed, device="cpu")
+        assert main(train + argv(manifest=manifest, train_cache=cache, out=run)) == 0
+        prompts.append(run / "prompts.safetensors")
+    tests = tmp_path / "test"
+    assert main(argv("cache", "test", "dtd", params=params, root=root, out=tests / "dtd", **TINY_CPU)) == 0
+    alone = [tmp_path / "alone" / f"seed{seed}" / "metrics.json" for seed in (1, 2)]
+    for seed, file, out in zip((1, 2), prompts, alone):
+        assert main(evaluate_argv(params, "ivlp", file, tests, out, seed=seed)) == 0
+    packed = [tmp_path / "packed" / f"seed{seed}" / "metrics.json" for seed in (1, 2)]
+    capsys.readouterr()
+    assert main(evaluate_argv(params, "ivlp", prompts, tests, packed, seed=[1, 2])) == 0
+    assert capsys.readouterr().out.count("wrote ") == 2
+    for a, p in zip(alone, packed):
+        assert a.read_bytes() == p.read_bytes()
+        assert a.with_name("predictions.npz").read_bytes() == p.with_name("predictions.npz").read_bytes()
+    assert alone[0].read_bytes() != alone[1].read_bytes()  # two seeds, two results
+    refused = [tmp_path / "refused" / f"seed{seed}" / "metrics.json" for seed in (1, 2)]
+    for options, words in [
+        ({"seed": [1, 2], "prompts": prompts[:1]}, "2 --seed but 1 --prompts"),
+        ({"seed": [1, 1]}, "names a seed twice"),
+        ({"seed": [1, 2], "prompts": prompts[::-1]}, "seed 2"),  # seed 1's slot holds seed 2's prompts
+    ]:
+        run = {"prompts": prompts, "out": refused} | options
+        rc = main(evaluate_argv(params, "ivlp", run["prompts"], tests, run["out"], seed=options["seed"]))
+        err = capsys.readouterr().err
+        assert rc == 2 and words in err and err.count("error:") == 1, err
+        assert not (tmp_path / "refused").exists()
+
+
 @pytest.mark.gpu
 def test_a_packed_gpu_step_has_no_host_synchronisation(tiny):
     """bf16, fused SGD, device augmentation and the device OT plan: one stream of GPU work per step."""

@@ -136,6 +136,10 @@ def test_a_shrunken_grid_with_few_shot_a_variant_and_packing_is_counted_as_the_w
     assert totals["evaluate"] == 6 * 2 * 2 + 2 * 2 * 2
     params["train"]["pack"] = True
     assert sum(build_plan(params).counts()["train"].values()) == 6 * 2 + 2 * 2  # one job per seed pack
+    seconds = sum(job.seconds for job in build_plan(params).jobs if job.stage == "evaluate")
+    params["evaluate"] = {**params.get("evaluate", {}), "pack": True}
+    packed = [job for job in build_plan(params).jobs if job.stage == "evaluate"]
+    assert len(packed) == 6 * 2 + 2 * 2 and sum(job.seconds for job in packed) == pytest.approx(seconds)
 
 
 # ------------------------------------------------------------------ memory advice

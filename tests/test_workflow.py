@@ -74,6 +74,43 @@ def test_pack_trains_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_pat
     assert set().union(*train.values()) == single_outs
 
 
+def test_evaluate_pack_evaluates_all_seeds_of_a_run_in_one_job_with_the_same_outputs(tmp_path):
+    """evaluate: {pack: true}: one evaluation job per (protocol, method, dataset, shots) for the three seeds, with
+    each seed's prompts (and, in domain generalisation, its cross-dataset predictions to reuse) in the seeds' order;
+    every other job unchanged, and the packs make exactly the single jobs' outputs."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = ["caltech101", "dtd", "imagenet_v2"]
+    params["methods"] = ["coop", "prompt_ot"]
+    params["seeds"] = [1, 2, 3]
+    params["protocols"] = {
+        "base2novel": {"datasets": ["dtd"], "shots": 4},
+        "cross_dataset": {"sources": ["caltech101"], "shots": 2, "evaluate": {"targets": ["dtd"]}},
+        "domain_generalization": {"sources": ["caltech101"], "evaluate": {"targets": ["imagenet_v2"]}},
+        "few_shot": {"datasets": [], "shots": [], "methods": []},
+    }
+    is_eval = lambda cmd: cmd.startswith("python -m prompt_ot evaluate ")
+    single = snakemake_jobs(make_workspace(tmp_path / "single", yaml.safe_dump(params)))
+    params["evaluate"] = {**params.get("evaluate", {}), "pack": True}
+    validate_params(params)
+    packed = snakemake_jobs(make_workspace(tmp_path / "packed", yaml.safe_dump(params)))
+    evaluate = {cmd: outs for cmd, outs in packed.items() if is_eval(cmd)}
+    assert len(evaluate) == 2 * 3  # (method, protocol) pairs, each one job for its 3 seeds
+    for cmd, outs in evaluate.items():
+        assert " --seed 1 2 3 " in cmd and len(outs) == 6  # metrics + predictions per seed
+        prompts = cmd.split(" --prompts ")[1].split(" --")[0].split()
+        assert [p.split("/")[-2] for p in prompts] == ["seed1", "seed2", "seed3"]
+        metrics = cmd.split(" --out ")[1].split(" >")[0].split()
+        assert [m.split("/")[-2] for m in metrics] == ["seed1", "seed2", "seed3"]
+        if " --protocol domain_generalization " in cmd:
+            reuse = cmd.split(" --reuse ")[1].split(" --")[0].split()
+            assert [r.removesuffix("/predictions.npz") for r in reuse] == [
+                p.removesuffix("/prompts.safetensors") for p in prompts
+            ]
+    others = lambda jobs: {c: o for c, o in jobs.items() if not is_eval(c)}
+    assert others(packed) == others(single)
+    assert set().union(*evaluate.values()) == set().union(*(o for c, o in single.items() if is_eval(c)))
+
+
 def test_snakemake_lint_is_clean():
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True, env=quiet_env()

@@ -9,6 +9,11 @@ cached, already preprocessed test images. The prompts' provenance record must na
 (method, recipe, backbone and weights, dataset, subset, shots, seed), else nothing is written. Writes the
 metrics file (with the provenance and the recipe) and ``predictions.npz`` beside it (with the prompts' sha256).
 
+Several seeds of one (method, dataset, shots) can be evaluated in one process: ``--seed 1 2 3`` with one
+``--prompts`` and one ``--out`` (and ``--reuse``) per seed, in the same order (what ``evaluate: {pack: true}`` makes
+Snakemake run). The test caches are read once; each seed is evaluated as it would be alone, so every file it writes
+has the same bytes as its own job's. Every seed's prompts are checked before any is evaluated.
+
 ``--reuse`` takes the test sets another evaluation of the same prompts already scored from its ``predictions.npz``
 (domain generalisation reuses the cross-dataset job's source test set): refused unless that file names the same
 prompts (sha256) and holds this test cache's labels. The metrics are the same bytes as when evaluating again.
@@ -33,9 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", required=True, type=check.dataset_name, help="the dataset the prompts were trained on"
     )
     parser.add_argument("--shots", type=check.positive_int, required=True)
-    parser.add_argument("--seed", type=check.non_negative_int, required=True)
     parser.add_argument(
-        "--prompts", required=True, type=check.existing_file, help="prompts.safetensors written by 'train'"
+        "--seed", nargs="+", type=check.non_negative_int, required=True, help="one seed, or several evaluated in turn"
+    )
+    parser.add_argument(
+        "--prompts",
+        nargs="+",
+        required=True,
+        type=check.existing_file,
+        help="prompts.safetensors written by 'train' (one per seed)",
     )
     parser.add_argument(
         "--test-cache-root", required=True, type=check.existing_dir, help="folder holding one test cache per dataset"
@@ -45,10 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reuse",
+        nargs="+",
         type=check.existing_file,
-        help="predictions.npz of another evaluation of the same prompts: its test sets are not evaluated again",
+        help="predictions.npz of another evaluation of the same prompts: its test sets are not evaluated again "
+        "(one per seed)",
     )
-    parser.add_argument("--out", required=True, type=check.out_file, help="metrics file to write (JSON)")
+    parser.add_argument(
+        "--out", nargs="+", required=True, type=check.out_file, help="metrics file to write (JSON; one per seed)"
+    )
     parser.add_argument(
         "--device", default="auto", type=check.device_name, help="auto (a free GPU, else the CPU), cpu, cuda:N"
     )
@@ -173,6 +188,24 @@ def _check_targets(args) -> None:
         )
 
 
+def _check_seeds(args) -> None:
+    """One --prompts and one --out (and --reuse) per --seed, the seeds distinct."""
+    from prompt_ot.errors import UserError
+
+    n = len(args.seed)
+    given = {"--prompts": len(args.prompts), "--out": len(args.out)}
+    if args.reuse is not None:
+        given["--reuse"] = len(args.reuse)
+    wrong = {option: count for option, count in given.items() if count != n}
+    if wrong:
+        counts = ", ".join(f"{count} {option}" for option, count in wrong.items())
+        raise UserError(f"{n} --seed but {counts}: give one value of each per seed, in the seeds' order")
+    if len(set(args.seed)) != n:
+        raise UserError(f"--seed {' '.join(map(str, args.seed))} names a seed twice; give each seed once")
+    if len({str(Path(out).resolve()) for out in args.out}) != n:
+        raise UserError("--out names one file for two seeds; give each seed its own metrics file")
+
+
 def run(args) -> int:
     import functools
 
@@ -201,33 +234,31 @@ def run(args) -> int:
 
     check.check_device(args.device)
     _check_targets(args)
+    _check_seeds(args)
     params = select_backbone(load_params(args.params), args.backbone_key, args.params)
     resolve_method(params, args.method, args.params)  # an unknown method is named as such, not as a recipe gap
     method, recipe = resolve_run(params, args.method, args.protocol, args.dataset, args.shots, args.params)
     backbone, pretrained = params["backbone"]["name"], params["backbone"]["pretrained"]
-    prompts, meta = load_prompts(args.prompts)
-    provenance.check(
-        meta.get("provenance"),
-        {
-            "method": method.name,
-            "recipe": recipe.name,
-            "backbone": backbone,
-            "weights": provenance.weights_identity(pretrained),
-            "dataset": args.dataset,
-            "subset": SUBSET_OF[TRAINED_BY[args.protocol]],
-            "shots": args.shots,
-            "seed": args.seed,
-        },
-        str(args.prompts),
-    )
+    weights = provenance.weights_identity(pretrained)
+    loaded = []  # every seed's prompts, checked before any is evaluated
+    for seed, prompts_path in zip(args.seed, args.prompts):
+        prompts, meta = load_prompts(prompts_path)
+        provenance.check(
+            meta.get("provenance"),
+            {
+                "method": method.name,
+                "recipe": recipe.name,
+                "backbone": backbone,
+                "weights": weights,
+                "dataset": args.dataset,
+                "subset": SUBSET_OF[TRAINED_BY[args.protocol]],
+                "shots": args.shots,
+                "seed": seed,
+            },
+            str(prompts_path),
+        )
+        loaded.append((prompts, meta))
     device = pick_device(args.device)
-
-    @functools.cache
-    def model():
-        clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
-        prompted = build_model(method, clip, tokenizer, seed=args.seed)
-        prompted.load_prompt_state(prompts)
-        return prompted.to(device).eval()
 
     root = Path(args.test_cache_root)
     if args.protocol == "base2novel":
@@ -239,81 +270,98 @@ def run(args) -> int:
         names = [args.dataset] + [t for t in args.targets if t != args.dataset]
         parts = {name: (TestFeatures(root / name, backbone=backbone), name) for name in names}
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
-    prompts_sha256 = sha256_file(args.prompts)
-    reused = _reused_predictions(args.reuse, prompts_sha256, parts) if args.reuse else {}
-    accuracy, counts, per_class = {}, {}, {}
-    predictions = {"prompts_sha256": np.array(prompts_sha256)}  # what --reuse checks
-    for key, (part, dataset) in parts.items():
-        if key in reused:
-            result = evaluated(reused[key], part.labels)
-        else:
-            result = evaluate_part(
-                model, method, part, dataset_spec(dataset).zero_shot_templates, batch_size, device, recipe.precision
-            )
-        accuracy[key], counts[key] = result.accuracy, result.n
-        per_class[key] = class_metrics(result.predictions, result.labels, part.classnames)
-        predictions[f"{key}/predictions"] = result.predictions.numpy()
-        predictions[f"{key}/labels"] = result.labels.numpy()
-        source = f" (predictions from {args.reuse})" if key in reused else ""
-        print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}{source}", flush=True)
-    hm = harmonic_mean(accuracy["base"], accuracy["novel"]) if args.protocol == "base2novel" else None
-    regulariser = method.regulariser or {}
-    adaptive = regulariser.get("adaptive") not in (None, False)
-    # an adaptive lambda is reported at its value after the tested epoch (written by the train stage)
-    weight = meta.get("lambda", regulariser.get("weight")) if adaptive else regulariser.get("weight")
-    metrics = RunMetrics(
-        protocol=args.protocol,
-        method=method.name,
-        dataset=args.dataset,
-        seed=args.seed,
-        shots=args.shots,
-        backbone=backbone,
-        pretrained=pretrained,
-        accuracy=accuracy,
-        n=counts,
-        epoch=meta.get("epoch"),
-        hm=hm,
-        base_method=base_method(params, method.name),
-        regulariser_weight=weight,
-        regulariser_adaptive=adaptive,
-        recipe=recipe.name,
-        epochs=recipe.epochs,
-        precision=recipe.precision,
-        provenance=meta["provenance"],
-        recipe_values=recipe.to_dict(),
-        class_metrics=per_class,
-    )
-    out = Path(args.out)
-    predictions_path = out.with_name("predictions.npz")
-    atomic_write_bytes(predictions_path, npz_bytes(predictions))  # the same predictions, the same bytes
-    write_metrics(out, metrics)
-    tracker = tracker_for(params, args.params)
-    tags = {
-        "method": method.name,
-        "base_method": metrics.base_method,
-        "recipe": recipe.name,
-        "dataset": args.dataset,
-        "seed": args.seed,
-        "protocol": args.protocol,
-        "shots": args.shots,
-    }
-    name = f"evaluate/{args.protocol}/{method.name}/{args.dataset}_{args.shots}shot/seed{args.seed}"
-    run_params = {
-        "prompts": args.prompts,
-        "targets": list(parts),
-        "recipe": recipe.to_dict(),
-        "provenance": meta["provenance"],
-        "tested_epoch": meta.get("epoch"),
-        # the class names and templates each test set's prompts used (params.yaml may override a dataset's defaults)
-        "test_sets": {dataset: provenance.dataset_options(dataset) for _, dataset in parts.values()},
-    }
-    if reused:
-        run_params["reused"] = {"from": str(args.reuse), "test_sets": sorted(reused)}
-    with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
-        values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
-        values |= {f"{name}/{k}": c[name] for k, c in per_class.items() for name in ("balanced_accuracy", "macro_f1")}
-        tracked.log_metrics(values)
-        tracked.log_artifact(out)
-        tracked.log_artifact(predictions_path)
-    print(f"wrote {out}" + (f"  (HM {hm:.2f})" if hm is not None else ""))
+
+    def evaluate_seed(seed, prompts_path, prompts, meta, out, reuse) -> None:
+        """One seed, as its own job would evaluate it."""
+
+        @functools.cache
+        def model():
+            clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
+            prompted = build_model(method, clip, tokenizer, seed=seed)
+            prompted.load_prompt_state(prompts)
+            return prompted.to(device).eval()
+
+        prompts_sha256 = sha256_file(prompts_path)
+        reused = _reused_predictions(reuse, prompts_sha256, parts) if reuse else {}
+        accuracy, counts, per_class = {}, {}, {}
+        predictions = {"prompts_sha256": np.array(prompts_sha256)}  # what --reuse checks
+        for key, (part, dataset) in parts.items():
+            if key in reused:
+                result = evaluated(reused[key], part.labels)
+            else:
+                result = evaluate_part(
+                    model, method, part, dataset_spec(dataset).zero_shot_templates, batch_size, device, recipe.precision
+                )
+            accuracy[key], counts[key] = result.accuracy, result.n
+            per_class[key] = class_metrics(result.predictions, result.labels, part.classnames)
+            predictions[f"{key}/predictions"] = result.predictions.numpy()
+            predictions[f"{key}/labels"] = result.labels.numpy()
+            source = f" (predictions from {reuse})" if key in reused else ""
+            print(f"{args.protocol} {method.name} {key}: {result.accuracy:.2f}% of {result.n}{source}", flush=True)
+        hm = harmonic_mean(accuracy["base"], accuracy["novel"]) if args.protocol == "base2novel" else None
+        regulariser = method.regulariser or {}
+        adaptive = regulariser.get("adaptive") not in (None, False)
+        # an adaptive lambda is reported at its value after the tested epoch (written by the train stage)
+        weight = meta.get("lambda", regulariser.get("weight")) if adaptive else regulariser.get("weight")
+        metrics = RunMetrics(
+            protocol=args.protocol,
+            method=method.name,
+            dataset=args.dataset,
+            seed=seed,
+            shots=args.shots,
+            backbone=backbone,
+            pretrained=pretrained,
+            accuracy=accuracy,
+            n=counts,
+            epoch=meta.get("epoch"),
+            hm=hm,
+            base_method=base_method(params, method.name),
+            regulariser_weight=weight,
+            regulariser_adaptive=adaptive,
+            recipe=recipe.name,
+            epochs=recipe.epochs,
+            precision=recipe.precision,
+            provenance=meta["provenance"],
+            recipe_values=recipe.to_dict(),
+            class_metrics=per_class,
+        )
+        out = Path(out)
+        predictions_path = out.with_name("predictions.npz")
+        atomic_write_bytes(predictions_path, npz_bytes(predictions))  # the same predictions, the same bytes
+        write_metrics(out, metrics)
+        tracker = tracker_for(params, args.params)
+        tags = {
+            "method": method.name,
+            "base_method": metrics.base_method,
+            "recipe": recipe.name,
+            "dataset": args.dataset,
+            "seed": seed,
+            "protocol": args.protocol,
+            "shots": args.shots,
+        }
+        name = f"evaluate/{args.protocol}/{method.name}/{args.dataset}_{args.shots}shot/seed{seed}"
+        run_params = {
+            "prompts": prompts_path,
+            "targets": list(parts),
+            "recipe": recipe.to_dict(),
+            "provenance": meta["provenance"],
+            "tested_epoch": meta.get("epoch"),
+            # the class names and templates each test set's prompts used (params.yaml may override a dataset's defaults)
+            "test_sets": {dataset: provenance.dataset_options(dataset) for _, dataset in parts.values()},
+        }
+        if reused:
+            run_params["reused"] = {"from": str(reuse), "test_sets": sorted(reused)}
+        with tracker.run(name=name, kind="evaluate", params=run_params, tags=tags, run_dir=out.parent) as tracked:
+            values = {f"accuracy/{k}": v for k, v in accuracy.items()} | ({"hm": hm} if hm is not None else {})
+            values |= {
+                f"{name}/{k}": c[name] for k, c in per_class.items() for name in ("balanced_accuracy", "macro_f1")
+            }
+            tracked.log_metrics(values)
+            tracked.log_artifact(out)
+            tracked.log_artifact(predictions_path)
+        print(f"wrote {out}" + (f"  (HM {hm:.2f})" if hm is not None else ""))
+
+    reuses = args.reuse or [None] * len(args.seed)
+    for seed, prompts_path, (prompts, meta), out, reuse in zip(args.seed, args.prompts, loaded, args.out, reuses):
+        evaluate_seed(seed, prompts_path, prompts, meta, out, reuse)
     return 0

@@ -114,6 +114,7 @@ def cache_settings(w):
 
 # `train: {pack: true}`: one train job per (protocol, method, dataset, shots) trains all seeds packed
 PACK = bool(config["train"].get("pack", False))
+EVAL_PACK = bool((config.get("evaluate") or {}).get("pack", False))
 
 
 def _train_shell(seeds, manifests, caches, outs):
@@ -157,13 +158,18 @@ def targets_arg(protocol):
     return (" --targets " + " ".join(targets)) if targets else ""
 
 
-def eval_inputs(protocol):
+def eval_inputs(protocol, seeds=None):
+    """The inputs of one evaluation job: of the run's own seed, or (a pack) of each of ``seeds`` in turn."""
+
     def inputs(w):
-        trained = bk(w, run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, w.seed))  # the prompts' run
+        # the prompts' runs
+        trained = [bk(w, run_dir(TRAINED_BY[protocol], w.method, w.dataset, w.shots, s)) for s in seeds or [w.seed]]
+        prompts = [f"{run}/prompts.safetensors" for run in trained]
+        reuse = [f"{run}/predictions.npz" for run in trained]
         return {
             "params": PARAMS,
-            "prompts": f"{trained}/prompts.safetensors",
+            "prompts": prompts if seeds else prompts[0],
             "caches": [bk(w, test_cache(d)) for d in [w.dataset] + TARGETS.get(protocol, [])],
-        } | ({"reuse": f"{trained}/predictions.npz"} if protocol in REUSES else {})
+        } | ({"reuse": reuse if seeds else reuse[0]} if protocol in REUSES else {})
 
     return inputs
