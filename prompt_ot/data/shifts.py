@@ -19,13 +19,13 @@ Every builder is deterministic: its random draws come from ``numpy.random.defaul
 returns a :class:`~prompt_ot.data.demo.DemoArrays` whose images are all in its test part; the dataset modules
 ``fashion_mnist_{v2,sketch,r,a}`` write them with :func:`~prompt_ot.data.demo.prepare_demo`.
 
-``python -m prompt_ot.data.shifts --preview OUT.png`` draws the source and the four sets side by side
-(``docs/demo/shifts.png``).
+``python -m prompt_ot.data.shift_preview --preview OUT.png`` draws the source and the four sets side by side
+(``docs/demo/shifts.png``; :func:`preview`). Fashion-MNIST's own test split is the same sample as Sketch's and R's
+(``prompt_ot/data/datasets/fashion_mnist.py`` imports :func:`redraw_sample`, so nothing here imports it).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -299,24 +299,3 @@ def preview(source: DemoArrays, out: Path) -> None:
             grid.paste(tile, (label_width + c * (size + pad), y))
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out, format="PNG", optimize=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prompt_ot.data.shifts", description=__doc__.split("\n")[0])
-    parser.add_argument("--preview", type=Path, required=True, metavar="OUT.png", help="write the preview grid here")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path("data/fashion_mnist"),
-        help="where torchvision downloads Fashion-MNIST when Debian's dataset-fashion-mnist is not installed",
-    )
-    args = parser.parse_args(argv)
-    from prompt_ot.data.datasets.fashion_mnist import load_arrays
-
-    preview(load_arrays(args.cache), args.preview)
-    print(f"wrote {args.preview}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
