@@ -69,6 +69,10 @@ def grid_params(**overrides) -> dict:
             "few_shot": {"datasets": [DATASET], "shots": [FEW_SHOT_K], "methods": FEW_SHOT_METHODS},
         },
         train={"epochs": EPOCHS, "pack": False},  # one training job per run
+        # one evaluation job per run too, so that deleting one run remakes exactly it (tests/test_missing_runs.py,
+        # tests/test_mlflow_server.py); the demo's packed evaluation writes the same bytes as these jobs
+        # (tests/test_packing.py) and makes exactly their outputs (tests/test_workflow.py)
+        evaluate={"pack": False},
         mlflow={"defer": False},  # live logging from every job
     )
     return merge(params, overrides)
