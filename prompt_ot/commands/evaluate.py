@@ -11,8 +11,9 @@ metrics file (with the provenance and the recipe) and ``predictions.npz`` beside
 
 Several seeds of one (method, dataset, shots) can be evaluated in one process: ``--seed 1 2 3`` with one
 ``--prompts`` and one ``--out`` (and ``--reuse``) per seed, in the same order (what ``evaluate: {pack: true}`` makes
-Snakemake run). The test caches are read once; each seed is evaluated as it would be alone, so every file it writes
-has the same bytes as its own job's. Every seed's prompts are checked before any is evaluated.
+Snakemake run). The backbone is loaded and the test caches are read once; each seed is evaluated as it would be
+alone, so every file it writes has the same bytes as its own job's. Every seed's prompts are checked before any is
+evaluated.
 
 ``--reuse`` takes the test sets another evaluation of the same prompts already scored from its ``predictions.npz``
 (domain generalisation reuses the cross-dataset job's source test set): refused unless that file names the same
@@ -271,12 +272,18 @@ def run(args) -> int:
         parts = {name: (TestFeatures(root / name, backbone=backbone), name) for name in names}
     batch_size = params.get("evaluate", {}).get("batch_size", 256)
 
+    @functools.cache
+    def frozen():
+        """The frozen backbone and its tokenizer, loaded once for every seed (as a training pack shares it)."""
+        clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
+        return clip, tokenizer
+
     def evaluate_seed(seed, prompts_path, prompts, meta, out, reuse) -> None:
         """One seed, as its own job would evaluate it."""
 
         @functools.cache
         def model():
-            clip, tokenizer, _ = load_backbone(backbone, pretrained, precision=recipe.precision)
+            clip, tokenizer = frozen()
             prompted = build_model(method, clip, tokenizer, seed=seed)
             prompted.load_prompt_state(prompts)
             return prompted.to(device).eval()

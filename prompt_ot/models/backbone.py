@@ -158,7 +158,7 @@ def _bpe_tables():
 def _simple_tokenizer(context_length=None, clean: str = "lower", reduction_mask: str = "", **other):
     """What ``open_clip.tokenizer.SimpleTokenizer(...)`` builds, for the default vocabulary a copy of
     :func:`_bpe_tables`' tokenizer with the per-call settings set as its ``__init__`` sets them
-    (tests/test_backbone.py compares every attribute); anything else (another vocabulary, special tokens) is
+    (tests/test_models.py compares every attribute); anything else (another vocabulary, special tokens) is
     built by open_clip."""
     from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer, get_clean_fn, get_reduction_mask_fn
 

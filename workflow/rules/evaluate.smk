@@ -3,7 +3,8 @@
 # the inputs name each one so that Snakemake builds them first. Domain generalisation evaluates the prompts of a
 # cross-dataset source: the source's own test set is taken from that run's cross-dataset predictions (--reuse).
 # With `evaluate: {pack: true}` one job per (protocol, method, dataset, shots) evaluates every seed in turn, the
-# test caches read once; each seed's files have the same bytes as its own job's (DVC always evaluates one seed).
+# backbone and test caches read once; each seed's files have the same bytes as its own job's (DVC always evaluates
+# one seed).
 
 def _evaluate_shell(seeds, prompts, outs, reuse):
     return (
